@@ -1,0 +1,114 @@
+"""Overlay pictures (PNG) of cells coloured by class, for reports and previews.
+
+Pure numpy + Pillow; no Qt, no matplotlib.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .materials import CLASS_COLORS, get_material
+
+__all__ = ["to_uint8", "overlay_rgb", "save_overlay"]
+
+
+def to_uint8(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Contrast-stretch a 2-D image between two percentiles to uint8 (NaNs -> 0)."""
+    img = np.asarray(image, dtype=float)
+    finite = np.isfinite(img)
+    if not finite.any():
+        return np.zeros(img.shape, np.uint8)
+    lo, hi = np.percentile(img[finite], [low, high])
+    if hi <= lo:
+        hi = lo + 1.0
+    out = np.clip((np.where(finite, img, lo) - lo) / (hi - lo), 0.0, 1.0)
+    return (out * 255).astype(np.uint8)
+
+
+def overlay_rgb(
+    image: np.ndarray,
+    boxes: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    points: dict[str, np.ndarray] | None = None,
+    hexagons: np.ndarray | None = None,
+    material: str = "MoTe2",
+    scale: float | None = None,
+    legend: bool = True,
+    show_perfect: bool = True,
+) -> np.ndarray:
+    """RGB picture of ``image`` with cell boxes coloured by class (paper colours).
+
+    Parameters
+    ----------
+    image : (rows, cols) array
+    boxes : (N, 4) array, optional
+        Cell boxes ``(x_min, y_min, x_max, y_max)`` in px.
+    labels : (N,) int array, optional
+        Class ids (0..5); boxes are green when absent.
+    points : dict name -> (K, 2) array, optional
+        Markers (x, y) in px, e.g. ``{"X": ..., "M": ...}`` drawn as small dots.
+    hexagons : (K, 4) array, optional
+        Hexagon boxes drawn in thin cyan.
+    scale : float, optional
+        Up/down-scaling of the picture (default: so that the long side is ~1024 px).
+    legend : bool
+        Draw a class legend with counts in the top-left corner.
+    show_perfect : bool
+        Draw boxes of Perfect cells (grey) too.
+    """
+    img8 = to_uint8(image)
+    h, w = img8.shape
+    if scale is None:
+        scale = min(4.0, 1024.0 / max(h, w))
+    pic = Image.fromarray(img8).convert("RGB")
+    if scale != 1.0:
+        pic = pic.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    draw = ImageDraw.Draw(pic)
+    lw = max(1, round(scale * 0.6))
+
+    def sc(b):
+        return [(b[0] + 0.5) * scale, (b[1] + 0.5) * scale, (b[2] + 0.5) * scale, (b[3] + 0.5) * scale]
+
+    if hexagons is not None:
+        for b in np.asarray(hexagons).reshape(-1, 4):
+            draw.rectangle(sc(b), outline=(0, 200, 220), width=1)
+    if boxes is not None:
+        boxes = np.asarray(boxes).reshape(-1, 4)
+        labs = None if labels is None else np.asarray(labels).reshape(-1)
+        order = np.argsort(labs, kind="stable") if labs is not None else range(len(boxes))
+        for k in order:
+            if labs is None:
+                col = (0, 220, 0)
+            else:
+                if labs[k] == 0 and not show_perfect:
+                    continue
+                col = tuple(int(255 * c) for c in CLASS_COLORS[int(labs[k]) % len(CLASS_COLORS)])
+            draw.rectangle(sc(boxes[k]), outline=col, width=lw if labs is None or labs[k] == 0 else lw + 1)
+    if points:
+        palette = [(255, 80, 80), (80, 160, 255), (255, 255, 0), (0, 255, 0)]
+        r = max(1.5, scale * 0.8)
+        for n, (name, pts) in enumerate(points.items()):
+            col = palette[n % len(palette)]
+            for x, y in np.asarray(pts).reshape(-1, 2):
+                cx, cy = (x + 0.5) * scale, (y + 0.5) * scale
+                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=col)
+    if legend and labels is not None:
+        names = get_material(material).class_names
+        counts = np.bincount(np.asarray(labels, int).reshape(-1), minlength=len(names))
+        y = 4
+        for k, name in enumerate(names):
+            col = tuple(int(255 * c) for c in CLASS_COLORS[k])
+            draw.rectangle([4, y, 16, y + 10], fill=col, outline=(0, 0, 0))
+            draw.text((20, y - 1), f"{name}: {counts[k]}", fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
+            y += 14
+    return np.asarray(pic)
+
+
+def save_overlay(path: str | Path, image: np.ndarray, **kwargs) -> Path:
+    """Write :func:`overlay_rgb` of ``image`` to a PNG file."""
+    path = Path(path)
+    Image.fromarray(overlay_rgb(image, **kwargs)).save(path)
+    return path

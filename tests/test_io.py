@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_tmd_defects.io import ImageReadError, atomic_write, read_image, write_tiff
+
+
+def test_tiff_round_trip_with_pixel_size(tmp_path):
+    img = np.random.default_rng(0).random((40, 50)).astype(np.float32)
+    p = write_tiff(tmp_path / "a.tif", img, 0.0855)
+    out, meta = read_image(p)
+    assert np.array_equal(out, img)
+    assert meta["pixel_size_A"] == pytest.approx(0.0855, rel=1e-5)
+
+
+def test_png_rgb_is_converted_to_grey(tmp_path):
+    rgb = np.zeros((30, 20, 3), np.uint8)
+    rgb[..., 0] = 100
+    rgb[..., 1] = 100
+    rgb[..., 2] = 100
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    out, meta = read_image(tmp_path / "a.png")
+    assert out.shape == (30, 20)
+    assert np.allclose(out, 100, atol=0.5)
+    assert meta["pixel_size_A"] is None
+
+
+def test_8bit_jpeg(tmp_path):
+    g = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    Image.fromarray(g).save(tmp_path / "a.jpg")
+    out, _ = read_image(tmp_path / "a.jpg")
+    assert out.shape == (64, 64) and out.dtype == np.float32
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    (tmp_path / "bad.tif").write_bytes(b"not a tiff")
+    with pytest.raises(ImageReadError, match="bad.tif"):
+        read_image(tmp_path / "bad.tif")
+    with pytest.raises(FileNotFoundError):
+        read_image(tmp_path / "none.tif")
+
+
+def test_stack_is_refused_with_advice(tmp_path):
+    np.save(tmp_path / "s.npy", np.zeros((3, 8, 8)))
+    with pytest.raises(ImageReadError, match="frame"):
+        read_image(tmp_path / "s.npy")
+
+
+def test_atomic_write_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, "w") as fh:
+            fh.write("new")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]

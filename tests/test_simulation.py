@@ -1,0 +1,208 @@
+import math
+
+import numpy as np
+import pytest
+
+from napari_tmd_defects.materials import get_material
+from napari_tmd_defects.simulation import (
+    GroundTruth,
+    Noise,
+    Optics,
+    apply_noise,
+    build_lattice,
+    electron_wavelength,
+    place_defects,
+    probe_fwhm,
+    render_columns,
+    simulate,
+)
+
+CLEAN = Noise(poisson_lambda=None, gaussian_mu=0.0)
+
+
+def test_wavelength_80kv():
+    assert electron_wavelength(80) == pytest.approx(0.04176, abs=1e-5)
+
+
+def test_probe_fwhm_from_aperture_matches_airy():
+    # aberration-free circular aperture: FWHM = 1.029 lambda / (2 alpha)
+    lam = electron_wavelength(80)
+    assert probe_fwhm(Optics()) == pytest.approx(1.029 * lam / (2 * 0.027), rel=0.01)
+    # a larger aperture gives the paper's 0.6 Å probe; source blur widens it
+    assert probe_fwhm(Optics(convergence_mrad=36)) == pytest.approx(0.6, abs=0.02)
+    assert probe_fwhm(Optics(source_fwhm_a=0.8)) > 1.05
+
+
+@pytest.mark.parametrize("material", ["MoTe2", "MoS2", "WSe2"])
+def test_nearest_neighbour_distances(material):
+    sim = simulate(material, 256, pixel_size=0.1, noise=CLEAN, seed=0)
+    t = sim.truth
+    a_px = get_material(material).a / 0.1
+    assert t.a_px == pytest.approx(a_px)
+    bond = np.linalg.norm(t.cell_m_site - t.cell_x_site, axis=1)
+    assert np.allclose(bond, a_px / math.sqrt(3), atol=1e-3)
+    # X-X and M-X nearest neighbours over all columns
+    x = t.cell_x_site
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    assert np.allclose(d.min(axis=1), a_px, atol=1e-3)
+    dm = np.linalg.norm(x[:, None] - t.cell_m_site[None], axis=-1)
+    assert np.allclose(dm.min(axis=1), a_px / math.sqrt(3), atol=1e-3)
+
+
+def test_rotation_keeps_lattice_and_rotates_bonds():
+    t0 = simulate(shape=300, pixel_size=0.1, noise=CLEAN, seed=0).truth
+    t = simulate(shape=300, pixel_size=0.1, rotation_deg=30.0, noise=CLEAN, seed=0).truth
+    bond = t.cell_m_site - t.cell_x_site
+    ang = np.degrees(np.arctan2(-bond[:, 1], bond[:, 0]))  # screen angle, y up
+    ang0 = np.degrees(np.arctan2(-(t0.cell_m_site - t0.cell_x_site)[:, 1], (t0.cell_m_site - t0.cell_x_site)[:, 0]))
+    assert np.allclose(ang0, 30.0)
+    assert np.allclose(ang, 60.0)
+    assert np.allclose(np.linalg.norm(bond, axis=1), t.a_px / math.sqrt(3))
+
+
+def test_cells_and_hexagons_lie_inside_and_are_unique():
+    t = simulate(shape=(200, 300), pixel_size=0.08, noise=CLEAN, seed=0).truth
+    for boxes in (t.cell_box, t.hex_box):
+        assert boxes[:, 0].min() >= -0.5 and boxes[:, 1].min() >= -0.5
+        assert boxes[:, 2].max() <= 299.5 and boxes[:, 3].max() <= 199.5
+    assert len({tuple(ij) for ij in t.cell_ij}) == t.n_cells
+    # each cell belongs to the two hexagons (i, j) and (i, j-1)
+    hexes = {tuple(ij) for ij in t.hex_ij}
+    interior = [ij for ij in map(tuple, t.cell_ij) if ij in hexes]
+    assert len(interior) > 0.5 * t.n_cells
+    # cell density matches the lattice: one cell per sqrt(3)/2 a^2
+    area_px = 200 * 300
+    expected = area_px / (math.sqrt(3) / 2 * t.a_px**2)
+    assert 0.7 * expected < t.n_cells <= expected
+
+
+def test_defect_counts_follow_labels():
+    lab = place_defects(10000, 0.3, [1, 0, 0, 1, 0], rng=0)
+    frac = np.bincount(lab, minlength=6) / lab.size
+    assert frac[0] == pytest.approx(0.7, abs=0.02)
+    assert frac[1] == pytest.approx(0.15, abs=0.02) and frac[4] == pytest.approx(0.15, abs=0.02)
+    assert frac[2] == frac[3] == frac[5] == 0
+    sim = simulate(shape=256, pixel_size=0.1, defect_fraction=0.5, seed=3)
+    c = sim.truth.counts()
+    assert sum(c.values()) == sim.truth.n_cells
+    assert c["Perfect"] < sim.truth.n_cells
+
+
+def _site_value(img, xy):
+    from scipy import ndimage as ndi
+
+    return ndi.map_coordinates(img, [xy[:, 1], xy[:, 0]], order=1)
+
+
+def test_site_intensities_follow_vacancies():
+    lat = build_lattice("MoTe2", (256, 256), 0.1)
+    n = len(lat.ij)
+    labels = np.arange(n) % 6
+    sim = simulate(shape=256, pixel_size=0.1, labels=labels, noise=CLEAN, seed=0)
+    t = sim.truth
+    x_val = _site_value(sim.clean, t.cell_x_site)
+    m_val = _site_value(sim.clean, t.cell_m_site)
+    lab = t.cell_label
+    empty_x = np.median(x_val[np.isin(lab, [2, 5])])  # both chalcogens missing
+    full_x = np.median(x_val[np.isin(lab, [0, 3])])
+    half_x = np.median(x_val[np.isin(lab, [1, 4])])
+    # a V_Te1 column is about half a Te2 column above the background
+    assert (half_x - empty_x) / (full_x - empty_x) == pytest.approx(0.5, abs=0.03)
+    # a V_Mo site is dark: far below an occupied Mo column
+    full_m = np.median(m_val[np.isin(lab, [0, 1, 2])])
+    empty_m = np.median(m_val[np.isin(lab, [3, 4, 5])])
+    assert empty_m < 0.35 * full_m
+    # Te2 is the brightest column in MoTe2 (sum Z^1.7), Mo/Te2 contrast ~ 0.35
+    assert full_x == pytest.approx(1.0, abs=0.1)
+    assert (full_m - empty_m) / (full_x - empty_x) == pytest.approx(42**1.7 / (2 * 52**1.7), abs=0.06)
+
+
+def test_metal_brighter_in_ws2():
+    sim = simulate("WS2", 200, pixel_size=0.1, defect_fraction=0.0, noise=CLEAN, seed=0)
+    t = sim.truth
+    assert np.median(_site_value(sim.clean, t.cell_m_site)) > 2 * np.median(_site_value(sim.clean, t.cell_x_site))
+
+
+def test_render_is_translation_consistent():
+    # a column at any sub-pixel position peaks at the same height
+    peaks = []
+    for dx in (0.0, 0.25, 0.5):
+        img = render_columns(np.array([[32.0 + dx, 32.0]]), np.array([1.0]), (64, 64), 0.1)
+        peaks.append(img.max())
+    assert np.ptp(peaks) < 0.02
+
+
+def test_poisson_noise_statistics():
+    clean = np.full((300, 300), 0.5)
+    img = apply_noise(clean, Noise(poisson_lambda=10.0, gaussian_mu=0.0), rng=0)
+    # counts ~ Poisson(5): mean 255*0.5, variance 255^2 * 0.5 / 10
+    assert img.mean() == pytest.approx(127.5, rel=0.01)
+    assert img.var() == pytest.approx(255**2 * 0.05, rel=0.05)
+    # values are whole counts
+    counts = img / 255 * 10
+    assert np.allclose(counts, np.round(counts), atol=1e-3)
+
+
+def test_gaussian_noise_statistics():
+    clean = np.zeros((300, 300))
+    img = apply_noise(clean, Noise(poisson_lambda=None, gaussian_mu=20.0), rng=0)
+    assert img.mean() == pytest.approx(0.0, abs=0.3)
+    assert img.std() == pytest.approx(20.0, rel=0.02)
+    q = apply_noise(clean + 0.5, Noise(poisson_lambda=None, gaussian_mu=20.0, quantize_8bit=True), rng=0)
+    assert q.min() >= 0 and q.max() <= 255 and np.all(q == np.round(q))
+
+
+def test_deterministic_by_seed():
+    a = simulate(shape=128, pixel_size=0.1, seed=5)
+    b = simulate(shape=128, pixel_size=0.1, seed=5)
+    c = simulate(shape=128, pixel_size=0.1, seed=6)
+    assert np.array_equal(a.image, b.image)
+    assert np.array_equal(a.truth.cell_label, b.truth.cell_label)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_distortions_move_ground_truth_with_the_columns():
+    from napari_tmd_defects.simulation import Distortion
+
+    sim = simulate(shape=256, pixel_size=0.1, noise=CLEAN, defect_fraction=0.0,
+                   distortion=Distortion(row_jitter_px=1.0, drift_px=(6.0, 4.0)), seed=2)
+    t = sim.truth
+    # the image is brightest at the ground-truth X sites (local maxima nearby)
+    from scipy import ndimage as ndi
+
+    mx = ndi.maximum_filter(sim.clean, size=5)
+    xs = np.round(t.cell_x_site).astype(int)
+    at_max = sim.clean[xs[:, 1], xs[:, 0]] >= 0.9 * mx[xs[:, 1], xs[:, 0]]
+    assert at_max.mean() > 0.95
+
+
+def test_ground_truth_json_round_trip(tmp_path):
+    t = simulate(shape=128, pixel_size=0.1, seed=1).truth
+    p = t.save(tmp_path / "gt.json")
+    u = GroundTruth.load(p)
+    assert u.material == t.material and u.shape == t.shape
+    assert np.allclose(u.cell_box, t.cell_box, atol=1e-3)
+    assert np.array_equal(u.cell_label, t.cell_label)
+    assert np.array_equal(u.hex_ij, t.hex_ij)
+    assert u.counts() == t.counts()
+    assert u.area_nm2 == pytest.approx(t.area_nm2)
+
+
+def test_concentration_units():
+    t = simulate(shape=128, pixel_size=0.1, seed=1).truth
+    conc = t.concentrations_cm2()
+    for name, n in t.counts().items():
+        # 1 nm^2 = 1e-14 cm^2
+        assert conc[name] == pytest.approx(n / (t.area_nm2 * 1e-14))
+
+
+def test_bad_arguments_are_explained():
+    with pytest.raises(ValueError, match="pixel_size"):
+        simulate(pixel_size=0.0)
+    with pytest.raises(ValueError, match="shape"):
+        simulate(shape=4)
+    with pytest.raises(ValueError, match="defect_fraction"):
+        simulate(defect_fraction=1.5)
+    with pytest.raises(ValueError, match="unknown material"):
+        simulate("NbSe3")
