@@ -124,6 +124,61 @@ def _run_demo(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- analyze
+def _add_analyze(sub) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="find and classify the unit cells of images",
+        description="Detect hexagons, cast unit cells and classify them. For each IMAGE write "
+        "<name>_cells.csv, <name>_summary.json and <name>_overlay.png to OUT.",
+    )
+    p.add_argument("images", nargs="+", type=Path, help="image files (TIFF, PNG/JPEG, DM3/DM4, EMD, ...)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--pixel-size", type=float, default=None, metavar="A_PER_PX",
+                   help="Å/px; default: from the file's metadata, else estimated from the lattice")
+    p.add_argument("--material", default="MoTe2", help="MoTe2 (default), MoS2, MoSe2, WS2, WSe2")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--alpha", type=float, default=0.65, help="casting width ratio (default 0.65)")
+    p.add_argument("--beta", type=float, default=0.5, help="casting height ratio (default 0.5)")
+    p.add_argument("--no-classify", action="store_true", help="detect cells only (defect = unclassified)")
+    p.add_argument("--detector", type=Path, default=None, help="detector weights (default: shipped)")
+    p.add_argument("--classifier", type=Path, default=None, help="classifier weights (default: shipped)")
+    p.set_defaults(func=_run_analyze)
+
+
+def _run_analyze(args) -> int:
+    from .analysis import analyze
+    from .classification import load_classifier
+    from .detection import load_detector
+    from .io import read_image
+
+    det = load_detector(args.detector, device=args.device)
+    clf = None if args.no_classify else load_classifier(args.classifier, device=args.device)
+    failed = 0
+    bar = progress_printer("analyze")
+    for k, path in enumerate(args.images):
+        try:
+            image, meta = read_image(path)
+            ps = args.pixel_size if args.pixel_size is not None else meta.get("pixel_size_A")
+            res = analyze(image, pixel_size=ps, material=args.material, alpha=args.alpha, beta=args.beta,
+                          detector=det, classifier=clf, classify=not args.no_classify)
+            if ps is not None and args.pixel_size is None:
+                res.pixel_size_source = "file metadata"
+            res.save(args.out, image=image, stem=path.stem)
+            counts = ", ".join(f"{n} {c}" for n, c in res.counts().items() if c) or "no classified cells"
+            sys.stderr.write("\r")
+            print(f"{path.name}: {res.n_cells} cells, {res.area_nm2:.1f} nm² at {res.pixel_size:.4f} Å/px "
+                  f"({res.pixel_size_source}); {counts}")
+            for w in res.warnings:
+                print(f"  note: {w}")
+        except (ValueError, OSError) as exc:
+            failed += 1
+            print(f"{path}: skipped: {exc}", file=sys.stderr)
+        bar(k + 1, len(args.images))
+    print(f"wrote results for {len(args.images) - failed} of {len(args.images)} images to {args.out}")
+    return 1 if failed == len(args.images) else 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -132,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_simulate, _add_demo):
+    for add in (_add_simulate, _add_demo, _add_analyze):
         add(sub)
     return parser
 

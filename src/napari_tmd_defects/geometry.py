@@ -25,6 +25,7 @@ ground-truth cells, and so that cells tile the lattice rows without overlap
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,10 +35,15 @@ __all__ = [
     "bbox_of_points",
     "box_iou",
     "cast_hexagons",
+    "CellSet",
     "cell_box",
+    "cells_from_hexagons",
+    "estimate_lattice",
+    "LatticeEstimate",
     "hexagon_box",
     "lattice_vectors",
     "rotate_points",
+    "sites_from_cell_boxes",
 ]
 
 SQRT3 = math.sqrt(3.0)
@@ -57,6 +63,146 @@ def lattice_vectors(a_px: float, rotation_deg: float = 0.0) -> tuple[np.ndarray,
     if rotation_deg:
         a1, a2 = rotate_points(np.stack([a1, a2]), rotation_deg)
     return a1, a2
+
+
+@dataclass(frozen=True)
+class LatticeEstimate:
+    """Lattice found in an image by :func:`estimate_lattice`.
+
+    Attributes
+    ----------
+    a_px : float
+        Mean lattice constant, px.
+    rotation_deg : float
+        Orientation of the lattice modulo 60°, in (-30, 30], counter-clockwise as
+        displayed (0 = a1 along x, the canonical orientation).
+    a1, a2 : (2,) arrays
+        Real-space lattice vectors (px), a2 about 60° clockwise on screen from a1
+        (down-right at rotation 0); they absorb linear scan distortion.
+    strength : float
+        Power of the lattice reflections over the median power at the same spatial
+        frequency; below ~20 there is no reliable lattice.
+    """
+
+    a_px: float
+    rotation_deg: float
+    a1: np.ndarray
+    a2: np.ndarray
+    strength: float
+
+
+def _refine_peak(power: np.ndarray, ky: float, kx: float, r: int = 2) -> tuple[float, float, float]:
+    """Centroid of the power around the (ky, kx) frequency bin (fftshifted coordinates)."""
+    n0, n1 = power.shape
+    iy, ix = int(round(ky)), int(round(kx))
+    ys = np.arange(iy - r, iy + r + 1)
+    xs = np.arange(ix - r, ix + r + 1)
+    win = power[np.ix_(ys % n0, xs % n1)]
+    win = win - win.min()
+    tot = win.sum()
+    if tot <= 0:
+        return float(ky), float(kx), 0.0
+    cy = float((win.sum(axis=1) * ys).sum() / tot)
+    cx = float((win.sum(axis=0) * xs).sum() / tot)
+    return cy, cx, float(power[iy % n0, ix % n1])
+
+
+def estimate_lattice(image: np.ndarray, a_range_px: tuple[float, float] = (6.0, 400.0)) -> LatticeEstimate | None:
+    """Find the hexagonal lattice of an image from its Fourier transform.
+
+    Candidate first-order ({100}, spacing sqrt(3)/2 a) and second-order ({110}, spacing
+    a/2) reflections are scored together, so either may be the strongest.
+
+    Parameters
+    ----------
+    image : (rows, cols) array
+    a_range_px : (min, max)
+        Range of lattice constants to consider, px.
+
+    Returns
+    -------
+    LatticeEstimate, or None when the image has no periodic structure at all.
+    """
+    img = np.asarray(image, dtype=float)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}")
+    h, w = img.shape
+    if min(h, w) < 16 or not np.isfinite(img).all() or np.ptp(img) == 0:
+        return None
+    win = np.outer(np.hanning(h), np.hanning(w))
+    n = int(2 ** math.ceil(math.log2(max(h, w, 128)))) * 2
+    f = np.fft.fftshift(np.fft.fft2((img - img.mean()) * win, s=(n, n)))
+    power = np.abs(f) ** 2
+    c = n // 2
+    yy, xx = np.mgrid[0:n, 0:n]
+    ky, kx = (yy - c) / n, (xx - c) / n  # cycles per px, y down
+    kr = np.hypot(ky, kx)
+    # {100} spatial frequency for a lattice constant a: 2 / (sqrt(3) a)
+    kmin = 2.0 / (SQRT3 * min(a_range_px[1], max(h, w) / 2.0))
+    kmax = min(2.0 / a_range_px[0], 0.45)
+    band = (kr > kmin) & (kr < kmax)
+    if not band.any():
+        return None
+    from scipy import ndimage as ndi
+
+    sm = ndi.uniform_filter(power, 3)
+    peaks = (sm == ndi.maximum_filter(sm, size=7)) & band & (ky >= 0)
+    idx = np.flatnonzero(peaks)
+    if idx.size == 0:
+        return None
+    idx = idx[np.argsort(sm.ravel()[idx])[::-1][:8]]
+
+    def power_at(k100: float, theta: float) -> float:
+        tot = 0.0
+        for order, (rad, off) in enumerate(((k100, 0.0), (k100 * SQRT3, 30.0))):
+            for m in range(6):
+                t = math.radians(theta + off + 60.0 * m)
+                py, px = c + rad * n * math.sin(t), c + rad * n * math.cos(t)
+                iy, ix = int(round(py)), int(round(px))
+                if 1 <= iy < n - 1 and 1 <= ix < n - 1:
+                    tot += sm[iy - 1 : iy + 2, ix - 1 : ix + 2].max()
+        return tot
+
+    best = None
+    for i in idx:
+        pk = kr.ravel()[i]
+        th = math.degrees(math.atan2(ky.ravel()[i], kx.ravel()[i]))
+        for k100, theta in ((pk, th), (pk / SQRT3, th - 30.0)):
+            if not (kmin <= k100 <= kmax):
+                continue
+            score = power_at(k100, theta)
+            if best is None or score > best[0]:
+                best = (score, k100, theta)
+    if best is None:
+        return None
+    _, k100, theta = best
+    # refine three {100} reflections (and use their {110} sums) to get the reciprocal basis
+    g = []
+    for m in range(3):
+        t = math.radians(theta + 60.0 * m)
+        py, px, _ = _refine_peak(power, c + k100 * n * math.sin(t), c + k100 * n * math.cos(t))
+        g.append(np.array([(px - c) / n, (py - c) / n]))  # (kx, ky) cycles/px
+    g1, g2, g3 = g
+    # g3 = g2 - g1 for a hexagonal lattice; average the redundant estimate
+    b1 = (g1 + (g2 - g3)) / 2.0
+    b2 = (g2 + (g1 + g3)) / 2.0
+    bmat = np.stack([b1, b2])  # rows: reciprocal vectors (cycles/px)
+    amat = np.linalg.inv(bmat).T  # rows: real-space vectors with a_i . b_j = delta_ij
+    v1, v2 = amat[0], amat[1]
+    # pick the real-space basis closest to the canonical (a1 along x, a2 down-right)
+    cands = [v1, v2, v1 + v2, -v1, -v2, -(v1 + v2)]
+    ang = [math.degrees(math.atan2(-v[1], v[0])) for v in cands]  # screen angle, y up
+    k = int(np.argmin([abs(((a + 30.0) % 60.0) - 30.0) + (0 if -30 < a <= 30 else 1000) for a in ang]))
+    a1 = cands[k]
+    rot = ang[k]
+    # a2 is a1 turned 60° clockwise on screen (down-right at rotation 0)
+    a2 = next(v for v in cands if abs(((math.degrees(math.atan2(-v[1], v[0])) - (rot - 60.0) + 180) % 360) - 180) < 20)
+    a_px = float((np.linalg.norm(a1) + np.linalg.norm(a2)) / 2.0)
+    # strength: reflection power over the median power at the same |k|
+    ring = band & (np.abs(kr - k100) < 2.0 / n)
+    med = float(np.median(sm[ring])) if ring.any() else 1.0
+    strength = float(best[0] / 12.0 / max(med, 1e-30))
+    return LatticeEstimate(a_px=a_px, rotation_deg=float(rot), a1=np.asarray(a1), a2=np.asarray(a2), strength=strength)
 
 
 def mx_offset(a_px: float) -> np.ndarray:
@@ -163,3 +309,68 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = wh[..., 0] * wh[..., 1]
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+@dataclass
+class CellSet:
+    """Unit cells cast from hexagons, one row per physical cell (px, x = column).
+
+    ``boxes`` (N, 4); ``x_sites``, ``m_sites`` (N, 2) column estimates; ``ij`` (N, 2)
+    lattice indices; ``support`` (N,) number of detected hexagons that cast the cell.
+    """
+
+    boxes: np.ndarray
+    x_sites: np.ndarray
+    m_sites: np.ndarray
+    ij: np.ndarray
+    support: np.ndarray
+
+
+def sites_from_cell_boxes(boxes: np.ndarray, a_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """X (lower-left) and M (upper-right) column estimates inside cell boxes (canonical)."""
+    b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    px, py = CELL_PAD_X * a_px, CELL_PAD_Y * a_px
+    x = np.stack([b[:, 0] + px, b[:, 3] - py], axis=1)
+    m = np.stack([b[:, 2] - px, b[:, 1] + py], axis=1)
+    return x, m
+
+
+def cells_from_hexagons(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    shape: tuple[int, int],
+    a_px: float,
+    alpha: float = 0.65,
+    beta: float = 0.5,
+) -> CellSet:
+    """Cast hexagon boxes into unit cells and report every physical cell once.
+
+    Each hexagon gets lattice indices from its centre; its upper-left cell is cell
+    ``(i, j)`` and its lower-right cell ``(i, j + 1)``; the casts of the same cell are
+    averaged (weighted by detection score). Cells whose box leaves the image are dropped.
+    """
+    b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    s = np.asarray(scores, dtype=float).reshape(-1)
+    if len(b) == 0:
+        z = np.zeros((0, 2))
+        return CellSet(np.zeros((0, 4)), z, z, np.zeros((0, 2), int), np.zeros(0, int))
+    centers = (b[:, :2] + b[:, 2:]) / 2.0
+    a1, a2 = lattice_vectors(a_px)
+    ref = centers[np.argmin(np.linalg.norm(centers - np.array([shape[1], shape[0]]) / 2.0, axis=1))]
+    ij_f = np.linalg.solve(np.stack([a1, a2], axis=1), (centers - ref).T).T
+    hij = np.round(ij_f).astype(int)
+    ul, lr = cast_hexagons(b, alpha, beta)
+    keys = np.concatenate([hij, hij + [0, 1]])
+    cast = np.concatenate([ul, lr])
+    w = np.concatenate([s, s]).clip(1e-3, None)
+    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    wsum = np.bincount(inv, weights=w, minlength=len(uniq))
+    merged = np.stack([np.bincount(inv, weights=w * cast[:, k], minlength=len(uniq)) for k in range(4)], 1)
+    merged /= wsum[:, None]
+    support = np.bincount(inv, minlength=len(uniq))
+    h, wd = shape
+    inside = (merged[:, 0] >= -0.5) & (merged[:, 1] >= -0.5) & (merged[:, 2] <= wd - 0.5) & (merged[:, 3] <= h - 0.5)
+    merged, uniq, support = merged[inside], uniq[inside], support[inside]
+    x, m = sites_from_cell_boxes(merged, a_px)
+    return CellSet(merged, x, m, uniq, support)

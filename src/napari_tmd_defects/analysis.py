@@ -1,0 +1,434 @@
+"""``analyze(image, pixel_size=...)``: image -> unit cells, classes, counts and concentrations.
+
+The pipeline: validate the image, find the lattice (estimating the pixel size when it is
+not given), detect hexagons (CNN-1), cast and deduplicate unit cells (hexagonal-net
+casting, lattice completion), classify every cell (CNN-2), and report. Pure numpy/torch:
+no Qt here; the napari widgets and the CLI call this function.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .geometry import estimate_lattice
+from .io import atomic_write
+from .materials import N_CLASSES, get_material
+from .runtime import CancelCallback, ProgressCallback, check_cancel
+
+__all__ = ["Result", "analyze", "prepare_image", "UNCLASSIFIED"]
+
+#: Label of cells that were not classified.
+UNCLASSIFIED = -1
+#: Pixel sizes (Å/px) the models were trained for; outside it a warning is given.
+TRAINED_PIXEL_SIZES = (0.02, 0.16)
+#: Minimum lattice-peak strength of :func:`geometry.estimate_lattice` to trust a lattice.
+MIN_LATTICE_STRENGTH = 20.0
+
+
+@dataclass
+class Result:
+    """Everything :func:`analyze` found in one image. Coordinates in px (x = column).
+
+    Per-cell arrays (length N): ``boxes`` (N, 4) ``x_min, y_min, x_max, y_max``;
+    ``x_sites``, ``m_sites`` (N, 2) X- and M-column estimates; ``ij`` lattice indices;
+    ``support`` number of detected hexagons that cast the cell (0 = recovered from the
+    lattice); ``labels`` class ids (-1 = unclassified); ``confidence`` softmax probability
+    of the label; ``probabilities`` (N, 6) or None; ``flagged`` low-confidence cells to
+    review; ``corrected`` cells whose class a user set by hand.
+    """
+
+    material: str
+    pixel_size: float
+    pixel_size_source: str
+    image_shape: tuple[int, int]
+    alpha: float
+    beta: float
+    hexagon_boxes: np.ndarray
+    hexagon_scores: np.ndarray
+    boxes: np.ndarray
+    x_sites: np.ndarray
+    m_sites: np.ndarray
+    ij: np.ndarray
+    support: np.ndarray
+    labels: np.ndarray
+    confidence: np.ndarray
+    probabilities: np.ndarray | None
+    flagged: np.ndarray
+    corrected: np.ndarray
+    low_confidence: float = 0.6
+    models: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ summaries
+    @property
+    def n_cells(self) -> int:
+        return int(len(self.boxes))
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return get_material(self.material).class_names
+
+    def label_names(self) -> list[str]:
+        """Class name of every cell (``"unclassified"`` where not classified)."""
+        names = self.class_names
+        return [names[k] if 0 <= k < N_CLASSES else "unclassified" for k in self.labels]
+
+    def counts(self) -> dict[str, int]:
+        """Cells per class (classified cells only)."""
+        lab = self.labels[self.labels >= 0]
+        c = np.bincount(lab, minlength=N_CLASSES)
+        return {n: int(k) for n, k in zip(self.class_names, c)}
+
+    @property
+    def area_nm2(self) -> float:
+        """Analysed area: number of cells times the unit-cell area (√3/2 a²), nm²."""
+        return self.n_cells * get_material(self.material).cell_area_nm2
+
+    def concentrations_cm2(self) -> dict[str, float]:
+        """Cells of each class per cm² of analysed area (1 nm² = 1e-14 cm²)."""
+        area_cm2 = self.area_nm2 * 1e-14
+        return {k: (v / area_cm2 if area_cm2 > 0 else 0.0) for k, v in self.counts().items()}
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``summary.json`` holds)."""
+        return {
+            "software": f"napari-tmd-defects {__version__}",
+            "material": self.material,
+            "class_names": list(self.class_names),
+            "image_shape": list(self.image_shape),
+            "pixel_size_A": round(float(self.pixel_size), 6),
+            "pixel_size_source": self.pixel_size_source,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "n_hexagons": int(len(self.hexagon_boxes)),
+            "n_cells": self.n_cells,
+            "n_cells_recovered_from_lattice": int(np.sum(self.support == 0)),
+            "n_flagged": int(np.sum(self.flagged)),
+            "n_corrected": int(np.sum(self.corrected)),
+            "counts": self.counts(),
+            "area_nm2": round(self.area_nm2, 4),
+            "concentration_cm2": {k: float(f"{v:.4g}") for k, v in self.concentrations_cm2().items()},
+            "low_confidence_threshold": self.low_confidence,
+            "models": self.models,
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "warnings": list(self.warnings),
+        }
+
+    # ------------------------------------------------------------------ edits
+    def set_label(self, index: int | np.ndarray, label: int) -> None:
+        """Set the class of cell(s) by hand (a correction): confidence 1, not flagged."""
+        if not 0 <= int(label) < N_CLASSES:
+            raise ValueError(f"label must be a class id 0..{N_CLASSES - 1}, got {label}")
+        self.labels[index] = int(label)
+        self.confidence[index] = 1.0
+        self.flagged[index] = False
+        self.corrected[index] = True
+
+    def recast(self, alpha: float, beta: float) -> "Result":
+        """Cells re-cast from the same hexagons with new crop ratios (no re-detection).
+
+        Classes are carried over by lattice index; cells without a class become
+        unclassified.
+        """
+        from .geometry import cells_from_hexagons
+
+        a_px = get_material(self.material).a / self.pixel_size
+        cells = cells_from_hexagons(self.hexagon_boxes, self.hexagon_scores, self.image_shape, a_px, alpha, beta)
+        old = {tuple(k): n for n, k in enumerate(self.ij)}
+        pick = np.array([old.get(tuple(k), -1) for k in cells.ij], dtype=int)
+        have = pick >= 0
+
+        def carry(arr, fill):
+            if arr is None:
+                return None
+            out = np.full((len(pick),) + arr.shape[1:], fill, dtype=arr.dtype)
+            out[have] = arr[pick[have]]
+            return out
+
+        return replace(
+            self,
+            alpha=alpha,
+            beta=beta,
+            boxes=cells.boxes,
+            x_sites=cells.x_sites,
+            m_sites=cells.m_sites,
+            ij=cells.ij,
+            support=cells.support,
+            labels=carry(self.labels, UNCLASSIFIED),
+            confidence=carry(self.confidence, 0.0),
+            probabilities=carry(self.probabilities, 0.0),
+            flagged=carry(self.flagged, False),
+            corrected=carry(self.corrected, False),
+            warnings=list(self.warnings),
+        )
+
+    # ------------------------------------------------------------------ output
+    def table(self) -> dict[str, np.ndarray | list]:
+        """Per-cell columns, in the order of ``cells.csv``."""
+        cols: dict[str, Any] = {
+            "x_min": self.boxes[:, 0], "y_min": self.boxes[:, 1],
+            "x_max": self.boxes[:, 2], "y_max": self.boxes[:, 3],
+            "defect": self.label_names(), "confidence": self.confidence,
+            "x_site_x": self.x_sites[:, 0], "x_site_y": self.x_sites[:, 1],
+            "m_site_x": self.m_sites[:, 0], "m_site_y": self.m_sites[:, 1],
+            "class_id": self.labels, "flagged": self.flagged.astype(int),
+            "corrected": self.corrected.astype(int), "support": self.support,
+            "i": self.ij[:, 0], "j": self.ij[:, 1],
+        }
+        if self.probabilities is not None:
+            for k, name in enumerate(self.class_names):
+                cols[f"p_{name}"] = self.probabilities[:, k]
+        return cols
+
+    def write_csv(self, path: str | Path) -> Path:
+        """Write the per-cell table (pixel coordinates of the input image)."""
+        cols = self.table()
+        names = list(cols)
+        fmt = {
+            "x_min": "{:.2f}", "y_min": "{:.2f}", "x_max": "{:.2f}", "y_max": "{:.2f}",
+            "x_site_x": "{:.2f}", "x_site_y": "{:.2f}", "m_site_x": "{:.2f}", "m_site_y": "{:.2f}",
+            "confidence": "{:.4f}",
+        }
+        with atomic_write(path, "w") as fh:
+            fh.write(",".join(names) + "\n")
+            for r in range(self.n_cells):
+                vals = []
+                for n in names:
+                    v = cols[n][r]
+                    f = fmt.get(n, "{:.4f}" if n.startswith("p_") else "{}")
+                    vals.append(f.format(v))
+                fh.write(",".join(vals) + "\n")
+        return Path(path)
+
+    def save(self, out_dir: str | Path, image: np.ndarray | None = None, stem: str = "") -> dict[str, Path]:
+        """Write ``cells.csv``, ``summary.json`` and (with ``image``) ``overlay.png``.
+
+        ``stem`` prefixes the file names (``<stem>_cells.csv``) for batches.
+        """
+        from .visualization import overlay_rgb
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        pre = f"{stem}_" if stem else ""
+        paths = {"cells": self.write_csv(out / f"{pre}cells.csv")}
+        p = out / f"{pre}summary.json"
+        with atomic_write(p, "w") as fh:
+            json.dump(self.summary(), fh, indent=2)
+        paths["summary"] = p
+        if image is not None:
+            from PIL import Image
+
+            p = out / f"{pre}overlay.png"
+            lab = np.where(self.labels >= 0, self.labels, 0) if np.any(self.labels >= 0) else None
+            rgb = overlay_rgb(image, boxes=self.boxes, labels=lab, material=self.material)
+            with atomic_write(p) as fh:
+                Image.fromarray(rgb).save(fh, format="PNG")
+            paths["overlay"] = p
+        return paths
+
+
+def _empty_result(shape, material, pixel_size, source, alpha, beta, warnings, low_confidence) -> Result:
+    z4, z2 = np.zeros((0, 4)), np.zeros((0, 2))
+    return Result(
+        material=material, pixel_size=float(pixel_size) if pixel_size else float("nan"),
+        pixel_size_source=source, image_shape=tuple(shape), alpha=alpha, beta=beta,
+        hexagon_boxes=z4, hexagon_scores=np.zeros(0), boxes=z4, x_sites=z2, m_sites=z2,
+        ij=np.zeros((0, 2), int), support=np.zeros(0, int), labels=np.zeros(0, int),
+        confidence=np.zeros(0), probabilities=np.zeros((0, N_CLASSES)), flagged=np.zeros(0, bool),
+        corrected=np.zeros(0, bool), low_confidence=low_confidence, warnings=list(warnings),
+    )
+
+
+def prepare_image(image: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Validate an input image -> (2-D float32 copy, warnings).
+
+    RGB(A) images are converted to grey; a few non-finite pixels (≤ 5 %) are replaced by
+    the median.
+
+    Raises
+    ------
+    ValueError
+        For non-numeric data, anything but 2-D/RGB, or mostly non-finite images.
+    """
+    warnings: list[str] = []
+    a = np.asarray(image)
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"image must be numeric, got dtype {a.dtype}")
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        warnings.append("RGB image converted to grey")
+    if a.ndim != 2:
+        raise ValueError(
+            f"image must be 2-D (rows, cols) or RGB, got shape {a.shape}; "
+            "for a stack analyse each frame or sum aligned frames"
+        )
+    a = a.astype(np.float32, copy=True)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        frac = bad.mean()
+        if frac > 0.05:
+            raise ValueError(f"{frac:.0%} of the image is NaN or infinite; cannot analyse it")
+        a[bad] = np.median(a[~bad])
+        warnings.append(f"{int(bad.sum())} NaN/inf pixels replaced by the median")
+    return a, warnings
+
+
+def _resolve_model(model, kind: str, device: str):
+    """A model object as given, or the one loaded from a path / the shipped weights."""
+    if model is None or isinstance(model, (str, Path)):
+        if kind == "detector":
+            from .detection import load_detector as loader
+        else:
+            from .classification import load_classifier as loader
+        return loader(model, device=device)
+    return model
+
+
+def analyze(
+    image: np.ndarray,
+    pixel_size: float | None = None,
+    material: str = "MoTe2",
+    alpha: float = 0.65,
+    beta: float = 0.5,
+    device: str = "auto",
+    detector=None,
+    classifier=None,
+    classify: bool = True,
+    low_confidence: float = 0.6,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
+) -> Result:
+    """Find and classify every unit cell of a HAADF-STEM image.
+
+    Parameters
+    ----------
+    image : (rows, cols) array
+        Any numeric dtype; RGB is converted to grey.
+    pixel_size : float, optional
+        Å/px. When None it is estimated from the lattice (FFT) and the material's lattice
+        constant, and the result says so.
+    material : str
+        ``"MoTe2"`` (default), ``"MoS2"``, ``"MoSe2"``, ``"WS2"``, ``"WSe2"``.
+    alpha, beta : float
+        Hexagonal-net casting crop ratios (paper: 0.65, 0.5).
+    device : str
+        ``"auto"`` (GPU when there is one), ``"cpu"`` or ``"cuda"``.
+    detector, classifier : model object or path, optional
+        Defaults: the shipped weights. Objects must follow the contracts in
+        docs/architecture.md.
+    classify : bool
+        False: detect cells only (labels ``unclassified``).
+    low_confidence : float
+        Cells whose top probability is below this are flagged for review.
+    progress : callable(done, total), optional
+    cancel : callable() -> bool, optional
+        Checked between stages; raises :class:`~.runtime.Cancelled`.
+
+    Returns
+    -------
+    Result
+    """
+    t_start = time.perf_counter()
+    mat = get_material(material)
+    img, warnings = prepare_image(image)
+    shape = img.shape
+    timings: dict[str, float] = {}
+    steps = 4
+
+    def step(k):
+        if progress:
+            progress(k, steps)
+        check_cancel(cancel)
+
+    step(0)
+    source = "given"
+    if pixel_size is not None:
+        pixel_size = float(pixel_size)
+        if not math.isfinite(pixel_size) or pixel_size <= 0:
+            raise ValueError(f"pixel_size must be a positive number of Å/px, got {pixel_size}")
+    if min(shape) < 32 or np.ptp(img) == 0:
+        warnings.append("image too small or constant: no lattice to analyse")
+        return _empty_result(shape, mat.name, pixel_size, source, alpha, beta, warnings, low_confidence)
+
+    t0 = time.perf_counter()
+    lat = estimate_lattice(img)
+    timings["lattice"] = time.perf_counter() - t0
+    has_lattice = lat is not None and lat.strength >= MIN_LATTICE_STRENGTH
+    if pixel_size is None:
+        if not has_lattice:
+            warnings.append("no crystal lattice found, so the pixel size cannot be estimated")
+            return _empty_result(shape, mat.name, None, "unknown", alpha, beta, warnings, low_confidence)
+        pixel_size = mat.a / lat.a_px
+        source = "estimated from the lattice"
+        warnings.append(f"pixel size estimated from the {mat.name} lattice: {pixel_size:.4f} Å/px")
+    elif has_lattice:
+        ratio = (mat.a / pixel_size) / lat.a_px
+        if abs(ratio - 1.0) > 0.15:
+            warnings.append(
+                f"the given pixel size {pixel_size:.4g} Å/px disagrees with the lattice, which "
+                f"suggests {mat.a / lat.a_px:.4g} Å/px for {mat.name}; check the pixel size or material"
+            )
+    else:
+        warnings.append("no clear crystal lattice found in the image")
+    if not TRAINED_PIXEL_SIZES[0] <= pixel_size <= TRAINED_PIXEL_SIZES[1]:
+        warnings.append(
+            f"pixel size {pixel_size:.4g} Å/px is outside the range the models were trained for "
+            f"({TRAINED_PIXEL_SIZES[0]}–{TRAINED_PIXEL_SIZES[1]} Å/px)"
+        )
+    a_px = mat.a / pixel_size
+    if min(shape) < 2.5 * a_px:
+        warnings.append(f"image ({shape[1]}x{shape[0]} px) holds fewer than 2.5 lattice constants")
+        return _empty_result(shape, mat.name, pixel_size, source, alpha, beta, warnings, low_confidence)
+
+    step(1)
+    from .geometry import cells_from_hexagons
+
+    det = _resolve_model(detector, "detector", device)
+    t0 = time.perf_counter()
+    hex_boxes, hex_scores = det.detect(img, pixel_size, material=mat.name, cancel=cancel)
+    timings["detection"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cells = cells_from_hexagons(hex_boxes, hex_scores, shape, a_px, alpha, beta)
+    timings["casting"] = time.perf_counter() - t0
+    models = {"detector": _card_summary(getattr(det, "card", {}))}
+
+    step(2)
+    n = len(cells.boxes)
+    probs = None
+    labels = np.full(n, UNCLASSIFIED, dtype=int)
+    conf = np.zeros(n)
+    if classify and n:
+        clf = _resolve_model(classifier, "classifier", device)
+        t0 = time.perf_counter()
+        probs = np.asarray(clf.predict(img, cells.boxes, pixel_size, material=mat.name, cancel=cancel), dtype=float)
+        timings["classification"] = time.perf_counter() - t0
+        labels = probs.argmax(axis=1)
+        conf = probs.max(axis=1)
+        models["classifier"] = _card_summary(getattr(clf, "card", {}))
+    flagged = (conf < low_confidence) & (labels >= 0)
+    step(steps)
+    timings["total"] = time.perf_counter() - t_start
+    if n == 0:
+        warnings.append("no unit cells found")
+    return Result(
+        material=mat.name, pixel_size=float(pixel_size), pixel_size_source=source, image_shape=tuple(shape),
+        alpha=alpha, beta=beta, hexagon_boxes=np.asarray(hex_boxes, float).reshape(-1, 4),
+        hexagon_scores=np.asarray(hex_scores, float).reshape(-1), boxes=cells.boxes, x_sites=cells.x_sites,
+        m_sites=cells.m_sites, ij=cells.ij, support=cells.support, labels=labels, confidence=conf,
+        probabilities=probs, flagged=flagged, corrected=np.zeros(n, bool), low_confidence=low_confidence,
+        models=models, timings=timings, warnings=warnings,
+    )
+
+
+def _card_summary(card: dict[str, Any]) -> dict[str, Any]:
+    keys = ("name", "version", "config", "trained", "input_size", "channels", "a_px", "sha256")
+    return {k: card[k] for k in keys if k in card}
