@@ -206,3 +206,12 @@ def test_bad_arguments_are_explained():
         simulate(defect_fraction=1.5)
     with pytest.raises(ValueError, match="unknown material"):
         simulate("NbSe3")
+
+
+def test_jpeg_export_noise():
+    clean = np.full((64, 64), 0.4)
+    clean[20:40, 20:40] = 0.9
+    img = apply_noise(clean, Noise(poisson_lambda=None, gaussian_mu=0.0, quantize_8bit=True, jpeg_quality=60), rng=0)
+    assert img.dtype == np.float32 and img.min() >= 0 and img.max() <= 255
+    assert np.all(img == np.round(img))
+    assert abs(float(img[30, 30]) - 0.9 * 255) < 6  # JPEG keeps the picture, adds small artefacts

@@ -67,9 +67,10 @@ def sample_conditions(
         lambda uniform in [5, 20] counts at the brightest column, Gaussian mu = 20.
     ``realistic``
         Randomised conditions that cover real frames (e.g. the 2DIP-Net GUI's
-        8-bit MoTe2 samples): source blur 0.3-1.0 Å FWHM, residual defocus and
+        8-bit MoTe2 samples): source blur 0.3-1.2 Å FWHM, residual defocus and
         astigmatism, Z exponent 1.6-1.85, lambda 4-60 (log-uniform), mu 0-30,
-        background and contamination, scan-row jitter, drift, 8-bit exports.
+        background 0-0.4 and contamination, scan-row jitter, linear drift (shear up
+        to ~4°, stretch up to ~4 %), 8-bit exports, some JPEG-compressed.
     ``clean``
         Paper optics, no noise.
 
@@ -94,19 +95,27 @@ def sample_conditions(
             defocus_a=float(np.clip(rng.normal(0.0, 15.0), -40, 40)),
             astigmatism_a=rng.uniform(0.0, 20.0) if rng.random() < 0.6 else 0.0,
             astigmatism_deg=rng.uniform(0.0, 180.0),
-            source_fwhm_a=rng.uniform(0.3, 1.0),
+            source_fwhm_a=rng.uniform(0.3, 1.2),
             z_exponent=rng.uniform(1.6, 1.85),
         )
+        eight_bit = bool(rng.random() < 0.5)
         kw["noise"] = Noise(
             poisson_lambda=_loguniform(rng, 4.0, 60.0),
             gaussian_mu=rng.uniform(0.0, 30.0),
-            background=rng.uniform(0.0, 0.25),
+            background=rng.uniform(0.0, 0.4),
             contamination=rng.uniform(0.0, 0.3) if rng.random() < 0.5 else 0.0,
             contamination_scale_a=rng.uniform(5.0, 20.0),
-            quantize_8bit=bool(rng.random() < 0.5),
+            quantize_8bit=eight_bit,
+            jpeg_quality=int(rng.integers(70, 96)) if eight_bit and rng.random() < 0.5 else None,
         )
         jitter_a = rng.uniform(0.0, 0.15) if rng.random() < 0.5 else 0.0
-        drift = rng.normal(0.0, 0.01, size=2) * size[0] if rng.random() < 0.5 else np.zeros(2)
+        # linear drift: shear up to ~4° and stretch up to ~4 % (the 2DIP-Net GUI's
+        # experimental frames show ~3.7° shear and ~2.7 % stretch)
+        drift = (
+            np.array([rng.uniform(-0.07, 0.07), rng.uniform(-0.04, 0.04)]) * size[0]
+            if rng.random() < 0.7
+            else np.zeros(2)
+        )
         kw["distortion"] = Distortion(
             row_jitter_px=jitter_a / kw["pixel_size"],
             row_jitter_corr=rng.uniform(0.5, 4.0),

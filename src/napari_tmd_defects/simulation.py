@@ -114,6 +114,8 @@ class Noise:
         Correlation length of that background, Å.
     quantize_8bit : bool
         Clip to 0..255 and round, like an 8-bit export.
+    jpeg_quality : int or None
+        With ``quantize_8bit``: also JPEG-compress at this quality (1-95), like a JPEG export.
     """
 
     poisson_lambda: float | None = 12.0
@@ -122,6 +124,7 @@ class Noise:
     contamination: float = 0.0
     contamination_scale_a: float = 8.0
     quantize_8bit: bool = False
+    jpeg_quality: int | None = None
 
 
 @dataclass(frozen=True)
@@ -442,7 +445,21 @@ def apply_noise(
         out = out + rng.normal(0.0, float(noise.gaussian_mu), size=out.shape)
     if noise.quantize_8bit:
         out = np.clip(np.round(out), 0, 255)
+        if noise.jpeg_quality:
+            out = _jpeg_round_trip(out, int(noise.jpeg_quality))
     return out.astype(np.float32)
+
+
+def _jpeg_round_trip(img8: np.ndarray, quality: int) -> np.ndarray:
+    import io as _io
+
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    Image.fromarray(img8.astype(np.uint8)).save(buf, format="JPEG", quality=int(np.clip(quality, 1, 95)))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("L"), dtype=float)
 
 
 # --------------------------------------------------------------------------- ground truth
