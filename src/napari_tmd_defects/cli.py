@@ -179,6 +179,56 @@ def _run_analyze(args) -> int:
     return 1 if failed == len(args.images) else 0
 
 
+# --------------------------------------------------------------------------- evaluate
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score the pipeline against simulated ground truth (Markdown report)",
+        description="Run the networks and/or the classical reference on a simulated dataset "
+        "(`tmd-defects simulate`) and report unit-cell recall, precision, duplicates, the "
+        "paper's IoU>0.5 accuracy, per-class accuracy, confusion matrices and counts vs truth.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="dataset folder written by `simulate`")
+    p.add_argument("--method", choices=["networks", "classical", "both"], default="both")
+    p.add_argument("--report", type=Path, default=None, help="Markdown report file (default: print)")
+    p.add_argument("--title", default=None, help="report title")
+    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--detector", type=Path, default=None, help="detector weights (default: shipped)")
+    p.add_argument("--classifier", type=Path, default=None, help="classifier weights (default: shipped)")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from .evaluation import evaluate_dataset, format_report
+
+    methods = {}
+    if args.method in ("networks", "both"):
+        from .analysis import analyze
+        from .classification import load_classifier
+        from .detection import load_detector
+
+        det = load_detector(args.detector, device=args.device)
+        clf = load_classifier(args.classifier, device=args.device)
+        methods["2DIP-Net (ours)"] = lambda img, t: analyze(
+            img, t.pixel_size, t.material, detector=det, classifier=clf
+        )
+    if args.method in ("classical", "both"):
+        from .classical import analyze_classical
+
+        methods["classical reference"] = lambda img, t: analyze_classical(img, t.pixel_size, t.material)
+    scores = evaluate_dataset(args.data, methods, limit=args.limit, progress=progress_printer("evaluate"))
+    cmd = "tmd-defects " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("tmd-defects") else ""
+    report = format_report(args.title or f"Evaluation on {args.data.name}", scores, command=cmd)
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(report)
+        print(f"wrote {args.report}")
+    else:
+        print(report)
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -187,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_simulate, _add_demo, _add_analyze):
+    for add in (_add_simulate, _add_demo, _add_analyze, _add_evaluate):
         add(sub)
     return parser
 

@@ -43,6 +43,7 @@ __all__ = [
     "hexagon_box",
     "lattice_vectors",
     "rotate_points",
+    "rotated_cell_box",
     "sites_from_cell_boxes",
 ]
 
@@ -239,6 +240,22 @@ def cell_box(x_site: np.ndarray, m_site: np.ndarray, a_px: float) -> np.ndarray:
     return np.stack(
         [x[..., 0] - px, m[..., 1] - py, m[..., 0] + px, x[..., 1] + py], axis=-1
     )
+
+
+def rotated_cell_box(x_site: np.ndarray, m_site: np.ndarray, a_px: float, rotation_deg: float) -> np.ndarray:
+    """Axis-aligned box(es) of cell(s) in a lattice rotated by ``rotation_deg``.
+
+    The canonical cell rectangle is built in the lattice frame and its corners rotated
+    back; the result is their bounding box (equal to :func:`cell_box` at rotation 0).
+    """
+    x = np.asarray(x_site, dtype=float).reshape(-1, 2)
+    m = np.asarray(m_site, dtype=float).reshape(-1, 2)
+    if not rotation_deg:
+        return cell_box(x, m, a_px)
+    xr = rotate_points(x, -rotation_deg)
+    mr = rotate_points(m, -rotation_deg)
+    corners = rotate_points(box_corners(cell_box(xr, mr, a_px)), rotation_deg)
+    return bbox_of_points(corners)
 
 
 def hexagon_box(center: np.ndarray, a_px: float) -> np.ndarray:

@@ -46,6 +46,7 @@ __all__ = [
     "inside_image",
     "place_defects",
     "probe_fwhm",
+    "reduce_rotation",
     "probe_kernel",
     "probe_profile",
     "render_columns",
@@ -315,6 +316,12 @@ def build_lattice(
         hex_center=hcen[near],
         hex_box=hbox[near],
     )
+
+
+def reduce_rotation(rotation_deg: float) -> float:
+    """Lattice rotation reduced to (-60, 60] degrees (the honeycomb repeats every 120°)."""
+    r = float(rotation_deg) % 120.0
+    return r - 120.0 if r > 60.0 else r
 
 
 def inside_image(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -652,6 +659,9 @@ def simulate(
         input 0.12 Å/px).
     rotation_deg : float
         In-plane rotation of the lattice, degrees counter-clockwise as displayed.
+        Rotations 120° apart give the same lattice; it is reduced to (-60, 60], which
+        fixes which M neighbour is each X column's cell partner (the canonical up-right
+        one, rotated) and is what the ground truth records.
     defect_fraction, class_weights
         Defect placement, see :func:`place_defects`. Ignored if ``labels`` is given.
     labels : array, optional
@@ -677,6 +687,7 @@ def simulate(
     if not 0.005 <= pixel_size <= 1.0:
         raise ValueError(f"pixel_size must be in Å/px between 0.005 and 1, got {pixel_size}")
     mat = get_material(material)
+    rotation_deg = reduce_rotation(rotation_deg)
     optics = optics or Optics()
     noise = noise if noise is not None else Noise()
     distortion = distortion or Distortion()
