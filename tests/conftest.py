@@ -5,6 +5,8 @@ import os
 import numpy as np
 import pytest
 
+from napari_tmd_defects.geometry import box_iou
+
 # torch defaults to every core; keep CI (2 cores) predictable
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -12,3 +14,30 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+# Ground-truth stand-ins for the two networks: they return the simulator's true
+# hexagons and classes, to test bookkeeping around the models (not the models).
+class TruthDetector:
+    card = {"name": "ground-truth hexagons"}
+
+    def __init__(self, truth):
+        self.truth = truth
+
+    def detect(self, image, pixel_size, material="MoTe2", progress=None, cancel=None):
+        return self.truth.hex_box, np.ones(len(self.truth.hex_box))
+
+
+class TruthClassifier:
+    card = {"name": "ground-truth classes"}
+
+    def __init__(self, truth):
+        self.truth = truth
+
+    def predict(self, image, boxes, pixel_size, material="MoTe2", progress=None, cancel=None):
+        iou = box_iou(boxes, self.truth.cell_box)
+        lab = self.truth.cell_label[iou.argmax(axis=1)]
+        p = np.full((len(boxes), 6), 0.02)
+        p[np.arange(len(boxes)), lab] = 0.9
+        p[0] = [0.5, 0.5, 0, 0, 0, 0]  # one uncertain cell
+        return p

@@ -1,44 +1,20 @@
 """analyze() orchestration, with ground-truth stand-ins for the two networks.
 
-The stand-ins return the simulator's true hexagons and classes, so these tests check the
-pipeline's bookkeeping (casting, deduplication, counts, units, files), not the networks;
-end-to-end tests with the shipped networks live in test_pipeline.py.
+The stand-ins (conftest.TruthDetector/TruthClassifier) return the simulator's true
+hexagons and classes, so these tests check the pipeline's bookkeeping (casting,
+deduplication, counts, units, files), not the networks.
 """
 
 import json
 
 import numpy as np
 import pytest
+from conftest import TruthClassifier, TruthDetector
 
 from napari_tmd_defects.analysis import UNCLASSIFIED, analyze, prepare_image
 from napari_tmd_defects.geometry import box_iou
 from napari_tmd_defects.runtime import Cancelled
 from napari_tmd_defects.simulation import simulate
-
-
-class TruthDetector:
-    card = {"name": "ground-truth hexagons"}
-
-    def __init__(self, truth):
-        self.truth = truth
-
-    def detect(self, image, pixel_size, material="MoTe2", progress=None, cancel=None):
-        return self.truth.hex_box, np.ones(len(self.truth.hex_box))
-
-
-class TruthClassifier:
-    card = {"name": "ground-truth classes"}
-
-    def __init__(self, truth):
-        self.truth = truth
-
-    def predict(self, image, boxes, pixel_size, material="MoTe2", progress=None, cancel=None):
-        iou = box_iou(boxes, self.truth.cell_box)
-        lab = self.truth.cell_label[iou.argmax(axis=1)]
-        p = np.full((len(boxes), 6), 0.02)
-        p[np.arange(len(boxes)), lab] = 0.9
-        p[0] = [0.5, 0.5, 0, 0, 0, 0]  # one uncertain cell
-        return p
 
 
 @pytest.fixture(scope="module")

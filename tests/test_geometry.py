@@ -60,3 +60,23 @@ def test_box_iou():
     iou = geo.box_iou(a, b)
     assert iou[0, 0] == pytest.approx(50 / 150)
     assert iou[0, 1] == 0
+
+
+@pytest.mark.parametrize("pixel_size, rotation", [(0.12, 0.0), (0.09, 12.0), (0.05, -25.0), (0.03, 0.0)])
+def test_estimate_lattice_pixel_size_and_rotation(pixel_size, rotation):
+    from napari_tmd_defects.simulation import simulate
+
+    size = 2048 if pixel_size == 0.03 else 384
+    sim = simulate(shape=size, pixel_size=pixel_size, rotation_deg=rotation, seed=1)
+    est = geo.estimate_lattice(sim.image)
+    assert 3.52 / est.a_px == pytest.approx(pixel_size, rel=0.01)
+    assert est.rotation_deg == pytest.approx(rotation, abs=0.5)
+    assert est.strength > 10
+
+
+def test_estimate_lattice_sees_no_lattice_in_noise():
+    rng = np.random.default_rng(3)
+    for img in (rng.normal(size=(256, 256)), rng.poisson(3.0, size=(256, 256)).astype(float)):
+        est = geo.estimate_lattice(img)
+        assert est is None or est.strength < 4.5
+    assert geo.estimate_lattice(np.ones((64, 64))) is None

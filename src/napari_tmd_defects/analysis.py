@@ -30,7 +30,7 @@ UNCLASSIFIED = -1
 #: Pixel sizes (Å/px) the models were trained for; outside it a warning is given.
 TRAINED_PIXEL_SIZES = (0.02, 0.16)
 #: Minimum lattice-peak strength of :func:`geometry.estimate_lattice` to trust a lattice.
-MIN_LATTICE_STRENGTH = 20.0
+MIN_LATTICE_STRENGTH = 4.5
 
 
 @dataclass

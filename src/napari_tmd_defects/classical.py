@@ -76,7 +76,7 @@ def analyze_classical(image: np.ndarray, pixel_size: float, material: str = "MoT
     analysis.Result
         Same type as :func:`analysis.analyze` returns (no hexagons; ``support`` is 0).
     """
-    from .analysis import Result, _empty_result, prepare_image
+    from .analysis import MIN_LATTICE_STRENGTH, Result, _empty_result, prepare_image
 
     t0 = time.perf_counter()
     mat = get_material(material)
@@ -84,7 +84,7 @@ def analyze_classical(image: np.ndarray, pixel_size: float, material: str = "MoT
     h, w = img.shape
     a_px = mat.a / pixel_size
     lat = estimate_lattice(img)
-    if lat is None or lat.strength < 20 or abs(lat.a_px / a_px - 1) > 0.2:
+    if lat is None or lat.strength < MIN_LATTICE_STRENGTH or abs(lat.a_px / a_px - 1) > 0.2:
         warnings.append("classical: no lattice matching the pixel size; using the nominal lattice")
         a1, a2 = lattice_vectors(a_px)
     else:

@@ -128,11 +128,12 @@ def _run_demo(args) -> int:
 def _add_analyze(sub) -> None:
     p = sub.add_parser(
         "analyze",
-        help="find and classify the unit cells of images",
-        description="Detect hexagons, cast unit cells and classify them. For each IMAGE write "
-        "<name>_cells.csv, <name>_summary.json and <name>_overlay.png to OUT.",
+        help="find and classify the unit cells of images (one file, a folder, a glob, a batch)",
+        description="Detect hexagons, cast unit cells and classify them. For each image write "
+        "<name>_cells.csv, <name>_summary.json and <name>_overlay.png to OUT, plus "
+        "batch_summary.csv. A file that cannot be analysed is reported and skipped.",
     )
-    p.add_argument("images", nargs="+", type=Path, help="image files (TIFF, PNG/JPEG, DM3/DM4, EMD, ...)")
+    p.add_argument("images", nargs="+", help="image files, folders or glob patterns (TIFF, PNG/JPEG, DM3/DM4, EMD, ...)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--pixel-size", type=float, default=None, metavar="A_PER_PX",
                    help="Å/px; default: from the file's metadata, else estimated from the lattice")
@@ -141,42 +142,45 @@ def _add_analyze(sub) -> None:
     p.add_argument("--alpha", type=float, default=0.65, help="casting width ratio (default 0.65)")
     p.add_argument("--beta", type=float, default=0.5, help="casting height ratio (default 0.5)")
     p.add_argument("--no-classify", action="store_true", help="detect cells only (defect = unclassified)")
-    p.add_argument("--detector", type=Path, default=None, help="detector weights (default: shipped)")
-    p.add_argument("--classifier", type=Path, default=None, help="classifier weights (default: shipped)")
+    p.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="dask.distributed scheduler address (tcp://host:8786) for large archives")
+    p.add_argument("--detector", default=None, help="detector weights (default: shipped)")
+    p.add_argument("--classifier", default=None, help="classifier weights (default: shipped)")
     p.set_defaults(func=_run_analyze)
 
 
 def _run_analyze(args) -> int:
-    from .analysis import analyze
-    from .classification import load_classifier
-    from .detection import load_detector
-    from .io import read_image
+    from .batch import BatchOptions, run_batch
 
-    det = load_detector(args.detector, device=args.device)
-    clf = None if args.no_classify else load_classifier(args.classifier, device=args.device)
-    failed = 0
+    if args.device.startswith("cuda"):
+        from .runtime import resolve_device
+
+        resolve_device(args.device)  # fail fast with a clear message
+    opts = BatchOptions(
+        out_dir=str(args.out), pixel_size=args.pixel_size, material=args.material, alpha=args.alpha,
+        beta=args.beta, device=args.device, classify=not args.no_classify, detector=args.detector,
+        classifier=args.classifier, overlay=not args.no_overlay,
+    )
     bar = progress_printer("analyze")
-    for k, path in enumerate(args.images):
-        try:
-            image, meta = read_image(path)
-            ps = args.pixel_size if args.pixel_size is not None else meta.get("pixel_size_A")
-            res = analyze(image, pixel_size=ps, material=args.material, alpha=args.alpha, beta=args.beta,
-                          detector=det, classifier=clf, classify=not args.no_classify)
-            if ps is not None and args.pixel_size is None:
-                res.pixel_size_source = "file metadata"
-            res.save(args.out, image=image, stem=path.stem)
-            counts = ", ".join(f"{n} {c}" for n, c in res.counts().items() if c) or "no classified cells"
-            sys.stderr.write("\r")
-            print(f"{path.name}: {res.n_cells} cells, {res.area_nm2:.1f} nm² at {res.pixel_size:.4f} Å/px "
-                  f"({res.pixel_size_source}); {counts}")
-            for w in res.warnings:
+
+    def report(o) -> None:
+        sys.stderr.write("\r\033[K")
+        if o.ok:
+            counts = ", ".join(f"{n} {c}" for n, c in o.counts.items() if c) or "no classified cells"
+            print(f"{Path(o.path).name}: {o.n_cells} cells, {o.area_nm2:.1f} nm² at {o.pixel_size:.4f} Å/px "
+                  f"({o.pixel_size_source}); {counts}")
+            for w in o.warnings:
                 print(f"  note: {w}")
-        except (ValueError, OSError) as exc:
-            failed += 1
-            print(f"{path}: skipped: {exc}", file=sys.stderr)
-        bar(k + 1, len(args.images))
-    print(f"wrote results for {len(args.images) - failed} of {len(args.images)} images to {args.out}")
-    return 1 if failed == len(args.images) else 0
+        else:
+            print(f"{o.path}: skipped: {o.message}", file=sys.stderr)
+
+    outcomes = run_batch(args.images, opts, workers=args.workers, scheduler=args.scheduler,
+                         progress=bar, on_result=report)
+    n_ok = sum(o.ok for o in outcomes)
+    print(f"analysed {n_ok} of {len(outcomes)} images; results in {args.out} (batch_summary.csv)")
+    return 0 if n_ok else 1
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -81,8 +81,8 @@ class LatticeEstimate:
         Real-space lattice vectors (px), a2 about 60° clockwise on screen from a1
         (down-right at rotation 0); they absorb linear scan distortion.
     strength : float
-        Power of the lattice reflections over the median power at the same spatial
-        frequency; below ~20 there is no reliable lattice.
+        Power at the lattice reflections over the power at the same pattern turned by
+        15-45° (between reflections); below ~4.5 there is no reliable lattice (noise gives 1-3.5).
     """
 
     a_px: float
@@ -199,10 +199,9 @@ def estimate_lattice(image: np.ndarray, a_range_px: tuple[float, float] = (6.0, 
     # a2 is a1 turned 60° clockwise on screen (down-right at rotation 0)
     a2 = next(v for v in cands if abs(((math.degrees(math.atan2(-v[1], v[0])) - (rot - 60.0) + 180) % 360) - 180) < 20)
     a_px = float((np.linalg.norm(a1) + np.linalg.norm(a2)) / 2.0)
-    # strength: reflection power over the median power at the same |k|
-    ring = band & (np.abs(kr - k100) < 2.0 / n)
-    med = float(np.median(sm[ring])) if ring.any() else 1.0
-    strength = float(best[0] / 12.0 / max(med, 1e-30))
+    # strength: lattice reflections over the same pattern turned away from them
+    off = np.mean([power_at(k100, theta + d) for d in (15.0, 30.0, 45.0)])
+    strength = float(best[0] / max(off, 1e-30))
     return LatticeEstimate(a_px=a_px, rotation_deg=float(rot), a1=np.asarray(a1), a2=np.asarray(a2), strength=strength)
 
 

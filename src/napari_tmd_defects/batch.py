@@ -1,0 +1,222 @@
+"""Analyse many image files: in this process, in worker processes, or on a dask cluster.
+
+One bad file is reported and skipped; the others finish. Every output file is written
+atomically (temporary file, then rename), so an interrupted run leaves no half-written
+results. A ``batch_summary.csv`` lists every input with its status and counts.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .io import IMAGE_SUFFIXES, atomic_write
+from .materials import get_material
+
+__all__ = ["BatchOptions", "FileOutcome", "expand_inputs", "run_batch"]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Settings shared by every file of a batch (see :func:`analysis.analyze`)."""
+
+    out_dir: str
+    pixel_size: float | None = None
+    material: str = "MoTe2"
+    alpha: float = 0.65
+    beta: float = 0.5
+    device: str = "auto"
+    classify: bool = True
+    detector: str | None = None
+    classifier: str | None = None
+    overlay: bool = True
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one input file."""
+
+    path: str
+    stem: str
+    ok: bool
+    message: str = ""
+    n_cells: int = 0
+    pixel_size: float | None = None
+    pixel_size_source: str = ""
+    area_nm2: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    concentration_cm2: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
+    """Files named directly, image files inside folders, and glob patterns, in order."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif any(ch in str(item) for ch in "*?["):
+            out += sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
+        else:
+            out.append(p)
+    seen, unique = set(), []
+    for p in out:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique
+
+
+def _stems(paths: list[Path]) -> list[str]:
+    """Output name stems, made unique when two inputs share a file name."""
+    count: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        s = p.stem
+        k = count.get(s, 0)
+        count[s] = k + 1
+        stems.append(s if k == 0 else f"{s}_{k + 1}")
+    return stems
+
+
+_MODELS: dict[tuple, Any] = {}
+
+
+def _models(opts: BatchOptions):
+    """Load (once per process) the detector and classifier for these options."""
+    key = (opts.detector, opts.classifier, opts.device, opts.classify)
+    if key not in _MODELS:
+        from .detection import load_detector
+
+        det = load_detector(opts.detector, device=opts.device)
+        clf = None
+        if opts.classify:
+            from .classification import load_classifier
+
+            clf = load_classifier(opts.classifier, device=opts.device)
+        _MODELS[key] = (det, clf)
+    return _MODELS[key]
+
+
+def analyze_file(path: str | Path, stem: str, opts: BatchOptions) -> FileOutcome:
+    """Read, analyse and save one file; never raises for a bad input file."""
+    from .analysis import analyze
+    from .io import read_image
+
+    path = Path(path)
+    try:
+        image, meta = read_image(path)
+        ps = opts.pixel_size if opts.pixel_size is not None else meta.get("pixel_size_A")
+        det, clf = _models(opts)
+        res = analyze(
+            image, pixel_size=ps, material=opts.material, alpha=opts.alpha, beta=opts.beta,
+            detector=det, classifier=clf, classify=opts.classify,
+        )
+        if ps is not None and opts.pixel_size is None:
+            res.pixel_size_source = "file metadata"
+        res.save(opts.out_dir, image=image if opts.overlay else None, stem=stem)
+        return FileOutcome(
+            path=str(path), stem=stem, ok=True, n_cells=res.n_cells, pixel_size=res.pixel_size,
+            pixel_size_source=res.pixel_size_source, area_nm2=res.area_nm2, counts=res.counts(),
+            concentration_cm2=res.concentrations_cm2(), warnings=list(res.warnings),
+        )
+    except (ValueError, OSError, RuntimeError) as exc:
+        return FileOutcome(path=str(path), stem=stem, ok=False, message=f"{type(exc).__name__}: {exc}")
+
+
+def _write_summary(out_dir: Path, outcomes: list[FileOutcome], material: str) -> Path:
+    names = get_material(material).class_names
+    path = out_dir / "batch_summary.csv"
+    with atomic_write(path, "w") as fh:
+        cols = ["file", "status", "n_cells", "pixel_size_A", "pixel_size_source", "area_nm2"]
+        cols += [f"n_{n}" for n in names] + [f"conc_cm2_{n}" for n in names] + ["message"]
+        fh.write(",".join(cols) + "\n")
+        for o in outcomes:
+            row = [o.path, "ok" if o.ok else "skipped", str(o.n_cells),
+                   "" if o.pixel_size is None else f"{o.pixel_size:.5f}", o.pixel_size_source,
+                   f"{o.area_nm2:.4f}"]
+            row += [str(o.counts.get(n, 0)) for n in names]
+            row += [f"{o.concentration_cm2.get(n, 0.0):.4g}" for n in names]
+            msg = o.message or "; ".join(o.warnings)
+            row.append('"' + msg.replace('"', "'") + '"')
+            fh.write(",".join(row) + "\n")
+    return path
+
+
+def run_batch(
+    inputs: Iterable[str | Path],
+    opts: BatchOptions,
+    workers: int = 1,
+    scheduler: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_result: Callable[[FileOutcome], None] | None = None,
+) -> list[FileOutcome]:
+    """Analyse every input; returns one :class:`FileOutcome` per file (input order).
+
+    Parameters
+    ----------
+    inputs : files, folders or glob patterns
+    opts : BatchOptions
+    workers : int
+        Processes on this machine (1: this process).
+    scheduler : str, optional
+        Address of a dask.distributed scheduler (``tcp://host:8786``); files are sent to
+        its workers, which need this package installed.
+    progress : callable(done, total), optional
+    on_result : callable(FileOutcome), optional
+        Called as each file finishes.
+    """
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise ValueError("no image files found in the given inputs")
+    get_material(opts.material)
+    out = Path(opts.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stems = _stems(paths)
+    results: list[FileOutcome | None] = [None] * len(paths)
+    done = 0
+
+    def finish(k: int, res: FileOutcome) -> None:
+        nonlocal done
+        results[k] = res
+        done += 1
+        if on_result:
+            on_result(res)
+        if progress:
+            progress(done, len(paths))
+
+    if scheduler:
+        try:
+            from dask.distributed import Client, as_completed as dask_completed
+        except ImportError as exc:
+            raise ValueError("--scheduler needs dask.distributed (pip install distributed)") from exc
+        with Client(scheduler) as client:
+            futs = {client.submit(analyze_file, str(p), s, opts, pure=False): k
+                    for k, (p, s) in enumerate(zip(paths, stems))}
+            for fut in dask_completed(futs):
+                finish(futs[fut], fut.result())
+    elif workers > 1:
+        # one torch thread per process: the processes are the parallelism
+        env_threads = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"
+        try:
+            with ProcessPoolExecutor(max_workers=workers) as ex:
+                futs = {ex.submit(analyze_file, p, s, opts): k for k, (p, s) in enumerate(zip(paths, stems))}
+                for fut in as_completed(futs):
+                    finish(futs[fut], fut.result())
+        finally:
+            if env_threads is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = env_threads
+    else:
+        for k, (p, s) in enumerate(zip(paths, stems)):
+            finish(k, analyze_file(p, s, opts))
+    final = [r for r in results if r is not None]
+    _write_summary(out, final, opts.material)
+    return final
