@@ -55,3 +55,25 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
             raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def _rsciio_signal(data, scale, units):
+    ax = [{"size": n, "name": nm, "units": units, "scale": scale, "offset": 0.0, "navigate": False}
+          for n, nm in zip(data.shape, ("y", "x"))]
+    return {"data": data, "axes": ax, "metadata": {"General": {"title": "t"}, "Signal": {"signal_type": ""}},
+            "original_metadata": {}, "tmp_parameters": {}, "attributes": {"_lazy": False},
+            "package_info": {"name": "test", "version": "0"}, "learning_results": {}, "models": {}}
+
+
+@pytest.mark.parametrize("suffix", [".hspy", ".emd"])
+def test_microscope_formats_through_rosettasciio(tmp_path, suffix):
+    pytest.importorskip("rsciio")
+    from rsciio.emd import file_writer as emd_writer
+    from rsciio.hspy import file_writer as hspy_writer
+
+    data = np.random.default_rng(0).random((30, 40)).astype(np.float32)
+    path = tmp_path / f"frame{suffix}"
+    (hspy_writer if suffix == ".hspy" else emd_writer)(str(path), _rsciio_signal(data, 0.0092, "nm"))
+    out, meta = read_image(path)
+    assert np.allclose(out, data)
+    assert meta["pixel_size_A"] == pytest.approx(0.092)

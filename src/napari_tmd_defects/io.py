@@ -28,10 +28,10 @@ __all__ = [
 #: File endings handled by :func:`read_image`.
 IMAGE_SUFFIXES = (
     ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp",
-    ".dm3", ".dm4", ".emd", ".ser", ".mrc", ".hspy", ".h5", ".npy",
+    ".dm3", ".dm4", ".emd", ".ser", ".mrc", ".hspy", ".hdf5", ".zspy", ".npy",
 )
-_RSCIIO_SUFFIXES = (".dm3", ".dm4", ".emd", ".ser", ".mrc", ".hspy", ".h5")
-_UNIT_TO_A = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "nm": 10.0, "pm": 0.01, "um": 1e4, "µm": 1e4, "micron": 1e4}
+_RSCIIO_SUFFIXES = (".dm3", ".dm4", ".emd", ".ser", ".mrc", ".hspy", ".hdf5", ".zspy")
+_UNIT_TO_A = {"a": 1.0, "å": 1.0, "angstrom": 1.0, "nm": 10.0, "pm": 0.01, "um": 1e4, "µm": 1e4, "micron": 1e4, "m": 1e10}
 
 
 class ImageReadError(ValueError):
@@ -156,31 +156,37 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     return _to_grey(arr, str(p)), meta
 
 
-def _read_rsciio(p: Path) -> tuple[np.ndarray, float | None]:
+def _rsciio_reader(suffix: str):
+    """The rosettasciio ``file_reader`` for a file ending, or None."""
     try:
-        from rsciio import IO_PLUGINS  # noqa: F401
-    except ImportError as exc:
-        raise ImageReadError(
-            f"{p}: reading {p.suffix} files needs rosettasciio (pip install rosettasciio)"
-        ) from exc
+        from rsciio import IO_PLUGINS
+    except ImportError:
+        return None
     import importlib
 
-    mod = {
-        ".dm3": "rsciio.digitalmicrograph", ".dm4": "rsciio.digitalmicrograph",
-        ".emd": "rsciio.emd", ".ser": "rsciio.tia", ".mrc": "rsciio.mrc",
-        ".hspy": "rsciio.hspy", ".h5": "rsciio.hspy",
-    }[p.suffix.lower()]
-    signals = importlib.import_module(mod).file_reader(str(p))
+    for plugin in IO_PLUGINS:
+        if suffix.lstrip(".").lower() in (e.lower() for e in plugin["file_extensions"]):
+            return importlib.import_module(plugin["api"]).file_reader
+    return None
+
+
+def _read_rsciio(p: Path) -> tuple[np.ndarray, float | None]:
+    reader = _rsciio_reader(p.suffix)
+    if reader is None:
+        raise ImageReadError(
+            f"{p}: reading {p.suffix} files needs rosettasciio (pip install rosettasciio)"
+        )
+    signals = reader(str(p))
     images = [s for s in signals if np.asarray(s["data"]).ndim >= 2]
     if not images:
         raise ImageReadError(f"{p}: the file holds no image")
     sig = images[0]
     data = np.asarray(sig["data"])
     px = None
-    axes = sig.get("axes", [])
+    axes = [ax for ax in sig.get("axes", []) if ax.get("navigate") is not True] or sig.get("axes", [])
     if len(axes) >= 2:
         ax = axes[-1]
-        unit = str(ax.get("units", "")).lower().replace("å", "a")
+        unit = str(ax.get("units", "")).strip().lower().replace("å", "a").replace("µ", "u")
         if unit in _UNIT_TO_A and ax.get("scale"):
             px = float(ax["scale"]) * _UNIT_TO_A[unit]
     if data.ndim == 3 and data.shape[-1] not in (3, 4):
