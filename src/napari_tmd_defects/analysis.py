@@ -29,6 +29,8 @@ __all__ = ["Result", "analyze", "prepare_image", "UNCLASSIFIED"]
 UNCLASSIFIED = -1
 #: Pixel sizes (Å/px) the models were trained for; outside it a warning is given.
 TRAINED_PIXEL_SIZES = (0.02, 0.16)
+#: Shot-noise levels (counts at the brightest column) covered by training.
+NOISE_LAMBDA_RANGE = (4.0, 60.0)
 #: Minimum lattice-peak strength of :func:`geometry.estimate_lattice` to trust a lattice.
 MIN_LATTICE_STRENGTH = 4.5
 
@@ -64,6 +66,7 @@ class Result:
     flagged: np.ndarray
     corrected: np.ndarray
     low_confidence: float = 0.6
+    noise: dict[str, float] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -118,6 +121,7 @@ class Result:
             "area_nm2": round(self.area_nm2, 4),
             "concentration_cm2": {k: float(f"{v:.4g}") for k, v in self.concentrations_cm2().items()},
             "low_confidence_threshold": self.low_confidence,
+            "noise_estimate": self.noise,
             "models": self.models,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "warnings": list(self.warnings),
@@ -389,6 +393,19 @@ def analyze(
         warnings.append(f"image ({shape[1]}x{shape[0]} px) holds fewer than 2.5 lattice constants")
         return _empty_result(shape, mat.name, pixel_size, source, alpha, beta, warnings, low_confidence)
 
+    noise: dict[str, float] = {}
+    try:
+        from .noise import estimate_noise
+
+        est = estimate_noise(img, a_px)
+        noise = {"poisson_lambda": round(est.poisson_lambda, 2), "gaussian_mu": round(est.gaussian_mu, 2),
+                 "snr": round(est.snr, 2)}
+        if est.poisson_lambda < NOISE_LAMBDA_RANGE[0] or est.snr < 1.5:
+            warnings.append(f"very noisy image ({est.describe()}); the models were trained down to "
+                            f"λ = {NOISE_LAMBDA_RANGE[0]} counts: check flagged cells")
+    except ValueError:
+        pass
+
     step(1)
     from .geometry import cells_from_hexagons
 
@@ -425,7 +442,7 @@ def analyze(
         hexagon_scores=np.asarray(hex_scores, float).reshape(-1), boxes=cells.boxes, x_sites=cells.x_sites,
         m_sites=cells.m_sites, ij=cells.ij, support=cells.support, labels=labels, confidence=conf,
         probabilities=probs, flagged=flagged, corrected=np.zeros(n, bool), low_confidence=low_confidence,
-        models=models, timings=timings, warnings=warnings,
+        noise=noise, models=models, timings=timings, warnings=warnings,
     )
 
 
