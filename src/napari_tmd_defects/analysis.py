@@ -31,6 +31,8 @@ UNCLASSIFIED = -1
 TRAINED_PIXEL_SIZES = (0.02, 0.16)
 #: Shot-noise levels (counts at the brightest column) covered by training.
 NOISE_LAMBDA_RANGE = (4.0, 60.0)
+#: Lattices turned by more than this (degrees) are analysed on a canonically turned copy.
+ROTATION_TOLERANCE_DEG = 2.0
 #: Minimum lattice-peak strength of :func:`geometry.estimate_lattice` to trust a lattice.
 MIN_LATTICE_STRENGTH = 4.5
 
@@ -45,6 +47,10 @@ class Result:
     lattice); ``labels`` class ids (-1 = unclassified); ``confidence`` softmax probability
     of the label; ``probabilities`` (N, 6) or None; ``flagged`` low-confidence cells to
     review; ``corrected`` cells whose class a user set by hand.
+
+    A lattice that is not in the canonical orientation is analysed on a copy turned by
+    ``-lattice_rotation_deg``; ``canonical_hexagons`` keeps the hexagon boxes in that
+    frame (``hexagon_boxes`` are their bounding boxes in the image).
     """
 
     material: str
@@ -66,6 +72,8 @@ class Result:
     flagged: np.ndarray
     corrected: np.ndarray
     low_confidence: float = 0.6
+    lattice_rotation_deg: float = 0.0
+    canonical_hexagons: np.ndarray | None = None
     noise: dict[str, float] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -143,10 +151,10 @@ class Result:
         Classes are carried over by lattice index; cells without a class become
         unclassified.
         """
-        from .geometry import cells_from_hexagons
-
         a_px = get_material(self.material).a / self.pixel_size
-        cells = cells_from_hexagons(self.hexagon_boxes, self.hexagon_scores, self.image_shape, a_px, alpha, beta)
+        hexes = self.canonical_hexagons if self.canonical_hexagons is not None else self.hexagon_boxes
+        cells = _cells_in_image(hexes, self.hexagon_scores, self.image_shape, a_px, alpha, beta,
+                                self.lattice_rotation_deg)
         old = {tuple(k): n for n, k in enumerate(self.ij)}
         pick = np.array([old.get(tuple(k), -1) for k in cells.ij], dtype=int)
         have = pick >= 0
@@ -238,6 +246,33 @@ class Result:
                 Image.fromarray(rgb).save(fh, format="PNG")
             paths["overlay"] = p
         return paths
+
+
+def _cells_in_image(hex_boxes, scores, shape, a_px, alpha, beta, rotation_deg):
+    """Cells cast from hexagon boxes given in the canonical frame, in image coordinates."""
+    from .geometry import CellSet, RotationFrame, cells_from_hexagons, inside_boxes, rotated_cell_box
+
+    if not rotation_deg:
+        return cells_from_hexagons(hex_boxes, scores, shape, a_px, alpha, beta)
+    frame = RotationFrame.for_image(shape, rotation_deg)
+    c = cells_from_hexagons(hex_boxes, scores, frame.out_shape, a_px, alpha, beta)
+    x = frame.from_canvas(c.x_sites)
+    m = frame.from_canvas(c.m_sites)
+    boxes = rotated_cell_box(x, m, a_px, rotation_deg)
+    keep = inside_boxes(boxes, shape)
+    return CellSet(boxes[keep], x[keep], m[keep], c.ij[keep], c.support[keep])
+
+
+def _orientation(img: np.ndarray, a_px: float, material: str) -> float:
+    """Lattice rotation reduced to (-60, 60] from the sublattice fit on a ~30 px/a copy."""
+    from scipy import ndimage as ndi
+
+    from .classical import fit_sublattices
+
+    zoom = min(1.0, 30.0 / a_px)
+    small = ndi.zoom(img, zoom, order=1) if zoom < 0.99 else img
+    fit = fit_sublattices(small, a_px * zoom, material)
+    return fit.rotation_deg if fit is not None else 0.0
 
 
 def _empty_result(shape, material, pixel_size, source, alpha, beta, warnings, low_confidence) -> Result:
@@ -407,14 +442,30 @@ def analyze(
         pass
 
     step(1)
-    from .geometry import cells_from_hexagons
+    rotation = _orientation(img, a_px, mat.name) if has_lattice else 0.0
+    if abs(rotation) <= ROTATION_TOLERANCE_DEG:
+        rotation = 0.0
+    work = img
+    if rotation:
+        from .geometry import RotationFrame
 
+        frame = RotationFrame.for_image(shape, rotation)
+        work = frame.warp(img, fill=float(np.median(img)))
+        warnings.append(f"lattice turned by {rotation:.1f}°: analysed on a copy turned to the canonical orientation")
     det = _resolve_model(detector, "detector", device)
     t0 = time.perf_counter()
-    hex_boxes, hex_scores = det.detect(img, pixel_size, material=mat.name, cancel=cancel)
+    canon_hex, hex_scores = det.detect(work, pixel_size, material=mat.name, cancel=cancel)
+    canon_hex = np.asarray(canon_hex, float).reshape(-1, 4)
     timings["detection"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cells = cells_from_hexagons(hex_boxes, hex_scores, shape, a_px, alpha, beta)
+    cells = _cells_in_image(canon_hex, hex_scores, shape, a_px, alpha, beta, rotation)
+    if rotation:
+        from .geometry import bbox_of_points, box_corners
+
+        hex_boxes = bbox_of_points(frame.from_canvas(box_corners(canon_hex))) if len(canon_hex) else canon_hex
+        cls_boxes = rotated_cell_box_canvas(frame, cells, a_px)
+    else:
+        hex_boxes, cls_boxes = canon_hex, cells.boxes
     timings["casting"] = time.perf_counter() - t0
     models = {"detector": _card_summary(getattr(det, "card", {}))}
 
@@ -426,7 +477,7 @@ def analyze(
     if classify and n:
         clf = _resolve_model(classifier, "classifier", device)
         t0 = time.perf_counter()
-        probs = np.asarray(clf.predict(img, cells.boxes, pixel_size, material=mat.name, cancel=cancel), dtype=float)
+        probs = np.asarray(clf.predict(work, cls_boxes, pixel_size, material=mat.name, cancel=cancel), dtype=float)
         timings["classification"] = time.perf_counter() - t0
         labels = probs.argmax(axis=1)
         conf = probs.max(axis=1)
@@ -439,11 +490,19 @@ def analyze(
     return Result(
         material=mat.name, pixel_size=float(pixel_size), pixel_size_source=source, image_shape=tuple(shape),
         alpha=alpha, beta=beta, hexagon_boxes=np.asarray(hex_boxes, float).reshape(-1, 4),
+        lattice_rotation_deg=float(rotation), canonical_hexagons=canon_hex if rotation else None,
         hexagon_scores=np.asarray(hex_scores, float).reshape(-1), boxes=cells.boxes, x_sites=cells.x_sites,
         m_sites=cells.m_sites, ij=cells.ij, support=cells.support, labels=labels, confidence=conf,
         probabilities=probs, flagged=flagged, corrected=np.zeros(n, bool), low_confidence=low_confidence,
         noise=noise, models=models, timings=timings, warnings=warnings,
     )
+
+
+def rotated_cell_box_canvas(frame, cells, a_px: float) -> np.ndarray:
+    """Canonical cell boxes, on the turned canvas, of cells given in image coordinates."""
+    from .geometry import cell_box
+
+    return cell_box(frame.to_canvas(cells.x_sites), frame.to_canvas(cells.m_sites), a_px)
 
 
 def _card_summary(card: dict[str, Any]) -> dict[str, Any]:

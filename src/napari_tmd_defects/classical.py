@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from .geometry import estimate_lattice, lattice_vectors, rotated_cell_box
+from .geometry import estimate_lattice, rotated_cell_box
 from .materials import CLASS_VACANCIES, N_CLASSES, get_material
 
-__all__ = ["analyze_classical"]
+__all__ = ["LatticeHexagonDetector", "SublatticeFit", "analyze_classical", "fit_sublattices"]
 
 
 def _frac_coords(points: np.ndarray, a1: np.ndarray, a2: np.ndarray) -> np.ndarray:
@@ -61,6 +62,121 @@ def _smooth_displacements(sites: np.ndarray, anchors: np.ndarray, disp: np.ndarr
     return out
 
 
+@dataclass
+class SublatticeFit:
+    """Where the X, M and hollow sites of a honeycomb image are.
+
+    Fractional offsets are in units of the lattice vectors ``a1``, ``a2`` (px); ``origin``
+    is an X column. ``partner`` is the offset from an X column to the M column it forms a
+    unit cell with; ``rotation_deg`` is the lattice rotation reduced to (-60, 60] (the
+    X->partner bond points at 30° + rotation, as in the simulator); ``mirrored`` is True
+    when the M columns sit down-right of X at rotation ~0 (the other handedness).
+    """
+
+    a1: np.ndarray
+    a2: np.ndarray
+    origin: np.ndarray
+    partner: np.ndarray
+    hollow: np.ndarray
+    rotation_deg: float
+    mirrored: bool
+    peaks: np.ndarray
+    smooth: np.ndarray
+
+    bright_is_x: bool = True
+
+    def positions(self, ij: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        """Positions (px) of sites ``origin + offset + (i, j)`` for integer rows of ``ij``."""
+        f = np.asarray(ij, float) + self.origin + offset
+        return f[:, :1] * self.a1 + f[:, 1:] * self.a2
+
+    def sites(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every cell near an image of ``shape``: ``(ij, X sites, partner M sites, hollows)``.
+
+        Positions follow the lattice, nudged by a smooth displacement field measured on
+        the columns found on the bright sublattice (scan distortion); vacancies get a
+        position too.
+        """
+        from scipy.spatial import cKDTree
+
+        h, w = shape
+        a_px = float((np.linalg.norm(self.a1) + np.linalg.norm(self.a2)) / 2)
+        n = int(math.hypot(h, w) / a_px) + 4
+        c = _frac_coords(np.array([[w / 2.0, h / 2.0]]), self.a1, self.a2)[0].astype(int)
+        ii, jj = np.meshgrid(np.arange(-n, n + 1) + c[0], np.arange(-n, n + 1) + c[1], indexing="ij")
+        ij = np.stack([ii.ravel(), jj.ravel()], axis=1)
+        x = self.positions(ij, np.zeros(2))
+        m = self.positions(ij, self.partner)
+        hol = self.positions(ij, self.hollow)
+        margin = a_px
+        near = (x[:, 0] > -margin) & (x[:, 0] < w + margin) & (x[:, 1] > -margin) & (x[:, 1] < h + margin)
+        ij, x, m, hol = ij[near], x[near], m[near], hol[near]
+        pb = x if self.bright_is_x else m
+        d, k = cKDTree(self.peaks).query(pb, distance_upper_bound=0.25 * a_px)
+        ok = np.isfinite(d)
+        disp = self.peaks[k[ok]] - pb[ok]
+        x = x + _smooth_displacements(x, pb[ok], disp, a_px)
+        m = m + _smooth_displacements(m, pb[ok], disp, a_px)
+        hol = hol + _smooth_displacements(hol, pb[ok], disp, a_px)
+        return ij, x, m, hol
+
+
+def fit_sublattices(img: np.ndarray, a_px: float, material: str = "MoTe2") -> SublatticeFit | None:
+    """Lattice vectors from the FFT, then which honeycomb sites are X, M and hollow.
+
+    Returns None when the image shows no lattice of about this lattice constant.
+    """
+    from .analysis import MIN_LATTICE_STRENGTH
+
+    mat = get_material(material)
+    h, w = img.shape
+    lat = estimate_lattice(img)
+    if lat is None or lat.strength < MIN_LATTICE_STRENGTH or abs(lat.a_px / a_px - 1) > 0.2:
+        return None
+    a1, a2 = lat.a1, lat.a2
+    g = ndi.gaussian_filter(img, 0.12 * a_px)
+    from skimage.feature import peak_local_max
+
+    peaks = peak_local_max(g, min_distance=max(1, int(0.3 * a_px)), exclude_border=False)[:, ::-1].astype(float)
+    if len(peaks) < 6:
+        return None
+    vals = _sample(g, peaks)
+    bright = peaks[vals >= np.percentile(vals, 70)]
+    bright_origin = _circular_mean(_frac_coords(bright, a1, a2) % 1.0)
+    n = int(math.hypot(h, w) / a_px) + 4
+    c = _frac_coords(np.array([[w / 2.0, h / 2.0]]), a1, a2)[0].astype(int)
+    ii, jj = np.meshgrid(np.arange(-n, n + 1) + c[0], np.arange(-n, n + 1) + c[1], indexing="ij")
+    ij = np.stack([ii.ravel(), jj.ravel()], axis=1).astype(float)
+    offsets = ((2 / 3, -1 / 3), (1 / 3, 1 / 3))
+    level = {}
+    for off in offsets:
+        f = ij + bright_origin + np.array(off)
+        p = f[:, :1] * a1 + f[:, 1:] * a2
+        inside = (p[:, 0] >= 0) & (p[:, 0] <= w - 1) & (p[:, 1] >= 0) & (p[:, 1] <= h - 1)
+        level[off] = float(np.median(_sample(g, p[inside]))) if inside.any() else -np.inf
+    second = max(level, key=level.get)
+    third = offsets[1] if second == offsets[0] else offsets[0]
+    bright_is_x = 2 * mat.z_chalcogen**1.7 >= mat.z_metal**1.7
+    # canonical handedness: M = X + (2/3, -1/3) in lattice coordinates (up-right of X)
+    mirrored = second != (offsets[0] if bright_is_x else offsets[1])
+    x_off = np.zeros(2) if bright_is_x else np.array(second)
+    # the cell partner of X is its M neighbour in the direction 30° + the lattice rotation
+    # reduced to (-60, 60]; see simulation.reduce_rotation
+    rho = math.degrees(math.atan2(-a1[1], a1[0]))
+    if not mirrored:
+        partner = np.array(offsets[0])
+    else:
+        partner = np.array(offsets[1] if rho > 0 else (1 / 3, -2 / 3))
+    bond = partner[0] * a1 + partner[1] * a2
+    theta = math.degrees(math.atan2(-bond[1], bond[0])) - 30.0
+    theta = (theta + 180.0) % 360.0 - 180.0
+    return SublatticeFit(
+        a1=a1, a2=a2, origin=bright_origin + x_off, partner=partner,
+        hollow=np.array(third) - x_off, rotation_deg=float(theta), mirrored=bool(mirrored),
+        peaks=peaks, smooth=g, bright_is_x=bool(bright_is_x),
+    )
+
+
 def analyze_classical(image: np.ndarray, pixel_size: float, material: str = "MoTe2"):
     """Classify every unit cell with the classical reference method.
 
@@ -76,77 +192,26 @@ def analyze_classical(image: np.ndarray, pixel_size: float, material: str = "MoT
     analysis.Result
         Same type as :func:`analysis.analyze` returns (no hexagons; ``support`` is 0).
     """
-    from .analysis import MIN_LATTICE_STRENGTH, Result, _empty_result, prepare_image
+    from .analysis import Result, _empty_result, prepare_image
 
     t0 = time.perf_counter()
     mat = get_material(material)
     img, warnings = prepare_image(image)
     h, w = img.shape
     a_px = mat.a / pixel_size
-    lat = estimate_lattice(img)
-    if lat is None or lat.strength < MIN_LATTICE_STRENGTH or abs(lat.a_px / a_px - 1) > 0.2:
-        warnings.append("classical: no lattice matching the pixel size; using the nominal lattice")
-        a1, a2 = lattice_vectors(a_px)
-    else:
-        a1, a2 = lat.a1, lat.a2
     if min(h, w) < 2.5 * a_px:
         warnings.append("image holds fewer than 2.5 lattice constants")
         return _empty_result(img.shape, mat.name, pixel_size, "given", 0.65, 0.5, warnings, 0.6)
-    g = ndi.gaussian_filter(img, 0.12 * a_px)
-    from skimage.feature import peak_local_max
-
-    peaks = peak_local_max(g, min_distance=max(1, int(0.3 * a_px)), exclude_border=False)[:, ::-1].astype(float)
-    if len(peaks) < 6:
-        warnings.append("classical: too few columns found")
+    fit = fit_sublattices(img, a_px, mat.name)
+    if fit is None:
+        warnings.append("classical: no lattice of this lattice constant found")
         return _empty_result(img.shape, mat.name, pixel_size, "given", 0.65, 0.5, warnings, 0.6)
-    vals = _sample(g, peaks)
-    bright = peaks[vals >= np.percentile(vals, 70)]
-    origin_frac = _circular_mean(_frac_coords(bright, a1, a2) % 1.0)
-    # which of the two other honeycomb positions holds columns?
-    grid_i = np.arange(-2, int(math.hypot(h, w) / a_px) + 4)
-    center_frac = _frac_coords(np.array([[w / 2.0, h / 2.0]]), a1, a2)[0]
-    ii, jj = np.meshgrid(grid_i + int(center_frac[0]) - len(grid_i) // 2,
-                         grid_i + int(center_frac[1]) - len(grid_i) // 2, indexing="ij")
-    ij = np.stack([ii.ravel(), jj.ravel()], axis=1).astype(float)
+    ij, x_sites, m_sites, ph = fit.sites((h, w))
+    mirrored = fit.mirrored
 
-    def positions(offset):
-        f = ij + origin_frac + offset
-        return f[:, :1] * a1 + f[:, 1:] * a2
+    def in_img(p):
+        return (p[:, 0] >= 0) & (p[:, 0] <= w - 1) & (p[:, 1] >= 0) & (p[:, 1] <= h - 1)
 
-    def in_img(p, margin=0.0):
-        return (p[:, 0] >= margin) & (p[:, 0] <= w - 1 - margin) & (p[:, 1] >= margin) & (p[:, 1] <= h - 1 - margin)
-
-    offsets = ((2 / 3, -1 / 3), (1 / 3, 1 / 3))
-    cand = {}
-    for off in offsets:
-        p = positions(np.array(off))
-        cand[off] = np.median(_sample(g, p[in_img(p)]))
-    second = max(cand, key=cand.get)
-    third = offsets[1] if second == offsets[0] else offsets[0]
-    bright_is_x = 2 * mat.z_chalcogen**1.7 >= mat.z_metal**1.7
-    # canonical handedness: M = X + (2/3, -1/3) in lattice coordinates (up-right of X)
-    mirrored = second != (offsets[0] if bright_is_x else offsets[1])
-    x_off = np.zeros(2) if bright_is_x else np.array(second)
-    # the cell partner of X is its M neighbour in the direction 30° + the lattice rotation
-    # reduced to (-60, 60]; see simulation.reduce_rotation
-    rho = math.degrees(math.atan2(-a1[1], a1[0]))
-    if not mirrored:
-        mx = np.array(offsets[0])
-    else:
-        mx = np.array(offsets[1] if rho > 0 else (1 / 3, -2 / 3))
-    x_sites = positions(x_off)
-    m_sites = positions(x_off + mx)
-    ph = positions(np.array(third))
-    # smooth displacement field from the peaks found on the bright sublattice
-    from scipy.spatial import cKDTree
-
-    pb = positions(np.zeros(2))
-    d, k = cKDTree(peaks).query(pb, distance_upper_bound=0.25 * a_px)
-    ok = np.isfinite(d)
-    disp = peaks[k[ok]] - pb[ok]
-    x_sites = x_sites + _smooth_displacements(x_sites, pb[ok], disp, a_px)
-    m_sites = m_sites + _smooth_displacements(m_sites, pb[ok], disp, a_px)
-    ph = ph + _smooth_displacements(ph, pb[ok], disp, a_px)
     # intensities above the local background (hollow sites)
     gi = ndi.gaussian_filter(img, 0.15 * a_px)
     hv = _sample(gi, ph)
@@ -155,11 +220,8 @@ def analyze_classical(image: np.ndarray, pixel_size: float, material: str = "MoT
     bg_m = _smooth_displacements(m_sites, ph[hin], hv[hin, None], 2 * a_px)[:, 0]
     ix = _sample(gi, x_sites) - bg_x
     im = _sample(gi, m_sites) - bg_m
-    # cell boxes: the canonical cell rectangle in the lattice frame (the X-M bond points
-    # at 30° + the reduced lattice rotation)
-    bond = mx[0] * a1 + mx[1] * a2
-    theta = math.degrees(math.atan2(-bond[1], bond[0])) - 30.0
-    boxes = rotated_cell_box(x_sites, m_sites, a_px, theta)
+    # cell boxes: the canonical cell rectangle in the lattice frame
+    boxes = rotated_cell_box(x_sites, m_sites, a_px, fit.rotation_deg)
     inside = (boxes[:, 0] >= -0.5) & (boxes[:, 1] >= -0.5) & (boxes[:, 2] <= w - 0.5) & (boxes[:, 3] <= h - 0.5)
     boxes, x_sites, m_sites, ix, im, ij_in = boxes[inside], x_sites[inside], m_sites[inside], ix[inside], im[inside], ij[inside]
     if len(boxes) == 0:
@@ -191,3 +253,29 @@ def analyze_classical(image: np.ndarray, pixel_size: float, material: str = "MoT
         models={"classical": {"name": "FFT lattice + peak finding + intensity thresholds"}},
         timings={"total": time.perf_counter() - t0}, warnings=warnings,
     )
+
+
+class LatticeHexagonDetector:
+    """A detector without learning: hexagon boxes from the fitted lattice.
+
+    Follows the CNN-1 contract (``detect(image, pixel_size, material)``) so that the
+    classical lattice can stand in for the network (comparisons, tests); boxes are the
+    canonical hexagon boxes around every hollow site, so the image should be in the
+    canonical orientation.
+    """
+
+    card = {"name": "lattice hexagons (classical)"}
+
+    def detect(self, image, pixel_size, material="MoTe2", progress=None, cancel=None):
+        from .geometry import hexagon_box
+
+        img = np.asarray(image, float)
+        a_px = get_material(material).a / pixel_size
+        fit = fit_sublattices(img, a_px, material)
+        if fit is None:
+            return np.zeros((0, 4)), np.zeros(0)
+        _, _, _, hol = fit.sites(img.shape)
+        boxes = hexagon_box(hol, a_px)
+        h, w = img.shape
+        inside = (boxes[:, 0] >= -0.5) & (boxes[:, 1] >= -0.5) & (boxes[:, 2] <= w - 0.5) & (boxes[:, 3] <= h - 0.5)
+        return boxes[inside], np.ones(int(inside.sum()))

@@ -40,7 +40,9 @@ __all__ = [
     "cells_from_hexagons",
     "estimate_lattice",
     "LatticeEstimate",
+    "RotationFrame",
     "hexagon_box",
+    "inside_boxes",
     "lattice_vectors",
     "rotate_points",
     "rotated_cell_box",
@@ -228,6 +230,55 @@ def rotate_points(points: np.ndarray, rotation_deg: float, center=(0.0, 0.0)) ->
     return np.stack([cx + c * dx + s * dy, cy - s * dx + c * dy], axis=-1)
 
 
+@dataclass(frozen=True)
+class RotationFrame:
+    """An image of ``shape`` turned by ``-rotation_deg`` onto a canvas of ``out_shape``.
+
+    Turning the image content by ``-rotation_deg`` brings a lattice at ``rotation_deg`` to
+    the canonical orientation. ``to_canvas`` / ``from_canvas`` map (x, y) px points.
+    """
+
+    shape: tuple[int, int]
+    rotation_deg: float
+    out_shape: tuple[int, int]
+
+    @classmethod
+    def for_image(cls, shape: tuple[int, int], rotation_deg: float) -> "RotationFrame":
+        h, w = shape
+        corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], float)
+        r = rotate_points(corners, -rotation_deg, ((w - 1) / 2, (h - 1) / 2))
+        ext = r.max(axis=0) - r.min(axis=0)
+        out = (int(math.ceil(ext[1])) + 1, int(math.ceil(ext[0])) + 1)
+        return cls(tuple(shape), float(rotation_deg), out)
+
+    def _centers(self):
+        h, w = self.shape
+        ho, wo = self.out_shape
+        return np.array([(w - 1) / 2, (h - 1) / 2]), np.array([(wo - 1) / 2, (ho - 1) / 2])
+
+    def to_canvas(self, points: np.ndarray) -> np.ndarray:
+        ci, co = self._centers()
+        return rotate_points(np.asarray(points, float) - ci, -self.rotation_deg) + co
+
+    def from_canvas(self, points: np.ndarray) -> np.ndarray:
+        ci, co = self._centers()
+        return rotate_points(np.asarray(points, float) - co, self.rotation_deg) + ci
+
+    def warp(self, image: np.ndarray, fill: float) -> np.ndarray:
+        """The image resampled onto the canvas (bilinear), ``fill`` outside it."""
+        from scipy import ndimage as ndi
+
+        t = math.radians(self.rotation_deg)
+        c, s = math.cos(t), math.sin(t)
+        mat = np.array([[c, -s], [s, c]])  # acts on (row, col) of the canvas
+        ci, co = self._centers()
+        offset = ci[::-1] - mat @ co[::-1]
+        return ndi.affine_transform(
+            np.asarray(image, float), mat, offset=offset, output_shape=self.out_shape,
+            order=1, mode="constant", cval=float(fill),
+        ).astype(np.float32)
+
+
 def cell_box(x_site: np.ndarray, m_site: np.ndarray, a_px: float) -> np.ndarray:
     """Ground-truth box(es) of cell(s) with X and M columns at ``x_site``, ``m_site`` (px).
 
@@ -301,6 +352,13 @@ def bbox_of_points(points: np.ndarray) -> np.ndarray:
     """Axis-aligned box ``(x_min, y_min, x_max, y_max)`` of ``(..., K, 2)`` points."""
     p = np.asarray(points, dtype=float)
     return np.concatenate([p.min(axis=-2), p.max(axis=-2)], axis=-1)
+
+
+def inside_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean mask of boxes lying entirely inside an image of ``shape`` (rows, cols)."""
+    b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    h, w = shape
+    return (b[:, 0] >= -0.5) & (b[:, 1] >= -0.5) & (b[:, 2] <= w - 0.5) & (b[:, 3] <= h - 0.5)
 
 
 def box_corners(boxes: np.ndarray) -> np.ndarray:
@@ -385,8 +443,7 @@ def cells_from_hexagons(
     merged = np.stack([np.bincount(inv, weights=w * cast[:, k], minlength=len(uniq)) for k in range(4)], 1)
     merged /= wsum[:, None]
     support = np.bincount(inv, minlength=len(uniq))
-    h, wd = shape
-    inside = (merged[:, 0] >= -0.5) & (merged[:, 1] >= -0.5) & (merged[:, 2] <= wd - 0.5) & (merged[:, 3] <= h - 0.5)
+    inside = inside_boxes(merged, shape)
     merged, uniq, support = merged[inside], uniq[inside], support[inside]
     x, m = sites_from_cell_boxes(merged, a_px)
     return CellSet(merged, x, m, uniq, support)

@@ -326,9 +326,7 @@ def reduce_rotation(rotation_deg: float) -> float:
 
 def inside_image(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Boolean mask of boxes lying entirely inside an image of ``shape`` (rows, cols)."""
-    b = np.asarray(boxes, dtype=float).reshape(-1, 4)
-    h, w = shape
-    return (b[:, 0] >= -0.5) & (b[:, 1] >= -0.5) & (b[:, 2] <= w - 0.5) & (b[:, 3] <= h - 0.5)
+    return geo.inside_boxes(boxes, shape)
 
 
 def place_defects(
