@@ -45,20 +45,25 @@ def _sample(img: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 
 def _smooth_displacements(sites: np.ndarray, anchors: np.ndarray, disp: np.ndarray, scale: float) -> np.ndarray:
-    """Gaussian-weighted average of anchor displacements at each site (px)."""
-    if len(anchors) == 0:
-        return np.zeros_like(sites)
+    """Gaussian-weighted average (width ``scale`` px, cut at 3x) of anchor values at each site."""
+    if len(anchors) == 0 or len(sites) == 0:
+        return np.zeros((len(sites), disp.shape[1] if disp.ndim == 2 else 1))
     from scipy.spatial import cKDTree
 
-    tree = cKDTree(anchors)
-    out = np.zeros_like(sites)
-    neigh = tree.query_ball_point(sites, r=3 * scale)
-    for k, idx in enumerate(neigh):
-        if not idx:
-            continue
-        d2 = np.sum((anchors[idx] - sites[k]) ** 2, axis=1)
-        w = np.exp(-d2 / (2 * scale**2))
-        out[k] = (w[:, None] * disp[idx]).sum(axis=0) / w.sum()
+    dist = cKDTree(sites).sparse_distance_matrix(cKDTree(anchors), 3 * scale, output_type="coo_matrix")
+    w = dist.copy()
+    w.data = np.exp(-(dist.data**2) / (2 * scale**2))
+    w = w.tocsr()
+    # sites that coincide with an anchor have distance 0, which the sparse matrix drops
+    exact = cKDTree(anchors).query(sites, distance_upper_bound=1e-9)
+    num = np.asarray(w @ disp)
+    den = np.asarray(w.sum(axis=1)).reshape(-1)
+    hit = np.isfinite(exact[0])
+    num[hit] += disp[exact[1][hit]]
+    den[hit] += 1.0
+    out = np.zeros_like(num)
+    ok = den > 0
+    out[ok] = num[ok] / den[ok, None]
     return out
 
 
