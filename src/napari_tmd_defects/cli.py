@@ -193,7 +193,9 @@ def _add_evaluate(sub) -> None:
         "paper's IoU>0.5 accuracy, per-class accuracy, confusion matrices and counts vs truth.",
     )
     p.add_argument("--data", required=True, type=Path, help="dataset folder written by `simulate`")
-    p.add_argument("--method", choices=["networks", "classical", "both"], default="both")
+    p.add_argument("--method", nargs="+", choices=["networks", "classical", "fcn"], default=["networks", "classical"],
+                   help="methods to score (default: networks classical)")
+    p.add_argument("--fcn", type=Path, default=None, help="FCN baseline weights (for --method fcn)")
     p.add_argument("--report", type=Path, default=None, help="Markdown report file (default: print)")
     p.add_argument("--title", default=None, help="report title")
     p.add_argument("--limit", type=int, default=None, help="first N images only")
@@ -207,7 +209,7 @@ def _run_evaluate(args) -> int:
     from .evaluation import evaluate_dataset, format_report
 
     methods = {}
-    if args.method in ("networks", "both"):
+    if "networks" in args.method:
         from .analysis import analyze
         from .classification import load_classifier
         from .detection import load_detector
@@ -217,10 +219,17 @@ def _run_evaluate(args) -> int:
         methods["2DIP-Net (ours)"] = lambda img, t: analyze(
             img, t.pixel_size, t.material, detector=det, classifier=clf
         )
-    if args.method in ("classical", "both"):
+    if "classical" in args.method:
         from .classical import analyze_classical
 
         methods["classical reference"] = lambda img, t: analyze_classical(img, t.pixel_size, t.material)
+    if "fcn" in args.method:
+        from .fcn import FCNSegmenter, analyze_fcn
+
+        if args.fcn is None:
+            raise ValueError("--method fcn needs --fcn WEIGHTS (train them with `tmd-defects train-fcn`)")
+        seg = FCNSegmenter.load(args.fcn, device=args.device)
+        methods["FCN baseline"] = lambda img, t: analyze_fcn(img, t.pixel_size, t.material, seg)
     scores = evaluate_dataset(args.data, methods, limit=args.limit, progress=progress_printer("evaluate"))
     cmd = "tmd-defects " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("tmd-defects") else ""
     report = format_report(args.title or f"Evaluation on {args.data.name}", scores, command=cmd)
@@ -233,6 +242,36 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train-fcn
+def _add_train_fcn(sub) -> None:
+    p = sub.add_parser(
+        "train-fcn",
+        help="train the FCN (U-Net column segmentation) baseline of the paper's comparison",
+        description="Simulate a pool of training crops and train the U-Net baseline; writes "
+        "weights and a JSON card.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="weights file (.pt)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--pool", type=int, default=1500, help="simulated training crops")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=_run_train_fcn)
+
+
+def _run_train_fcn(args) -> int:
+    from .fcn import train_fcn
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    path = train_fcn(args.out, steps=args.steps, batch=args.batch, pool=args.pool, seed=args.seed,
+                     log=lambda m: print(m, flush=True))
+    print(f"wrote {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -241,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_simulate, _add_demo, _add_analyze, _add_evaluate):
+    for add in (_add_simulate, _add_demo, _add_analyze, _add_evaluate, _add_train_fcn):
         add(sub)
     return parser
 
