@@ -266,7 +266,7 @@ def train_fcn(
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress:
             progress(step + 1, steps)
         if log and (step + 1) % 100 == 0:
