@@ -116,13 +116,20 @@ class SublatticeFit:
         margin = a_px
         near = (x[:, 0] > -margin) & (x[:, 0] < w + margin) & (x[:, 1] > -margin) & (x[:, 1] < h + margin)
         ij, x, m, hol = ij[near], x[near], m[near], hol[near]
-        pb = x if self.bright_is_x else m
-        d, k = cKDTree(self.peaks).query(pb, distance_upper_bound=0.25 * a_px)
-        ok = np.isfinite(d)
-        disp = self.peaks[k[ok]] - pb[ok]
-        x = x + _smooth_displacements(x, pb[ok], disp, a_px)
-        m = m + _smooth_displacements(m, pb[ok], disp, a_px)
-        hol = hol + _smooth_displacements(hol, pb[ok], disp, a_px)
+        # coarse-to-fine: a wide tolerance and smooth field first (large drifts), then a
+        # tight tolerance and local field (scan distortion varies across the frame)
+        tree = cKDTree(self.peaks)
+        field = np.zeros((3, len(x), 2))
+        for tol, scale in ((0.45, 3.0), (0.3, 1.5), (0.25, 1.0)):
+            pb = (x if self.bright_is_x else m) + field[0 if self.bright_is_x else 1]
+            d, k = tree.query(pb, distance_upper_bound=tol * a_px)
+            ok = np.isfinite(d)
+            if not ok.any():
+                break
+            disp = self.peaks[k[ok]] - pb[ok]
+            for n, p in enumerate((x, m, hol)):
+                field[n] += _smooth_displacements(p + field[n], pb[ok], disp, scale * a_px)
+        x, m, hol = x + field[0], m + field[1], hol + field[2]
         return ij, x, m, hol
 
 
