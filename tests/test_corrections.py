@@ -36,10 +36,10 @@ def test_add_update_and_load(tmp_path, image):
     assert db.rows() == [] and len(db) == 0
     row = db.add(image, [10, 10, 20, 18], 3, material="MoTe2", pixel_size=0.09, source="a.tif",
                  confidence_before=0.55, label_before=0, timestamp="2024-01-01T00:00:00+00:00")
-    assert row["class_name"] == "V_Mo" and row["crop"].startswith("crops/") and row["crop"].endswith(".npy")
+    assert row["class_name"] == "V_Mo" and row["crop"].endswith(".npy") and row["normalized"] == 0
     header = (tmp_path / "db" / "index.csv").read_text().splitlines()[0]
     assert header == ",".join(INDEX_COLUMNS)
-    crop = np.load(tmp_path / "db" / row["crop"])
+    crop = np.load(tmp_path / "db" / "crops" / row["crop"])
     assert np.array_equal(crop, crop_box(image, [10, 10, 20, 18]))
 
     # the same cell again (box moved by a fraction of a pixel): updated, not duplicated;
@@ -52,10 +52,12 @@ def test_add_update_and_load(tmp_path, image):
     assert rows[0]["crop"] == row["crop"]
 
     # another cell, and the same box in another image: new rows
-    db.add_many(image, [[30, 30, 40, 38], [10, 10, 20, 18]], [2, 5], material="MoS2", source="b.tif")
+    db.add_many(image, [[30, 30, 40, 38], [10, 10, 20, 18]], [2, 5], material="MoS2", source="b.tif",
+                normalized=True)
     rows = read_index(tmp_path / "db")
     assert [r["label"] for r in rows] == [1, 2, 5]
     assert rows[1]["class_name"] == "V_S2" and np.isnan(rows[1]["pixel_size_A"]) and rows[1]["label_before"] == -1
+    assert [r["normalized"] for r in rows] == [0, 1, 1]
     crops, labels, rows2 = load_corrections(tmp_path / "db")
     assert labels.tolist() == [1, 2, 5] and all(c.ndim == 2 and c.dtype == np.float32 for c in crops)
     assert [r["crop"] for r in rows2] == [r["crop"] for r in rows]
@@ -80,7 +82,7 @@ def test_missing_and_malformed_databases(tmp_path, image):
         load_corrections(tmp_path)
     db = CorrectionDatabase(tmp_path)
     row = db.add(image, [1, 1, 5, 5], 1)
-    (tmp_path / row["crop"]).unlink()
+    (tmp_path / "crops" / row["crop"]).unlink()
     with pytest.raises(FileNotFoundError, match="missing"):
         load_corrections(tmp_path)
     (tmp_path / "index.csv").write_text("a,b\n1,2\n")

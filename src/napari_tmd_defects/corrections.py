@@ -7,30 +7,37 @@ Layout of a database folder ``DIR``::
 
 ``index.csv`` columns, in this order:
 
-==================  ==========================================================
-``crop``            path of the crop relative to ``DIR`` (``crops/<id>.npy``)
-``label``           corrected class id (0..5)
-``class_name``      class name for the material (e.g. ``V_Te1``)
-``material``        e.g. ``MoTe2``
-``pixel_size_A``    Å/px of the image the crop was cut from (empty if unknown)
-``source``          image identifier (file path or layer name)
-``x_min`` ...       cell box ``x_min, y_min, x_max, y_max`` in px of the source
-                    image (x = column, y = row, pixel centres at integers)
+=====================  =======================================================
+``crop``               file name of the crop in ``DIR/crops/`` (``<id>.npy``)
+``label``              corrected class id (0..5)
+``class_name``         class name for the material (e.g. ``V_Te1``)
+``material``           e.g. ``MoTe2``
+``pixel_size_A``       Å/px of the image the crop was cut from (empty if unknown)
+``source``             image identifier (file path or layer name)
+``x_min`` ...          cell box ``x_min, y_min, x_max, y_max`` in px of the source
+                       image (x = column, y = row, pixel centres at integers)
 ``confidence_before``  classifier confidence of the label it had (empty if none)
-``label_before``    class id before the correction (-1: unclassified)
-``timestamp``       ISO 8601, UTC
-==================  ==========================================================
+``label_before``       class id before the correction (-1: unclassified)
+``timestamp``          ISO 8601, UTC
+``normalized``         1 if the crop was cut from the image after
+                       ``classification.normalize_image`` (as the classifier
+                       sees it), 0 if from the raw image
+=====================  =======================================================
 
 Crops hold the pixels whose centres lie inside the box (no interpolation), so they keep
-the image's own noise and sampling; the trainer resamples them like any other cell.
+the image's own noise and sampling; the trainer resamples them like any other cell
+(``classification.crops_from_corrections``). The napari correction tool cuts them from
+the normalised image whenever the classifier module is installed.
+
 Every write is atomic (crop first, then the index, each through a temporary file that
 is renamed into place). Correcting the same cell of the same image again (same
 ``source``, box centre within a quarter of the box size) updates its row and crop
 instead of adding a duplicate; the row keeps the ``label_before`` and
-``confidence_before`` of the first correction (what the classifier said). One process should write a database at a time.
+``confidence_before`` of the first correction (what the classifier said). One process
+should write a database at a time.
 
-``tmd-defects train-classifier --corrections DIR`` reads it with
-:func:`load_corrections`.
+``tmd-defects train-classifier --corrections DIR`` reads it; :func:`load_corrections`
+reads it back here.
 """
 
 from __future__ import annotations
@@ -60,9 +67,9 @@ __all__ = [
 #: Columns of ``index.csv``, in order.
 INDEX_COLUMNS = (
     "crop", "label", "class_name", "material", "pixel_size_A", "source",
-    "x_min", "y_min", "x_max", "y_max", "confidence_before", "label_before", "timestamp",
+    "x_min", "y_min", "x_max", "y_max", "confidence_before", "label_before", "timestamp", "normalized",
 )
-_INT_COLUMNS = ("label", "label_before")
+_INT_COLUMNS = ("label", "label_before", "normalized")
 _FLOAT_COLUMNS = ("pixel_size_A", "x_min", "y_min", "x_max", "y_max", "confidence_before")
 
 
@@ -178,13 +185,14 @@ class CorrectionDatabase:
         confidence_before: float | None = None,
         label_before: int = -1,
         timestamp: str | None = None,
+        normalized: bool = False,
     ) -> dict[str, Any]:
         """Store one corrected cell (see :meth:`add_many`); returns its row."""
         return self.add_many(
             image, np.asarray(box, float).reshape(1, 4), [label], material=material,
             pixel_size=pixel_size, source=source,
             confidence_before=None if confidence_before is None else [confidence_before],
-            label_before=[label_before], timestamp=timestamp,
+            label_before=[label_before], timestamp=timestamp, normalized=normalized,
         )[0]
 
     def add_many(
@@ -199,6 +207,7 @@ class CorrectionDatabase:
         confidence_before=None,
         label_before=None,
         timestamp: str | None = None,
+        normalized: bool = False,
     ) -> list[dict[str, Any]]:
         """Store corrected cells of one image: crops + index rows, written atomically.
 
@@ -221,6 +230,8 @@ class CorrectionDatabase:
             The classifier's class and confidence before the correction (-1: none).
         timestamp : str, optional
             Default: now (UTC).
+        normalized : bool
+            Whether ``image`` is the output of ``classification.normalize_image``.
 
         Returns
         -------
@@ -253,7 +264,7 @@ class CorrectionDatabase:
         for k in range(n):
             row = self._match(rows, source, b[k])
             if row is None:
-                row = {"crop": f"crops/{self._crop_id(source, b[k])}.npy"}
+                row = {"crop": f"{self._crop_id(source, b[k])}.npy"}
                 rows.append(row)
             else:  # keep what the classifier said before the first correction
                 conf[k], before[k] = row["confidence_before"], row["label_before"]
@@ -262,10 +273,11 @@ class CorrectionDatabase:
                 pixel_size_A=float(pixel_size) if pixel_size else float("nan"), source=str(source),
                 x_min=float(b[k, 0]), y_min=float(b[k, 1]), x_max=float(b[k, 2]), y_max=float(b[k, 3]),
                 confidence_before=float(conf[k]), label_before=int(before[k]), timestamp=stamp,
+                normalized=int(bool(normalized)),
             )
             buf = _io.BytesIO()
             np.save(buf, crops[k], allow_pickle=False)
-            with atomic_write(self.path / row["crop"]) as fh:
+            with atomic_write(self.path / "crops" / row["crop"]) as fh:
                 fh.write(buf.getvalue())
             written.append(row)
         self._write_index(rows)
@@ -321,9 +333,9 @@ def load_corrections(path: str | Path) -> tuple[list[np.ndarray], np.ndarray, li
     rows = read_index(p)
     crops = []
     for row in rows:
-        f = p / row["crop"]
+        f = p / "crops" / row["crop"]
         if not f.exists():
-            raise FileNotFoundError(f"{p / 'index.csv'} lists {row['crop']}, which is missing")
+            raise FileNotFoundError(f"{p / 'index.csv'} lists {row['crop']}, which is missing from {p / 'crops'}")
         arr = np.load(f, allow_pickle=False)
         if arr.ndim != 2:
             raise ValueError(f"{f}: expected a 2-D crop, got shape {arr.shape}")

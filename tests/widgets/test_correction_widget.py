@@ -6,6 +6,7 @@ import pytest
 from qtpy.QtCore import QPoint, Qt
 
 from napari_tmd_defects._widgets import _layers as L
+from napari_tmd_defects._widgets._correction import training_image
 from napari_tmd_defects.corrections import crop_box, load_corrections
 
 from .conftest import PLUGIN
@@ -52,8 +53,9 @@ def test_click_and_keys_correct_cells_and_fill_database(analysed, qtbot, correct
     assert (r["class_name"], r["material"], r["label_before"]) == ("V_Mo", "MoTe2", 0)
     assert r["pixel_size_A"] == pytest.approx(0.09) and r["confidence_before"] == pytest.approx(0.9)
     assert np.allclose([r["x_min"], r["y_min"], r["x_max"], r["y_max"]], res.boxes[k], atol=1e-3)
-    image = viewer.layers["MoTe2 sample (simulated)"].data
-    assert np.array_equal(crops[0], crop_box(image, res.boxes[k]))
+    image, normalized = training_image(viewer.layers["MoTe2 sample (simulated)"].data, res)
+    assert r["normalized"] == int(normalized)
+    assert np.allclose(crops[0], crop_box(image, res.boxes[k]))
 
     # correcting the same cell again (drop-down) updates its row instead of adding one
     widget._class.value = "V_Te1"
@@ -69,7 +71,7 @@ def test_click_and_keys_correct_cells_and_fill_database(analysed, qtbot, correct
     assert len(load_corrections(corrections_dir)[2]) == 2 and res.labels[j] == 5
 
 
-def test_step_through_low_confidence_cells(analysed, qtbot):
+def test_step_through_low_confidence_cells(analysed, qtbot, corrections_dir):
     viewer, analysis = analysed
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Correction")
     res = analysis.result
@@ -93,12 +95,8 @@ def test_step_through_low_confidence_cells(analysed, qtbot):
     n = int(res.flagged.sum())
     widget._threshold.value = 0.95
     assert res.flagged.sum() > n and res.low_confidence == 0.95
-
-
-def test_saving_can_be_switched_off(analysed, corrections_dir):
-    viewer, analysis = analysed
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Correction")
+    # corrections were saved; with saving off they are not
+    assert len(load_corrections(corrections_dir)[2]) == 1
     widget._save.value = False
     widget.set_class("V_Te2", cells=[0])
-    assert analysis.result.labels[0] == 2
-    assert not (corrections_dir / "index.csv").exists()
+    assert res.labels[0] == 2 and len(load_corrections(corrections_dir)[2]) == 1

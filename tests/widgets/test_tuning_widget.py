@@ -41,7 +41,7 @@ def test_sliders_recast_cells_live(analysed, qtbot):
     assert "α = 0.80, β = 0.60" in widget._status.value
 
 
-def test_corrections_survive_recasting(analysed):
+def test_corrections_survive_recasting_and_new_analysis_resets(analysed):
     viewer, analysis = analysed
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "α/β tuning")
     _, corr = viewer.window.add_plugin_dock_widget(PLUGIN, "Correction")
@@ -53,11 +53,6 @@ def test_corrections_survive_recasting(analysed):
     m = [n for n, v in enumerate(back.ij) if tuple(v) == ij][0]
     assert back.labels[m] == 4 and back.corrected[m]
     assert widget._alpha.value == pytest.approx(0.65)
-
-
-def test_new_analysis_resets_the_sliders(analysed):
-    viewer, analysis = analysed
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "α/β tuning")
-    widget.set_alpha_beta(0.75, 0.55)
+    # a new analysis resets the sliders to its values
     analysis.run(alpha=0.7, beta=0.45)
     assert widget._alpha.value == pytest.approx(0.7) and widget._beta.value == pytest.approx(0.45)

@@ -53,7 +53,7 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith("napari_tmd_defects"):
         which = "hexagon detector (CNN-1)" if "detection" in exc.name else "cell classifier (CNN-2)"
         return f"model missing: the {which} is not part of this installation ({exc.name} not found)"
-    if isinstance(exc, WeightsError):
+    if isinstance(exc, (WeightsError, FileNotFoundError)):
         return f"model missing: {exc}"
     if isinstance(exc, ImportError):
         return f"cannot load the models: {exc}"
@@ -110,9 +110,11 @@ class AnalysisWidget(Container):
         self._cancel_btn.clicked.connect(self.cancel)
         self._image.changed.connect(self._on_image)
         self._material.changed.connect(lambda m: self._legend.set_names(get_material(m).class_names))
-        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.reordered):
-            ev.connect(self._refresh_choices)
+        L.connect_events(self.native, self._refresh_choices, viewer.layers.events.inserted,
+                         viewer.layers.events.removed, viewer.layers.events.reordered, selection=False)
+        self.native.destroyed.connect(self._stop_on_close)
         self._on_image(self._image.value)
+        self._say(self._model_note())
 
     # ------------------------------------------------------------------ scripting API
     @property
@@ -222,6 +224,37 @@ class AnalysisWidget(Container):
         if res.warnings:
             msg += "\n⚠ " + "\n⚠ ".join(res.warnings)
         self._say(msg)
+
+    def _model_note(self) -> str:
+        """A line saying which shipped model is missing (empty when both are there)."""
+        import importlib.util
+
+        from ..runtime import default_weights
+
+        missing = []
+        for name, module, what in (("detector", "detection", "hexagon detector (CNN-1)"),
+                                   ("classifier", "classification", "cell classifier (CNN-2)")):
+            if getattr(self, name) is not None:
+                continue
+            if importlib.util.find_spec(f"napari_tmd_defects.{module}") is None:
+                missing.append(f"the {what} is not part of this installation")
+            elif not default_weights(name).exists():
+                missing.append(f"the {what} weights are missing ({default_weights(name).name})")
+        return ("model missing: " + "; ".join(missing) + "; Run will fail") if missing else ""
+
+    def _stop_on_close(self, *_) -> None:
+        """The dock was closed: stop the worker and drop its callbacks (no Qt left to update)."""
+        self._cancel_flag.set()
+        if self._worker is not None:
+            for sig in (self._worker.returned, self._worker.errored, self._worker.finished):
+                try:
+                    sig.disconnect()
+                except (TypeError, RuntimeError):
+                    pass
+        try:
+            self._relay.progress.disconnect()
+        except (TypeError, RuntimeError):
+            pass
 
     def _on_progress(self, done: int, total: int) -> None:
         self._progress.max = max(1, total)

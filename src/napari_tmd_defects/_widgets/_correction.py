@@ -51,6 +51,16 @@ def image_source(layer) -> str:
     return str(src) if src else str(layer.name)
 
 
+def training_image(image: np.ndarray, result) -> tuple[np.ndarray, bool]:
+    """The image as the classifier sees it (``classification.normalize_image``) and True,
+    or the image itself and False when the classifier module is not installed."""
+    try:
+        from ..classification import normalize_image
+    except ImportError:
+        return image, False
+    return np.asarray(normalize_image(image, result.pixel_size, result.material), np.float32), True
+
+
 def correct_cells(viewer, result, indices, label: int) -> tuple[list[dict], str]:
     """Set the class of cells ``indices`` of ``result`` to ``label``, save them to the
     database (when saving is on) and update the layers.
@@ -75,14 +85,14 @@ def correct_cells(viewer, result, indices, label: int) -> tuple[list[dict], str]
             from ..corrections import CorrectionDatabase
 
             try:
-                img, _ = prepare_image(L.image_data(layer))
+                img, normalized = training_image(prepare_image(L.image_data(layer))[0], result)
                 db = CorrectionDatabase(database_dir())
                 rows = db.add_many(
                     img, result.boxes[idx], np.full(len(idx), int(label)), material=result.material,
                     pixel_size=result.pixel_size, source=image_source(layer),
-                    confidence_before=before_conf, label_before=before_lab,
+                    confidence_before=before_conf, label_before=before_lab, normalized=normalized,
                 )
-                msg += f"; saved to {db.path}"
+                msg += f"; saved to {db.path}" + ("" if normalized else " (raw crops: classifier not installed)")
             except (OSError, ValueError) as exc:
                 msg += f"; NOT saved to the database ({exc})"
     L.refresh(viewer, result)
@@ -121,8 +131,7 @@ class CorrectionWidget(Container):
         self._threshold.changed.connect(self._on_threshold)
         self._save.changed.connect(lambda v: set_database(self._db.value, save=v))
         self._db.changed.connect(lambda v: set_database(v, save=self._save.value))
-        L.connect_events(self.native, self._update)
-        viewer.layers.selection.events.active.connect(self._update)
+        L.connect_events(self.native, self._update, viewer.layers.selection.events.active)
         self._update()
 
     # ------------------------------------------------------------------ scripting API

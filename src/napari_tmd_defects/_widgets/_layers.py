@@ -69,16 +69,18 @@ def text_label(value: str = ""):
     return lab
 
 
-def connect_events(qt_widget, callback, selection: bool = True) -> None:
+def connect_events(qt_widget, callback, *emitters, selection: bool = True) -> None:
     """Connect ``callback`` to :data:`EVENTS` (``changed`` and, if ``selection``, also
-    ``selection``) until ``qt_widget`` is destroyed."""
-    signals = (EVENTS.changed, EVENTS.selection) if selection else (EVENTS.changed,)
-    for sig in signals:
+    ``selection``) and to napari ``emitters`` until ``qt_widget`` is destroyed."""
+    signals = [EVENTS.changed, EVENTS.selection] if selection else [EVENTS.changed]
+    for sig in (*signals, *emitters):
         sig.connect(callback)
 
     def _disconnect(*_):
         for sig in signals:
             sig.disconnect(callback, missing_ok=True)
+        for em in emitters:
+            em.disconnect(callback)
 
     qt_widget.destroyed.connect(_disconnect)
 
@@ -226,6 +228,7 @@ def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict
             rects or None, shape_type="rectangle", name=names["cells"], edge_color=colors if rects else "white",
             face_color="transparent", edge_width=_edge_widths(result) if rects else 1.0, **geo,
         )
+        _connect_selection(lay)
     lay.features = cell_features(result)
     out["cells"] = lay
 
@@ -380,7 +383,8 @@ def _highlight(layer) -> None:
 
 def _connect_selection(layer) -> None:
     def on_selection(*_):
-        _highlight(layer)
+        if layer.metadata.get(ROLE_KEY, "centres") == "centres":
+            _highlight(layer)
         EVENTS.selection.emit(layer.metadata.get(RESULT_KEY))
 
     layer.selected_data.events.items_changed.connect(on_selection)
@@ -389,7 +393,7 @@ def _connect_selection(layer) -> None:
 # --------------------------------------------------------------------------- interaction
 def _bind_class_keys(viewer, layer) -> None:
     """Keys 0–5 on a cell layer set the class of the selected cells."""
-    vref = weakref.ref(viewer)
+    vref = weakref.ref(unwrap(viewer))
 
     def make(label: int):
         def set_class(lay):
@@ -413,6 +417,7 @@ def _bind_class_keys(viewer, layer) -> None:
 def _install_click_selection(viewer) -> None:
     """A click (press and release without dragging) on a cell selects it, in pan/zoom
     mode of the image or cell layers; Shift-click adds it to the selection."""
+    viewer = unwrap(viewer)
     if viewer in _CLICK_VIEWERS:
         return
     _CLICK_VIEWERS.add(viewer)

@@ -107,9 +107,7 @@ class StatisticsWidget(QWidget):
         lay.addWidget(self._status)
         lay.addStretch(1)
 
-        L.connect_events(self, self.refresh)
-        viewer.layers.selection.events.active.connect(self.refresh)
-        viewer.layers.events.removed.connect(self.refresh)
+        L.connect_events(self, self.refresh, viewer.layers.selection.events.active, viewer.layers.events.removed)
         self.refresh()
 
     # ------------------------------------------------------------------ scripting API

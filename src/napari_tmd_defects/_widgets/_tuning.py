@@ -53,8 +53,7 @@ class TuningWidget(Container):
         self._alpha.changed.connect(self._on_slider)
         self._beta.changed.connect(self._on_slider)
         self._reset.clicked.connect(lambda: self.set_alpha_beta(PAPER_ALPHA, PAPER_BETA))
-        L.connect_events(self.native, self._sync, selection=False)
-        viewer.layers.selection.events.active.connect(self._sync)
+        L.connect_events(self.native, self._sync, viewer.layers.selection.events.active, selection=False)
         self._sync()
 
     # ------------------------------------------------------------------ scripting API
