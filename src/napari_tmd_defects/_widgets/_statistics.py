@@ -12,12 +12,14 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
+    QAbstractScrollArea,
     QFileDialog,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -76,6 +78,10 @@ class StatisticsWidget(QWidget):
         hdr = self._table.horizontalHeader()
         hdr.setSectionResizeMode(QHeaderView.ResizeToContents)
         hdr.setStretchLastSection(True)
+        self._table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self._table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self._table.setSizeAdjustPolicy(QAbstractScrollArea.AdjustToContents)
+        self._table.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
         lay.addWidget(self._table)
 
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -84,9 +90,9 @@ class StatisticsWidget(QWidget):
 
         theme = get_theme(viewer.theme)
         self._bg, self._fg = theme.background.as_hex(), theme.text.as_hex()
-        self._fig = Figure(figsize=(3.2, 1.9), dpi=100, facecolor=self._bg, layout="constrained")
+        self._fig = Figure(figsize=(3.2, 1.65), dpi=100, facecolor=self._bg)
         self._canvas = FigureCanvasQTAgg(self._fig)
-        self._canvas.setMinimumHeight(170)
+        self._canvas.setFixedHeight(165)
         lay.addWidget(self._canvas)
 
         row = QHBoxLayout()
@@ -149,8 +155,7 @@ class StatisticsWidget(QWidget):
                 it.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 self._table.setItem(k, col, it)
         self._table.resizeRowsToContents()
-        rows = sum(self._table.rowHeight(r) for r in range(self._table.rowCount()))
-        self._table.setFixedHeight(rows + self._table.horizontalHeader().sizeHint().height() + 2 * self._table.frameWidth())
+        self._table.updateGeometry()
         self._draw_histogram(res)
 
     def export(self, folder: str | Path | None = None) -> dict[str, Path] | None:
@@ -185,6 +190,7 @@ class StatisticsWidget(QWidget):
 
     def _draw_histogram(self, res) -> None:
         ax = self._fig.add_subplot(111)
+        self._fig.subplots_adjust(left=0.14, right=0.97, top=0.94, bottom=0.3)  # for the ~165 px height
         ax.set_facecolor(self._bg)
         ok = res.labels >= 0
         bins = np.linspace(0, 1, 21)
