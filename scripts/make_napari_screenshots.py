@@ -142,9 +142,9 @@ def main(argv=None) -> int:
     preview = open_dock("Noise preview")
     preview.simulate()
     defect = int(np.flatnonzero((res.labels == 1) & ~res.flagged)[0])
-    from napari_tmd_defects._widgets import _layers
+    from napari_tmd_defects._widgets import _layers, _selection
 
-    _layers.select_cells(viewer, _layers.current_result(viewer), [defect])
+    _selection.select_cells(viewer, _layers.current_result(viewer), [defect])
     preview.compare_selected()
     shot("napari_preview.png")
     viewer.close()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_tmd_defects._widgets import _layers as L
-from napari_tmd_defects.materials import CLASS_COLORS
 from napari_tmd_defects.geometry import box_iou
+from napari_tmd_defects.materials import CLASS_COLORS
 from napari_tmd_defects.runtime import Cancelled
 from napari_tmd_defects.simulation import GroundTruth
 
@@ -146,3 +146,13 @@ def test_real_models_on_the_sample(viewer, qtbot):
     truth = viewer.layers[NAME].metadata["ground_truth"]
     assert res.n_cells >= 0.9 * truth["n_cells"]
     assert len(viewer.layers[L.layer_name(NAME, "centres")].data) == res.n_cells
+
+
+def test_image_without_lattice_gives_empty_layers(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).normal(size=(128, 128)), name="noise")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    res = widget.run()  # pixel size 0: estimated, which fails before any model is needed
+    assert res.n_cells == 0 and "no crystal lattice" in widget.status
+    pts = viewer.layers[L.layer_name("noise", "centres")]
+    assert len(pts.data) == 0 and viewer.layers[L.layer_name("noise", "cells")].nshapes == 0

@@ -6,6 +6,7 @@ import pytest
 from qtpy.QtCore import QPoint, Qt
 
 from napari_tmd_defects._widgets import _layers as L
+from napari_tmd_defects._widgets import _selection as S
 from napari_tmd_defects._widgets._correction import training_image
 from napari_tmd_defects.corrections import crop_box, load_corrections
 
@@ -34,7 +35,7 @@ def test_click_and_keys_correct_cells_and_fill_database(analysed, qtbot, correct
     before = res.counts()
 
     _click_cell(viewer, qtbot, res, k)
-    assert L.selected_cells(viewer).tolist() == [k]
+    assert S.selected_cells(viewer).tolist() == [k]
     assert f"Cell {k} " in widget._info.value
 
     qtbot.keyClick(_canvas(viewer), Qt.Key_3)  # V_Mo
@@ -66,7 +67,7 @@ def test_click_and_keys_correct_cells_and_fill_database(analysed, qtbot, correct
 
     # another cell by key adds a second row
     j = int(np.flatnonzero(res.labels == 0)[9])
-    L.select_cells(viewer, res, [j])
+    S.select_cells(viewer, res, [j])
     qtbot.keyClick(_canvas(viewer), Qt.Key_5)
     assert len(load_corrections(corrections_dir)[2]) == 2 and res.labels[j] == 5
 
@@ -81,13 +82,13 @@ def test_step_through_low_confidence_cells(analysed, qtbot, corrections_dir):
     seen = []
     for _ in range(3):
         widget._next.clicked.emit()
-        (k,) = L.selected_cells(viewer)
+        (k,) = S.selected_cells(viewer)
         seen.append(int(k))
         pts = L.result_layers(viewer, res)["centres"]
         assert np.allclose(viewer.camera.center[-2:], pts.data_to_world(pts.data[k])[-2:])
     assert seen == order[:3].tolist()
     widget._prev.clicked.emit()
-    assert L.selected_cells(viewer).tolist() == [seen[1]]
+    assert S.selected_cells(viewer).tolist() == [seen[1]]
     # a corrected cell leaves the review list
     widget.set_class(int(res.labels[seen[1]]))
     assert not res.flagged[seen[1]] and widget.step_low_confidence(+1) == seen[2]

@@ -4,7 +4,7 @@ cell-vs-simulation comparison."""
 import numpy as np
 import pytest
 
-from napari_tmd_defects._widgets import _layers as L
+from napari_tmd_defects._widgets import _selection as S
 from napari_tmd_defects._widgets._preview import PREVIEW_NAME
 
 from .conftest import PLUGIN
@@ -36,7 +36,7 @@ def test_compare_selected_cell_with_its_class(analysed):
     assert widget.compare_selected() is None and "select a cell" in widget._status.value
     res = analysis.result
     k = int(np.flatnonzero(res.labels == 2)[0])  # V_Te2: both chalcogens missing
-    L.select_cells(viewer, res, [k])
+    S.select_cells(viewer, res, [k])
     cmp = widget.compare_selected()
     assert cmp.class_name == "V_Te2"
     assert np.all(np.abs(np.subtract(cmp.crop.shape, cmp.reference_crop.shape)) <= 1)  # same sampling

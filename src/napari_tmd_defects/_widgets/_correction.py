@@ -17,6 +17,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 
 from ..materials import get_material
 from . import _layers as L
+from . import _selection as S
 
 #: Environment variable that overrides the default database folder.
 DATABASE_ENV = "TMD_DEFECTS_CORRECTIONS"
@@ -152,7 +153,7 @@ class CorrectionWidget(Container):
         if res is None:
             return self._say("no analysis yet: run Defect analysis first")
         k = label if isinstance(label, (int, np.integer)) else res.class_names.index(str(label))
-        idx = L.selected_cells(self._viewer, res) if cells is None else np.atleast_1d(cells)
+        idx = S.selected_cells(self._viewer, res) if cells is None else np.atleast_1d(cells)
         _, msg = correct_cells(self._viewer, res, idx, int(k))
         return self._say(msg)
 
@@ -172,7 +173,7 @@ class CorrectionWidget(Container):
             self._say("no low-confidence cells left to review")
             return None
         keys = sorted(zip(res.confidence[idx].tolist(), idx.tolist()))
-        sel = L.selected_cells(self._viewer, res)
+        sel = S.selected_cells(self._viewer, res)
         if len(sel) and res.flagged[sel[0]]:
             self._cursor = (float(res.confidence[sel[0]]), int(sel[0]), id(res))
         cur = self._cursor[:2] if self._cursor is not None and self._cursor[2] == id(res) else None
@@ -183,7 +184,7 @@ class CorrectionWidget(Container):
             before = [k for k in keys if cur is not None and k < cur]
             key = before[-1] if before else keys[-1]
         self._cursor = (key[0], key[1], id(res))
-        L.select_cells(self._viewer, res, [key[1]], center=True)
+        S.select_cells(self._viewer, res, [key[1]], center=True)
         self._say(f"reviewing cell {key[1]} ({keys.index(key) + 1} of {len(keys)} low-confidence cells)")
         return int(key[1])
 
@@ -211,7 +212,7 @@ class CorrectionWidget(Container):
             self._class.choices = names
         with self._threshold.changed.blocked():
             self._threshold.value = res.low_confidence
-        sel = L.selected_cells(self._viewer, res)
+        sel = S.selected_cells(self._viewer, res)
         if len(sel) == 1:
             k = int(sel[0])
             lab = res.label_names()[k]

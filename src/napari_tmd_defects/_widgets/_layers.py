@@ -14,12 +14,12 @@ All layer data are in px of the image (rows, cols) and carry the image's ``scale
 ``translate``, so they line up with it. Each of these layers holds the same ``Result``
 object in ``metadata["tmd_defects_result"]`` and the image layer's name in
 ``metadata["tmd_defects_image"]``; the other widgets find the result there
-(:func:`current_result`) and announce edits through :data:`EVENTS`.
+(:func:`current_result`) and announce edits through :data:`EVENTS`. Selecting cells
+(click, keys 0–5) is in :mod:`._selection`.
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import numpy as np
@@ -48,7 +48,6 @@ class _Events:
 
 #: Process-wide notifications; widgets connect and re-read :func:`current_result`.
 EVENTS = _Events()
-_CLICK_VIEWERS: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -156,9 +155,9 @@ def _geometry(image_layer) -> dict[str, Any]:
     }
 
 
-def _point_sizes(result) -> np.ndarray:
+def point_sizes(result) -> np.ndarray:
     """Marker diameters (px): small for Perfect cells, larger for defects."""
-    a_px = _a_px(result)
+    a_px = lattice_px(result)
     return np.where(np.asarray(result.labels) == 0, 0.12 * a_px, 0.24 * a_px).clip(2.0)
 
 
@@ -169,11 +168,11 @@ def _point_colors(result) -> np.ndarray:
 
 
 def _edge_widths(result) -> list[float]:
-    a_px = _a_px(result)
+    a_px = lattice_px(result)
     return np.where(np.asarray(result.labels) == 0, 0.025 * a_px, 0.055 * a_px).clip(0.5).tolist()
 
 
-def _a_px(result) -> float:
+def lattice_px(result) -> float:
     from ..materials import get_material
 
     return get_material(result.material).a / result.pixel_size
@@ -186,10 +185,12 @@ def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict
     Returns the layers by role (``hexagons``, ``cells``, ``centres`` and, when asked or
     already present, ``labels``).
     """
+    from . import _selection as _sel
+
     result = unwrap(result)
     geo = _geometry(image_layer)
     meta = {RESULT_KEY: result, IMAGE_KEY: image_layer.name}
-    a_px = _a_px(result) if result.pixel_size == result.pixel_size else 30.0
+    a_px = lattice_px(result) if result.pixel_size == result.pixel_size else 30.0
     out: dict[str, Any] = {}
     names = {r: layer_name(image_layer.name, r) for r in ROLES}
     layers = viewer.layers
@@ -228,7 +229,7 @@ def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict
             rects or None, shape_type="rectangle", name=names["cells"], edge_color=colors if rects else "white",
             face_color="transparent", edge_width=_edge_widths(result) if rects else 1.0, **geo,
         )
-        _connect_selection(lay)
+        _sel.connect_selection(lay)
     lay.features = cell_features(result)
     out["cells"] = lay
 
@@ -242,10 +243,10 @@ def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict
             pts, name=names["centres"], border_width=0.1, border_width_is_relative=True,
             border_color="black", **geo,
         )
-        _connect_selection(lay)
+        _sel.connect_selection(lay)
     lay.features = cell_features(result)
     if len(pts):
-        lay.size = _point_sizes(result)
+        lay.size = point_sizes(result)
         lay.face_color = _point_colors(result)
     out["centres"] = lay
 
@@ -253,9 +254,9 @@ def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict
         lay.metadata.update(meta)
         lay.metadata[ROLE_KEY] = role
         if role in ("cells", "centres"):
-            _bind_class_keys(viewer, lay)
+            _sel.bind_class_keys(viewer, lay)
         lay.scale, lay.translate = geo["scale"], geo["translate"]
-    _install_click_selection(viewer)
+    _sel.install_click_selection(viewer)
     EVENTS.changed.emit(result)
     return out
 
@@ -271,6 +272,8 @@ def _set_shapes(layer, rects: list[np.ndarray], colors: np.ndarray, widths) -> N
 def refresh(viewer, result) -> None:
     """Re-colour the layers of ``result`` and refresh their features after edits to its
     classes (no change of cells); announces the change."""
+    from . import _selection as _sel
+
     result = unwrap(result)
     layers = result_layers(viewer, result)
     feats = cell_features(result)
@@ -282,9 +285,9 @@ def refresh(viewer, result) -> None:
     if "centres" in layers and result.n_cells:
         lay = layers["centres"]
         lay.features = feats
-        lay.size = _point_sizes(result)
+        lay.size = point_sizes(result)
         lay.face_color = _point_colors(result)
-        _highlight(lay)
+        _sel.highlight(lay)
     if "labels" in layers:
         layers["labels"].data = label_image(result)
     EVENTS.changed.emit(result)
@@ -325,130 +328,3 @@ def image_layer_of(viewer, result):
 def image_data(layer) -> np.ndarray:
     """Data of an image layer as a numpy array (2-D, or RGB which the analysis converts)."""
     return np.asarray(layer.data)
-
-
-def selected_cells(viewer, result=None) -> np.ndarray:
-    """Sorted indices of the selected cells of ``result`` (default: current)."""
-    result = result if result is not None else current_result(viewer)
-    if result is None:
-        return np.zeros(0, int)
-    layers = result_layers(viewer, result)
-    active = viewer.layers.selection.active
-    order = [active] if active in layers.values() else []
-    order += [layers[r] for r in ("centres", "cells") if r in layers]
-    for lay in order:
-        if lay.metadata.get(ROLE_KEY) in ("centres", "cells") and len(lay.selected_data):
-            idx = np.array(sorted(lay.selected_data), dtype=int)
-            return idx[idx < result.n_cells]
-    return np.zeros(0, int)
-
-
-def select_cells(viewer, result, indices, center: bool = False) -> None:
-    """Select cells (on the Points layer, made active) and optionally centre the camera
-    on the first one."""
-    layers = result_layers(viewer, result)
-    idx = [int(i) for i in np.atleast_1d(indices)]
-    pts = layers.get("centres")
-    if pts is None:
-        return
-    if "cells" in layers:
-        layers["cells"].selected_data = set()
-    viewer.layers.selection.active = pts
-    pts.selected_data = set(idx)
-    pts.refresh()
-    if center and idx:
-        world = pts.data_to_world(pts.data[idx[0]])
-        viewer.camera.center = tuple(world)
-    EVENTS.selection.emit(result)
-
-
-def _highlight(layer) -> None:
-    """Thick white rims on the selected cell markers, thin black rims elsewhere."""
-    n = len(layer.data)
-    if not n:
-        return
-    sel = np.array([i for i in layer.selected_data if i < n], dtype=int)
-    border = np.tile([0.0, 0.0, 0.0, 1.0], (n, 1))
-    width = np.full(n, 0.1)
-    border[sel], width[sel] = (1.0, 1.0, 1.0, 1.0), 0.3
-    result = layer.metadata.get(RESULT_KEY)
-    with layer.block_update_properties():
-        layer.border_color = border
-        layer.border_width = width
-        if result is not None and result.n_cells == n:
-            size = _point_sizes(result)
-            size[sel] = np.maximum(size[sel], 0.4 * _a_px(result))
-            layer.size = size
-
-
-def _connect_selection(layer) -> None:
-    def on_selection(*_):
-        if layer.metadata.get(ROLE_KEY, "centres") == "centres":
-            _highlight(layer)
-        EVENTS.selection.emit(layer.metadata.get(RESULT_KEY))
-
-    layer.selected_data.events.items_changed.connect(on_selection)
-
-
-# --------------------------------------------------------------------------- interaction
-def _bind_class_keys(viewer, layer) -> None:
-    """Keys 0–5 on a cell layer set the class of the selected cells."""
-    vref = weakref.ref(unwrap(viewer))
-
-    def make(label: int):
-        def set_class(lay):
-            v = vref()
-            if v is None:
-                return
-            from ._correction import correct_cells
-
-            res = lay.metadata.get(RESULT_KEY)
-            idx = selected_cells(v, res)
-            if res is not None and len(idx):
-                correct_cells(v, res, idx, label)
-
-        set_class.__doc__ = f"Set the class of the selected cells to class {label}"
-        return set_class
-
-    for k in range(N_CLASSES):
-        layer.bind_key(str(k), make(k), overwrite=True)
-
-
-def _install_click_selection(viewer) -> None:
-    """A click (press and release without dragging) on a cell selects it, in pan/zoom
-    mode of the image or cell layers; Shift-click adds it to the selection."""
-    viewer = unwrap(viewer)
-    if viewer in _CLICK_VIEWERS:
-        return
-    _CLICK_VIEWERS.add(viewer)
-
-    def on_click(v, event):
-        start = np.asarray(event.pos, dtype=float)
-        yield
-        while event.type == "mouse_move":
-            yield
-        if event.type != "mouse_release" or np.hypot(*(np.asarray(event.pos, float) - start)) > 4:
-            return
-        active = v.layers.selection.active
-        if active is not None and getattr(active, "mode", "pan_zoom") != "pan_zoom":
-            return
-        res = current_result(v)
-        if res is None or not res.n_cells:
-            return
-        layers = result_layers(v, res)
-        pts = layers.get("centres")
-        if pts is None:
-            return
-        row, col = np.asarray(pts.world_to_data(event.position))[-2:]
-        b = res.boxes
-        inside = (b[:, 0] <= col) & (col <= b[:, 2]) & (b[:, 1] <= row) & (row <= b[:, 3])
-        if not inside.any():
-            return
-        cand = np.flatnonzero(inside)
-        cen = cell_centres(res)[cand]
-        k = int(cand[np.argmin(np.hypot(cen[:, 0] - row, cen[:, 1] - col))])
-        sel = set(selected_cells(v, res).tolist()) if "Shift" in event.modifiers else set()
-        sel ^= {k}
-        select_cells(v, res, sorted(sel))
-
-    viewer.mouse_drag_callbacks.append(on_click)

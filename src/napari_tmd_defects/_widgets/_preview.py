@@ -13,6 +13,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushBu
 
 from ..materials import MATERIALS, get_material
 from . import _layers as L
+from . import _selection as S
 from ._analysis import pixel_size_of
 
 PREVIEW_NAME = "noise preview (simulated)"
@@ -115,7 +116,7 @@ class PreviewWidget(Container):
         if res is None:
             self._status.value = "no analysis yet: run Defect analysis first"
             return None
-        sel = L.selected_cells(self._viewer, res)
+        sel = S.selected_cells(self._viewer, res)
         if not len(sel):
             self._status.value = "select a cell first (click it)"
             return None
