@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.gettempdir()) / "napari-tmd-demo"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    os.chdir(work)  # corrections and exports of the session go to ./corrections, ./results
+    os.chdir(work)  # corrections and exports of this run go to ./corrections, ./results
 
     import napari
     import napari._qt.qt_main_window as qt_main_window

@@ -113,7 +113,8 @@ class StatisticsWidget(QWidget):
         lay.addWidget(self._status)
         lay.addStretch(1)
 
-        L.connect_events(self, self.refresh, viewer.layers.selection.events.active, viewer.layers.events.removed)
+        L.connect_events(self, self.refresh, viewer.layers.selection.events.active, viewer.layers.events.removed,
+                         selection=False)
         self.refresh()
 
     # ------------------------------------------------------------------ scripting API
