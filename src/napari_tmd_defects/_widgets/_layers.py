@@ -1,0 +1,330 @@
+"""Layers that show an analysis :class:`~napari_tmd_defects.analysis.Result`, shared by
+the dock widgets.
+
+For an image layer ``NAME`` the analysis makes (and later updates in place, by name):
+
+* ``NAME [hexagons]``   Shapes: detected hexagon boxes (thin cyan);
+* ``NAME [unit cells]`` Shapes: cell boxes, edge colour = class;
+* ``NAME [cell classes]`` Points at cell centres, face colour = class; ``features`` hold
+  ``class``, ``class_id``, ``confidence``, ``flagged``, ``corrected`` (+ ``i``, ``j``,
+  ``support``);
+* ``NAME [cell labels]`` Labels (optional): each cell box filled with class id + 1.
+
+All layer data are in px of the image (rows, cols) and carry the image's ``scale`` and
+``translate``, so they line up with it. Each of these layers holds the same ``Result``
+object in ``metadata["tmd_defects_result"]`` and the image layer's name in
+``metadata["tmd_defects_image"]``; the other widgets find the result there
+(:func:`current_result`) and announce edits through :data:`EVENTS`. Selecting cells
+(click, keys 0–5) is in :mod:`._selection`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from psygnal import Signal
+
+from ..materials import CLASS_COLORS, N_CLASSES
+
+RESULT_KEY = "tmd_defects_result"
+IMAGE_KEY = "tmd_defects_image"
+ROLE_KEY = "tmd_defects_role"
+ROLES = ("labels", "hexagons", "cells", "centres")
+_SUFFIX = {"labels": "cell labels", "hexagons": "hexagons", "cells": "unit cells", "centres": "cell classes"}
+#: Colour of cells without a class (RGBA).
+UNCLASSIFIED_RGBA = (1.0, 1.0, 1.0, 1.0)
+HEXAGON_RGBA = (0.0, 0.85, 0.95, 1.0)
+
+
+class _Events:
+    """``changed(result)``: classes or cells of a result changed (correction, re-cast,
+    new analysis). ``selection(result)``: the selected cells changed."""
+
+    changed = Signal(object)
+    selection = Signal(object)
+
+
+#: Process-wide notifications; widgets connect and re-read :func:`current_result`.
+EVENTS = _Events()
+
+
+# --------------------------------------------------------------------------- helpers
+def unwrap(obj):
+    """The object behind napari's plugin proxy (napari wraps objects of modules whose
+    name starts with "napari", ours included, when reached through a plugin's viewer)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
+def text_label(value: str = ""):
+    """A magicgui ``Label`` that wraps its text and spans the dock's width."""
+    from magicgui.widgets import Label
+    from qtpy.QtWidgets import QSizePolicy
+
+    lab = Label(value=value)
+    lab.native.setWordWrap(True)
+    lab.native.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+    return lab
+
+
+def connect_events(qt_widget, callback, *emitters, selection: bool = True) -> None:
+    """Connect ``callback`` to :data:`EVENTS` (``changed`` and, if ``selection``, also
+    ``selection``) and to napari ``emitters`` until ``qt_widget`` is destroyed."""
+    signals = [EVENTS.changed, EVENTS.selection] if selection else [EVENTS.changed]
+    for sig in (*signals, *emitters):
+        sig.connect(callback)
+
+    def _disconnect(*_):
+        for sig in signals:
+            sig.disconnect(callback, missing_ok=True)
+        for em in emitters:
+            em.disconnect(callback)
+
+    qt_widget.destroyed.connect(_disconnect)
+
+
+def layer_name(image_name: str, role: str) -> str:
+    """Name of the ``role`` layer of the image layer called ``image_name``."""
+    return f"{image_name} [{_SUFFIX[role]}]"
+
+
+def class_rgba(labels: np.ndarray) -> np.ndarray:
+    """(N, 4) RGBA colours of class ids (paper colours; white for unclassified)."""
+    lab = np.asarray(labels, dtype=int).reshape(-1)
+    table = np.array([(*c, 1.0) for c in CLASS_COLORS] + [UNCLASSIFIED_RGBA], dtype=float)
+    return table[np.where((lab >= 0) & (lab < N_CLASSES), lab, N_CLASSES)]
+
+
+def cell_features(result) -> pd.DataFrame:
+    """Per-cell table for the Points layer ``features``."""
+    names = result.label_names()
+    return pd.DataFrame(
+        {
+            "class": pd.Categorical(names, categories=[*result.class_names, "unclassified"]),
+            "class_id": np.asarray(result.labels, dtype=int),
+            "confidence": np.asarray(result.confidence, dtype=float),
+            "flagged": np.asarray(result.flagged, dtype=bool),
+            "corrected": np.asarray(result.corrected, dtype=bool),
+            "i": np.asarray(result.ij[:, 0], dtype=int),
+            "j": np.asarray(result.ij[:, 1], dtype=int),
+            "support": np.asarray(result.support, dtype=int),
+        }
+    )
+
+
+def _rectangles(boxes: np.ndarray) -> list[np.ndarray]:
+    """Boxes ``(x_min, y_min, x_max, y_max)`` -> napari rectangles (4 corners, (row, col))."""
+    b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    return [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]]) for x0, y0, x1, y1 in b]
+
+
+def cell_centres(result) -> np.ndarray:
+    """(N, 2) cell-box centres as (row, col) px."""
+    b = np.asarray(result.boxes, dtype=float).reshape(-1, 4)
+    return np.stack([(b[:, 1] + b[:, 3]) / 2.0, (b[:, 0] + b[:, 2]) / 2.0], axis=1)
+
+
+def label_image(result) -> np.ndarray:
+    """(rows, cols) uint8 image: class id + 1 inside each cell box (0 elsewhere, 7 =
+    unclassified)."""
+    out = np.zeros(result.image_shape, dtype=np.uint8)
+    h, w = out.shape
+    for (x0, y0, x1, y1), lab in zip(result.boxes, result.labels):
+        c0, r0 = max(0, int(np.ceil(x0))), max(0, int(np.ceil(y0)))
+        c1, r1 = min(w - 1, int(np.floor(x1))), min(h - 1, int(np.floor(y1)))
+        out[r0 : r1 + 1, c0 : c1 + 1] = lab + 1 if 0 <= lab < N_CLASSES else N_CLASSES + 1
+    return out
+
+
+def _labels_colormap():
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors: dict[Any, Any] = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    for k, c in enumerate(CLASS_COLORS):
+        colors[k + 1] = (*c, 1.0)
+    colors[N_CLASSES + 1] = UNCLASSIFIED_RGBA
+    return DirectLabelColormap(color_dict=colors)
+
+
+def _geometry(image_layer) -> dict[str, Any]:
+    return {
+        "scale": tuple(image_layer.scale[-2:]),
+        "translate": tuple(image_layer.translate[-2:]),
+        "units": tuple(image_layer.units[-2:]),
+    }
+
+
+def point_sizes(result) -> np.ndarray:
+    """Marker diameters (px): small for Perfect cells, larger for defects."""
+    a_px = lattice_px(result)
+    return np.where(np.asarray(result.labels) == 0, 0.12 * a_px, 0.24 * a_px).clip(2.0)
+
+
+def _point_colors(result) -> np.ndarray:
+    c = class_rgba(result.labels)
+    c[np.asarray(result.labels) == 0, 3] = 0.6
+    return c
+
+
+def _edge_widths(result) -> list[float]:
+    a_px = lattice_px(result)
+    return np.where(np.asarray(result.labels) == 0, 0.025 * a_px, 0.055 * a_px).clip(0.5).tolist()
+
+
+def lattice_px(result) -> float:
+    from ..materials import get_material
+
+    return get_material(result.material).a / result.pixel_size
+
+
+# --------------------------------------------------------------------------- building
+def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict[str, Any]:
+    """Create or update (in place, by name) the layers of ``result`` over ``image_layer``.
+
+    Returns the layers by role (``hexagons``, ``cells``, ``centres`` and, when asked or
+    already present, ``labels``).
+    """
+    from . import _selection as _sel
+
+    result = unwrap(result)
+    geo = _geometry(image_layer)
+    meta = {RESULT_KEY: result, IMAGE_KEY: image_layer.name}
+    a_px = lattice_px(result) if result.pixel_size == result.pixel_size else 30.0
+    out: dict[str, Any] = {}
+    names = {r: layer_name(image_layer.name, r) for r in ROLES}
+    layers = viewer.layers
+    for role in ROLES:  # handlers fired by the updates below must already see the new result
+        if names[role] in layers:
+            layers[names[role]].metadata.update(meta)
+
+    if labels_layer or names["labels"] in layers:
+        data = label_image(result)
+        if names["labels"] in layers:
+            lay = layers[names["labels"]]
+            lay.data = data
+        else:
+            lay = viewer.add_labels(data, name=names["labels"], opacity=0.35, colormap=_labels_colormap(), **geo)
+        out["labels"] = lay
+
+    hexes = _rectangles(result.hexagon_boxes)
+    if names["hexagons"] in layers:
+        lay = layers[names["hexagons"]]
+        _set_shapes(lay, hexes, np.tile(HEXAGON_RGBA, (len(hexes), 1)), max(0.5, 0.02 * a_px))
+    else:
+        lay = viewer.add_shapes(
+            hexes or None, shape_type="rectangle", name=names["hexagons"],
+            edge_color=np.tile(HEXAGON_RGBA, (len(hexes), 1)) if hexes else "cyan",
+            face_color="transparent", edge_width=max(0.5, 0.02 * a_px), opacity=0.6, visible=False, **geo,
+        )
+    out["hexagons"] = lay
+
+    rects = _rectangles(result.boxes)
+    colors = class_rgba(result.labels)
+    if names["cells"] in layers:
+        lay = layers[names["cells"]]
+        _set_shapes(lay, rects, colors, _edge_widths(result))
+    else:
+        lay = viewer.add_shapes(
+            rects or None, shape_type="rectangle", name=names["cells"], edge_color=colors if rects else "white",
+            face_color="transparent", edge_width=_edge_widths(result) if rects else 1.0, **geo,
+        )
+        _sel.connect_selection(lay)
+    lay.features = cell_features(result)
+    out["cells"] = lay
+
+    pts = cell_centres(result)
+    if names["centres"] in layers:
+        lay = layers[names["centres"]]
+        lay.selected_data = set()
+        lay.data = pts
+    else:
+        lay = viewer.add_points(
+            pts, name=names["centres"], border_width=0.1, border_width_is_relative=True,
+            border_color="black", **geo,
+        )
+        _sel.connect_selection(lay)
+    lay.features = cell_features(result)
+    if len(pts):
+        lay.size = point_sizes(result)
+        lay.face_color = _point_colors(result)
+    out["centres"] = lay
+
+    for role, lay in out.items():
+        lay.metadata.update(meta)
+        lay.metadata[ROLE_KEY] = role
+        if role in ("cells", "centres"):
+            _sel.bind_class_keys(viewer, lay)
+        lay.scale, lay.translate = geo["scale"], geo["translate"]
+    _sel.install_click_selection(viewer)
+    EVENTS.changed.emit(result)
+    return out
+
+
+def _set_shapes(layer, rects: list[np.ndarray], colors: np.ndarray, widths) -> None:
+    """Replace all shapes of a Shapes layer by rectangles with given edge colours/widths."""
+    layer.selected_data = set()
+    layer.data = []
+    if rects:
+        layer.add_rectangles(rects, edge_width=widths, edge_color=colors, face_color="transparent")
+
+
+def refresh(viewer, result) -> None:
+    """Re-colour the layers of ``result`` and refresh their features after edits to its
+    classes (no change of cells); announces the change."""
+    from . import _selection as _sel
+
+    result = unwrap(result)
+    layers = result_layers(viewer, result)
+    feats = cell_features(result)
+    if "cells" in layers and result.n_cells:
+        lay = layers["cells"]
+        lay.edge_color = class_rgba(result.labels)
+        lay.edge_width = _edge_widths(result)
+        lay.features = feats
+    if "centres" in layers and result.n_cells:
+        lay = layers["centres"]
+        lay.features = feats
+        lay.size = point_sizes(result)
+        lay.face_color = _point_colors(result)
+        _sel.highlight(lay)
+    if "labels" in layers:
+        layers["labels"].data = label_image(result)
+    EVENTS.changed.emit(result)
+
+
+# --------------------------------------------------------------------------- lookup
+def result_layers(viewer, result) -> dict[str, Any]:
+    """Layers (by role) that hold ``result``."""
+    result = unwrap(result)
+    return {
+        lay.metadata[ROLE_KEY]: lay
+        for lay in viewer.layers
+        if lay.metadata.get(RESULT_KEY) is result and ROLE_KEY in lay.metadata
+    }
+
+
+def current_result(viewer):
+    """The result of the active layer if it is one of ours, else of the topmost of ours
+    (None when there is none)."""
+    active = viewer.layers.selection.active
+    if active is not None and active.metadata.get(RESULT_KEY) is not None:
+        return unwrap(active.metadata[RESULT_KEY])
+    for lay in reversed(viewer.layers):
+        if lay.metadata.get(RESULT_KEY) is not None:
+            return unwrap(lay.metadata[RESULT_KEY])
+    return None
+
+
+def image_layer_of(viewer, result):
+    """The image layer ``result`` was computed from (None if it was removed)."""
+    for lay in result_layers(viewer, result).values():
+        name = lay.metadata.get(IMAGE_KEY)
+        if name in viewer.layers:
+            return viewer.layers[name]
+    return None
+
+
+def image_data(layer) -> np.ndarray:
+    """Data of an image layer as a numpy array (2-D, or RGB which the analysis converts)."""
+    return np.asarray(layer.data)

@@ -1,0 +1,208 @@
+"""**Statistics** panel: counts, analysed area, concentrations (cm⁻²) and a confidence
+histogram of the current result, updated live; **Export** writes the cell table (CSV),
+an overlay PNG and a summary JSON."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import napari
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QAbstractScrollArea,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSizePolicy,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..materials import CLASS_COLORS
+from . import _layers as L
+
+
+def _qcolor(rgb) -> QColor:
+    return QColor(*(int(255 * c) for c in rgb[:3]))
+
+
+class ClassLegend(QWidget):
+    """Colour swatches with the class names of a material (the paper's colours)."""
+
+    def __init__(self, class_names, parent=None):
+        super().__init__(parent)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(6)
+        self._labels = []
+        for k, name in enumerate(class_names):
+            sw = QLabel()
+            sw.setFixedSize(12, 12)
+            r, g, b = (int(255 * c) for c in CLASS_COLORS[k])
+            sw.setStyleSheet(f"background-color: rgb({r},{g},{b}); border: 1px solid black;")
+            lab = QLabel(name)
+            lay.addWidget(sw)
+            lay.addWidget(lab)
+            self._labels.append(lab)
+        lay.addStretch(1)
+
+    def set_names(self, class_names) -> None:
+        for lab, name in zip(self._labels, class_names):
+            lab.setText(name)
+
+
+class StatisticsWidget(QWidget):
+    """Live statistics of the current analysis and the Export button."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = viewer
+        lay = QVBoxLayout(self)
+        self._summary = QLabel("No analysis yet: run Defect analysis first.")
+        self._summary.setWordWrap(True)
+        self._summary.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        lay.addWidget(self._summary)
+
+        self._table = QTableWidget(0, 4)
+        self._table.setHorizontalHeaderLabels(["", "class", "count", "cm⁻²"])
+        self._table.verticalHeader().setVisible(False)
+        self._table.setEditTriggers(QTableWidget.NoEditTriggers)
+        hdr = self._table.horizontalHeader()
+        hdr.setSectionResizeMode(QHeaderView.ResizeToContents)
+        hdr.setStretchLastSection(True)
+        self._table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self._table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self._table.setSizeAdjustPolicy(QAbstractScrollArea.AdjustToContents)
+        self._table.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        lay.addWidget(self._table)
+
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(viewer.theme)
+        self._bg, self._fg = theme.background.as_hex(), theme.text.as_hex()
+        self._fig = Figure(figsize=(3.2, 1.65), dpi=100, facecolor=self._bg)
+        self._canvas = FigureCanvasQTAgg(self._fig)
+        self._canvas.setFixedHeight(165)
+        lay.addWidget(self._canvas)
+
+        row = QHBoxLayout()
+        self._out = QLineEdit(str(Path.home() / "tmd-defects-results"))
+        self._out.setToolTip("folder the Export button writes to")
+        browse = QPushButton("…")
+        browse.setFixedWidth(28)
+        browse.clicked.connect(self._browse)
+        self._export_btn = QPushButton("Export")
+        self._export_btn.setToolTip("write <image>_cells.csv, <image>_overlay.png and <image>_summary.json")
+        self._export_btn.clicked.connect(lambda: self.export())
+        row.addWidget(self._out)
+        row.addWidget(browse)
+        row.addWidget(self._export_btn)
+        lay.addLayout(row)
+        self._status = QLabel("")
+        self._status.setWordWrap(True)
+        lay.addWidget(self._status)
+        lay.addStretch(1)
+
+        L.connect_events(self, self.refresh, viewer.layers.selection.events.active, viewer.layers.events.removed,
+                         selection=False)
+        self.refresh()
+
+    # ------------------------------------------------------------------ scripting API
+    @property
+    def export_folder(self) -> Path:
+        """Folder the Export button writes to."""
+        return Path(self._out.text()).expanduser()
+
+    @export_folder.setter
+    def export_folder(self, path: str | Path) -> None:
+        self._out.setText(str(path))
+
+    def refresh(self, *_) -> None:
+        """Re-read the current result and redraw."""
+        res = L.current_result(self._viewer)
+        self._table.setRowCount(0)
+        self._fig.clear()
+        if res is None:
+            self._summary.setText("No analysis yet: run Defect analysis first.")
+            self._canvas.draw_idle()
+            return
+        counts, conc = res.counts(), res.concentrations_cm2()
+        n_uncl = int(np.sum(res.labels < 0))
+        self._summary.setText(
+            f"<b>{res.n_cells}</b> cells, area <b>{res.area_nm2:.2f} nm²</b> "
+            f"({res.area_nm2 * 1e-14:.3g} cm²) · {res.material} · {res.pixel_size:.4g} Å/px "
+            f"({res.pixel_size_source}) · α = {res.alpha:.2f}, β = {res.beta:.2f}<br>"
+            f"{int(res.flagged.sum())} low-confidence, {int(res.corrected.sum())} corrected"
+            + (f", {n_uncl} unclassified" if n_uncl else "")
+        )
+        self._table.setRowCount(len(counts))
+        for k, (name, n) in enumerate(counts.items()):
+            sw = QTableWidgetItem("")
+            sw.setBackground(_qcolor(CLASS_COLORS[k]))
+            self._table.setItem(k, 0, sw)
+            self._table.setItem(k, 1, QTableWidgetItem(name))
+            for col, text in ((2, str(n)), (3, f"{conc[name]:.3g}")):
+                it = QTableWidgetItem(text)
+                it.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+                self._table.setItem(k, col, it)
+        self._table.resizeRowsToContents()
+        self._table.updateGeometry()
+        self._draw_histogram(res)
+
+    def export(self, folder: str | Path | None = None) -> dict[str, Path] | None:
+        """Write ``<image>_cells.csv``, ``<image>_overlay.png`` and ``<image>_summary.json``
+        of the current result to ``folder`` (default: the folder field)."""
+        res = L.current_result(self._viewer)
+        if res is None:
+            self._status.setText("nothing to export: run Defect analysis first")
+            return None
+        folder = Path(folder) if folder else self.export_folder
+        layer = L.image_layer_of(self._viewer, res)
+        image = None
+        stem = "analysis"
+        if layer is not None:
+            from ..analysis import prepare_image
+
+            image = prepare_image(L.image_data(layer))[0]
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", layer.name).strip("_") or stem
+        try:
+            paths = res.save(folder, image=image, stem=stem)
+        except OSError as exc:
+            self._status.setText(f"export failed: {exc}")
+            return None
+        self._status.setText("exported: " + ", ".join(p.name for p in paths.values()) + f" to {folder}")
+        return paths
+
+    # ------------------------------------------------------------------ internals
+    def _browse(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Export folder", self._out.text())
+        if d:
+            self._out.setText(d)
+
+    def _draw_histogram(self, res) -> None:
+        ax = self._fig.add_subplot(111)
+        self._fig.subplots_adjust(left=0.14, right=0.97, top=0.94, bottom=0.3)  # for the ~165 px height
+        ax.set_facecolor(self._bg)
+        ok = res.labels >= 0
+        bins = np.linspace(0, 1, 21)
+        data = [res.confidence[ok & (res.labels == k)] for k in range(len(CLASS_COLORS))]
+        if ok.any():
+            ax.hist(data, bins=bins, stacked=True, color=[c for c in CLASS_COLORS], edgecolor=self._bg, linewidth=0.3)
+        ax.axvline(res.low_confidence, color=self._fg, linestyle="--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("confidence", color=self._fg, fontsize=8)
+        ax.set_ylabel("cells", color=self._fg, fontsize=8)
+        ax.tick_params(colors=self._fg, labelsize=7)
+        for s in ax.spines.values():
+            s.set_color(self._fg)
+        self._canvas.draw_idle()

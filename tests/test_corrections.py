@@ -1,0 +1,90 @@
+"""Training database of corrected cells (pure Python, no Qt)."""
+
+import numpy as np
+import pytest
+
+from napari_tmd_defects.corrections import (
+    INDEX_COLUMNS,
+    CorrectionDatabase,
+    crop_box,
+    load_corrections,
+    read_index,
+)
+
+
+@pytest.fixture
+def image():
+    return np.arange(60 * 80, dtype=np.float64).reshape(60, 80)
+
+
+def test_crop_box_takes_pixels_inside_the_box(image):
+    crop = crop_box(image, [10.2, 5.0, 14.9, 8.5])
+    assert crop.dtype == np.float32
+    assert np.array_equal(crop, image[5:9, 11:15])
+    # clipped at the border
+    assert crop_box(image, [-3.0, -3.0, 1.0, 1.0]).shape == (2, 2)
+    with pytest.raises(ValueError, match="outside"):
+        crop_box(image, [100, 100, 110, 110])
+    with pytest.raises(ValueError, match="finite"):
+        crop_box(image, [5, 5, 1, 1])
+    with pytest.raises(ValueError, match="2-D"):
+        crop_box(np.zeros((2, 3, 4)), [0, 0, 1, 1])
+
+
+def test_add_update_and_load(tmp_path, image):
+    db = CorrectionDatabase(tmp_path / "db")
+    assert db.rows() == [] and len(db) == 0
+    row = db.add(image, [10, 10, 20, 18], 3, material="MoTe2", pixel_size=0.09, source="a.tif",
+                 confidence_before=0.55, label_before=0, timestamp="2024-01-01T00:00:00+00:00")
+    assert row["class_name"] == "V_Mo" and row["crop"].endswith(".npy") and row["normalized"] == 0
+    header = (tmp_path / "db" / "index.csv").read_text().splitlines()[0]
+    assert header == ",".join(INDEX_COLUMNS)
+    crop = np.load(tmp_path / "db" / "crops" / row["crop"])
+    assert np.array_equal(crop, crop_box(image, [10, 10, 20, 18]))
+
+    # the same cell again (box moved by a fraction of a pixel): updated, not duplicated;
+    # what the classifier said before the first correction is kept
+    db.add(image, [10.3, 10.1, 20.3, 18.1], 1, material="MoTe2", pixel_size=0.09, source="a.tif",
+           confidence_before=1.0, label_before=3)
+    rows = db.rows()
+    assert len(rows) == 1 and rows[0]["label"] == 1 and rows[0]["class_name"] == "V_Te1"
+    assert rows[0]["label_before"] == 0 and rows[0]["confidence_before"] == pytest.approx(0.55)
+    assert rows[0]["crop"] == row["crop"]
+
+    # another cell, and the same box in another image: new rows
+    db.add_many(image, [[30, 30, 40, 38], [10, 10, 20, 18]], [2, 5], material="MoS2", source="b.tif",
+                normalized=True)
+    rows = read_index(tmp_path / "db")
+    assert [r["label"] for r in rows] == [1, 2, 5]
+    assert rows[1]["class_name"] == "V_S2" and np.isnan(rows[1]["pixel_size_A"]) and rows[1]["label_before"] == -1
+    assert [r["normalized"] for r in rows] == [0, 1, 1]
+    crops, labels, rows2 = load_corrections(tmp_path / "db")
+    assert labels.tolist() == [1, 2, 5] and all(c.ndim == 2 and c.dtype == np.float32 for c in crops)
+    assert [r["crop"] for r in rows2] == [r["crop"] for r in rows]
+    assert not list((tmp_path / "db").rglob("*.tmp"))
+
+
+def test_bad_input_writes_nothing(tmp_path, image):
+    db = CorrectionDatabase(tmp_path / "db")
+    with pytest.raises(ValueError, match="class ids"):
+        db.add(image, [1, 1, 5, 5], 7)
+    with pytest.raises(ValueError, match="outside"):
+        db.add_many(image, [[1, 1, 5, 5], [500, 500, 510, 510]], [1, 1])
+    with pytest.raises(ValueError, match="labels"):
+        db.add_many(image, [[1, 1, 5, 5]], [1, 2])
+    with pytest.raises(ValueError, match="pixel_size"):
+        db.add(image, [1, 1, 5, 5], 1, pixel_size=-1)
+    assert not (tmp_path / "db").exists()
+
+
+def test_missing_and_malformed_databases(tmp_path, image):
+    with pytest.raises(FileNotFoundError, match="no corrections database"):
+        load_corrections(tmp_path)
+    db = CorrectionDatabase(tmp_path)
+    row = db.add(image, [1, 1, 5, 5], 1)
+    (tmp_path / "crops" / row["crop"]).unlink()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_corrections(tmp_path)
+    (tmp_path / "index.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="missing columns"):
+        read_index(tmp_path)

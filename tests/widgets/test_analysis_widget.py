@@ -1,0 +1,158 @@
+"""Defect analysis dock widget: layers, features, colours, worker, cancel and errors."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from napari_tmd_defects._widgets import _layers as L
+from napari_tmd_defects.geometry import box_iou
+from napari_tmd_defects.materials import CLASS_COLORS
+from napari_tmd_defects.runtime import Cancelled
+from napari_tmd_defects.simulation import GroundTruth
+
+from .conftest import PLUGIN
+
+NAME = "MoTe2 sample (simulated)"
+
+
+def test_run_makes_layers_with_features(analysed):
+    viewer, widget = analysed
+    res = widget.result
+    truth = GroundTruth.from_dict(viewer.layers[NAME].metadata["ground_truth"])
+    # the cells cast from the true hexagons are true cells with their true classes
+    # (border cells without an inside hexagon are missed)
+    iou = box_iou(res.boxes, truth.cell_box)
+    assert res.n_cells >= 0.95 * truth.n_cells and np.all(iou.max(axis=1) > 0.99)
+    assert np.array_equal(res.labels, truth.cell_label[iou.argmax(axis=1)])
+    names = {r: L.layer_name(NAME, r) for r in ("hexagons", "cells", "centres")}
+    for role, name in names.items():
+        lay = viewer.layers[name]
+        assert lay.metadata[L.RESULT_KEY] is res
+        assert np.allclose(lay.scale, [0.09, 0.09])
+    pts = viewer.layers[names["centres"]]
+    assert len(pts.data) == res.n_cells
+    feats = pts.features
+    assert list(feats.columns[:5]) == ["class", "class_id", "confidence", "flagged", "corrected"]
+    assert list(feats["class"].astype(str)) == res.label_names()
+    assert np.array_equal(feats["class_id"], res.labels)
+    assert feats["flagged"].sum() == res.flagged.sum() > 0
+    # paper colours: face colour of each point = its class colour
+    v_mo = int(np.flatnonzero(res.labels == 3)[0])
+    assert np.allclose(pts.face_color[v_mo, :3], CLASS_COLORS[3])
+    shapes = viewer.layers[names["cells"]]
+    assert shapes.nshapes == res.n_cells and set(shapes.shape_type) == {"rectangle"}
+    assert np.allclose(shapes.edge_color[v_mo, :3], CLASS_COLORS[3])
+    # rectangle corners are the cell box in (row, col) px
+    x0, y0, x1, y1 = res.boxes[v_mo]
+    assert np.allclose(shapes.data[v_mo].min(axis=0), [y0, x0]) and np.allclose(shapes.data[v_mo].max(axis=0), [y1, x1])
+    assert viewer.layers[names["hexagons"]].nshapes == len(res.hexagon_boxes)
+    assert widget._progress.value == widget._progress.max
+    assert f"{res.n_cells} cells" in widget.status
+
+
+def test_rerun_updates_layers_in_place_and_labels_option(analysed, qtbot):
+    viewer, widget = analysed
+    n_layers = len(viewer.layers)
+    pts = viewer.layers[L.layer_name(NAME, "centres")]
+    first = widget.result
+    widget._labels.value = True
+    res = widget.run()  # the synchronous variant for scripts
+    assert res is not first and widget.result is res
+    assert viewer.layers[L.layer_name(NAME, "centres")] is pts and pts.metadata[L.RESULT_KEY] is res
+    assert len(viewer.layers) == n_layers + 1  # only the Labels layer was added
+    lab = viewer.layers[L.layer_name(NAME, "labels")].data
+    k = int(np.flatnonzero(res.labels == 2)[0])
+    x0, y0, x1, y1 = res.boxes[k]
+    assert lab[int(np.ceil(y0)) + 2, int(np.ceil(x0)) + 2] == 3  # class id + 1
+
+
+def test_cancel_keeps_previous_layers(analysed, qtbot):
+    viewer, widget = analysed
+    before = widget.result
+    started = threading.Event()
+    base = widget.detector
+
+    class SlowDetector:
+        card = {"name": "slow"}
+
+        def detect(self, image, pixel_size, material="MoTe2", progress=None, cancel=None):
+            started.set()
+            for _ in range(3000):
+                if cancel is not None and cancel():
+                    raise Cancelled("cancelled by the user")
+                threading.Event().wait(0.01)
+            return base.detect(image, pixel_size, material)
+
+    widget.detector = SlowDetector()
+    widget._run_btn.clicked.emit()
+    assert widget.running and widget._cancel_btn.enabled and not widget._run_btn.enabled
+    assert started.wait(10)
+    widget._cancel_btn.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.running, timeout=10000)
+    assert "cancelled" in widget.status
+    assert widget.result is before
+    assert viewer.layers[L.layer_name(NAME, "centres")].metadata[L.RESULT_KEY] is before
+    assert widget._run_btn.enabled and not widget._cancel_btn.enabled
+
+
+def test_missing_model_is_reported_in_the_widget(viewer, qtbot, tmp_path):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    widget.detector = str(tmp_path / "no_such_detector.pt")
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30000)
+    assert widget.status.startswith("model missing"), widget.status
+    assert widget.result is None
+    assert not any(L.RESULT_KEY in lay.metadata for lay in viewer.layers)
+
+
+def test_bad_input_is_reported_in_the_widget(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 64, 64)), name="stack", rgb=False)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30000)
+    assert widget.status.startswith("cannot analyse this image") and "2-D" in widget.status
+
+
+def test_pixel_size_prefilled_from_metadata(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    assert widget._pixel.value == pytest.approx(0.09)
+    viewer.add_image(np.zeros((64, 64)), name="unscaled")
+    widget.set_image("unscaled")
+    assert widget._pixel.value == 0.0  # 0 = estimate from the lattice
+
+
+def test_real_models_on_the_sample(viewer, qtbot):
+    """End to end with the shipped networks (skipped until they are installed)."""
+    try:
+        from napari_tmd_defects.classification import load_classifier
+        from napari_tmd_defects.detection import load_detector
+    except ImportError as exc:
+        pytest.skip(f"the networks are not part of this installation yet ({exc})")
+    from napari_tmd_defects.runtime import WeightsError
+
+    try:
+        load_detector(device="cpu")
+        load_classifier(device="cpu")
+    except WeightsError as exc:
+        pytest.skip(f"shipped weights missing: {exc}")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    widget._device.value = "cpu"
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=300000)
+    res = widget.result
+    assert res is not None, widget.status
+    truth = viewer.layers[NAME].metadata["ground_truth"]
+    assert res.n_cells >= 0.9 * truth["n_cells"]
+    assert len(viewer.layers[L.layer_name(NAME, "centres")].data) == res.n_cells
+
+
+def test_image_without_lattice_gives_empty_layers(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).normal(size=(128, 128)), name="noise")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    res = widget.run()  # pixel size 0: estimated, which fails before any model is needed
+    assert res.n_cells == 0 and "no crystal lattice" in widget.status
+    pts = viewer.layers[L.layer_name("noise", "centres")]
+    assert len(pts.data) == 0 and viewer.layers[L.layer_name("noise", "cells")].nshapes == 0

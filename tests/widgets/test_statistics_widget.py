@@ -1,0 +1,37 @@
+"""Statistics panel: counts, concentrations and the Export button."""
+
+import json
+
+import numpy as np
+import pytest
+
+from .conftest import PLUGIN
+
+
+def test_statistics_and_export(analysed, tmp_path):
+    viewer, analysis = analysed
+    _, stats = viewer.window.add_plugin_dock_widget(PLUGIN, "Statistics")
+    res = analysis.result
+    conc = res.concentrations_cm2()
+    for row, (name, n) in enumerate(res.counts().items()):
+        assert stats._table.item(row, 1).text() == name
+        assert stats._table.item(row, 2).text() == str(n)
+        assert float(stats._table.item(row, 3).text()) == pytest.approx(conc[name], rel=1e-2)
+    assert f"{res.n_cells}</b> cells" in stats._summary.text()
+    ax = stats._fig.axes[0]
+    assert sum(p.get_height() for p in ax.patches) == pytest.approx(np.sum(res.labels >= 0))
+
+    stats.export_folder = tmp_path / "out"
+    stats._export_btn.click()
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["MoTe2_sample_simulated_cells.csv", "MoTe2_sample_simulated_overlay.png",
+                     "MoTe2_sample_simulated_summary.json"]
+    summary = json.loads((tmp_path / "out" / "MoTe2_sample_simulated_summary.json").read_text())
+    assert summary["counts"] == res.counts() and summary["n_cells"] == res.n_cells
+
+
+def test_statistics_without_analysis(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, stats = viewer.window.add_plugin_dock_widget(PLUGIN, "Statistics")
+    assert "No analysis yet" in stats._summary.text()
+    assert stats.export() is None
