@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -226,7 +225,6 @@ def main() -> None:
     fp_main = fps[-1]
     border = 1.5  # Å left out at the image edge for statistics
     lat, labels, where = structure(shape, ps)
-    results: dict = {"field_A": shape * ps, "pixel_size": ps}
 
     fast = simulate(MAT, shape, ps, labels=labels, noise=CLEAN).clean
     stats = {"fast, n = 1.7": column_stats(fast, lat, labels, where, shape, border, ps)}

@@ -89,6 +89,16 @@ def test_fourier_sampling_is_exact_for_band_limited_images():
     assert np.allclose(blurred, 1 + damp * np.cos(2 * math.pi * 3 * xs / lx)[None, :], atol=1e-10)
 
 
+def test_cancel_stops_the_run(abtem):
+    from napari_tmd_defects.runtime import Cancelled
+
+    calls = []
+    with pytest.raises(Cancelled):
+        ms.simulate_multislice(shape=16, pixel_size=0.15, frozen_phonons=2, cell_margin_a=1.5,
+                               progress=lambda d, t: calls.append((d, t)), cancel=lambda: len(calls) >= 1)
+    assert calls == [(1, 2)]  # stopped before the second phonon configuration
+
+
 def test_scan_step_and_detector_limits_are_checked(abtem):
     assert ms.nyquist_scan_step(Optics()) == pytest.approx(0.3866, abs=1e-3)
     with pytest.raises(ValueError, match="scan_sampling"):
