@@ -62,6 +62,11 @@ def _add_simulate(sub) -> None:
                    help="fraction of defective cells, a value or a LOW HIGH range (default 0.1)")
     p.add_argument("--previews", type=int, default=4, help="overlay PNGs for the first N images")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    p.add_argument("--model", default="fast", choices=["fast", "multislice"],
+                   help="image model: fast (incoherent, default) or multislice (abTEM; needs the "
+                   "[multislice] extra; minutes per image)")
+    p.add_argument("--frozen-phonons", type=int, default=None, metavar="N",
+                   help="multislice only: frozen-phonon configurations per image (default 4; 0 = static)")
     p.set_defaults(func=_run_simulate)
 
 
@@ -70,6 +75,11 @@ def _run_simulate(args) -> int:
 
     size = tuple(args.size) if len(args.size) == 2 else (args.size[0], args.size[0])
     rotation = args.rotation if args.rotation == "random" else float(args.rotation)
+    model_options = None
+    if args.frozen_phonons is not None:
+        if args.model != "multislice":
+            raise ValueError("--frozen-phonons needs --model multislice")
+        model_options = {"frozen_phonons": args.frozen_phonons}
     t0 = time.perf_counter()
     path = generate_dataset(
         args.out,
@@ -84,6 +94,8 @@ def _run_simulate(args) -> int:
         n_preview=args.previews,
         workers=args.workers,
         progress=progress_printer("simulate"),
+        model=args.model,
+        model_options=model_options,
     )
     print(f"wrote {args.n} images with ground truth to {args.out} ({time.perf_counter() - t0:.1f} s); index: {path}")
     return 0
@@ -293,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (ValueError, FileNotFoundError, OSError, ImportError) as exc:
         print(f"tmd-defects {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

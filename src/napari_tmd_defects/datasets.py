@@ -31,6 +31,7 @@ from .simulation import Distortion, GroundTruth, Noise, Optics, SimulatedImage, 
 from .visualization import save_overlay
 
 __all__ = [
+    "MODELS",
     "PRESETS",
     "DatasetItem",
     "generate_dataset",
@@ -44,6 +45,9 @@ DATASET_FORMAT = "napari-tmd-defects.dataset"
 
 #: Names of the imaging-condition presets accepted by :func:`sample_conditions`.
 PRESETS = ("paper", "realistic", "clean")
+#: Image models accepted by :func:`generate_dataset`: the fast incoherent simulator and
+#: the multislice backend (abTEM, optional extra ``[multislice]``).
+MODELS = ("fast", "multislice")
 
 
 def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -124,7 +128,15 @@ def sample_conditions(
     return kw
 
 
-def _simulate_item(material: str, size: tuple[int, int], preset: str, seed_seq, options: dict) -> SimulatedImage:
+def _simulate_item(
+    material: str,
+    size: tuple[int, int],
+    preset: str,
+    seed_seq,
+    options: dict,
+    model: str = "fast",
+    model_options: dict | None = None,
+) -> SimulatedImage:
     rng = np.random.default_rng(seed_seq)
     kw = sample_conditions(preset, rng, size, **options)
     noise_seed = int(rng.integers(2**31))
@@ -133,7 +145,12 @@ def _simulate_item(material: str, size: tuple[int, int], preset: str, seed_seq, 
         (size[1] - 1) / 2.0 + rng.uniform(0, a_px),
         (size[0] - 1) / 2.0 + rng.uniform(0, a_px),
     )
-    sim = simulate(material, size, origin=origin, seed=noise_seed, **kw)
+    if model == "multislice":
+        from .multislice import simulate_multislice
+
+        sim = simulate_multislice(material, size, origin=origin, seed=noise_seed, **kw, **(model_options or {}))
+    else:
+        sim = simulate(material, size, origin=origin, seed=noise_seed, **kw)
     sim.truth.params["preset"] = preset
     return sim
 
@@ -170,9 +187,9 @@ def _write_one(out: Path, k: int, sim: SimulatedImage, preview: bool) -> dict[st
 
 
 def _generate_chunk(args) -> list[dict[str, Any]]:
-    out, ks, seeds, material, size, preset, options, n_preview = args
+    out, ks, seeds, material, size, preset, options, n_preview, model, model_options = args
     return [
-        _write_one(out, k, _simulate_item(material, size, preset, s, options), k < n_preview)
+        _write_one(out, k, _simulate_item(material, size, preset, s, options, model, model_options), k < n_preview)
         for k, s in zip(ks, seeds)
     ]
 
@@ -190,14 +207,28 @@ def generate_dataset(
     n_preview: int = 4,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    model: str = "fast",
+    model_options: dict[str, Any] | None = None,
 ) -> Path:
     """Simulate ``n`` images with ground truth into ``out_dir`` (deterministic by seed).
 
     Image ``k`` depends only on ``(seed, k)`` and the options, not on ``workers``.
+    ``model`` is ``"fast"`` (:func:`~.simulation.simulate`) or ``"multislice"``
+    (:func:`~.multislice.simulate_multislice`, needs the ``[multislice]`` extra;
+    ``model_options`` are passed to it, e.g. ``{"frozen_phonons": 4}``); both draw the
+    same conditions and ground truth for the same seed.
     Returns the path of ``dataset.json``.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    if model == "fast" and model_options:
+        raise ValueError("model_options are only used by the multislice model")
+    if model == "multislice":
+        from .multislice import require_abtem
+
+        require_abtem()
     get_material(material)
     if isinstance(size, (int, np.integer)):
         size = (int(size), int(size))
@@ -207,9 +238,10 @@ def generate_dataset(
     seeds = np.random.SeedSequence(seed).spawn(n)
     options = dict(pixel_size=pixel_size, rotation=rotation, defect_fraction=defect_fraction)
     entries: list[dict[str, Any]] = []
-    chunk = 8
+    chunk = 8 if model == "fast" else 1  # multislice images take minutes: balance the workers
     jobs = [
-        (out, list(range(i, min(i + chunk, n))), seeds[i : i + chunk], material, size, preset, options, n_preview)
+        (out, list(range(i, min(i + chunk, n))), seeds[i : i + chunk], material, size, preset, options,
+         n_preview, model, model_options)
         for i in range(0, n, chunk)
     ]
     if workers > 1:
@@ -232,6 +264,8 @@ def generate_dataset(
         "seed": seed,
         "material": material,
         "preset": preset,
+        "model": model,
+        "model_options": model_options or {},
         "pixel_size_A": pixel_size if np.isscalar(pixel_size) else list(pixel_size),
         "rotation": rotation,
         "defect_fraction": defect_fraction if np.isscalar(defect_fraction) else list(defect_fraction),

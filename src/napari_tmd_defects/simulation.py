@@ -630,6 +630,120 @@ def _params_dict(**kw) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
+@dataclass
+class _Scene:
+    """What every simulator shares for one image: lattice, labels, distortions, random streams.
+
+    Built by :func:`_prepare_scene`; the fast model and the multislice backend render it
+    differently but report the same ground truth (:func:`_ground_truth`).
+    """
+
+    material: Material
+    shape: tuple[int, int]
+    pixel_size: float
+    rotation_deg: float
+    origin: tuple[float, float] | None
+    lattice: Lattice
+    labels: np.ndarray
+    #: horizontal scan-row offsets, px, one per row (zeros without jitter)
+    row_offsets: np.ndarray
+    drift: Any
+    rng_noise: np.random.Generator
+    #: the seed sequence (its first three children are spent); backends spawn more from it
+    seed_seq: np.random.SeedSequence
+
+
+def _prepare_scene(
+    material: str | Material,
+    shape: int | tuple[int, int],
+    pixel_size: float,
+    rotation_deg: float,
+    defect_fraction: float,
+    class_weights: Sequence[float] | None,
+    labels: np.ndarray | None,
+    distortion: Distortion,
+    origin: tuple[float, float] | None,
+    seed: int | None,
+) -> _Scene:
+    """Validate the common arguments of the simulators and build the scene."""
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape), int(shape))
+    shape = (int(shape[0]), int(shape[1]))
+    if min(shape) < 8:
+        raise ValueError(f"shape must be at least 8 x 8 px, got {shape}")
+    if not 0.005 <= pixel_size <= 1.0:
+        raise ValueError(f"pixel_size must be in Å/px between 0.005 and 1, got {pixel_size}")
+    mat = get_material(material)
+    rotation_deg = reduce_rotation(rotation_deg)
+    seed_seq = np.random.SeedSequence(seed)
+    rng_def, rng_noise, rng_dist = (np.random.default_rng(s) for s in seed_seq.spawn(3))
+
+    offsets = _row_offsets(shape[0], distortion, rng_dist)
+    drift = _drift_transform(shape, distortion.drift_px)
+    lat = build_lattice(mat, shape, pixel_size, rotation_deg, origin=origin, transform=drift)
+    n = len(lat.ij)
+    if labels is None:
+        labels = place_defects(n, defect_fraction, class_weights, rng_def)
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have one entry per lattice cell ({n}), got {labels.shape}")
+    return _Scene(
+        material=mat,
+        shape=shape,
+        pixel_size=float(pixel_size),
+        rotation_deg=float(rotation_deg),
+        origin=origin,
+        lattice=lat,
+        labels=labels,
+        row_offsets=offsets,
+        drift=drift,
+        rng_noise=rng_noise,
+        seed_seq=seed_seq,
+    )
+
+
+def _scene_sites(scene: _Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``x_site, m_site, cell box, hexagon centre, hexagon box`` as imaged (row jitter applied)."""
+    lat, offsets, shape = scene.lattice, scene.row_offsets, scene.shape
+    if not np.any(offsets):
+        return lat.x_site, lat.m_site, lat.box, lat.hex_center, lat.hex_box
+
+    def shift(p):
+        p = np.array(p, dtype=float)
+        p[..., 0] += np.interp(p[..., 1], np.arange(shape[0]), offsets)
+        return p
+
+    x_site, m_site = shift(lat.x_site), shift(lat.m_site)
+    box = lat.box + np.interp((lat.box[:, 1] + lat.box[:, 3]) / 2, np.arange(shape[0]), offsets)[:, None] * [1, 0, 1, 0]
+    hcen = shift(lat.hex_center)
+    hbox = lat.hex_box + (hcen[:, 0] - lat.hex_center[:, 0])[:, None] * [1, 0, 1, 0]
+    return x_site, m_site, box, hcen, hbox
+
+
+def _ground_truth(scene: _Scene, params: dict[str, Any]) -> GroundTruth:
+    """Ground truth of a scene: the cells and hexagons whose boxes lie inside the image."""
+    lat, shape = scene.lattice, scene.shape
+    x_site, m_site, box, hcen, hbox = _scene_sites(scene)
+    inside = inside_image(box, shape)
+    hin = inside_image(hbox, shape)
+    return GroundTruth(
+        material=scene.material.name,
+        pixel_size=scene.pixel_size,
+        shape=shape,
+        rotation_deg=scene.rotation_deg,
+        a_px=float(lat.a_px),
+        cell_ij=lat.ij[inside],
+        cell_x_site=x_site[inside],
+        cell_m_site=m_site[inside],
+        cell_box=box[inside],
+        cell_label=scene.labels[inside],
+        hex_ij=lat.ij[hin],
+        hex_center=hcen[hin],
+        hex_box=hbox[hin],
+        params=params,
+    )
+
+
 def simulate(
     material: str | Material = "MoTe2",
     shape: int | tuple[int, int] = 512,
@@ -677,33 +791,16 @@ def simulate(
     -------
     SimulatedImage
     """
-    if isinstance(shape, (int, np.integer)):
-        shape = (int(shape), int(shape))
-    shape = (int(shape[0]), int(shape[1]))
-    if min(shape) < 8:
-        raise ValueError(f"shape must be at least 8 x 8 px, got {shape}")
-    if not 0.005 <= pixel_size <= 1.0:
-        raise ValueError(f"pixel_size must be in Å/px between 0.005 and 1, got {pixel_size}")
-    mat = get_material(material)
-    rotation_deg = reduce_rotation(rotation_deg)
     optics = optics or Optics()
     noise = noise if noise is not None else Noise()
     distortion = distortion or Distortion()
-    rng_def, rng_noise, rng_dist = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
+    scene = _prepare_scene(
+        material, shape, pixel_size, rotation_deg, defect_fraction, class_weights, labels,
+        distortion, origin, seed,
     )
+    mat, shape, lat, offsets = scene.material, scene.shape, scene.lattice, scene.row_offsets
 
-    offsets = _row_offsets(shape[0], distortion, rng_dist)
-    drift = _drift_transform(shape, distortion.drift_px)
-    lat = build_lattice(mat, shape, pixel_size, rotation_deg, origin=origin, transform=drift)
-    n = len(lat.ij)
-    if labels is None:
-        labels = place_defects(n, defect_fraction, class_weights, rng_def)
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have one entry per lattice cell ({n}), got {labels.shape}")
-
-    x_w, m_w = column_weights(mat, labels, optics.z_exponent)
+    x_w, m_w = column_weights(mat, scene.labels, optics.z_exponent)
     ref = max(2 * float(mat.z_chalcogen) ** optics.z_exponent, float(mat.z_metal) ** optics.z_exponent)
     xy = np.concatenate([lat.x_site, lat.m_site])
     wts = np.concatenate([x_w, m_w])
@@ -714,38 +811,13 @@ def simulate(
         rows = np.arange(shape[0])[:, None] * np.ones((1, shape[1]))
         cols = np.arange(shape[1])[None, :] + pad - offsets[:, None]
         clean = ndi.map_coordinates(clean, [rows, cols], order=3, mode="nearest")
-
-        def shift(p):
-            p = np.array(p, dtype=float)
-            p[..., 0] += np.interp(p[..., 1], np.arange(shape[0]), offsets)
-            return p
-
-        x_site, m_site = shift(lat.x_site), shift(lat.m_site)
-        box = lat.box + np.interp((lat.box[:, 1] + lat.box[:, 3]) / 2, np.arange(shape[0]), offsets)[:, None] * [1, 0, 1, 0]
-        hcen = shift(lat.hex_center)
-        hbox = lat.hex_box + (hcen[:, 0] - lat.hex_center[:, 0])[:, None] * [1, 0, 1, 0]
     else:
         clean = render_columns(xy, wts, shape, pixel_size, optics, ref)
-        x_site, m_site, box, hcen, hbox = lat.x_site, lat.m_site, lat.box, lat.hex_center, lat.hex_box
 
-    image = apply_noise(clean, noise, rng_noise, pixel_size)
-    inside = inside_image(box, shape)
-    hin = inside_image(hbox, shape)
-    truth = GroundTruth(
-        material=mat.name,
-        pixel_size=float(pixel_size),
-        shape=shape,
-        rotation_deg=float(rotation_deg),
-        a_px=float(lat.a_px),
-        cell_ij=lat.ij[inside],
-        cell_x_site=x_site[inside],
-        cell_m_site=m_site[inside],
-        cell_box=box[inside],
-        cell_label=labels[inside],
-        hex_ij=lat.ij[hin],
-        hex_center=hcen[hin],
-        hex_box=hbox[hin],
-        params=_params_dict(
+    image = apply_noise(clean, noise, scene.rng_noise, pixel_size)
+    truth = _ground_truth(
+        scene,
+        _params_dict(
             model="incoherent",
             seed=seed,
             defect_fraction=defect_fraction,
