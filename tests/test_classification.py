@@ -107,6 +107,7 @@ def test_normalize_image_bad_input():
     with pytest.raises(ValueError, match="pixel_size"):
         C.normalize_image(np.zeros((8, 8)), pixel_size=-1)
     assert np.all(C.normalize_image(np.full((16, 16), 3.0)) == 0)  # flat image -> zeros, no NaN
+    assert C.normalize_image(np.random.default_rng(0).random((5, 7)), 0.03).shape == (5, 7)  # tiny image
 
 
 # --------------------------------------------------------------------------- model
@@ -243,8 +244,10 @@ def test_cli_train_and_evaluate(tmp_path):
     assert (tmp_path / "w" / "clf_confusion.png").exists()
     report = tmp_path / "r" / "eval.md"
     rc = main(["evaluate-classifier", "--weights", str(out), "--data", str(data), "--report", str(report),
-               "--jitter", "0", "0.05"])
+               "--jitter", "0", "0.05", "--update-card"])
     assert rc == 0
+    card = C.load_classifier(out, device="cpu").card
+    assert card["scores"]["data, box jitter 0.05"]["n"] > 0 and "validation" in card["scores"]
     text = report.read_text()
     assert "| dataset |" in text and "V_Te2+V_Mo" in text
     assert (tmp_path / "r" / "img" / "eval_data_j5.png").exists()

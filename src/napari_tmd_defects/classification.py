@@ -156,7 +156,7 @@ def normalize_image(
 def _local_background(smooth: np.ndarray, a_px: float) -> np.ndarray:
     """Hollow-site level of a smoothed image: min filter over 1.5 a, smoothed over a."""
     h, w = smooth.shape
-    f = max(1, int(a_px // 6))  # work on a grid with >= 6 px per lattice constant
+    f = max(1, min(int(a_px // 6), h, w))  # a grid with >= 6 px per lattice constant
     hc, wc = max(1, h // f), max(1, w // f)
     coarse = smooth[: hc * f, : wc * f].reshape(hc, f, wc, f).mean(axis=(1, 3))
     win = max(3, int(math.ceil(1.5 * a_px / f)) | 1)
@@ -809,7 +809,8 @@ def train_classifier(
         Return the state with the best validation accuracy instead of the last one.
     checkpoint : path, optional
         Written every ``checkpoint_every`` steps (model, optimiser, step, history);
-        with ``resume`` an existing checkpoint is continued.
+        with ``resume`` an existing checkpoint is continued (with a different ``steps``,
+        on the one-cycle schedule of the new step count).
     time_limit_s : float, optional
         Stop early (keeping the best state) after this many seconds.
 
@@ -849,9 +850,17 @@ def train_classifier(
         state = torch.load(ck, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
         start, hist = int(state["step"]), state["history"]
+        if int(state["sched"].get("total_steps", steps)) == steps:
+            sched.load_state_dict(state["sched"])
+        else:  # a new step count: the one-cycle schedule of ``steps``, advanced to ``start``
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for _ in range(min(start, steps - 1)):
+                    sched.step()
         best_state, best_acc = state.get("best_state"), float(state.get("best_acc", -1.0))
         if log:
             log(f"resumed from {ck} at step {start}")

@@ -149,6 +149,7 @@ def _add_train_classifier(sub) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="crops per step (default 128)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, AdamW one-cycle (default 2e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of data generation and training (default 0)")
+    p.add_argument("--material", default="MoTe2", help="MoTe2 (default), MoS2, MoSe2, WS2, WSe2")
     p.add_argument("--n-per-class", type=int, default=4000,
                    help="simulated training crops per class (default 4000; 0 = none)")
     p.add_argument("--preset", nargs="+", default=["paper", "realistic"],
@@ -191,7 +192,8 @@ def _simulated_crops(args, n_per_class, seed, variant, label):
         return cs
     cs = simulate_crops(n_per_class, [variant], seed=seed, presets=args.preset,
                         pixel_size=tuple(args.pixel_size), augment=not args.no_augment,
-                        jitter=args.jitter, progress=progress_printer(f"simulate {label} crops"))[variant]
+                        jitter=args.jitter, material=args.material,
+                        progress=progress_printer(f"simulate {label} crops"))[variant]
     if cache is not None:
         cs.save(cache)
         print(f"wrote {len(cs)} {label} crops to {cache}")
@@ -227,7 +229,7 @@ def _run_train_classifier(args) -> int:
                                         augment=not args.no_augment, seed=args.seed,
                                         progress=progress_printer(f"crops {d.name}"))[variant])
     if args.corrections is not None:
-        parts.append(crops_from_corrections(args.corrections, [variant], jitter=args.jitter,
+        parts.append(crops_from_corrections(args.corrections, [variant], material=args.material, jitter=args.jitter,
                                             repeats=args.corrections_repeats, seed=args.seed)[variant])
     if not parts:
         raise ValueError("no training data: give --n-per-class > 0, --data or --corrections")
@@ -240,7 +242,8 @@ def _run_train_classifier(args) -> int:
     if args.epochs is not None:
         steps = max(1, int(round(args.epochs * len(train) / args.batch_size)))
     init = load_weights(args.init)[0] if args.init is not None else None
-    counts = ", ".join(f"{n} {c}" for n, c in zip(get_material("MoTe2").class_names, train.counts))
+    names = get_material(args.material).class_names
+    counts = ", ".join(f"{n} {c}" for n, c in zip(names, train.counts))
     print(f"training on {len(train)} crops ({counts}); validation {len(val)}; {steps} steps of {args.batch_size}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     model, hist = train_classifier(
@@ -249,7 +252,6 @@ def _run_train_classifier(args) -> int:
         resume=args.resume, time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
         log=lambda m: print(m, flush=True),
     )
-    names = get_material("MoTe2").class_names
     cm = confusion_matrix(val.y, predict_crops(model, val.x).argmax(1))
     summ = accuracy_summary(cm, names)
     training = {
@@ -260,7 +262,7 @@ def _run_train_classifier(args) -> int:
         "seed": args.seed, "seconds": round(hist["seconds"], 1), "init": str(args.init) if args.init else None,
         "jitter": args.jitter, "augment": not args.no_augment,
     }
-    card = make_card(args.channels, args.input_size, args.stem, "MoTe2", training,
+    card = make_card(args.channels, args.input_size, args.stem, args.material, training,
                      {"validation": {k: summ[k] for k in ("overall", "per_class", "n")}})
     save_classifier(args.out, model, card)
     stem = args.out.with_suffix("")
@@ -288,6 +290,8 @@ def _add_evaluate_classifier(sub) -> None:
     p.add_argument("--max-images", type=int, default=None, help="use the first N images of each dataset")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--update-card", action="store_true",
+                   help="also store the scores in the weights file's card (and its .json)")
     p.set_defaults(func=_run_evaluate_classifier)
 
 
@@ -340,6 +344,19 @@ def _run_evaluate_classifier(args) -> int:
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.report}")
+    if args.update_card:
+        from .runtime import load_weights, save_weights
+
+        wpath = args.weights or default_weights("classifier")
+        sd, card = load_weights(wpath)
+        scores = card.setdefault("scores", {})
+        for name, j, res, _ in rows:
+            scores[f"{name}, box jitter {j:g}"] = {
+                "overall": res["overall"], "per_class": res["per_class"], "n": res["n"],
+                "data": "held-out simulated dataset (tmd-defects simulate), ground-truth boxes",
+            }
+        save_weights(wpath, sd, card)
+        print(f"stored the scores in the card of {wpath}")
     return 0
 
 
