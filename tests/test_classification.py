@@ -249,7 +249,7 @@ def test_cli_train_and_evaluate(tmp_path):
     card = C.load_classifier(out, device="cpu").card
     assert card["scores"]["data, box jitter 0.05"]["n"] > 0 and "validation" in card["scores"]
     text = report.read_text()
-    assert "| dataset |" in text and "V_Te2+V_Mo" in text
+    assert "| dataset |" in text and "V_Te2+V_Mo" in text and "Images with errors" in text
     assert (tmp_path / "r" / "img" / "eval_data_j5.png").exists()
 
 

@@ -992,13 +992,14 @@ def evaluate_dataset(
     """Classify every ground-truth cell of a simulated dataset with ``classifier.predict``.
 
     ``jitter`` moves box edges (fraction of the box size) like detector boxes.
-    Returns :func:`accuracy_summary` plus ``seconds`` and ``n_images``.
+    Returns :func:`accuracy_summary` plus ``seconds``, ``n_images`` and ``per_image``
+    (cells, errors, pixel size and noise of each image).
     """
     from .datasets import load_dataset
 
     items = load_dataset(data_dir)[:max_images]
     rng = np.random.default_rng(seed)
-    ts, ps = [], []
+    ts, ps, per_image = [], [], []
     t0 = time.perf_counter()
     for k, item in enumerate(items):
         image, truth = item.load()
@@ -1007,12 +1008,18 @@ def evaluate_dataset(
             p = classifier.predict(image, boxes, truth.pixel_size, truth.material, cancel=cancel)
             ts.append(truth.cell_label)
             ps.append(p.argmax(1))
+            noise = truth.params.get("noise", {})
+            per_image.append({
+                "image": item.image_path.name, "cells": truth.n_cells,
+                "errors": int((ps[-1] != truth.cell_label).sum()), "pixel_size": truth.pixel_size,
+                "poisson_lambda": noise.get("poisson_lambda"), "gaussian_mu": noise.get("gaussian_mu"),
+            })
         if progress:
             progress(k + 1, len(items))
     t = np.concatenate(ts) if ts else np.zeros(0, np.int64)
     p = np.concatenate(ps) if ps else np.zeros(0, np.int64)
     out = accuracy_summary(confusion_matrix(t, p), classifier.class_names)
-    out.update(seconds=time.perf_counter() - t0, n_images=len(items), jitter=float(jitter))
+    out.update(seconds=time.perf_counter() - t0, n_images=len(items), jitter=float(jitter), per_image=per_image)
     return out
 
 

@@ -274,6 +274,10 @@ def _run_train_classifier(args) -> int:
     return 0
 
 
+def _fmt(v) -> str:
+    return "–" if v is None else f"{float(v):.1f}"
+
+
 def _add_evaluate_classifier(sub) -> None:
     p = sub.add_parser(
         "evaluate-classifier",
@@ -341,6 +345,12 @@ def _run_evaluate_classifier(args) -> int:
                   "| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for i, r in enumerate(res["confusion"]):
             lines.append(f"| {names[i]} | " + " | ".join(str(v) for v in r) + " |")
+        bad = [im for im in res["per_image"] if im["errors"]]
+        lines += ["", f"Images with errors: {len(bad)} of {res['n_images']}.", ""]
+        if bad:
+            lines += ["| image | cells | errors | Å/px | Poisson λ | Gaussian μ |", "|---|---:|---:|---:|---:|---:|"]
+            lines += [f"| {im['image']} | {im['cells']} | {im['errors']} | {im['pixel_size']:.3f} | "
+                      f"{_fmt(im['poisson_lambda'])} | {_fmt(im['gaussian_mu'])} |" for im in bad]
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.report}")
