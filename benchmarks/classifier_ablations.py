@@ -51,6 +51,7 @@ TEST_KW = dict(n=24, size=768, pixel_size=(0.03, 0.15), defect_fraction=0.5)
 RUNS = {
     "ch2_s32": ("mix", (32, 2), "channels", "2-channel, 32²"),
     "ch1_s32": ("mix", (32, 1), "channels", "1-channel, 32²"),
+    "ch1_lam5-20_mu20": ("noise:5-20:20", (32, 1), "channels", "1-channel, 32², paper noise only"),
     "ch2_s64": ("mix", (64, 2), "size", "2-channel, 64²"),
     "ch2_s224": ("mix224", (224, 2), "size", "2-channel, 224² (reduced budget)"),
     "ch2_s32_reduced": ("mix224", (32, 2), "size", "2-channel, 32² (224²'s reduced budget)"),
@@ -165,6 +166,66 @@ def cm_table(cm) -> list[str]:
     return lines
 
 
+def _acc(results, name, test="test_realistic", key="overall"):
+    r = results.get(name)
+    return None if r is None else r["tests"][test][key]
+
+
+def findings(results: dict, default: dict | None) -> list[str]:
+    """Summary bullets computed from the results (no hand-typed numbers)."""
+    L = ["## Findings", ""]
+    if default:
+        sc = {k: v for k, v in default.get("scores", {}).items() if k != "validation"}
+        for key, r in sc.items():
+            ok = r["overall"] >= 0.99 and min(r["per_class"].values()) >= 0.98
+            L.append(f"* Shipped model, {key}: {pct(r['overall'])} % overall, lowest class "
+                     f"{pct(min(r['per_class'].values()))} % — target (≥ 99 % / ≥ 98 %) "
+                     f"{'met' if ok else 'missed'}; the paper reports 95.93 % on its experiment.")
+    a1, a2 = _acc(results, "ch1_s32"), _acc(results, "ch2_s32")
+    if a1 is not None and a2 is not None:
+        L.append(f"* 1 vs 2 channels (main mix, 32²): {pct(a1)} % vs {pct(a2)} % on test_realistic. With "
+                 "per-image normalisation and training on varied simulated frames, the whole-cell input "
+                 "is as good as the split input here: the paper's large 2-channel gain (on experimental "
+                 "frames) is not reproduced on simulated test data.")
+    b1, b2 = _acc(results, "ch1_lam5-20_mu20"), _acc(results, "lam5-20_mu20")
+    if b1 is not None and b2 is not None:
+        L.append(f"* In the paper's training regime (paper noise only) the two inputs give {pct(b1)} % (1 ch) "
+                 f"vs {pct(b2)} % (2 ch) on test_realistic.")
+    s32, s64, s224, s32r = (_acc(results, n) for n in ("ch2_s32", "ch2_s64", "ch2_s224", "ch2_s32_reduced"))
+    def per_sample(n):
+        r = results[n]
+        return r["train_seconds"] / (r["steps"] * r["batch_size"])
+
+    if s32 is not None and s64 is not None:
+        L.append(f"* Input size at the same budget: 32² {pct(s32)} %, 64² {pct(s64)} % on test_realistic; "
+                 f"64² training costs {per_sample('ch2_s64') / per_sample('ch2_s32'):.1f}x the time per crop "
+                 "(inference: benchmarks/results/classification_speed.md). 32² is the default: it meets "
+                 "the accuracy target at the lowest cost.")
+    if s224 is not None and s32r is not None:
+        L.append(f"* With the tiny 224² budget ({results['ch2_s224']['steps']} steps × 32), 224² reaches "
+                 f"{pct(s224)} % and 32² {pct(s32r)} % on the first {results['ch2_s224']['tests']['test_realistic']['n']} "
+                 "test_realistic cells: per crop seen, the larger input learns faster, but a 224² crop "
+                 f"costs {per_sample('ch2_s224') / per_sample('ch2_s32_reduced'):.0f}x the training time of a 32² "
+                 "crop, and 32² with its normal budget already meets the accuracy target (above).")
+    noise = {n: _acc(results, n) for n, r in RUNS.items() if r[2] == "noise" and n in results}
+    if noise:
+        best = max(noise, key=lambda n: noise[n])
+        worst = min(noise, key=lambda n: noise[n])
+        paper_min = min(_acc(results, n, "test_paper") for n in noise)
+        L.append(f"* Noise study: best on test_realistic is {RUNS[best][3]} ({pct(noise[best])} %), worst "
+                 f"{RUNS[worst][3]} ({pct(noise[worst])} %); on test_paper every setting scores ≥ "
+                 f"{pct(paper_min)} %. The simulated paper-condition test hardly separates the training "
+                 "noises (unlike the paper's experiment, Fig. 4b); the randomised test does.")
+        if default:
+            d = default.get("scores", {}).get("test_realistic, box jitter 0")
+            if d is not None:
+                better = d["overall"] > noise[best]
+                L.append(f"* Training on the randomised mix (shipped model, {pct(d['overall'])} % on "
+                         f"test_realistic, longer training) {'beats' if better else 'does not beat'} the best "
+                         f"single-noise setting ({pct(noise[best])} %, short training).")
+    return L
+
+
 def write_report(path: Path, results: dict, default: dict | None, args, argv) -> None:
     img = path.parent / "img"
     tests = list(TEST_SETS)
@@ -245,18 +306,22 @@ def write_report(path: Path, results: dict, default: dict | None, args, argv) ->
             L.append(f"| {key} | {r['n']} | **{pct(r['overall'])}** | "
                      + " | ".join(pct(v) for v in r["per_class"].values()) + " |")
         L += [""]
+    L += findings(results, default) + [""]
     # 1 vs 2 channels
     L += ["## 1 channel vs 2 channels (paper Fig. 3e)", "",
           "Same data, budget and 32² input; the 2-channel model sees the X-column half and the "
-          "M-column half of the cell as separate channels.", "",
+          "M-column half of the cell as separate channels. Two training regimes: the main mix "
+          "(paper + realistic conditions, intensity augmentation) and the paper's regime (paper "
+          "optics, λ 5–20, μ 20 only, no intensity augmentation).", "",
           "| model | test set | overall | " + " | ".join(NAMES) + " |", "|---|---|---:|" + "---:|" * len(NAMES)]
-    for name in ("ch1_s32", "ch2_s32"):
+    for name in ("ch1_s32", "ch2_s32", "ch1_lam5-20_mu20", "lam5-20_mu20"):
         if name not in results:
             continue
         r = results[name]
+        label = r["label"] if name != "lam5-20_mu20" else "2-channel, 32², paper noise only"
         for t in tests:
             s = r["tests"][t]
-            L.append(f"| {r['label']} | {t} | {pct(s['overall'])} | " + " | ".join(pct(v) for v in s["per_class"].values()) + " |")
+            L.append(f"| {label} | {t} | {pct(s['overall'])} | " + " | ".join(pct(v) for v in s["per_class"].values()) + " |")
     L += ["| paper, 1-channel | experiment (3037 cells) | – | 100 | 52.48 | 35.71 | 33.33 | – | – |",
           "| paper, 2-channel | experiment (3037 cells) | – | 100 | 97.87 | 100 | 100 | – | – |", ""]
     for name in ("ch1_s32", "ch2_s32"):
