@@ -29,6 +29,7 @@ from napari_tmd_defects import classification as C
 from napari_tmd_defects.simulation import Noise, Optics, simulate
 
 N_CELLS = 4000
+NOTE = ("With other processes busy on both cores (load average ≥ 2), torch's second worker thread waits on a shared core and 2 threads run slower than 1; read the 2-core target on an idle machine. channels-last and inference_mode matter little at 32² on this CPU (a few %); batching (≥ 512 cells per forward pass) matters most.")
 
 
 def timeit(fn, repeats: int) -> tuple[float, float]:
@@ -109,7 +110,7 @@ def main() -> None:
     lines = [
         "# CNN-2 inference speed",
         "",
-        f"Command: `python benchmarks/bench_classification.py --threads {' '.join(map(str, args.threads))}` · "
+        f"Command: `python benchmarks/bench_classification.py --threads {' '.join(map(str, args.threads))} --repeats {args.repeats}` · "
         f"{platform.machine()}, {os.cpu_count()} logical CPUs (shared with other work), "
         f"torch {torch.__version__}, no GPU.",
         "",
@@ -119,7 +120,8 @@ def main() -> None:
         lines += ["", f"## {threads} torch thread(s) — 1-min load average before: {load:.1f}", "",
                   "| what | median s | min s | note |", "|---|---:|---:|---|"]
         lines += [f"| {lab} | {med:.3f} | {mn:.3f} | {note} |" for lab, med, mn, note in rows]
-    lines += ["", "Half precision is used on CUDA only (CPU float16 convolutions are not faster)."]
+    lines += ["", "Half precision is used on CUDA only (CPU float16 convolutions are not faster).", "",
+              NOTE]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

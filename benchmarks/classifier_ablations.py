@@ -223,6 +223,9 @@ def findings(results: dict, default: dict | None) -> list[str]:
                 L.append(f"* Training on the randomised mix (shipped model, {pct(d['overall'])} % on "
                          f"test_realistic, longer training) {'beats' if better else 'does not beat'} the best "
                          f"single-noise setting ({pct(noise[best])} %, short training).")
+    L.append("* Inference speed (4,000 cells, crops included): benchmarks/results/classification_speed.md. "
+             "On the shared 2-core CPU used here the ≤ 2 s target was not demonstrated (one thread, "
+             "under load, came closest); it needs a re-run on an idle machine.")
     return L
 
 
