@@ -284,6 +284,252 @@ def _run_train_fcn(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- classifier
+def _add_train_classifier(sub) -> None:
+    p = sub.add_parser(
+        "train-classifier",
+        help="train CNN-2 (unit-cell defect classifier) on simulated crops",
+        description="Train the ResNet-18 unit-cell classifier. Training crops come from "
+        "freshly simulated images (default; class-balanced, box jitter, intensity "
+        "augmentation), from simulated datasets (--data) and/or a corrections folder "
+        "(--corrections; format in the napari_tmd_defects.classification docstring). "
+        "Writes OUT (weights, float16), OUT with .json (card), OUT with .ckpt "
+        "(checkpoint, for --resume) and the validation confusion matrix "
+        "(OUT_confusion.png / .json).",
+    )
+    p.add_argument("--out", required=True, type=Path, help="weights file to write (e.g. classifier.pt)")
+    p.add_argument("--channels", type=int, choices=[1, 2], default=2,
+                   help="2: X-column half + M-column half (default); 1: whole cell")
+    p.add_argument("--input-size", type=int, default=32, help="crop side S in px (default 32)")
+    p.add_argument("--stem", choices=["standard", "small"], default="standard",
+                   help="ResNet stem: standard 7x7/2 + max-pool (default) or small 3x3/1")
+    p.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000)")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="alternative to --steps: passes over the training crops")
+    p.add_argument("--batch-size", type=int, default=128, help="crops per step (default 128)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, AdamW one-cycle (default 2e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data generation and training (default 0)")
+    p.add_argument("--material", default="MoTe2", help="MoTe2 (default), MoS2, MoSe2, WS2, WSe2")
+    p.add_argument("--n-per-class", type=int, default=4000,
+                   help="simulated training crops per class (default 4000; 0 = none)")
+    p.add_argument("--preset", nargs="+", default=["paper", "realistic"],
+                   choices=["paper", "realistic", "clean"], help="imaging presets to draw from")
+    p.add_argument("--pixel-size", type=float, nargs=2, default=[0.03, 0.18], metavar=("LOW", "HIGH"),
+                   help="Å/px range of simulated images (log-uniform; default 0.03 0.18)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help=".npz file of the simulated crops: read if it exists, else written")
+    p.add_argument("--data", type=Path, nargs="+", default=None,
+                   help="simulated dataset folder(s) (tmd-defects simulate) to add")
+    p.add_argument("--data-repeats", type=int, default=3,
+                   help="passes over --data with new box jitter and augmentation (default 3)")
+    p.add_argument("--corrections", type=Path, default=None, help="corrections folder to add")
+    p.add_argument("--corrections-repeats", type=int, default=20,
+                   help="copies of each corrected cell (with box jitter where boxes are given; default 20)")
+    p.add_argument("--val-data", type=Path, default=None,
+                   help="validation dataset folder (default: simulated with --val-seed)")
+    p.add_argument("--val-per-class", type=int, default=300, help="simulated validation crops per class")
+    p.add_argument("--val-seed", type=int, default=100001, help="seed of the simulated validation crops")
+    p.add_argument("--jitter", type=float, default=0.07,
+                   help="box-edge jitter as a fraction of the box size (default 0.07)")
+    p.add_argument("--no-augment", action="store_true", help="no intensity augmentation")
+    p.add_argument("--init", type=Path, default=None, help="start from these weights (fine-tuning)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's .ckpt checkpoint")
+    p.add_argument("--time-limit", type=float, default=None, help="stop after this many minutes")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.set_defaults(func=_run_train_classifier)
+
+
+def _simulated_crops(args, n_per_class, seed, variant, label):
+    from .classification import CropSet, simulate_crops
+
+    cache = args.cache if label == "train" else None
+    if cache is not None and cache.exists():
+        cs = CropSet.load(cache)
+        if cs.x.shape[1:] != (variant[1], variant[0], variant[0]):
+            raise ValueError(f"{cache} holds crops of shape {cs.x.shape[1:]}, not for "
+                             f"--channels {variant[1]} --input-size {variant[0]}")
+        print(f"loaded {len(cs)} {label} crops from {cache}")
+        return cs
+    cs = simulate_crops(n_per_class, [variant], seed=seed, presets=args.preset,
+                        pixel_size=tuple(args.pixel_size), augment=not args.no_augment,
+                        jitter=args.jitter, material=args.material,
+                        progress=progress_printer(f"simulate {label} crops"))[variant]
+    if cache is not None:
+        cs.save(cache)
+        print(f"wrote {len(cs)} {label} crops to {cache}")
+    return cs
+
+
+def _run_train_classifier(args) -> int:
+    import torch
+
+    from .classification import (
+        CropSet,
+        accuracy_summary,
+        confusion_matrix,
+        crops_from_corrections,
+        crops_from_dataset,
+        make_card,
+        predict_crops,
+        save_classifier,
+        save_confusion_png,
+        train_classifier,
+    )
+    from .materials import get_material
+    from .runtime import load_weights
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variant = (args.input_size, args.channels)
+    parts = []
+    if args.n_per_class > 0:
+        parts.append(_simulated_crops(args, args.n_per_class, args.seed, variant, "train"))
+    for d in args.data or []:
+        parts.append(crops_from_dataset(d, [variant], jitter=args.jitter, repeats=args.data_repeats,
+                                        augment=not args.no_augment, seed=args.seed,
+                                        progress=progress_printer(f"crops {d.name}"))[variant])
+    if args.corrections is not None:
+        parts.append(crops_from_corrections(args.corrections, [variant], material=args.material, jitter=args.jitter,
+                                            repeats=args.corrections_repeats, seed=args.seed)[variant])
+    if not parts:
+        raise ValueError("no training data: give --n-per-class > 0, --data or --corrections")
+    train = parts[0] if len(parts) == 1 else CropSet.concat(parts)
+    if args.val_data is not None:
+        val = crops_from_dataset(args.val_data, [variant], progress=progress_printer("validation crops"))[variant]
+    else:
+        val = _simulated_crops(args, args.val_per_class, args.val_seed, variant, "validation")
+    steps = args.steps
+    if args.epochs is not None:
+        steps = max(1, int(round(args.epochs * len(train) / args.batch_size)))
+    init = load_weights(args.init)[0] if args.init is not None else None
+    names = get_material(args.material).class_names
+    counts = ", ".join(f"{n} {c}" for n, c in zip(names, train.counts))
+    print(f"training on {len(train)} crops ({counts}); validation {len(val)}; {steps} steps of {args.batch_size}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    model, hist = train_classifier(
+        train, val, stem=args.stem, steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        init_state=init, augment=not args.no_augment, checkpoint=args.out.with_suffix(".ckpt"),
+        resume=args.resume, time_limit_s=None if args.time_limit is None else 60 * args.time_limit,
+        log=lambda m: print(m, flush=True),
+    )
+    cm = confusion_matrix(val.y, predict_crops(model, val.x).argmax(1))
+    summ = accuracy_summary(cm, names)
+    training = {
+        "command": "tmd-defects " + " ".join(args.argv),
+        "n_train": len(train), "train_counts": train.counts.tolist(), "data": [p.meta for p in parts],
+        "steps": hist.get("steps_done", steps), "batch_size": args.batch_size, "lr": args.lr,
+        "optimizer": "AdamW one-cycle, weight decay 5e-4", "loss": "cross-entropy",
+        "seed": args.seed, "seconds": round(hist["seconds"], 1), "init": str(args.init) if args.init else None,
+        "jitter": args.jitter, "augment": not args.no_augment,
+    }
+    card = make_card(args.channels, args.input_size, args.stem, args.material, training,
+                     {"validation": {k: summ[k] for k in ("overall", "per_class", "n")}})
+    save_classifier(args.out, model, card)
+    stem = args.out.with_suffix("")
+    save_confusion_png(cm, names, f"{stem}_confusion.png", f"validation, {len(val)} cells")
+    (Path(f"{stem}_confusion.json")).write_text(json.dumps(summ, indent=1))
+    per = ", ".join(f"{k} {100 * v:.1f}%" for k, v in summ["per_class"].items())
+    print(f"validation accuracy {100 * summ['overall']:.2f}% ({per})")
+    print(f"wrote {args.out}, {args.out.with_suffix('.json')}, {stem}_confusion.png/.json")
+    return 0
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{float(v):.1f}"
+
+
+def _add_evaluate_classifier(sub) -> None:
+    p = sub.add_parser(
+        "evaluate-classifier",
+        help="accuracy and confusion matrices of CNN-2 on simulated datasets",
+        description="Classify every ground-truth cell of each simulated dataset with the full "
+        "inference path (normalisation, crops, model) and write a Markdown report with "
+        "per-class accuracies and confusion matrices (PNG + numbers).",
+    )
+    p.add_argument("--weights", type=Path, default=None, help="weights file (default: the shipped model)")
+    p.add_argument("--data", type=Path, nargs="+", required=True, help="dataset folder(s) (tmd-defects simulate)")
+    p.add_argument("--jitter", type=float, nargs="+", default=[0.0],
+                   help="box-edge jitter(s), fraction of the box size (default 0)")
+    p.add_argument("--report", type=Path, required=True, help="Markdown report to write")
+    p.add_argument("--max-images", type=int, default=None, help="use the first N images of each dataset")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--update-card", action="store_true",
+                   help="also store the scores in the weights file's card (and its .json)")
+    p.set_defaults(func=_run_evaluate_classifier)
+
+
+def _run_evaluate_classifier(args) -> int:
+    import platform
+
+    import torch
+
+    from .classification import evaluate_dataset, load_classifier, save_confusion_png
+    from .runtime import default_weights
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clf = load_classifier(args.weights, device=args.device)
+    wname = args.weights.name if args.weights else default_weights("classifier").name
+    img_dir = args.report.parent / "img"
+    lines = [
+        "# CNN-2 evaluation",
+        "",
+        f"Command: `tmd-defects {' '.join(args.argv)}`",
+        "",
+        f"Model `{wname}`: {clf.card.get('input', '')}, {clf.input_size}x{clf.input_size} px, "
+        f"stem {clf.card.get('stem', 'standard')}. Device {clf.device}, torch {torch.__version__}, "
+        f"{platform.machine()}, {torch.get_num_threads()} threads.",
+        "",
+    ]
+    names = clf.class_names
+    rows = []
+    for d in args.data:
+        for j in args.jitter:
+            res = evaluate_dataset(clf, d, jitter=j, max_images=args.max_images,
+                                   progress=progress_printer(f"{d.name} jitter {j}"))
+            tag = f"{d.name}_j{int(round(100 * j))}"
+            png = save_confusion_png(res["confusion"], names, img_dir / f"{args.report.stem}_{tag}.png",
+                                     f"{d.name}, jitter {j:g}, {res['n']} cells")
+            rows.append((d.name, j, res, png))
+            print(f"{d.name} jitter {j:g}: {100 * res['overall']:.2f}% of {res['n']} cells")
+    lines += ["| dataset | box jitter | cells | overall | " + " | ".join(names) + " |",
+              "|---|---:|---:|---:|" + "---:|" * len(names)]
+    for name, j, res, _ in rows:
+        lines.append(f"| {name} | ±{100 * j:.0f}% | {res['n']} | {100 * res['overall']:.2f}% | "
+                     + " | ".join(f"{100 * v:.2f}%" for v in res["per_class"].values()) + " |")
+    for name, j, res, png in rows:
+        lines += ["", f"## {name}, box jitter ±{100 * j:.0f}%", "",
+                  f"![confusion matrix]({png.relative_to(args.report.parent).as_posix()})", "",
+                  "Rows: true class; columns: predicted class.", "",
+                  "| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for i, r in enumerate(res["confusion"]):
+            lines.append(f"| {names[i]} | " + " | ".join(str(v) for v in r) + " |")
+        bad = [im for im in res["per_image"] if im["errors"]]
+        lines += ["", f"Images with errors: {len(bad)} of {res['n_images']}.", ""]
+        if bad:
+            lines += ["| image | cells | errors | Å/px | Poisson λ | Gaussian μ |", "|---|---:|---:|---:|---:|---:|"]
+            lines += [f"| {im['image']} | {im['cells']} | {im['errors']} | {im['pixel_size']:.3f} | "
+                      f"{_fmt(im['poisson_lambda'])} | {_fmt(im['gaussian_mu'])} |" for im in bad]
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.report}")
+    if args.update_card:
+        from .runtime import load_weights, save_weights
+
+        wpath = args.weights or default_weights("classifier")
+        sd, card = load_weights(wpath)
+        scores = card.setdefault("scores", {})
+        for name, j, res, _ in rows:
+            scores[f"{name}, box jitter {j:g}"] = {
+                "overall": res["overall"], "per_class": res["per_class"], "n": res["n"],
+                "data": "held-out simulated dataset (tmd-defects simulate), ground-truth boxes",
+            }
+        save_weights(wpath, sd, card)
+        print(f"stored the scores in the card of {wpath}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -292,7 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_simulate, _add_demo, _add_analyze, _add_evaluate, _add_train_fcn):
+    for add in (
+        _add_simulate, _add_demo, _add_analyze, _add_evaluate, _add_train_classifier,
+        _add_evaluate_classifier, _add_train_fcn,
+    ):
         add(sub)
     return parser
 
@@ -300,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,0 +1,259 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from napari_tmd_defects import classification as C
+from napari_tmd_defects.cli import main
+from napari_tmd_defects.datasets import generate_dataset, sample_image
+from napari_tmd_defects.io import write_tiff
+from napari_tmd_defects.simulation import Noise, Optics, simulate
+from napari_tmd_defects.runtime import Cancelled, WeightsError, default_weights, save_weights
+
+
+@pytest.fixture(scope="module")
+def sample():
+    """A 256 px frame like the built-in sample, with half of its cells defective."""
+    return simulate("MoTe2", 256, pixel_size=0.09, defect_fraction=0.5, optics=Optics(source_fwhm_a=0.6),
+                    noise=Noise(poisson_lambda=12.0, gaussian_mu=15.0, background=0.08), seed=3)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return C.load_classifier(device="cpu")
+
+
+def _tiny_classifier(channels=2, size=16):
+    torch.manual_seed(0)
+    model = C.build_classifier(channels, size)
+    return C.CellClassifier(model, C.make_card(channels, size, "standard"), "cpu")
+
+
+# --------------------------------------------------------------------------- crops
+def test_crop_is_centred_on_integer_pixel_centres():
+    # pixel centres sit at integer coordinates: a box of +-0.5 px around pixel (x=10, y=20)
+    # must give a crop symmetric about its centre, holding that pixel only
+    img = np.zeros((40, 40), np.float32)
+    img[20, 10] = 1.0
+    crop = C.extract_crops(img, np.array([[9.5, 19.5, 10.5, 20.5]]), size=4, channels=1)[0, 0]
+    np.testing.assert_allclose(crop, crop[::-1, ::-1], atol=1e-6)
+    np.testing.assert_allclose(crop, crop.T, atol=1e-6)
+    assert crop.min() > 0.3
+    # boxes moved by +-0.7 px give mirror-image crops (no half-pixel bias)
+    right = C.extract_crops(img, np.array([[10.2, 18.0, 11.2, 22.0]]), size=4, channels=1)[0, 0]
+    left = C.extract_crops(img, np.array([[8.8, 18.0, 9.8, 22.0]]), size=4, channels=1)[0, 0]
+    np.testing.assert_allclose(right, left[:, ::-1], atol=1e-6)
+    assert right[:, 0].sum() > 0 and right[:, -1].sum() == 0
+
+
+def test_two_channel_split_left_is_channel_0():
+    img = np.zeros((64, 64), np.float32)
+    img[30, 22] = 5.0  # left half of the box below
+    box = np.array([[19.5, 24.5, 39.5, 39.5]])
+    x2 = C.extract_crops(img, box, size=8, channels=2)
+    assert x2.shape == (1, 2, 8, 8)
+    assert x2[0, 0].sum() > 0 and x2[0, 1].sum() == 0
+    img2 = np.zeros_like(img)
+    img2[30, 36] = 5.0  # right half -> channel 1
+    x2 = C.extract_crops(img2, box, size=8, channels=2)
+    assert x2[0, 1].sum() > 0 and x2[0, 0].sum() == 0
+    x1 = C.extract_crops(img, box, size=8, channels=1)
+    assert x1.shape == (1, 1, 8, 8) and x1[0, 0, :, :4].sum() > 0 and x1[0, 0, :, 4:].sum() == 0
+
+
+def test_crops_of_constant_image_keep_its_value_and_empty_boxes():
+    img = np.full((50, 60), 0.7, np.float32)
+    x = C.extract_crops(img, np.array([[5.2, 6.7, 30.1, 28.9], [10, 10, 12, 11]]), 16, 2)
+    np.testing.assert_allclose(x, 0.7, atol=1e-5)
+    assert C.extract_crops(img, np.zeros((0, 4)), 16, 2).shape == (0, 2, 16, 16)
+
+
+@pytest.mark.parametrize("boxes", [np.ones((3, 3)), np.array([[5, 5, 4, 9.0]]), np.array([[0, 0, np.nan, 3]])])
+def test_bad_boxes_raise(boxes):
+    with pytest.raises(ValueError, match="box"):
+        C.extract_crops(np.zeros((20, 20)), boxes)
+
+
+def test_jitter_boxes_stays_within_fraction():
+    b = np.array([[10.0, 20.0, 30.0, 40.0]] * 200)
+    j = C.jitter_boxes(b, 0.07, np.random.default_rng(0))
+    assert np.all(np.abs(j - b) <= 0.07 * 20 + 1e-9) and np.abs(j - b).max() > 1.0
+
+
+# --------------------------------------------------------------------------- normalisation
+def test_normalisation_invariant_to_gain_and_offset(sample):
+    t = sample.truth
+    base = C.extract_crops(C.normalize_image(sample.image, t.pixel_size), t.cell_box, 16, 2)
+    for gain, offset in ((3.0, 50.0), (0.02, -7.0)):
+        other = C.normalize_image(sample.image * gain + offset, t.pixel_size)
+        x = C.extract_crops(other, t.cell_box, 16, 2)
+        np.testing.assert_allclose(x, base, atol=2e-3)
+
+
+def test_normalisation_keeps_vacancies_dark(sample):
+    t = sample.truth
+    x = C.extract_crops(C.normalize_image(sample.image, t.pixel_size), t.cell_box, 16, 2)
+    peak = x.max(axis=(2, 3))  # (N, 2): X-column and M-column maxima
+    perfect, v_te2, v_mo = (t.cell_label == k for k in (0, 2, 3))
+    assert 0.7 < np.median(peak[perfect, 0]) < 3.0  # full X column near the scale of 1
+    assert np.median(peak[v_te2, 0]) < 0.5 * np.median(peak[perfect, 0])
+    assert np.median(peak[v_mo, 1]) < 0.8 * np.median(peak[perfect, 1])
+
+
+def test_normalize_image_bad_input():
+    with pytest.raises(ValueError, match="2-D"):
+        C.normalize_image(np.zeros((3, 4, 5)))
+    with pytest.raises(ValueError, match="pixel_size"):
+        C.normalize_image(np.zeros((8, 8)), pixel_size=-1)
+    assert np.all(C.normalize_image(np.full((16, 16), 3.0)) == 0)  # flat image -> zeros, no NaN
+    assert C.normalize_image(np.random.default_rng(0).random((5, 7)), 0.03).shape == (5, 7)  # tiny image
+
+
+# --------------------------------------------------------------------------- model
+@pytest.mark.parametrize("channels", [1, 2])
+def test_builder(channels):
+    m = C.build_classifier(channels, 32).eval()
+    assert m.conv1.in_channels == channels
+    with torch.inference_mode():
+        assert m(torch.zeros(3, channels, 32, 32)).shape == (3, 6)
+    with pytest.raises(ValueError):
+        C.build_classifier(3, 32)
+
+
+def test_predict_shapes_and_probabilities(sample):
+    clf = _tiny_classifier()
+    t = sample.truth
+    seen = []
+    p = clf.predict(sample.image, t.cell_box, t.pixel_size, progress=lambda d, n: seen.append((d, n)))
+    assert p.shape == (t.n_cells, 6) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    assert seen[-1] == (t.n_cells, t.n_cells)
+    assert clf.predict(sample.image, np.zeros((0, 4)), t.pixel_size).shape == (0, 6)
+    with pytest.raises(ValueError, match="trained for MoTe2"):
+        clf.predict(sample.image, t.cell_box, t.pixel_size, material="MoS2")
+    with pytest.raises(ValueError, match="pixel_size"):
+        clf.predict(sample.image, t.cell_box, 0.0)
+    with pytest.raises(Cancelled):
+        clf.predict(sample.image, t.cell_box, t.pixel_size, cancel=lambda: True)
+
+
+def test_shipped_weights_classify_sample(shipped):
+    sim = sample_image(seed=0)  # the built-in sample (512 px, 0.09 Å/px)
+    t = sim.truth
+    assert shipped.card["in_channels"] == 2 and shipped.card["material"] == "MoTe2"
+    p = shipped.predict(sim.image, t.cell_box, t.pixel_size)
+    acc = (p.argmax(1) == t.cell_label).mean()
+    assert acc >= 0.95, f"shipped classifier: {acc:.3f} on the built-in sample"
+    defect = t.cell_label > 0
+    assert (p.argmax(1)[defect] == t.cell_label[defect]).mean() >= 0.9
+
+
+def test_corrupt_or_missing_weights_name_the_file(tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(WeightsError, match="broken.pt"):
+        C.load_classifier(bad, device="cpu")
+    with pytest.raises(WeightsError, match="missing.pt"):
+        C.load_classifier(tmp_path / "missing.pt", device="cpu")
+    other = tmp_path / "other.pt"
+    save_weights(other, {"w": torch.zeros(3)}, {"in_channels": 2, "input_size": 32})
+    with pytest.raises(WeightsError, match="other.pt"):
+        C.load_classifier(other, device="cpu")
+    assert default_weights("classifier").exists()
+
+
+def test_weights_roundtrip(tmp_path, sample):
+    clf = _tiny_classifier(1, 16)
+    path = C.save_classifier(tmp_path / "c.pt", clf.model, clf.card)
+    again = C.load_classifier(path, device="cpu")
+    t = sample.truth
+    p1 = clf.predict(sample.image, t.cell_box[:20], t.pixel_size)
+    p2 = again.predict(sample.image, t.cell_box[:20], t.pixel_size)
+    np.testing.assert_allclose(p1, p2, atol=2e-2)  # float16 storage
+
+
+# --------------------------------------------------------------------------- training
+def test_simulate_crops_balanced_and_variants():
+    sets = C.simulate_crops(6, [(16, 2), (16, 1)], seed=5, pixel_size=(0.1, 0.15), field_a=(30, 35))
+    a, b = sets[(16, 2)], sets[(16, 1)]
+    assert a.x.shape == (36, 2, 16, 16) and b.x.shape == (36, 1, 16, 16)
+    assert a.x.dtype == np.float16
+    assert np.array_equal(a.counts, [6] * 6) and np.array_equal(a.y, b.y)
+
+
+def test_tiny_training_reduces_loss(tmp_path):
+    sets = C.simulate_crops(24, [(16, 2)], seed=1, pixel_size=(0.1, 0.15), field_a=(30, 40))
+    train = sets[(16, 2)]
+    path = train.save(tmp_path / "crops.npz")
+    train = C.CropSet.load(path)
+    model, hist = C.train_classifier(train, train, steps=30, batch_size=32, lr=3e-3, eval_every=10,
+                                     checkpoint=tmp_path / "ck.pt", checkpoint_every=10, log=None)
+    assert hist["loss"][-1] < 0.8 * hist["loss"][0]
+    assert (tmp_path / "ck.pt").exists() and hist["steps_done"] == 30
+
+
+def test_corrections_both_layouts(tmp_path, sample):
+    t = sample.truth
+    # boxes on images
+    (tmp_path / "a").mkdir()
+    write_tiff(tmp_path / "a" / "img.tif", sample.image, t.pixel_size)
+    names = ("Perfect", "V_Te1", "V_Te2", "V_Mo", "V_Te1+V_Mo", "V_Te2+V_Mo")
+    with (tmp_path / "a" / "index.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "x_min", "y_min", "x_max", "y_max", "label"])
+        for b, lab in zip(t.cell_box[:5], t.cell_label[:5]):
+            w.writerow(["img.tif", *b, names[lab]])
+    sets = C.crops_from_corrections(tmp_path / "a", [(16, 2)], repeats=2, jitter=0.05)
+    assert sets[(16, 2)].x.shape == (10, 2, 16, 16)
+    assert list(sets[(16, 2)].y[:5]) == list(t.cell_label[:5])
+    # single crops cut from the normalised image
+    (tmp_path / "b" / "crops").mkdir(parents=True)
+    norm = C.normalize_image(sample.image, t.pixel_size)
+    x0, y0, x1, y1 = np.round(t.cell_box[0]).astype(int)
+    np.save(tmp_path / "b" / "crops" / "c0.npy", norm[y0:y1, x0:x1])
+    (tmp_path / "b" / "index.csv").write_text("crop,label\nc0.npy,vx2\n")
+    sets = C.crops_from_corrections(tmp_path / "b", [(16, 2)])
+    assert sets[(16, 2)].y.tolist() == [2]
+    (tmp_path / "b" / "index.csv").write_text("crop,label\nc0.npy,V_Xx\n")
+    with pytest.raises(ValueError, match="row 2"):
+        C.crops_from_corrections(tmp_path / "b")
+    with pytest.raises(FileNotFoundError, match="index.csv"):
+        C.crops_from_corrections(tmp_path / "missing")
+
+
+def test_confusion_matrix_and_summary(tmp_path):
+    cm = C.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    s = C.accuracy_summary(cm, ["a", "b", "c"])
+    assert s["overall"] == pytest.approx(4 / 6) and s["per_class"]["c"] == pytest.approx(2 / 3)
+    assert C.save_confusion_png(cm, ["a", "b", "c"], tmp_path / "cm.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_train_and_evaluate(tmp_path):
+    data = tmp_path / "data"
+    generate_dataset(data, n=2, size=96, seed=4, pixel_size=0.12, defect_fraction=0.5, n_preview=0)
+    out = tmp_path / "w" / "clf.pt"
+    rc = main(["train-classifier", "--out", str(out), "--n-per-class", "0", "--data", str(data),
+               "--data-repeats", "1", "--val-data", str(data), "--steps", "3", "--batch-size", "8",
+               "--init", str(default_weights("classifier"))])
+    assert rc == 0
+    for suffix in (".pt", ".json", ".ckpt"):
+        assert out.with_suffix(suffix).exists()
+    assert (tmp_path / "w" / "clf_confusion.png").exists()
+    report = tmp_path / "r" / "eval.md"
+    rc = main(["evaluate-classifier", "--weights", str(out), "--data", str(data), "--report", str(report),
+               "--jitter", "0", "0.05", "--update-card"])
+    assert rc == 0
+    card = C.load_classifier(out, device="cpu").card
+    assert card["scores"]["data, box jitter 0.05"]["n"] > 0 and "validation" in card["scores"]
+    text = report.read_text()
+    assert "| dataset |" in text and "V_Te2+V_Mo" in text and "Images with errors" in text
+    assert (tmp_path / "r" / "img" / "eval_data_j5.png").exists()
+
+
+def test_cli_train_errors_are_one_line(tmp_path, capsys):
+    rc = main(["train-classifier", "--out", str(tmp_path / "x.pt"), "--n-per-class", "0"])
+    assert rc == 1
+    assert "no training data" in capsys.readouterr().err
