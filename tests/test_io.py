@@ -77,3 +77,15 @@ def test_microscope_formats_through_rosettasciio(tmp_path, suffix):
     out, meta = read_image(path)
     assert np.allclose(out, data)
     assert meta["pixel_size_A"] == pytest.approx(0.092)
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "f.txt"
+    with atomic_write(target, "w") as fh:
+        fh.write("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask

@@ -51,6 +51,10 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     try:
         with open(tmp, mode) as fh:
             yield fh
+        # mkstemp makes 0600 files; give the result the usual permissions (umask applied)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         try:
