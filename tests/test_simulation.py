@@ -215,3 +215,11 @@ def test_jpeg_export_noise():
     assert img.dtype == np.float32 and img.min() >= 0 and img.max() <= 255
     assert np.all(img == np.round(img))
     assert abs(float(img[30, 30]) - 0.9 * 255) < 6  # JPEG keeps the picture, adds small artefacts
+
+
+def test_single_chalcogen_column_weight():
+    from napari_tmd_defects.simulation import column_weights
+
+    xw, mw = column_weights("MoTe2", np.array([0, 1, 2, 3]), 1.7, x1_fraction=0.44)
+    assert xw[1] == pytest.approx(0.44 * xw[0]) and xw[2] == 0 and xw[3] == xw[0]
+    assert mw[3] == 0 and mw[0] > 0

@@ -72,7 +72,8 @@ def sample_conditions(
     ``realistic``
         Randomised conditions that cover real frames (e.g. the 2DIP-Net GUI's
         8-bit MoTe2 samples): source blur 0.3-1.2 Å FWHM, residual defocus and
-        astigmatism, Z exponent 1.6-1.85, lambda 4-60 (log-uniform), mu 0-30,
+        astigmatism, Z exponent 1.6-2.1, a single-chalcogen column 0.43-0.5 of a
+        full one (multislice channelling), lambda 4-60 (log-uniform), mu 0-30,
         background 0-0.4 and contamination, scan-row jitter, linear drift (shear up
         to ~4°, stretch up to ~4 %), 8-bit exports, some JPEG-compressed.
     ``clean``
@@ -100,7 +101,8 @@ def sample_conditions(
             astigmatism_a=rng.uniform(0.0, 20.0) if rng.random() < 0.6 else 0.0,
             astigmatism_deg=rng.uniform(0.0, 180.0),
             source_fwhm_a=rng.uniform(0.3, 1.2),
-            z_exponent=rng.uniform(1.6, 1.85),
+            z_exponent=rng.uniform(1.6, 2.1),
+            x1_fraction=rng.uniform(0.43, 0.5),
         )
         eight_bit = bool(rng.random() < 0.5)
         kw["noise"] = Noise(

@@ -83,6 +83,9 @@ class Optics:
         FWHM (Å) of the Gaussian effective source / vibration blur.
     z_exponent : float
         n in the column intensity ``sum(Z**n)``.
+    x1_fraction : float
+        Weight of a chalcogen column with one atom left relative to a full column
+        (0.5 incoherent; multislice channelling gives ~0.44 for MoTe2, docs/multislice.md).
     """
 
     voltage_kv: float = 80.0
@@ -94,6 +97,7 @@ class Optics:
     astigmatism_deg: float = 0.0
     source_fwhm_a: float = 0.0
     z_exponent: float = 1.7
+    x1_fraction: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -352,11 +356,18 @@ def place_defects(
     return labels
 
 
-def column_weights(material: str | Material, labels: np.ndarray, z_exponent: float = 1.7):
-    """Incoherent scattering weights ``sum(Z**n)`` of the X and M columns of each cell."""
+def column_weights(
+    material: str | Material, labels: np.ndarray, z_exponent: float = 1.7, x1_fraction: float = 0.5
+):
+    """Incoherent scattering weights ``sum(Z**n)`` of the X and M columns of each cell.
+
+    A column with one chalcogen left weighs ``x1_fraction`` of a full one (0.5 in the
+    incoherent model; channelling in multislice gives ~0.44 for MoTe2).
+    """
     mat = get_material(material)
     vac = np.asarray(CLASS_VACANCIES)[np.asarray(labels)]
-    x_w = (2 - vac[:, 0]) * float(mat.z_chalcogen) ** z_exponent
+    full = 2 * float(mat.z_chalcogen) ** z_exponent
+    x_w = np.choose(vac[:, 0], [full, x1_fraction * full, 0.0])
     m_w = (1 - vac[:, 1]) * float(mat.z_metal) ** z_exponent
     return x_w.astype(float), m_w.astype(float)
 
@@ -800,7 +811,7 @@ def simulate(
     )
     mat, shape, lat, offsets = scene.material, scene.shape, scene.lattice, scene.row_offsets
 
-    x_w, m_w = column_weights(mat, scene.labels, optics.z_exponent)
+    x_w, m_w = column_weights(mat, scene.labels, optics.z_exponent, optics.x1_fraction)
     ref = max(2 * float(mat.z_chalcogen) ** optics.z_exponent, float(mat.z_metal) ** optics.z_exponent)
     xy = np.concatenate([lat.x_site, lat.m_site])
     wts = np.concatenate([x_w, m_w])
