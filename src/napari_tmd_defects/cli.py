@@ -124,6 +124,59 @@ def _run_demo(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- detector
+def _add_train_detector(sub) -> None:
+    p = sub.add_parser(
+        "train-detector",
+        help="train CNN-1 (hexagon detector, or the direct unit-cell baseline)",
+        description="Train the Faster R-CNN + MobileNetV2 detector from scratch. Training images "
+        "are simulated on the fly unless --data names a dataset (tmd-defects simulate). Writes "
+        "OUT (weights + JSON card) after every epoch and a checkpoint OUT.ckpt every few minutes.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="weights file to write (e.g. detector.pt)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset folder to train on (default: simulate training images on the fly)")
+    p.add_argument("--val", type=Path, nargs="+", default=None, help="validation dataset folder(s)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
+    p.add_argument("--steps-per-epoch", type=int, default=500, help="Adam steps per epoch (default 500)")
+    p.add_argument("--config", choices=["slim", "paper"], default="slim",
+                   help="slim (default, shipped) or paper (full MobileNetV2, 1024-d head)")
+    p.add_argument("--target", choices=["hexagon", "cell"], default="hexagon",
+                   help="hexagon (CNN-1, default) or cell (direct unit-cell detection baseline)")
+    p.add_argument("--batch", type=int, default=2, help="crops per step (default 2)")
+    p.add_argument("--crop", type=int, default=320, help="training crop size in px at the detector's sampling")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate (default 1e-3)")
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.ckpt")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="checkpoint interval (default 5)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.set_defaults(func=_run_train_detector)
+
+
+def _run_train_detector(args) -> int:
+    import torch
+
+    from .detection import train_detector
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    card = train_detector(
+        args.out, data=args.data, val=args.val, epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch, config=args.config, target=args.target,
+        seed=args.seed, batch=args.batch, crop=args.crop, lr=args.lr, lr_schedule=args.lr_schedule,
+        resume=args.resume, checkpoint_every_s=60.0 * args.checkpoint_minutes, device=args.device, log=log,
+    )
+    tr = card["training"]
+    print(f"trained {tr['steps']} steps in {tr['wall_time_s'] / 60:.1f} min; wrote {args.out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -132,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_simulate, _add_demo):
+    for add in (_add_simulate, _add_demo, _add_train_detector):
         add(sub)
     return parser
 

@@ -25,18 +25,23 @@ ground-truth cells, and so that cells tile the lattice rows without overlap
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
 __all__ = [
     "CELL_PAD_X",
     "CELL_PAD_Y",
+    "CellSet",
     "bbox_of_points",
     "box_iou",
     "cast_hexagons",
     "cell_box",
+    "cells_from_hexagons",
+    "fit_lattice",
     "hexagon_box",
     "lattice_vectors",
+    "match_boxes",
     "rotate_points",
 ]
 
@@ -163,3 +168,420 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = wh[..., 0] * wh[..., 1]
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def match_boxes(
+    pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5, scores: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """One-to-one matching of predicted to ground-truth boxes at IoU > ``iou_threshold``.
+
+    Pairs are taken greedily by decreasing IoU (ties: higher score first). Only boxes
+    whose centres are within one box size of each other are compared, so large sets
+    are cheap.
+
+    Returns
+    -------
+    dict
+        ``pred_match`` (N,) index of the matched truth box or -1; ``truth_match`` (M,)
+        index of the matched prediction or -1; ``iou`` (N,) IoU of each prediction with
+        its best truth box; ``duplicate`` (N,) True for an unmatched prediction whose
+        best truth box (IoU > threshold) was matched by another prediction.
+    """
+    from scipy.spatial import cKDTree
+
+    p = np.asarray(pred, dtype=float).reshape(-1, 4)
+    t = np.asarray(truth, dtype=float).reshape(-1, 4)
+    n, m = len(p), len(t)
+    out = {
+        "pred_match": np.full(n, -1, dtype=np.int64),
+        "truth_match": np.full(m, -1, dtype=np.int64),
+        "iou": np.zeros(n),
+        "duplicate": np.zeros(n, dtype=bool),
+    }
+    if n == 0 or m == 0:
+        return out
+    pc = (p[:, :2] + p[:, 2:]) / 2
+    tc = (t[:, :2] + t[:, 2:]) / 2
+    r = float(max(np.max(p[:, 2:] - p[:, :2]), np.max(t[:, 2:] - t[:, :2]), 1e-9))
+    pairs = cKDTree(pc).query_ball_tree(cKDTree(tc), r)
+    pi = np.fromiter((i for i, js in enumerate(pairs) for _ in js), dtype=np.int64)
+    ti = np.fromiter((j for js in pairs for j in js), dtype=np.int64)
+    if len(pi) == 0:
+        return out
+    lt = np.maximum(p[pi, :2], t[ti, :2])
+    rb = np.minimum(p[pi, 2:], t[ti, 2:])
+    inter = np.prod(np.clip(rb - lt, 0.0, None), axis=1)
+    area_p = np.prod(p[pi, 2:] - p[pi, :2], axis=1)
+    area_t = np.prod(t[ti, 2:] - t[ti, :2], axis=1)
+    iou = inter / np.maximum(area_p + area_t - inter, 1e-12)
+    np.maximum.at(out["iou"], pi, iou)
+    sc = np.zeros(n) if scores is None else np.asarray(scores, dtype=float)
+    order = np.lexsort((-sc[pi], -iou))
+    best_truth = np.full(n, -1, dtype=np.int64)
+    for k in order:
+        if iou[k] <= iou_threshold:
+            break
+        i, j = pi[k], ti[k]
+        if best_truth[i] < 0:
+            best_truth[i] = j
+        if out["pred_match"][i] < 0 and out["truth_match"][j] < 0:
+            out["pred_match"][i] = j
+            out["truth_match"][j] = i
+    out["duplicate"] = (out["pred_match"] < 0) & (best_truth >= 0)
+    return out
+
+
+
+# --------------------------------------------------------------------------- lattice fit
+def _lattice_from_angle(a: float, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """a1 at angle ``theta`` (radians, in the y-down (x, y) frame), a2 60 degrees further."""
+    a1 = a * np.array([math.cos(theta), math.sin(theta)])
+    a2 = a * np.array([math.cos(theta + math.pi / 3), math.sin(theta + math.pi / 3)])
+    return a1, a2
+
+
+def _local_mean(points: np.ndarray, values: np.ndarray, at: np.ndarray, sigma: float,
+                prior_weight: float = 0.5, exclude_self: bool = False) -> np.ndarray:
+    """Gaussian-weighted mean of ``values`` (N, d) at ``points`` (N, 2), evaluated at
+    ``at`` (M, 2) within 2 sigma; shrunk towards 0 by ``prior_weight``."""
+    from scipy.spatial import cKDTree
+
+    vals = np.asarray(values, dtype=float).reshape(len(points), -1)
+    out = np.zeros((len(at), vals.shape[1]))
+    if len(points) == 0 or len(at) == 0:
+        return out
+    sdm = cKDTree(np.asarray(at, float)).sparse_distance_matrix(
+        cKDTree(np.asarray(points, float)), 2.0 * sigma, output_type="coo_matrix")
+    r, c, d = sdm.row, sdm.col, sdm.data
+    if exclude_self:
+        keep = r != c
+        r, c, d = r[keep], c[keep], d[keep]
+    # sparse_distance_matrix drops exact zero distances: add the self/coincident pairs back
+    if not exclude_self:
+        tree_p = cKDTree(np.asarray(points, float))
+        dd, jj = tree_p.query(np.asarray(at, float), k=1)
+        same = dd < 1e-9
+        r = np.concatenate([r, np.nonzero(same)[0]])
+        c = np.concatenate([c, jj[same]])
+        d = np.concatenate([d, np.zeros(int(same.sum()))])
+    w = np.exp(-0.5 * (d / sigma) ** 2)
+    wsum = np.bincount(r, weights=w, minlength=len(at)) + prior_weight
+    for k in range(vals.shape[1]):
+        out[:, k] = np.bincount(r, weights=w * vals[c, k], minlength=len(at)) / wsum
+    return out
+
+
+def _fit_affine_lattice(points, ij, weights=None):
+    """Least-squares ``p = o + i a1 + j a2`` -> (o, a1, a2), or None if degenerate."""
+    A = np.column_stack([np.ones(len(ij)), ij[:, 0], ij[:, 1]]).astype(float)
+    if len(ij) < 3 or np.linalg.matrix_rank(A) < 3:
+        return None
+    w = np.ones(len(ij)) if weights is None else np.sqrt(np.asarray(weights, float))
+    coef, *_ = np.linalg.lstsq(A * w[:, None], points * w[:, None], rcond=None)
+    return coef[0], coef[1], coef[2]
+
+
+def fit_lattice(
+    points: np.ndarray, a_px: float, tolerance: float = 0.3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Index points of a (mildly distorted) hexagonal lattice and fit its vectors.
+
+    The orientation is estimated from nearest-neighbour vectors (6-fold average),
+    neighbours get integer index offsets by local rounding (breadth-first over the
+    neighbour graph, so slow distortions do not accumulate), and ``p = o + i a1 + j a2``
+    is fitted by least squares. Points farther than ``tolerance * a_px`` from their
+    locally corrected lattice site are outliers.
+
+    Parameters
+    ----------
+    points : (K, 2) array
+        Positions in px (x, y), e.g. hexagon centres.
+    a_px : float
+        Approximate lattice constant, px.
+    tolerance : float
+        Outlier distance in units of ``a_px``.
+
+    Returns
+    -------
+    ij : (K, 2) int
+        Lattice indices (a1 is the vector closest to +x, a2 60° from it, towards +y).
+    inlier : (K,) bool
+    a1, a2, origin : (2,) arrays
+        Fitted lattice vectors and the position of index (0, 0), px.
+    """
+    from collections import deque
+
+    from scipy.spatial import cKDTree
+
+    if not (math.isfinite(a_px) and a_px > 0):
+        raise ValueError(f"a_px must be a positive number of px, got {a_px!r}")
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    k = len(pts)
+    ij = np.zeros((k, 2), dtype=np.int64)
+    if k == 0:
+        a1, a2 = _lattice_from_angle(a_px, 0.0)
+        return ij, np.zeros(0, bool), a1, a2, np.zeros(2)
+    tree = cKDTree(pts)
+    # orientation and spacing from nearest-neighbour vectors
+    a_est, theta = float(a_px), 0.0
+    if k >= 2:
+        d, idx = tree.query(pts, k=min(7, k))
+        v = pts[idx[:, 1:]] - pts[:, None, :]
+        ln = np.linalg.norm(v, axis=-1)
+        sel = (ln > 0.75 * a_px) & (ln < 1.3 * a_px)
+        if sel.sum() >= 4:
+            phi = np.arctan2(v[..., 1][sel], v[..., 0][sel])
+            z = np.mean(np.exp(6j * phi))
+            if abs(z) > 0.3:
+                theta = float(np.angle(z)) / 6.0
+            a_est = float(np.median(ln[sel]))
+    a1, a2 = _lattice_from_angle(a_est, theta)
+    m_inv = np.linalg.inv(np.column_stack([a1, a2]))
+    # neighbour graph with integer offsets
+    pairs = tree.query_pairs(1.35 * a_est, output_type="ndarray")
+    adj: list[list[tuple[int, int, int]]] = [[] for _ in range(k)]
+    if len(pairs):
+        dv = pts[pairs[:, 1]] - pts[pairs[:, 0]]
+        off = np.rint(dv @ m_inv.T).astype(np.int64)
+        res = np.linalg.norm(dv - off @ np.stack([a1, a2]), axis=1)
+        for (p, q), (di, dj), r in zip(pairs, off, res):
+            if r < tolerance * a_est:
+                adj[p].append((q, di, dj))
+                adj[q].append((p, -di, -dj))
+    comp = np.full(k, -1, dtype=np.int64)
+    n_comp = 0
+    for start in np.argsort([-len(a) for a in adj], kind="stable"):
+        if comp[start] >= 0:
+            continue
+        comp[start] = n_comp
+        queue = deque([start])
+        while queue:
+            p = queue.popleft()
+            for q, di, dj in adj[p]:
+                if comp[q] < 0:
+                    comp[q] = n_comp
+                    ij[q] = ij[p] + (di, dj)
+                    queue.append(q)
+        n_comp += 1
+    sizes = np.bincount(comp, minlength=n_comp)
+    main = int(np.argmax(sizes))
+    sel = comp == main
+    fit = _fit_affine_lattice(pts[sel], ij[sel])
+    if fit is None:
+        origin = np.mean(pts[sel] - ij[sel] @ np.stack([a1, a2]), axis=0)
+    else:
+        origin, a1, a2 = fit
+    m_inv = np.linalg.inv(np.column_stack([a1, a2]))
+    # attach the other components to the main one's lattice
+    for c in range(n_comp):
+        if c == main:
+            continue
+        s = comp == c
+        frac = (pts[s] - origin) @ m_inv.T - ij[s]
+        ij[s] += np.rint(np.median(frac, axis=0)).astype(np.int64)
+    inlier = np.ones(k, dtype=bool)
+    for _ in range(2):
+        fit = _fit_affine_lattice(pts[inlier], ij[inlier])
+        if fit is not None:
+            origin, a1, a2 = fit
+        resid = pts - (origin + ij @ np.stack([a1, a2]))
+        local = _local_mean(pts[inlier], resid[inlier], pts, 1.5 * a_est, exclude_self=False)
+        inlier = np.linalg.norm(resid - local, axis=1) < tolerance * a_est
+        if not inlier.any():
+            inlier[:] = True
+            break
+    return ij, inlier, a1, a2, origin
+
+
+# --------------------------------------------------------------------------- cells
+@dataclass
+class CellSet:
+    """Unit cells of an image, each reported once (px; x = column, y = row).
+
+    Attributes
+    ----------
+    boxes : (N, 4)
+        Cell boxes ``(x_min, y_min, x_max, y_max)``.
+    x_sites, m_sites : (N, 2)
+        Estimated X (chalcogen) and M (metal) column positions.
+    ij : (N, 2) int
+        Lattice indices: cell ``(i, j)`` has its X column near ``origin + i a1 + j a2``.
+    support : (N,) int
+        Number of detected hexagons that cast the cell (1 or 2; 0 = recovered from the
+        fitted lattice at the border or next to a missed hexagon).
+    scores : (N,)
+        Mean detection score of the supporting hexagons (0 for recovered cells).
+    a1, a2, origin : (2,) arrays
+        Fitted lattice vectors and the X column of cell (0, 0), px.
+    """
+
+    boxes: np.ndarray
+    x_sites: np.ndarray
+    m_sites: np.ndarray
+    ij: np.ndarray
+    support: np.ndarray
+    scores: np.ndarray
+    a1: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    a2: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    origin: np.ndarray = field(default_factory=lambda: np.zeros(2))
+
+    def __len__(self) -> int:
+        return int(len(self.boxes))
+
+    @classmethod
+    def empty(cls, a_px: float = 0.0) -> "CellSet":
+        a1, a2 = _lattice_from_angle(a_px, 0.0)
+        z2 = np.zeros((0, 2))
+        return cls(np.zeros((0, 4)), z2, z2.copy(), np.zeros((0, 2), np.int64),
+                   np.zeros(0, np.int64), np.zeros(0), a1, a2, np.zeros(2))
+
+
+def _group_mean(keys: np.ndarray, values: np.ndarray, weights: np.ndarray):
+    """Weighted mean of ``values`` per unique row of ``keys`` -> (keys, means, counts, idx)."""
+    uk, inv, cnt = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    wsum = np.bincount(inv, weights=weights, minlength=len(uk))
+    vals = np.asarray(values, float).reshape(len(keys), -1)
+    mean = np.stack(
+        [np.bincount(inv, weights=weights * vals[:, c], minlength=len(uk)) for c in range(vals.shape[1])],
+        axis=1,
+    ) / wsum[:, None]
+    return uk, mean, cnt, inv
+
+
+def cells_from_hexagons(
+    boxes: np.ndarray,
+    scores: np.ndarray | None,
+    shape: tuple[int, int],
+    a_px: float,
+    alpha: float = 0.65,
+    beta: float = 0.5,
+    complete: bool = True,
+    min_neighbors: int = 2,
+) -> CellSet:
+    """Hexagonal-net casting: detected hexagons -> unit cells, each reported once.
+
+    1. The hexagon centres are indexed on a fitted lattice (:func:`fit_lattice`);
+       detections off the lattice are dropped, repeated detections of one hexagon merged.
+    2. Each hexagon ``(i, j)`` casts its upper-left cell ``(i, j)`` and lower-right cell
+       ``(i, j + 1)`` with the crop ratios ``alpha``, ``beta`` (:func:`cast_hexagons`).
+    3. The (up to two) casts of a cell are merged by their score-weighted mean.
+    4. A smooth model of the cell boxes over the lattice (affine in ``i, j`` plus a
+       Gaussian-weighted local correction, which follows drift and scan distortions)
+       decides which cells lie inside the image (as for the ground truth, see
+       :func:`~.simulation.inside_image`) and, if ``complete``, adds the cells that no
+       detected hexagon cast (image border, next to defects) when at least
+       ``min_neighbors`` supported cells lie within 1.5 lattice constants.
+
+    Parameters
+    ----------
+    boxes : (K, 4) array
+        Hexagon boxes in px (e.g. from :meth:`~.detection.HexagonDetector.detect`).
+    scores : (K,) array or None
+        Detection scores (weights of the merge); None: all 1.
+    shape : (rows, cols)
+        Image shape in px.
+    a_px : float
+        Approximate lattice constant in px (material a / pixel size); refined here.
+    alpha, beta : float
+        Crop ratios W_U/W_H and H_U/H_H (paper: 0.65, 0.5).
+
+    Returns
+    -------
+    CellSet
+        Cells sorted by lattice row ``j``, then ``i``. Assumes the canonical orientation
+        (a1 along x); small rotations (a few degrees) are fine.
+    """
+    b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    if not (math.isfinite(a_px) and a_px > 0):
+        raise ValueError(f"a_px must be a positive number of px, got {a_px!r}")
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"shape must be (rows, cols) of an image, got {shape!r}")
+    sc = np.ones(len(b)) if scores is None else np.asarray(scores, dtype=float).reshape(-1)
+    if len(sc) != len(b):
+        raise ValueError(f"got {len(b)} boxes but {len(sc)} scores")
+    ok = np.all(np.isfinite(b), axis=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]) & np.isfinite(sc)
+    b, sc = b[ok], sc[ok]
+    if len(b) == 0:
+        return CellSet.empty(a_px)
+    from .simulation import inside_image
+
+    h, w = int(shape[0]), int(shape[1])
+    centres = (b[:, :2] + b[:, 2:]) / 2.0
+    ij, inlier, a1, a2, origin_hex = fit_lattice(centres, a_px)
+    b, sc, ij = b[inlier], sc[inlier], ij[inlier]
+    wts = np.maximum(sc, 1e-3)
+    # merge repeated detections of one hexagon
+    hij, hbox, _, hinv = _group_mean(ij, b, wts)
+    hsc = np.bincount(hinv, weights=sc) / np.bincount(hinv)
+    ul, lr = cast_hexagons(hbox, alpha, beta)
+    cij_all = np.concatenate([hij, hij + np.array([0, 1])])
+    cw = np.concatenate([np.maximum(hsc, 1e-3)] * 2)
+    cij, cbox, support, cinv = _group_mean(cij_all, np.concatenate([ul, lr]), cw)
+    csc = np.bincount(cinv, weights=np.concatenate([hsc, hsc])) / support
+    # X column of cell (0, 0): hexagon centre = X + (a1 + a2) / 3
+    origin = origin_hex - (a1 + a2) / 3.0
+    a_fit = float(np.sqrt(abs(np.linalg.det(np.column_stack([a1, a2]))) * 2 / math.sqrt(3)))
+
+    # smooth model of the cell boxes over the lattice: affine in (i, j) + local correction
+    centre_of = lambda q: origin + q @ np.stack([a1, a2]) + np.array([a_fit / 4, -a_fit / (4 * math.sqrt(3))])  # noqa: E731
+    design = np.column_stack([np.ones(len(cij)), cij]).astype(float)
+    if len(cij) >= 3 and np.linalg.matrix_rank(design) == 3:
+        coef, *_ = np.linalg.lstsq(design, cbox, rcond=None)
+    else:
+        shift = np.concatenate([cij @ np.stack([a1, a2])] * 2, axis=1)
+        coef = np.zeros((3, 4))
+        coef[0] = np.mean(cbox - shift, axis=0)
+        coef[1] = np.concatenate([a1, a1])
+        coef[2] = np.concatenate([a2, a2])
+    resid = cbox - design @ coef
+    sup_pts = centre_of(cij)
+
+    def model_box(q: np.ndarray) -> np.ndarray:
+        d = np.column_stack([np.ones(len(q)), q]).astype(float)
+        return d @ coef + _local_mean(sup_pts, resid, centre_of(q), 1.5 * a_fit)
+
+    # candidate cells: every index whose cell may touch the image
+    m_inv = np.linalg.inv(np.column_stack([a1, a2]))
+    corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]])
+    lat = (corners - origin) @ m_inv.T
+    lo = np.floor(lat.min(axis=0)).astype(int) - 2
+    hi = np.ceil(lat.max(axis=0)).astype(int) + 2
+    if complete:
+        gi, gj = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="xy")
+        cand = np.column_stack([gi.ravel(), gj.ravel()]).astype(np.int64)
+        known = {tuple(q) for q in cij.tolist()}
+        cand = cand[np.fromiter((tuple(q) not in known for q in cand.tolist()), dtype=bool, count=len(cand))]
+    else:
+        cand = np.zeros((0, 2), np.int64)
+    all_ij = np.concatenate([cij, cand])
+    pred = model_box(all_ij)
+    keep = inside_image(pred, (h, w))
+    n_sup = len(cij)
+    if complete and len(cand):
+        from scipy.spatial import cKDTree
+
+        near = cKDTree(sup_pts).query_ball_point(centre_of(cand), 1.5 * a_fit, return_length=True)
+        keep[n_sup:] &= np.asarray(near) >= min_neighbors
+    out_box = np.concatenate([cbox, pred[n_sup:]])[keep]
+    out_ij = all_ij[keep]
+    out_sup = np.concatenate([support, np.zeros(len(cand), np.int64)])[keep]
+    out_sc = np.concatenate([csc, np.zeros(len(cand))])[keep]
+    px, py = CELL_PAD_X * a_fit, CELL_PAD_Y * a_fit
+    x_sites = np.column_stack([out_box[:, 0] + px, out_box[:, 3] - py])
+    m_sites = np.column_stack([out_box[:, 2] - px, out_box[:, 1] + py])
+    clipped = out_box.copy()
+    clipped[:, [0, 2]] = np.clip(clipped[:, [0, 2]], -0.5, w - 0.5)
+    clipped[:, [1, 3]] = np.clip(clipped[:, [1, 3]], -0.5, h - 0.5)
+    order = np.lexsort((out_ij[:, 0], out_ij[:, 1]))
+    return CellSet(
+        boxes=clipped[order],
+        x_sites=x_sites[order],
+        m_sites=m_sites[order],
+        ij=out_ij[order],
+        support=out_sup[order].astype(np.int64),
+        scores=out_sc[order],
+        a1=a1,
+        a2=a2,
+        origin=origin,
+    )
