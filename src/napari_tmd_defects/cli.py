@@ -177,6 +177,62 @@ def _run_train_detector(args) -> int:
     return 0
 
 
+def _add_evaluate_detector(sub) -> None:
+    p = sub.add_parser(
+        "evaluate-detector",
+        help="reproduce the paper's unit-cell detection study on simulated test sets",
+        description="Detect hexagons in held-out simulated datasets, cast them into unit cells and "
+        "score hexagons, cells (casting vs raw casting vs direct detection), the alpha/beta IoU grid, "
+        "duplicates, recall and precision. Writes a Markdown report (and JSON next to it).",
+    )
+    p.add_argument("--data", required=True, type=Path, nargs="+", help="dataset folder(s) (tmd-defects simulate)")
+    p.add_argument("--weights", type=Path, default=None, help="hexagon detector (default: the shipped one)")
+    p.add_argument("--direct-weights", type=Path, default=None,
+                   help="direct unit-cell detector for the baseline (train-detector --target cell)")
+    p.add_argument("--report", type=Path, default=Path("docs/reports/detection.md"), help="Markdown report to write")
+    p.add_argument("--max-images", type=int, default=None, help="use at most N images per dataset")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.set_defaults(func=_run_evaluate_detector)
+
+
+def _run_evaluate_detector(args) -> int:
+    import torch
+
+    from .detection import evaluate_detector, write_detection_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for d in args.data:
+        if not (d / "dataset.json").exists():
+            raise FileNotFoundError(f"no dataset index at {d / 'dataset.json'} (run `tmd-defects simulate --out DIR`)")
+    from .runtime import WeightsError
+
+    try:
+        res = evaluate_detector(args.data, weights=args.weights, direct_weights=args.direct_weights,
+                                max_images=args.max_images, device=args.device,
+                                progress=progress_printer("evaluate"))
+    except WeightsError as exc:  # names the file
+        raise ValueError(str(exc)) from exc
+    parts = ["tmd-defects evaluate-detector", "--data", *(f"DATA/{d.name}" for d in args.data)]
+    if args.weights:
+        parts += ["--weights", args.weights.name]
+    if args.direct_weights:
+        parts += ["--direct-weights", args.direct_weights.name]
+    if args.max_images:
+        parts += ["--max-images", str(args.max_images)]
+    parts += ["--report", args.report.name if args.report.is_absolute() else str(args.report)]
+    command = " ".join(parts)
+    write_detection_report(res, args.report, command)
+    args.report.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
+    for d in res["datasets"]:
+        ca = d["casting"]
+        print(f"{d['name']}: cells recall {ca['recall']:.4f} precision {ca['precision']:.4f} "
+              f"duplicates {ca['duplicate_rate']:.4f}")
+    print(f"wrote {args.report}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -185,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_simulate, _add_demo, _add_train_detector):
+    for add in (_add_simulate, _add_demo, _add_train_detector, _add_evaluate_detector):
         add(sub)
     return parser
 

@@ -449,6 +449,20 @@ def _group_mean(keys: np.ndarray, values: np.ndarray, weights: np.ndarray):
     return uk, mean, cnt, inv
 
 
+def _lattice_cell_boxes(x_sites: np.ndarray, a1: np.ndarray, a2: np.ndarray) -> np.ndarray:
+    """Ground-truth-convention boxes of cells with X columns at ``x_sites`` on a lattice
+    ``a1, a2``: the canonical box (:func:`cell_box`) mapped by the linear map taking the
+    canonical lattice to ``a1, a2`` (rotation, scale, shear), then its bounding box."""
+    xs = np.asarray(x_sites, dtype=float).reshape(-1, 2)
+    c1, c2 = lattice_vectors(1.0)
+    canon = cell_box(np.zeros(2), mx_offset(1.0), 1.0)
+    corners = box_corners(canon[None])[0]  # (4, 2) relative to X, a = 1
+    uv = corners @ np.linalg.inv(np.column_stack([c1, c2])).T
+    offsets = uv @ np.stack([a1, a2])  # (4, 2) in px
+    pts = xs[:, None, :] + offsets[None]
+    return bbox_of_points(pts)
+
+
 def cells_from_hexagons(
     boxes: np.ndarray,
     scores: np.ndarray | None,
@@ -457,7 +471,9 @@ def cells_from_hexagons(
     alpha: float = 0.65,
     beta: float = 0.5,
     complete: bool = True,
-    min_neighbors: int = 2,
+    min_neighbors: int = 3,
+    box_source: str = "cast",
+    smooth: float = 3.0,
 ) -> CellSet:
     """Hexagonal-net casting: detected hexagons -> unit cells, each reported once.
 
@@ -466,12 +482,14 @@ def cells_from_hexagons(
     2. Each hexagon ``(i, j)`` casts its upper-left cell ``(i, j)`` and lower-right cell
        ``(i, j + 1)`` with the crop ratios ``alpha``, ``beta`` (:func:`cast_hexagons`).
     3. The (up to two) casts of a cell are merged by their score-weighted mean.
-    4. A smooth model of the cell boxes over the lattice (affine in ``i, j`` plus a
-       Gaussian-weighted local correction, which follows drift and scan distortions)
-       decides which cells lie inside the image (as for the ground truth, see
-       :func:`~.simulation.inside_image`) and, if ``complete``, adds the cells that no
-       detected hexagon cast (image border, next to defects) when at least
-       ``min_neighbors`` supported cells lie within 1.5 lattice constants.
+    4. The fitted lattice (affine, plus a Gaussian-weighted local correction from the
+       hexagon centres that follows slow non-linear distortions) gives every cell's X and
+       M columns and its box in the ground-truth convention; that box decides whether a
+       cell lies inside the image (as for the ground truth,
+       :func:`~.simulation.inside_image`) and, if ``complete``, cells that no detected
+       hexagon cast (image border, next to defects or missed hexagons) are added when at
+       least ``min_neighbors`` supported cells lie within 2 lattice constants (so large
+       empty regions are not filled).
 
     Parameters
     ----------
@@ -485,18 +503,35 @@ def cells_from_hexagons(
         Approximate lattice constant in px (material a / pixel size); refined here.
     alpha, beta : float
         Crop ratios W_U/W_H and H_U/H_H (paper: 0.65, 0.5).
+    complete : bool
+        Add lattice-predicted cells that no hexagon cast (needs at least three
+        hexagons that are not all in one lattice row).
+    min_neighbors : int
+        Supported cells needed within 2 a to add a predicted cell.
+    box_source : {"cast", "lattice"}
+        Boxes reported for cast cells: the merged casts (the paper's method) or the
+        lattice boxes. Recovered cells always get lattice boxes.
+    smooth : float
+        Width (in lattice constants) of the Gaussian that averages the hexagon-centre
+        deviations from the affine lattice into the local correction.
 
     Returns
     -------
     CellSet
-        Cells sorted by lattice row ``j``, then ``i``. Assumes the canonical orientation
-        (a1 along x); small rotations (a few degrees) are fine.
+        Cells sorted by lattice row ``j``, then ``i``; boxes clipped to the image.
+        Assumes the canonical orientation (a1 along x); small rotations are fine.
     """
+    from scipy.spatial import cKDTree
+
+    from .simulation import inside_image
+
     b = np.asarray(boxes, dtype=float).reshape(-1, 4)
     if not (math.isfinite(a_px) and a_px > 0):
         raise ValueError(f"a_px must be a positive number of px, got {a_px!r}")
     if len(shape) != 2 or min(shape) < 1:
         raise ValueError(f"shape must be (rows, cols) of an image, got {shape!r}")
+    if box_source not in ("cast", "lattice"):
+        raise ValueError(f"box_source must be 'cast' or 'lattice', got {box_source!r}")
     sc = np.ones(len(b)) if scores is None else np.asarray(scores, dtype=float).reshape(-1)
     if len(sc) != len(b):
         raise ValueError(f"got {len(b)} boxes but {len(sc)} scores")
@@ -504,84 +539,72 @@ def cells_from_hexagons(
     b, sc = b[ok], sc[ok]
     if len(b) == 0:
         return CellSet.empty(a_px)
-    from .simulation import inside_image
-
     h, w = int(shape[0]), int(shape[1])
     centres = (b[:, :2] + b[:, 2:]) / 2.0
     ij, inlier, a1, a2, origin_hex = fit_lattice(centres, a_px)
     b, sc, ij = b[inlier], sc[inlier], ij[inlier]
-    wts = np.maximum(sc, 1e-3)
     # merge repeated detections of one hexagon
-    hij, hbox, _, hinv = _group_mean(ij, b, wts)
+    hij, hbox, _, hinv = _group_mean(ij, b, np.maximum(sc, 1e-3))
     hsc = np.bincount(hinv, weights=sc) / np.bincount(hinv)
     ul, lr = cast_hexagons(hbox, alpha, beta)
     cij_all = np.concatenate([hij, hij + np.array([0, 1])])
     cw = np.concatenate([np.maximum(hsc, 1e-3)] * 2)
     cij, cbox, support, cinv = _group_mean(cij_all, np.concatenate([ul, lr]), cw)
     csc = np.bincount(cinv, weights=np.concatenate([hsc, hsc])) / support
-    # X column of cell (0, 0): hexagon centre = X + (a1 + a2) / 3
-    origin = origin_hex - (a1 + a2) / 3.0
-    a_fit = float(np.sqrt(abs(np.linalg.det(np.column_stack([a1, a2]))) * 2 / math.sqrt(3)))
 
-    # smooth model of the cell boxes over the lattice: affine in (i, j) + local correction
-    centre_of = lambda q: origin + q @ np.stack([a1, a2]) + np.array([a_fit / 4, -a_fit / (4 * math.sqrt(3))])  # noqa: E731
-    design = np.column_stack([np.ones(len(cij)), cij]).astype(float)
-    if len(cij) >= 3 and np.linalg.matrix_rank(design) == 3:
-        coef, *_ = np.linalg.lstsq(design, cbox, rcond=None)
-    else:
-        shift = np.concatenate([cij @ np.stack([a1, a2])] * 2, axis=1)
-        coef = np.zeros((3, 4))
-        coef[0] = np.mean(cbox - shift, axis=0)
-        coef[1] = np.concatenate([a1, a1])
-        coef[2] = np.concatenate([a2, a2])
-    resid = cbox - design @ coef
-    sup_pts = centre_of(cij)
+    # lattice sites: affine fit of the hexagon centres + smooth local correction
+    lat = np.stack([a1, a2])
+    a_fit = float(math.sqrt(abs(np.linalg.det(lat)) * 2.0 / SQRT3))
+    hcen = (hbox[:, :2] + hbox[:, 2:]) / 2.0
+    hres = hcen - (origin_hex + hij @ lat)
 
-    def model_box(q: np.ndarray) -> np.ndarray:
-        d = np.column_stack([np.ones(len(q)), q]).astype(float)
-        return d @ coef + _local_mean(sup_pts, resid, centre_of(q), 1.5 * a_fit)
+    def sites(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """X and M columns of cells ``q`` (X = hexagon centre - (a1 + a2) / 3)."""
+        x0 = origin_hex + (np.asarray(q, float) - 1.0 / 3.0) @ lat
+        x = x0 + _local_mean(hcen, hres, x0, smooth * a_fit)
+        return x, x + (2.0 * a1 - a2) / 3.0
 
     # candidate cells: every index whose cell may touch the image
-    m_inv = np.linalg.inv(np.column_stack([a1, a2]))
+    m_inv = np.linalg.inv(lat.T)
     corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]])
-    lat = (corners - origin) @ m_inv.T
-    lo = np.floor(lat.min(axis=0)).astype(int) - 2
-    hi = np.ceil(lat.max(axis=0)).astype(int) + 2
-    if complete:
+    q = (corners - origin_hex) @ m_inv.T
+    lo = np.floor(q.min(axis=0)).astype(int) - 2
+    hi = np.ceil(q.max(axis=0)).astype(int) + 2
+    # completion needs a lattice fitted from at least three hexagons
+    if complete and len(hij) >= 3 and np.linalg.matrix_rank(np.column_stack([np.ones(len(hij)), hij])) == 3:
         gi, gj = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="xy")
         cand = np.column_stack([gi.ravel(), gj.ravel()]).astype(np.int64)
-        known = {tuple(q) for q in cij.tolist()}
-        cand = cand[np.fromiter((tuple(q) not in known for q in cand.tolist()), dtype=bool, count=len(cand))]
+        known = {tuple(t) for t in cij.tolist()}
+        cand = cand[np.fromiter((tuple(t) not in known for t in cand.tolist()), dtype=bool, count=len(cand))]
     else:
         cand = np.zeros((0, 2), np.int64)
     all_ij = np.concatenate([cij, cand])
-    pred = model_box(all_ij)
-    keep = inside_image(pred, (h, w))
+    xs, ms = sites(all_ij)
+    lbox = _lattice_cell_boxes(xs, a1, a2)
+    keep = inside_image(lbox, (h, w))
     n_sup = len(cij)
-    if complete and len(cand):
-        from scipy.spatial import cKDTree
-
-        near = cKDTree(sup_pts).query_ball_point(centre_of(cand), 1.5 * a_fit, return_length=True)
+    if len(cand):
+        centre = (lbox[:, :2] + lbox[:, 2:]) / 2.0
+        near = cKDTree(centre[:n_sup]).query_ball_point(centre[n_sup:], 2.0 * a_fit, return_length=True)
         keep[n_sup:] &= np.asarray(near) >= min_neighbors
-    out_box = np.concatenate([cbox, pred[n_sup:]])[keep]
+    out_box = lbox.copy()
+    if box_source == "cast":
+        out_box[:n_sup] = cbox
+    out_box = out_box[keep]
+    out_box[:, [0, 2]] = np.clip(out_box[:, [0, 2]], -0.5, w - 0.5)
+    out_box[:, [1, 3]] = np.clip(out_box[:, [1, 3]], -0.5, h - 0.5)
     out_ij = all_ij[keep]
     out_sup = np.concatenate([support, np.zeros(len(cand), np.int64)])[keep]
     out_sc = np.concatenate([csc, np.zeros(len(cand))])[keep]
-    px, py = CELL_PAD_X * a_fit, CELL_PAD_Y * a_fit
-    x_sites = np.column_stack([out_box[:, 0] + px, out_box[:, 3] - py])
-    m_sites = np.column_stack([out_box[:, 2] - px, out_box[:, 1] + py])
-    clipped = out_box.copy()
-    clipped[:, [0, 2]] = np.clip(clipped[:, [0, 2]], -0.5, w - 0.5)
-    clipped[:, [1, 3]] = np.clip(clipped[:, [1, 3]], -0.5, h - 0.5)
     order = np.lexsort((out_ij[:, 0], out_ij[:, 1]))
     return CellSet(
-        boxes=clipped[order],
-        x_sites=x_sites[order],
-        m_sites=m_sites[order],
+        boxes=out_box[order],
+        x_sites=xs[keep][order],
+        m_sites=ms[keep][order],
         ij=out_ij[order],
         support=out_sup[order].astype(np.int64),
         scores=out_sc[order],
         a1=a1,
         a2=a2,
-        origin=origin,
+        origin=origin_hex - (a1 + a2) / 3.0,
     )
