@@ -171,3 +171,26 @@ def test_match_boxes_flags_duplicates():
     assert m["truth_match"].tolist() == [0, -1]
     assert m["duplicate"].tolist() == [False, True, False]
     assert geo.match_boxes(np.zeros((0, 4)), t)["truth_match"].tolist() == [-1, -1]
+
+
+def test_refine_columns_finds_peaks_and_fixes_biased_hexagons(rng):
+    sim = simulate("MoTe2", (260, 300), pixel_size=0.1, seed=4)  # paper noise
+    t = sim.truth
+    start = t.cell_x_site + rng.normal(0, 0.08 * t.a_px, t.cell_x_site.shape)
+    ref, ok = geo.refine_columns(sim.image, start, t.a_px)
+    assert ok.mean() > 0.7  # columns too close to the border are left alone
+    err = np.linalg.norm(ref[ok] - t.cell_x_site[ok], axis=1)
+    assert np.median(err) < 0.3 and np.median(err) < 0.5 * np.median(np.linalg.norm(start - t.cell_x_site, axis=1))
+    # hexagon boxes shifted by a constant bias: with the image, the lattice comes from the
+    # columns, so the sites are exact and the border decisions right
+    biased = t.hex_box + [0.6, -0.5, 0.6, -0.5]
+    plain = geo.cells_from_hexagons(biased, None, t.shape, t.a_px)
+    fixed = geo.cells_from_hexagons(biased, None, t.shape, t.a_px, image=sim.image)
+    m = geo.match_boxes(fixed.boxes, t.cell_box)
+    j = m["pred_match"]
+    assert (j >= 0).all() and (m["truth_match"] >= 0).all()
+    assert np.abs(fixed.x_sites - t.cell_x_site[j]).max() < 0.3
+    mp = geo.match_boxes(plain.boxes, t.cell_box)
+    assert np.abs(plain.x_sites - t.cell_x_site[mp["pred_match"]]).mean() > 0.4
+    with pytest.raises(ValueError, match="shape"):
+        geo.cells_from_hexagons(biased, None, t.shape, t.a_px, image=sim.image[:10])

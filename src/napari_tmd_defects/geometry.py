@@ -42,6 +42,7 @@ __all__ = [
     "hexagon_box",
     "lattice_vectors",
     "match_boxes",
+    "refine_columns",
     "rotate_points",
 ]
 
@@ -449,6 +450,85 @@ def _group_mean(keys: np.ndarray, values: np.ndarray, weights: np.ndarray):
     return uk, mean, cnt, inv
 
 
+def refine_columns(
+    image: np.ndarray, sites: np.ndarray, a_px: float, sigma: float = 0.12, iterations: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refine atomic-column positions to the local intensity peaks of an image.
+
+    Gaussian-weighted centroids (mean shift, window ``sigma * a_px``) of the image minus
+    the mean of a ``±0.3 a`` patch, starting from ``sites``.
+
+    Parameters
+    ----------
+    image : (rows, cols) array
+    sites : (N, 2) array
+        Starting positions (x, y) in px.
+    a_px : float
+        Lattice constant, px.
+
+    Returns
+    -------
+    refined : (N, 2) array
+        Peak positions, px.
+    ok : (N,) bool
+        False where the patch leaves the image, holds no signal (e.g. a vacancy), or the
+        peak moved more than ``0.25 a`` (the input position is returned there).
+    """
+    img = np.asarray(image, dtype=np.float32)
+    p0 = np.asarray(sites, dtype=float).reshape(-1, 2)
+    n = len(p0)
+    out, ok = p0.copy(), np.zeros(n, dtype=bool)
+    r = max(2, int(math.ceil(0.3 * a_px)))
+    h, w = img.shape
+    if n == 0 or h < 2 * r + 1 or w < 2 * r + 1:
+        return out, ok
+    cx = np.rint(p0[:, 0]).astype(np.int64)
+    cy = np.rint(p0[:, 1]).astype(np.int64)
+    inside = (cx - r >= 0) & (cx + r < w) & (cy - r >= 0) & (cy + r < h)
+    idx = np.nonzero(inside)[0]
+    if len(idx) == 0:
+        return out, ok
+    off = np.arange(-r, r + 1)
+    patches = img[(cy[idx, None, None] + off[None, :, None]), (cx[idx, None, None] + off[None, None, :])]
+    patches = np.clip(patches - patches.mean(axis=(1, 2), keepdims=True), 0.0, None)
+    gx = cx[idx, None, None] + off[None, None, :]
+    gy = cy[idx, None, None] + off[None, :, None]
+    p = p0[idx].copy()
+    s2 = 2.0 * (sigma * a_px) ** 2
+    good = np.ones(len(idx), dtype=bool)
+    for _ in range(iterations):
+        wgt = patches * np.exp(-((gx - p[:, 0, None, None]) ** 2 + (gy - p[:, 1, None, None]) ** 2) / s2)
+        tot = wgt.sum(axis=(1, 2))
+        good &= tot > 1e-12
+        safe = np.maximum(tot, 1e-12)
+        p = np.where(
+            good[:, None],
+            np.stack([(wgt * gx).sum(axis=(1, 2)) / safe, (wgt * gy).sum(axis=(1, 2)) / safe], axis=1),
+            p,
+        )
+    good &= np.linalg.norm(p - p0[idx], axis=1) < 0.25 * a_px
+    out[idx[good]] = p[good]
+    ok[idx[good]] = True
+    return out, ok
+
+
+def _fit_columns(ij: np.ndarray, xs: np.ndarray):
+    """Robust least-squares lattice ``X(i, j) = o + i a1 + j a2`` from measured X columns
+    -> (o, a1, a2, inlier mask) or None."""
+    d = np.column_stack([np.ones(len(ij)), ij]).astype(float)
+    y = np.asarray(xs, float)
+    keep = np.ones(len(y), dtype=bool)
+    coef = None
+    for _ in range(3):
+        if keep.sum() < 4 or np.linalg.matrix_rank(d[keep]) < 3:
+            return None
+        coef, *_ = np.linalg.lstsq(d[keep], y[keep], rcond=None)
+        res = np.linalg.norm(y - d @ coef, axis=1)
+        mad = np.median(res[keep]) + 1e-9
+        keep = res < max(3.0 * mad, 1e-6)
+    return coef[0], coef[1], coef[2], keep
+
+
 def _lattice_cell_boxes(x_sites: np.ndarray, a1: np.ndarray, a2: np.ndarray) -> np.ndarray:
     """Ground-truth-convention boxes of cells with X columns at ``x_sites`` on a lattice
     ``a1, a2``: the canonical box (:func:`cell_box`) mapped by the linear map taking the
@@ -474,6 +554,7 @@ def cells_from_hexagons(
     min_neighbors: int = 3,
     box_source: str = "cast",
     smooth: float = 3.0,
+    image: np.ndarray | None = None,
 ) -> CellSet:
     """Hexagonal-net casting: detected hexagons -> unit cells, each reported once.
 
@@ -512,8 +593,13 @@ def cells_from_hexagons(
         Boxes reported for cast cells: the merged casts (the paper's method) or the
         lattice boxes. Recovered cells always get lattice boxes.
     smooth : float
-        Width (in lattice constants) of the Gaussian that averages the hexagon-centre
-        deviations from the affine lattice into the local correction.
+        Width (in lattice constants) of the Gaussian that averages the deviations of the
+        hexagon centres (or columns) from the affine lattice into the local correction.
+    image : (rows, cols) array, optional
+        The image the hexagons were detected in. When given, the X (chalcogen) columns
+        are refined to their intensity peaks (:func:`refine_columns`) and the lattice
+        is re-fitted to them, which removes any bias of the detector's boxes from the
+        sites and from the inside-the-image decision.
 
     Returns
     -------
@@ -579,6 +665,28 @@ def cells_from_hexagons(
     else:
         cand = np.zeros((0, 2), np.int64)
     all_ij = np.concatenate([cij, cand])
+    if image is not None:
+        img = np.asarray(image)
+        if img.shape != (h, w):
+            raise ValueError(f"image has shape {img.shape}, expected {(h, w)}")
+        # X columns only: bright, and their three M neighbours pull symmetrically (an M
+        # column's centroid is pulled towards the brighter X column by the probe tails)
+        x0, _ = sites(all_ij)
+        xr, okx = refine_columns(img, x0, a_fit)
+        fit = _fit_columns(all_ij[okx], xr[okx])
+        if fit is not None:
+            o_x, c1, c2, good = fit
+            lat_c = np.stack([c1, c2])
+            cres = (xr[okx] - (o_x + all_ij[okx] @ lat_c))[good]
+            cpts = xr[okx][good]
+            a1, a2, lat = c1, c2, lat_c
+            origin_hex = o_x + (a1 + a2) / 3.0
+
+            def sites(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: F811
+                x = o_x + np.asarray(q, float) @ lat_c
+                x = x + _local_mean(cpts, cres, x, smooth * a_fit)
+                return x, x + (2.0 * c1 - c2) / 3.0
+
     xs, ms = sites(all_ij)
     lbox = _lattice_cell_boxes(xs, a1, a2)
     keep = inside_image(lbox, (h, w))
