@@ -127,13 +127,19 @@ def test_training_images_and_crops(rng):
 
 
 # --------------------------------------------------------------------------- weights
-def test_missing_and_corrupt_weights_name_the_file(tmp_path):
+def test_missing_and_corrupt_weights_name_the_file(tmp_path, capsys):
     with pytest.raises(WeightsError, match="nope.pt"):
         det.load_detector(tmp_path / "nope.pt")
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a torch file")
     with pytest.raises(WeightsError, match="broken.pt"):
         det.load_detector(bad)
+    from napari_tmd_defects.cli import main
+
+    generate_dataset(tmp_path / "d", n=1, size=64, seed=1)
+    assert main(["evaluate-detector", "--data", str(tmp_path / "d"), "--weights", str(bad),
+                 "--report", str(tmp_path / "r.md")]) == 1
+    assert "broken.pt" in capsys.readouterr().err
 
 
 def test_train_command_writes_weights_card_checkpoint_and_resumes(tmp_path, capsys):
@@ -155,6 +161,15 @@ def test_train_command_writes_weights_card_checkpoint_and_resumes(tmp_path, caps
     assert main(args[:6] + ["2"] + args[7:] + ["--resume"]) == 0
     assert json.loads(out.with_suffix(".json").read_text())["training"]["steps"] == 4
     assert "resumed" in capsys.readouterr().out
+    # the evaluation command runs end to end (the tiny model finds little; only the report matters)
+    report = tmp_path / "report.md"
+    assert main(["evaluate-detector", "--data", str(val), "--weights", str(out), "--direct-weights", str(out),
+                 "--report", str(report), "--threads", "1", "--device", "cpu"]) == 0
+    text = report.read_text()
+    assert "α \\ β" in text and "direct unit-cell detection" in text and "DATA/val" in text
+    assert "/tmp" not in text.split("## Method")[0].replace(str(tmp_path), "")
+    res = json.loads(report.with_suffix(".json").read_text())
+    assert len(res["datasets"][0]["grid_mean_iou"]) == 4
 
 
 def test_detector_rejects_bad_input_with_untrained_model(slim):

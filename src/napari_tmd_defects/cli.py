@@ -191,6 +191,7 @@ def _add_evaluate_detector(sub) -> None:
                    help="direct unit-cell detector for the baseline (train-detector --target cell)")
     p.add_argument("--report", type=Path, default=Path("docs/reports/detection.md"), help="Markdown report to write")
     p.add_argument("--max-images", type=int, default=None, help="use at most N images per dataset")
+    p.add_argument("--notes", type=Path, default=None, help="Markdown file appended to the report")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.set_defaults(func=_run_evaluate_detector)
@@ -221,9 +222,12 @@ def _run_evaluate_detector(args) -> int:
         parts += ["--direct-weights", args.direct_weights.name]
     if args.max_images:
         parts += ["--max-images", str(args.max_images)]
+    if args.notes:
+        parts += ["--notes", args.notes.name if args.notes.is_absolute() else str(args.notes)]
     parts += ["--report", args.report.name if args.report.is_absolute() else str(args.report)]
     command = " ".join(parts)
-    write_detection_report(res, args.report, command)
+    notes = args.notes.read_text() if args.notes else None
+    write_detection_report(res, args.report, command, notes)
     args.report.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
     for d in res["datasets"]:
         ca = d["casting"]
