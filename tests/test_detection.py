@@ -122,7 +122,7 @@ def test_training_images_and_crops(rng):
     crop, cb = det._random_crop(img, boxes, 128, rng, margin=0, hflip=True)
     assert crop.shape == (128, 128) and len(cb) > 0
     assert np.all(det._visible_fraction(cb, 128, 128) >= 0.7)
-    cells_img, cells = det.random_training_image(rng, size=200, target="cell", presets=("paper",))
+    _, cells = det.random_training_image(rng, size=200, target="cell", presets=("paper",))
     assert np.median(cells[:, 2] - cells[:, 0]) < np.median(w)
 
 

@@ -63,9 +63,9 @@ def test_box_iou():
 
 
 # --------------------------------------------------------------------------- casting
-from napari_tmd_defects.simulation import Distortion, inside_image, simulate  # noqa: E402
+from napari_tmd_defects.simulation import Distortion, inside_image, simulate
 
-CLEAN_KW = dict(noise=None, seed=3)
+CLEAN_KW = {"noise": None, "seed": 3}
 
 
 def _truth(**kw):
@@ -155,7 +155,7 @@ def test_fit_lattice_indexes_a_distorted_lattice(rng):
     pts[:, 0] += 0.002 * (pts[:, 1] - 500) ** 2 / 10   # slow bending, ~1.2 a at the edge
     pts += rng.normal(0, 0.5, pts.shape)
     out = np.array([[510.0, 505.0]])                    # one point off the lattice
-    got, inlier, f1, f2, origin = geo.fit_lattice(np.concatenate([pts, out]), a)
+    got, inlier, f1, _, _ = geo.fit_lattice(np.concatenate([pts, out]), a)
     assert not inlier[-1] and inlier[:-1].mean() > 0.97
     # indices are consistent up to a global offset
     d = got[:-1] - ij

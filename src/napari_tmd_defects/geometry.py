@@ -326,7 +326,7 @@ def fit_lattice(
     # orientation and spacing from nearest-neighbour vectors
     a_est, theta = float(a_px), 0.0
     if k >= 2:
-        d, idx = tree.query(pts, k=min(7, k))
+        _, idx = tree.query(pts, k=min(7, k))
         v = pts[idx[:, 1:]] - pts[:, None, :]
         ln = np.linalg.norm(v, axis=-1)
         sel = (ln > 0.75 * a_px) & (ln < 1.3 * a_px)
@@ -682,7 +682,7 @@ def cells_from_hexagons(
             a1, a2, lat = c1, c2, lat_c
             origin_hex = o_x + (a1 + a2) / 3.0
 
-            def sites(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # noqa: F811
+            def sites(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 x = o_x + np.asarray(q, float) @ lat_c
                 x = x + _local_mean(cpts, cres, x, smooth * a_fit)
                 return x, x + (2.0 * c1 - c2) / 3.0
