@@ -2,10 +2,11 @@
 
     python benchmarks/bench_detection.py [--weights W] [--out benchmarks/results/detection_speed.md]
 
-Every case runs in a fresh subprocess with 2 torch threads: one warm-up call, then the
+Every case runs in a fresh subprocess with 2 (and again with 1) torch threads: one warm-up call, then the
 median of ``--repeats`` timed calls of ``detect`` + ``cells_from_hexagons`` (image
 simulation not timed); peak resident memory is that subprocess's
-``resource.getrusage(RUSAGE_SELF).ru_maxrss``. It also times one 512² tile of the slim
+``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (Python and torch alone take ~0.6 GB of
+it). It also times one 512² tile of the slim
 and paper configurations (inference) and their training steps (batch 2, 1 thread).
 """
 
@@ -27,13 +28,13 @@ CASES = [
 ]
 
 
-def _case(size: int, pixel_size: float, weights: str | None, repeats: int) -> dict:
+def _case(size: int, pixel_size: float, weights: str | None, repeats: int, threads: int = 2) -> dict:
     import resource
 
     import numpy as np
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     from napari_tmd_defects.datasets import sample_conditions
     from napari_tmd_defects.detection import load_detector
     from napari_tmd_defects.geometry import cells_from_hexagons, match_boxes
@@ -49,7 +50,7 @@ def _case(size: int, pixel_size: float, weights: str | None, repeats: int) -> di
         t0 = time.perf_counter()
         boxes, scores = det.detect(sim.image, pixel_size)
         t1 = time.perf_counter()
-        cells = cells_from_hexagons(boxes, scores, sim.image.shape, t.a_px)
+        cells = cells_from_hexagons(boxes, scores, sim.image.shape, t.a_px, image=sim.image)
         t2 = time.perf_counter()
         if k:
             times.append(t2 - t0)
@@ -123,11 +124,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "detection_speed.md")
     ap.add_argument("--weights", default=None, help="detector weights (default: the shipped ones)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--_case", nargs=2, type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--_case", nargs=3, type=float, help=argparse.SUPPRESS)
     ap.add_argument("--_configs", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._case:
-        print(json.dumps(_case(int(args._case[0]), args._case[1], args.weights, args.repeats)))
+        print(json.dumps(_case(int(args._case[0]), args._case[1], args.weights, args.repeats, int(args._case[2]))))
         return
     if args._configs:
         print(json.dumps(_configs(args.repeats)))
@@ -136,7 +137,9 @@ def main() -> None:
     load0 = os.getloadavg()
     rows = []
     for label, size, ps in CASES:
-        r = _sub(["--_case", str(size), str(ps), "--repeats", str(args.repeats), *extra])
+        r = _sub(["--_case", str(size), str(ps), "2", "--repeats", str(args.repeats), *extra])
+        r1 = _sub(["--_case", str(size), str(ps), "1", "--repeats", str(args.repeats), *extra])
+        r["seconds_1thread"] = r1["seconds"]
         rows.append((label, r))
         print(label, r, flush=True)
     cfg = _sub(["--_configs", "--repeats", str(args.repeats)])
@@ -152,21 +155,24 @@ def main() -> None:
         f"The machine is shared: load average {load0[0]:.1f} before and {load1[0]:.1f} after the run "
         "(2 cores), so times are upper bounds.",
         "",
-        "Detection (`HexagonDetector.detect`, shipped slim weights) + casting (`cells_from_hexagons`), "
-        "median of the timed runs, one process per case:",
+        "Detection (`HexagonDetector.detect`, shipped slim weights) + casting (`cells_from_hexagons` "
+        "with the image, i.e. with column refinement), median of the timed runs, one process per case "
+        "(paper-preset images):",
         "",
-        "| image | detect + cast, s | of which detect, s | max s | cells found / true | peak RSS, MB |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| image | detect + cast, s | of which detect, s | max s | 1 thread, s | cells found / true | peak RSS, MB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for label, r in rows:
         lines.append(f"| {label} | {r['seconds']:.2f} | {r['seconds_detect']:.2f} | {r['seconds_max']:.2f} | "
-                     f"{r['cells']} / {r['truth_cells']} | {r['peak_rss_mb']:.0f} |")
+                     f"{r['seconds_1thread']:.2f} | {r['cells']} / {r['truth_cells']} | {r['peak_rss_mb']:.0f} |")
     lines += [
         "",
-        f"(Python + torch + the package alone: {rows[0][1]['import_rss_mb']:.0f} MB.)",
+        f"(Python + torch + the package alone: {rows[0][1]['import_rss_mb']:.0f} MB.) With two threads on a "
+        "machine whose other core is busy, torch's threads wait for each other and a call can take "
+        "10 times longer; one thread is then the safer choice.",
         "",
         "Configurations (untrained weights; inference on one 512² tile with 2 threads, training step = "
-        "Adam update on 2 crops with ~15 / ~300 boxes, 1 thread):",
+        "Adam update on 2 crops with ~90 / ~290 boxes, 1 thread):",
         "",
         "| config | parameters | inference 512², s | train step 320², s | train step 512², s |",
         "|---|---:|---:|---:|---:|",
