@@ -667,6 +667,14 @@ def cells_from_hexagons(
         cand = cand[np.fromiter((tuple(t) not in known for t in cand.tolist()), dtype=bool, count=len(cand))]
     else:
         cand = np.zeros((0, 2), np.int64)
+    n_sup = len(cij)
+    if len(cand):
+        # keep the candidates with enough cast cells around them (no filling of large holes)
+        x_c, _ = sites(np.concatenate([cij, cand]))
+        cen = _lattice_cell_boxes(x_c, a1, a2)
+        cen = (cen[:, :2] + cen[:, 2:]) / 2.0
+        near = cKDTree(cen[:n_sup]).query_ball_point(cen[n_sup:], 2.0 * a_fit, return_length=True)
+        cand = cand[np.asarray(near) >= min_neighbors]
     all_ij = np.concatenate([cij, cand])
     if image is not None:
         img = np.asarray(image)
@@ -693,11 +701,6 @@ def cells_from_hexagons(
     xs, ms = sites(all_ij)
     lbox = _lattice_cell_boxes(xs, a1, a2)
     keep = inside_image(lbox, (h, w))
-    n_sup = len(cij)
-    if len(cand):
-        centre = (lbox[:, :2] + lbox[:, 2:]) / 2.0
-        near = cKDTree(centre[:n_sup]).query_ball_point(centre[n_sup:], 2.0 * a_fit, return_length=True)
-        keep[n_sup:] &= np.asarray(near) >= min_neighbors
     out_box = lbox.copy()
     if box_source == "cast":
         out_box[:n_sup] = cbox
