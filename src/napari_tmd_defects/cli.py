@@ -224,6 +224,8 @@ def _run_evaluate_detector(args) -> int:
         parts += ["--max-images", str(args.max_images)]
     if args.notes:
         parts += ["--notes", args.notes.name if args.notes.is_absolute() else str(args.notes)]
+    if args.threads:
+        parts += ["--threads", str(args.threads)]
     parts += ["--report", args.report.name if args.report.is_absolute() else str(args.report)]
     command = " ".join(parts)
     notes = args.notes.read_text() if args.notes else None

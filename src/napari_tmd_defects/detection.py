@@ -1002,6 +1002,8 @@ def evaluate_detector(
     """
     import time
 
+    import torch
+
     from .datasets import load_dataset
     from .geometry import cast_hexagons, cells_from_hexagons
     det = load_detector(weights, device=device)
@@ -1014,6 +1016,8 @@ def evaluate_detector(
         "direct_card": None if direct is None else direct.card,
         "alphas": list(alphas),
         "betas": list(betas),
+        "torch_threads": torch.get_num_threads(),
+        "hardware": _hardware(),
         "datasets": [],
     }
     for d in dirs:
@@ -1210,8 +1214,8 @@ def write_detection_report(
         "",
         f"Command: `{command}`",
         "",
-        f"Hardware: {_hardware()}; torch {torch.__version__} with {torch.get_num_threads()} thread(s); "
-        f"Python {platform.python_version()}.",
+        f"Hardware: {results.get('hardware', _hardware())}; torch {torch.__version__} with "
+        f"{results.get('torch_threads', torch.get_num_threads())} thread(s); Python {platform.python_version()}.",
         "",
         "## Models",
         "",
