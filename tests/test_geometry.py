@@ -80,3 +80,139 @@ def test_estimate_lattice_sees_no_lattice_in_noise():
         est = geo.estimate_lattice(img)
         assert est is None or est.strength < 4.5
     assert geo.estimate_lattice(np.ones((64, 64))) is None
+
+
+# --------------------------------------------------------------------------- casting
+from napari_tmd_defects.simulation import Distortion, simulate
+
+inside_image = geo.inside_boxes
+
+CLEAN_KW = {"noise": None, "seed": 3}
+
+
+def _truth(**kw):
+    return simulate("MoTe2", (300, 380), pixel_size=0.1, **{**CLEAN_KW, **kw}).truth
+
+
+def _score(cells, truth):
+    m = geo.match_boxes(cells.boxes, truth.cell_box, 0.5)
+    return (m["truth_match"] >= 0).mean(), (m["pred_match"] >= 0).mean(), int(m["duplicate"].sum())
+
+
+def test_cells_from_ground_truth_hexagons_are_exact():
+    t = _truth()
+    cells = geo.cells_from_hexagons(t.hex_box, None, t.shape, t.a_px)
+    assert len(cells) == t.n_cells
+    assert _score(cells, t) == (1.0, 1.0, 0)
+    m = geo.match_boxes(cells.boxes, t.cell_box)
+    assert m["iou"].min() > 0.99
+    # X and M sites from the fitted lattice
+    j = m["pred_match"]
+    assert np.abs(cells.x_sites - t.cell_x_site[j]).max() < 0.05
+    assert np.abs(cells.m_sites - t.cell_m_site[j]).max() < 0.05
+    assert np.allclose(cells.a1, [t.a_px, 0], atol=0.01)
+    # every cell once, with one or two supporting hexagons, lattice indices unique
+    assert len({tuple(q) for q in cells.ij.tolist()}) == len(cells)
+    assert set(np.unique(cells.support)) <= {0, 1, 2}
+    assert (cells.support == 2).sum() > 0.7 * len(cells)
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"rotation_deg": 3.0},
+    {"rotation_deg": -3.0},
+    {"distortion": Distortion(drift_px=(10.0, -8.0))},
+])
+def test_casting_recovers_missed_hexagons_and_ignores_false_ones(rng, kw):
+    t = _truth(**kw)
+    hb = t.hex_box + rng.normal(0, 0.01 * t.a_px, t.hex_box.shape)
+    kept = rng.random(len(hb)) > 0.25          # 25 % of the hexagons missed
+    fake_c = rng.uniform(40, 260, (6, 2))       # off-lattice false detections
+    fake = geo.hexagon_box(fake_c, t.a_px)
+    fake = fake[np.min(np.linalg.norm(fake_c[:, None] - t.hex_center[None], axis=-1), axis=1) > 0.4 * t.a_px]
+    dup = hb[kept][:5] + 0.5                    # the same hexagon found twice
+    boxes = np.concatenate([hb[kept], fake, dup])
+    scores = np.concatenate([np.full(kept.sum(), 0.9), np.full(len(fake), 0.6), np.full(5, 0.7)])
+    cells = geo.cells_from_hexagons(boxes, scores, t.shape, t.a_px)
+    m = geo.match_boxes(cells.boxes, t.cell_box, 0.5)
+    # every cell is found, except possibly one within noise (0.5 px) of the image border
+    clear = inside_image(t.cell_box + [-0.5, -0.5, 0.5, 0.5], t.shape)
+    assert np.all(m["truth_match"][clear] >= 0)
+    assert (m["truth_match"] >= 0).mean() > 0.98
+    assert np.all(m["pred_match"] >= 0) and not m["duplicate"].any()
+    assert (cells.support == 0).sum() > 5       # recovered from the lattice
+    assert np.all(inside_image(cells.boxes, t.shape))
+
+
+def test_casting_does_not_fill_large_holes():
+    t = _truth()
+    c = (t.hex_box[:, :2] + t.hex_box[:, 2:]) / 2
+    hole = np.linalg.norm(c - [190, 150], axis=1) < 4 * t.a_px
+    cells = geo.cells_from_hexagons(t.hex_box[~hole], None, t.shape, t.a_px)
+    cc = (cells.boxes[:, :2] + cells.boxes[:, 2:]) / 2
+    assert not np.any(np.linalg.norm(cc - [190, 150], axis=1) < 2 * t.a_px)
+    # but the rim of the hole is completed (one cell deep)
+    assert (cells.support == 0).sum() > 0
+
+
+def test_cells_from_hexagons_edge_cases():
+    empty = geo.cells_from_hexagons(np.zeros((0, 4)), None, (100, 100), 30.0)
+    assert len(empty) == 0 and empty.boxes.shape == (0, 4)
+    one = geo.cells_from_hexagons(geo.hexagon_box(np.array([[50.0, 50.0]]), 30.0), [0.9], (100, 100), 30.0)
+    assert 1 <= len(one) <= 2 and np.isfinite(one.boxes).all()
+    with pytest.raises(ValueError, match="a_px"):
+        geo.cells_from_hexagons(np.zeros((1, 4)), None, (100, 100), 0.0)
+    with pytest.raises(ValueError, match="scores"):
+        geo.cells_from_hexagons(np.ones((2, 4)), [1.0], (100, 100), 30.0)
+    nan = geo.cells_from_hexagons(np.full((3, 4), np.nan), None, (100, 100), 30.0)
+    assert len(nan) == 0
+
+
+def test_fit_lattice_indexes_a_distorted_lattice(rng):
+    a = 20.0
+    a1, a2 = geo.lattice_vectors(a, 2.0)
+    ii, jj = np.meshgrid(np.arange(-15, 16), np.arange(-15, 16))
+    ij = np.column_stack([ii.ravel(), jj.ravel()])
+    pts = 500 + ij @ np.stack([a1, a2])
+    pts[:, 0] += 0.002 * (pts[:, 1] - 500) ** 2 / 10   # slow bending, ~1.2 a at the edge
+    pts += rng.normal(0, 0.5, pts.shape)
+    out = np.array([[510.0, 505.0]])                    # one point off the lattice
+    got, inlier, f1, _, _ = geo.fit_lattice(np.concatenate([pts, out]), a)
+    assert not inlier[-1] and inlier[:-1].mean() > 0.97
+    # indices are consistent up to a global offset
+    d = got[:-1] - ij
+    assert (d == d[0]).all(axis=1).mean() > 0.99
+    assert np.linalg.norm(f1) == pytest.approx(a, rel=0.02)
+
+
+def test_match_boxes_flags_duplicates():
+    t = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float)
+    p = np.array([[0, 0, 10, 10], [0.5, 0, 10.5, 10], [40, 40, 50, 50]], float)
+    m = geo.match_boxes(p, t, 0.5)
+    assert m["pred_match"].tolist() == [0, -1, -1]
+    assert m["truth_match"].tolist() == [0, -1]
+    assert m["duplicate"].tolist() == [False, True, False]
+    assert geo.match_boxes(np.zeros((0, 4)), t)["truth_match"].tolist() == [-1, -1]
+
+
+def test_refine_columns_finds_peaks_and_fixes_biased_hexagons(rng):
+    sim = simulate("MoTe2", (260, 300), pixel_size=0.1, seed=4)  # paper noise
+    t = sim.truth
+    start = t.cell_x_site + rng.normal(0, 0.08 * t.a_px, t.cell_x_site.shape)
+    ref, ok = geo.refine_columns(sim.image, start, t.a_px)
+    assert ok.mean() > 0.7  # columns too close to the border are left alone
+    err = np.linalg.norm(ref[ok] - t.cell_x_site[ok], axis=1)
+    assert np.median(err) < 0.3 and np.median(err) < 0.5 * np.median(np.linalg.norm(start - t.cell_x_site, axis=1))
+    # hexagon boxes shifted by a constant bias: with the image, the lattice comes from the
+    # columns, so the sites are exact and the border decisions right
+    biased = t.hex_box + [0.6, -0.5, 0.6, -0.5]
+    plain = geo.cells_from_hexagons(biased, None, t.shape, t.a_px)
+    fixed = geo.cells_from_hexagons(biased, None, t.shape, t.a_px, image=sim.image)
+    m = geo.match_boxes(fixed.boxes, t.cell_box)
+    j = m["pred_match"]
+    assert (j >= 0).all() and (m["truth_match"] >= 0).all()
+    assert np.abs(fixed.x_sites - t.cell_x_site[j]).max() < 0.3
+    mp = geo.match_boxes(plain.boxes, t.cell_box)
+    assert np.abs(plain.x_sites - t.cell_x_site[mp["pred_match"]]).mean() > 0.4
+    with pytest.raises(ValueError, match="shape"):
+        geo.cells_from_hexagons(biased, None, t.shape, t.a_px, image=sim.image[:10])

@@ -145,18 +145,30 @@ class Result:
         self.flagged[index] = False
         self.corrected[index] = True
 
-    def recast(self, alpha: float, beta: float) -> "Result":
+    def recast(self, alpha: float, beta: float, image: np.ndarray | None = None) -> "Result":
         """Cells re-cast from the same hexagons with new crop ratios (no re-detection).
 
-        Classes are carried over by lattice index; cells without a class become
-        unclassified.
+        ``image`` (the analysed image) lets the columns refine the lattice as in
+        :func:`analyze`. Classes are carried over to the cell at the same place (box
+        centres within 0.3 a); new cells are unclassified.
         """
+        from .evaluation import match_cells
+
         a_px = get_material(self.material).a / self.pixel_size
         hexes = self.canonical_hexagons if self.canonical_hexagons is not None else self.hexagon_boxes
+        work = None
+        if image is not None:
+            work, _ = prepare_image(image)
+            if self.lattice_rotation_deg:
+                from .geometry import RotationFrame
+
+                frame = RotationFrame.for_image(self.image_shape, self.lattice_rotation_deg)
+                work = frame.warp(work, fill=float(np.median(work)))
         cells = _cells_in_image(hexes, self.hexagon_scores, self.image_shape, a_px, alpha, beta,
-                                self.lattice_rotation_deg)
-        old = {tuple(k): n for n, k in enumerate(self.ij)}
-        pick = np.array([old.get(tuple(k), -1) for k in cells.ij], dtype=int)
+                                self.lattice_rotation_deg, work)
+        new_i, old_i, _ = match_cells(cells.boxes, self.boxes, a_px)
+        pick = np.full(len(cells.boxes), -1, dtype=int)
+        pick[new_i] = old_i
         have = pick >= 0
 
         def carry(arr, fill):
@@ -248,19 +260,26 @@ class Result:
         return paths
 
 
-def _cells_in_image(hex_boxes, scores, shape, a_px, alpha, beta, rotation_deg):
-    """Cells cast from hexagon boxes given in the canonical frame, in image coordinates."""
-    from .geometry import CellSet, RotationFrame, cells_from_hexagons, inside_boxes, rotated_cell_box
+def _cells_in_image(hex_boxes, scores, shape, a_px, alpha, beta, rotation_deg, work_image=None):
+    """Cells cast from hexagon boxes given in the canonical frame, in image coordinates.
+
+    ``work_image`` is the (turned) image the hexagons were found in; with it the columns
+    refine the fitted lattice (see :func:`geometry.cells_from_hexagons`).
+    """
+    from dataclasses import replace as dc_replace
+
+    from .geometry import RotationFrame, cells_from_hexagons, inside_boxes, rotated_cell_box
 
     if not rotation_deg:
-        return cells_from_hexagons(hex_boxes, scores, shape, a_px, alpha, beta)
+        return cells_from_hexagons(hex_boxes, scores, shape, a_px, alpha, beta, image=work_image)
     frame = RotationFrame.for_image(shape, rotation_deg)
-    c = cells_from_hexagons(hex_boxes, scores, frame.out_shape, a_px, alpha, beta)
+    c = cells_from_hexagons(hex_boxes, scores, frame.out_shape, a_px, alpha, beta, image=work_image)
     x = frame.from_canvas(c.x_sites)
     m = frame.from_canvas(c.m_sites)
     boxes = rotated_cell_box(x, m, a_px, rotation_deg)
     keep = inside_boxes(boxes, shape)
-    return CellSet(boxes[keep], x[keep], m[keep], c.ij[keep], c.support[keep])
+    return dc_replace(c, boxes=boxes[keep], x_sites=x[keep], m_sites=m[keep], ij=c.ij[keep],
+                      support=c.support[keep], scores=c.scores[keep])
 
 
 def _orientation(img: np.ndarray, a_px: float, material: str) -> float:
@@ -381,12 +400,17 @@ def analyze(
     img, warnings = prepare_image(image)
     shape = img.shape
     timings: dict[str, float] = {}
-    steps = 4
+    steps = 100  # progress in percent: lattice 0-10, detection 10-60, casting 60-70, classes 70-100
 
     def step(k):
         if progress:
             progress(k, steps)
         check_cancel(cancel)
+
+    def sub(lo, hi):
+        if progress is None:
+            return None
+        return lambda done, total: progress(lo + int((hi - lo) * done / max(total, 1)), steps)
 
     step(0)
     source = "given"
@@ -441,7 +465,7 @@ def analyze(
     except ValueError:
         pass
 
-    step(1)
+    step(10)
     rotation = _orientation(img, a_px, mat.name) if has_lattice else 0.0
     if abs(rotation) <= ROTATION_TOLERANCE_DEG:
         rotation = 0.0
@@ -454,11 +478,12 @@ def analyze(
         warnings.append(f"lattice turned by {rotation:.1f}°: analysed on a copy turned to the canonical orientation")
     det = _resolve_model(detector, "detector", device)
     t0 = time.perf_counter()
-    canon_hex, hex_scores = det.detect(work, pixel_size, material=mat.name, cancel=cancel)
+    canon_hex, hex_scores = det.detect(work, pixel_size, material=mat.name, progress=sub(10, 60), cancel=cancel)
     canon_hex = np.asarray(canon_hex, float).reshape(-1, 4)
     timings["detection"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cells = _cells_in_image(canon_hex, hex_scores, shape, a_px, alpha, beta, rotation)
+    step(60)
+    cells = _cells_in_image(canon_hex, hex_scores, shape, a_px, alpha, beta, rotation, work)
     if rotation:
         from .geometry import bbox_of_points, box_corners
 
@@ -469,7 +494,7 @@ def analyze(
     timings["casting"] = time.perf_counter() - t0
     models = {"detector": _card_summary(getattr(det, "card", {}))}
 
-    step(2)
+    step(70)
     n = len(cells.boxes)
     probs = None
     labels = np.full(n, UNCLASSIFIED, dtype=int)
@@ -477,7 +502,10 @@ def analyze(
     if classify and n:
         clf = _resolve_model(classifier, "classifier", device)
         t0 = time.perf_counter()
-        probs = np.asarray(clf.predict(work, cls_boxes, pixel_size, material=mat.name, cancel=cancel), dtype=float)
+        probs = np.asarray(
+            clf.predict(work, cls_boxes, pixel_size, material=mat.name, progress=sub(70, 100), cancel=cancel),
+            dtype=float,
+        )
         timings["classification"] = time.perf_counter() - t0
         labels = probs.argmax(axis=1)
         conf = probs.max(axis=1)

@@ -20,8 +20,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .corrections import crop_box
+from .geometry import inside_boxes
 from .materials import N_CLASSES, get_material
-from .simulation import Noise, Optics, SimulatedImage, build_lattice, inside_image, place_defects, simulate
+from .simulation import Noise, Optics, SimulatedImage, build_lattice, place_defects, simulate
 
 __all__ = ["CellComparison", "compare_cell", "mx_profile", "preview_image", "reference_cell"]
 
@@ -68,7 +69,7 @@ def preview_image(
         weights = np.zeros(N_CLASSES - 1)
         weights[label - 1] = 1.0
         labels = place_defects(len(labels), defect_fraction, weights, rng=seed)
-        inside = np.flatnonzero(inside_image(lat.box, size))
+        inside = np.flatnonzero(inside_boxes(lat.box, size))
         if len(inside) and not np.any(labels[inside] == label):  # show at least one
             centres = (lat.box[inside, :2] + lat.box[inside, 2:]) / 2.0
             labels[inside[np.argmin(np.linalg.norm(centres - np.array(size[::-1]) / 2.0, axis=1))]] = label
@@ -102,7 +103,7 @@ def reference_cell(
     size = max(32, int(np.ceil(n_cells * mat.a / pixel_size)) + 1)
     shape = (size, size)
     lat = build_lattice(mat, shape, pixel_size)
-    inside = inside_image(lat.box, shape)
+    inside = inside_boxes(lat.box, shape)
     centres = (lat.box[:, :2] + lat.box[:, 2:]) / 2.0
     dist = np.linalg.norm(centres - (size - 1) / 2.0, axis=1)
     dist[~inside] = np.inf

@@ -25,28 +25,30 @@ ground-truth cells, and so that cells tile the lattice rows without overlap
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 __all__ = [
-    "CELL_PAD_X",
-    "CELL_PAD_Y",
     "bbox_of_points",
     "box_iou",
     "cast_hexagons",
-    "CellSet",
     "cell_box",
+    "CELL_PAD_X",
+    "CELL_PAD_Y",
     "cells_from_hexagons",
+    "CellSet",
     "estimate_lattice",
-    "LatticeEstimate",
-    "RotationFrame",
+    "fit_lattice",
     "hexagon_box",
     "inside_boxes",
     "lattice_vectors",
+    "LatticeEstimate",
+    "match_boxes",
+    "refine_columns",
     "rotate_points",
     "rotated_cell_box",
-    "sites_from_cell_boxes",
+    "RotationFrame",
 ]
 
 SQRT3 = math.sqrt(3.0)
@@ -385,12 +387,249 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def match_boxes(
+    pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5, scores: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """One-to-one matching of predicted to ground-truth boxes at IoU > ``iou_threshold``.
+
+    Pairs are taken greedily by decreasing IoU (ties: higher score first). Only boxes
+    whose centres are within one box size of each other are compared, so large sets
+    are cheap.
+
+    Returns
+    -------
+    dict
+        ``pred_match`` (N,) index of the matched truth box or -1; ``truth_match`` (M,)
+        index of the matched prediction or -1; ``iou`` (N,) IoU of each prediction with
+        its best truth box; ``duplicate`` (N,) True for an unmatched prediction whose
+        best truth box (IoU > threshold) was matched by another prediction.
+    """
+    from scipy.spatial import cKDTree
+
+    p = np.asarray(pred, dtype=float).reshape(-1, 4)
+    t = np.asarray(truth, dtype=float).reshape(-1, 4)
+    n, m = len(p), len(t)
+    out = {
+        "pred_match": np.full(n, -1, dtype=np.int64),
+        "truth_match": np.full(m, -1, dtype=np.int64),
+        "iou": np.zeros(n),
+        "duplicate": np.zeros(n, dtype=bool),
+    }
+    if n == 0 or m == 0:
+        return out
+    pc = (p[:, :2] + p[:, 2:]) / 2
+    tc = (t[:, :2] + t[:, 2:]) / 2
+    r = float(max(np.max(p[:, 2:] - p[:, :2]), np.max(t[:, 2:] - t[:, :2]), 1e-9))
+    pairs = cKDTree(pc).query_ball_tree(cKDTree(tc), r)
+    pi = np.fromiter((i for i, js in enumerate(pairs) for _ in js), dtype=np.int64)
+    ti = np.fromiter((j for js in pairs for j in js), dtype=np.int64)
+    if len(pi) == 0:
+        return out
+    lt = np.maximum(p[pi, :2], t[ti, :2])
+    rb = np.minimum(p[pi, 2:], t[ti, 2:])
+    inter = np.prod(np.clip(rb - lt, 0.0, None), axis=1)
+    area_p = np.prod(p[pi, 2:] - p[pi, :2], axis=1)
+    area_t = np.prod(t[ti, 2:] - t[ti, :2], axis=1)
+    iou = inter / np.maximum(area_p + area_t - inter, 1e-12)
+    np.maximum.at(out["iou"], pi, iou)
+    sc = np.zeros(n) if scores is None else np.asarray(scores, dtype=float)
+    order = np.lexsort((-sc[pi], -iou))
+    best_truth = np.full(n, -1, dtype=np.int64)
+    for k in order:
+        if iou[k] <= iou_threshold:
+            break
+        i, j = pi[k], ti[k]
+        if best_truth[i] < 0:
+            best_truth[i] = j
+        if out["pred_match"][i] < 0 and out["truth_match"][j] < 0:
+            out["pred_match"][i] = j
+            out["truth_match"][j] = i
+    out["duplicate"] = (out["pred_match"] < 0) & (best_truth >= 0)
+    return out
+
+
+
+# --------------------------------------------------------------------------- lattice fit
+def _lattice_from_angle(a: float, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """a1 at angle ``theta`` (radians, in the y-down (x, y) frame), a2 60 degrees further."""
+    a1 = a * np.array([math.cos(theta), math.sin(theta)])
+    a2 = a * np.array([math.cos(theta + math.pi / 3), math.sin(theta + math.pi / 3)])
+    return a1, a2
+
+
+def _local_mean(points: np.ndarray, values: np.ndarray, at: np.ndarray, sigma: float,
+                prior_weight: float = 0.5, exclude_self: bool = False) -> np.ndarray:
+    """Gaussian-weighted mean of ``values`` (N, d) at ``points`` (N, 2), evaluated at
+    ``at`` (M, 2) within 2 sigma; shrunk towards 0 by ``prior_weight``."""
+    from scipy.spatial import cKDTree
+
+    vals = np.asarray(values, dtype=float).reshape(len(points), -1)
+    out = np.zeros((len(at), vals.shape[1]))
+    if len(points) == 0 or len(at) == 0:
+        return out
+    sdm = cKDTree(np.asarray(at, float)).sparse_distance_matrix(
+        cKDTree(np.asarray(points, float)), 2.0 * sigma, output_type="coo_matrix")
+    r, c, d = sdm.row, sdm.col, sdm.data
+    if exclude_self:
+        keep = r != c
+        r, c, d = r[keep], c[keep], d[keep]
+    # sparse_distance_matrix drops exact zero distances: add the self/coincident pairs back
+    if not exclude_self:
+        tree_p = cKDTree(np.asarray(points, float))
+        dd, jj = tree_p.query(np.asarray(at, float), k=1)
+        same = dd < 1e-9
+        r = np.concatenate([r, np.nonzero(same)[0]])
+        c = np.concatenate([c, jj[same]])
+        d = np.concatenate([d, np.zeros(int(same.sum()))])
+    w = np.exp(-0.5 * (d / sigma) ** 2)
+    wsum = np.bincount(r, weights=w, minlength=len(at)) + prior_weight
+    for k in range(vals.shape[1]):
+        out[:, k] = np.bincount(r, weights=w * vals[c, k], minlength=len(at)) / wsum
+    return out
+
+
+def _fit_affine_lattice(points, ij, weights=None):
+    """Least-squares ``p = o + i a1 + j a2`` -> (o, a1, a2), or None if degenerate."""
+    A = np.column_stack([np.ones(len(ij)), ij[:, 0], ij[:, 1]]).astype(float)
+    if len(ij) < 3 or np.linalg.matrix_rank(A) < 3:
+        return None
+    w = np.ones(len(ij)) if weights is None else np.sqrt(np.asarray(weights, float))
+    coef, *_ = np.linalg.lstsq(A * w[:, None], points * w[:, None], rcond=None)
+    return coef[0], coef[1], coef[2]
+
+
+def fit_lattice(
+    points: np.ndarray, a_px: float, tolerance: float = 0.3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Index points of a (mildly distorted) hexagonal lattice and fit its vectors.
+
+    The orientation is estimated from nearest-neighbour vectors (6-fold average),
+    neighbours get integer index offsets by local rounding (breadth-first over the
+    neighbour graph, so slow distortions do not accumulate), and ``p = o + i a1 + j a2``
+    is fitted by least squares. Points farther than ``tolerance * a_px`` from their
+    locally corrected lattice site are outliers.
+
+    Parameters
+    ----------
+    points : (K, 2) array
+        Positions in px (x, y), e.g. hexagon centres.
+    a_px : float
+        Approximate lattice constant, px.
+    tolerance : float
+        Outlier distance in units of ``a_px``.
+
+    Returns
+    -------
+    ij : (K, 2) int
+        Lattice indices (a1 is the vector closest to +x, a2 60° from it, towards +y).
+    inlier : (K,) bool
+    a1, a2, origin : (2,) arrays
+        Fitted lattice vectors and the position of index (0, 0), px.
+    """
+    from collections import deque
+
+    from scipy.spatial import cKDTree
+
+    if not (math.isfinite(a_px) and a_px > 0):
+        raise ValueError(f"a_px must be a positive number of px, got {a_px!r}")
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    k = len(pts)
+    ij = np.zeros((k, 2), dtype=np.int64)
+    if k == 0:
+        a1, a2 = _lattice_from_angle(a_px, 0.0)
+        return ij, np.zeros(0, bool), a1, a2, np.zeros(2)
+    tree = cKDTree(pts)
+    # orientation and spacing from nearest-neighbour vectors
+    a_est, theta = float(a_px), 0.0
+    if k >= 2:
+        _, idx = tree.query(pts, k=min(7, k))
+        v = pts[idx[:, 1:]] - pts[:, None, :]
+        ln = np.linalg.norm(v, axis=-1)
+        sel = (ln > 0.75 * a_px) & (ln < 1.3 * a_px)
+        if sel.sum() >= 4:
+            phi = np.arctan2(v[..., 1][sel], v[..., 0][sel])
+            z = np.mean(np.exp(6j * phi))
+            if abs(z) > 0.3:
+                theta = float(np.angle(z)) / 6.0
+            a_est = float(np.median(ln[sel]))
+    a1, a2 = _lattice_from_angle(a_est, theta)
+    m_inv = np.linalg.inv(np.column_stack([a1, a2]))
+    # neighbour graph with integer offsets
+    pairs = tree.query_pairs(1.35 * a_est, output_type="ndarray")
+    adj: list[list[tuple[int, int, int]]] = [[] for _ in range(k)]
+    if len(pairs):
+        dv = pts[pairs[:, 1]] - pts[pairs[:, 0]]
+        off = np.rint(dv @ m_inv.T).astype(np.int64)
+        res = np.linalg.norm(dv - off @ np.stack([a1, a2]), axis=1)
+        for (p, q), (di, dj), r in zip(pairs, off, res):
+            if r < tolerance * a_est:
+                adj[p].append((q, di, dj))
+                adj[q].append((p, -di, -dj))
+    comp = np.full(k, -1, dtype=np.int64)
+    n_comp = 0
+    for start in np.argsort([-len(a) for a in adj], kind="stable"):
+        if comp[start] >= 0:
+            continue
+        comp[start] = n_comp
+        queue = deque([start])
+        while queue:
+            p = queue.popleft()
+            for q, di, dj in adj[p]:
+                if comp[q] < 0:
+                    comp[q] = n_comp
+                    ij[q] = ij[p] + (di, dj)
+                    queue.append(q)
+        n_comp += 1
+    sizes = np.bincount(comp, minlength=n_comp)
+    main = int(np.argmax(sizes))
+    sel = comp == main
+    fit = _fit_affine_lattice(pts[sel], ij[sel])
+    if fit is None:
+        origin = np.mean(pts[sel] - ij[sel] @ np.stack([a1, a2]), axis=0)
+    else:
+        origin, a1, a2 = fit
+    m_inv = np.linalg.inv(np.column_stack([a1, a2]))
+    # attach the other components to the main one's lattice
+    for c in range(n_comp):
+        if c == main:
+            continue
+        s = comp == c
+        frac = (pts[s] - origin) @ m_inv.T - ij[s]
+        ij[s] += np.rint(np.median(frac, axis=0)).astype(np.int64)
+    inlier = np.ones(k, dtype=bool)
+    for _ in range(2):
+        fit = _fit_affine_lattice(pts[inlier], ij[inlier])
+        if fit is not None:
+            origin, a1, a2 = fit
+        resid = pts - (origin + ij @ np.stack([a1, a2]))
+        local = _local_mean(pts[inlier], resid[inlier], pts, 1.5 * a_est, exclude_self=False)
+        inlier = np.linalg.norm(resid - local, axis=1) < tolerance * a_est
+        if not inlier.any():
+            inlier[:] = True
+            break
+    return ij, inlier, a1, a2, origin
+
+
+# --------------------------------------------------------------------------- cells
 @dataclass
 class CellSet:
-    """Unit cells cast from hexagons, one row per physical cell (px, x = column).
+    """Unit cells of an image, each reported once (px; x = column, y = row).
 
-    ``boxes`` (N, 4); ``x_sites``, ``m_sites`` (N, 2) column estimates; ``ij`` (N, 2)
-    lattice indices; ``support`` (N,) number of detected hexagons that cast the cell.
+    Attributes
+    ----------
+    boxes : (N, 4)
+        Cell boxes ``(x_min, y_min, x_max, y_max)``.
+    x_sites, m_sites : (N, 2)
+        Estimated X (chalcogen) and M (metal) column positions.
+    ij : (N, 2) int
+        Lattice indices: cell ``(i, j)`` has its X column near ``origin + i a1 + j a2``.
+    support : (N,) int
+        Number of detected hexagons that cast the cell (1 or 2; 0 = recovered from the
+        fitted lattice at the border or next to a missed hexagon).
+    scores : (N,)
+        Mean detection score of the supporting hexagons (0 for recovered cells).
+    a1, a2, origin : (2,) arrays
+        Fitted lattice vectors and the X column of cell (0, 0), px.
     """
 
     boxes: np.ndarray
@@ -398,52 +637,303 @@ class CellSet:
     m_sites: np.ndarray
     ij: np.ndarray
     support: np.ndarray
+    scores: np.ndarray
+    a1: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    a2: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    origin: np.ndarray = field(default_factory=lambda: np.zeros(2))
+
+    def __len__(self) -> int:
+        return int(len(self.boxes))
+
+    @classmethod
+    def empty(cls, a_px: float = 0.0) -> "CellSet":
+        a1, a2 = _lattice_from_angle(a_px, 0.0)
+        z2 = np.zeros((0, 2))
+        return cls(np.zeros((0, 4)), z2, z2.copy(), np.zeros((0, 2), np.int64),
+                   np.zeros(0, np.int64), np.zeros(0), a1, a2, np.zeros(2))
 
 
-def sites_from_cell_boxes(boxes: np.ndarray, a_px: float) -> tuple[np.ndarray, np.ndarray]:
-    """X (lower-left) and M (upper-right) column estimates inside cell boxes (canonical)."""
-    b = np.asarray(boxes, dtype=float).reshape(-1, 4)
-    px, py = CELL_PAD_X * a_px, CELL_PAD_Y * a_px
-    x = np.stack([b[:, 0] + px, b[:, 3] - py], axis=1)
-    m = np.stack([b[:, 2] - px, b[:, 1] + py], axis=1)
-    return x, m
+def _group_mean(keys: np.ndarray, values: np.ndarray, weights: np.ndarray):
+    """Weighted mean of ``values`` per unique row of ``keys`` -> (keys, means, counts, idx)."""
+    uk, inv, cnt = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    wsum = np.bincount(inv, weights=weights, minlength=len(uk))
+    vals = np.asarray(values, float).reshape(len(keys), -1)
+    mean = np.stack(
+        [np.bincount(inv, weights=weights * vals[:, c], minlength=len(uk)) for c in range(vals.shape[1])],
+        axis=1,
+    ) / wsum[:, None]
+    return uk, mean, cnt, inv
+
+
+def refine_columns(
+    image: np.ndarray, sites: np.ndarray, a_px: float, sigma: float = 0.12, iterations: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refine atomic-column positions to the local intensity peaks of an image.
+
+    Gaussian-weighted centroids (mean shift, window ``sigma * a_px``) of the image minus
+    the mean of a ``±0.3 a`` patch, starting from ``sites``; the patch is sampled every
+    ``a_px // 30`` px at fine sampling.
+
+    Parameters
+    ----------
+    image : (rows, cols) array
+    sites : (N, 2) array
+        Starting positions (x, y) in px.
+    a_px : float
+        Lattice constant, px.
+
+    Returns
+    -------
+    refined : (N, 2) array
+        Peak positions, px.
+    ok : (N,) bool
+        False where the patch leaves the image, holds no signal (e.g. a vacancy), or the
+        peak moved more than ``0.25 a`` (the input position is returned there).
+    """
+    img = np.asarray(image, dtype=np.float32)
+    p0 = np.asarray(sites, dtype=float).reshape(-1, 2)
+    n = len(p0)
+    out, ok = p0.copy(), np.zeros(n, dtype=bool)
+    r = max(2, int(math.ceil(0.3 * a_px)))
+    h, w = img.shape
+    if n == 0 or h < 2 * r + 1 or w < 2 * r + 1:
+        return out, ok
+    cx = np.rint(p0[:, 0]).astype(np.int64)
+    cy = np.rint(p0[:, 1]).astype(np.int64)
+    inside = (cx - r >= 0) & (cx + r < w) & (cy - r >= 0) & (cy + r < h)
+    idx = np.nonzero(inside)[0]
+    if len(idx) == 0:
+        return out, ok
+    # columns are many pixels wide at fine sampling: every ``step``-th pixel is enough
+    step = max(1, int(a_px // 30))
+    off = np.arange(-(r // step) * step, r + 1, step)
+    patches = img[(cy[idx, None, None] + off[None, :, None]), (cx[idx, None, None] + off[None, None, :])]
+    patches = np.clip(patches - patches.mean(axis=(1, 2), keepdims=True), 0.0, None)
+    gx = cx[idx, None, None] + off[None, None, :]
+    gy = cy[idx, None, None] + off[None, :, None]
+    p = p0[idx].copy()
+    s2 = 2.0 * (sigma * a_px) ** 2
+    good = np.ones(len(idx), dtype=bool)
+    for _ in range(iterations):
+        wgt = patches * np.exp(-((gx - p[:, 0, None, None]) ** 2 + (gy - p[:, 1, None, None]) ** 2) / s2)
+        tot = wgt.sum(axis=(1, 2))
+        good &= tot > 1e-12
+        safe = np.maximum(tot, 1e-12)
+        p = np.where(
+            good[:, None],
+            np.stack([(wgt * gx).sum(axis=(1, 2)) / safe, (wgt * gy).sum(axis=(1, 2)) / safe], axis=1),
+            p,
+        )
+    good &= np.linalg.norm(p - p0[idx], axis=1) < 0.25 * a_px
+    out[idx[good]] = p[good]
+    ok[idx[good]] = True
+    return out, ok
+
+
+def _fit_columns(ij: np.ndarray, xs: np.ndarray):
+    """Robust least-squares lattice ``X(i, j) = o + i a1 + j a2`` from measured X columns
+    -> (o, a1, a2, inlier mask) or None."""
+    d = np.column_stack([np.ones(len(ij)), ij]).astype(float)
+    y = np.asarray(xs, float)
+    keep = np.ones(len(y), dtype=bool)
+    coef = None
+    for _ in range(3):
+        if keep.sum() < 4 or np.linalg.matrix_rank(d[keep]) < 3:
+            return None
+        coef, *_ = np.linalg.lstsq(d[keep], y[keep], rcond=None)
+        res = np.linalg.norm(y - d @ coef, axis=1)
+        mad = np.median(res[keep]) + 1e-9
+        keep = res < max(3.0 * mad, 1e-6)
+    return coef[0], coef[1], coef[2], keep
+
+
+def _lattice_cell_boxes(x_sites: np.ndarray, a1: np.ndarray, a2: np.ndarray) -> np.ndarray:
+    """Ground-truth-convention boxes of cells with X columns at ``x_sites`` on a lattice
+    ``a1, a2``: the canonical box (:func:`cell_box`) mapped by the linear map taking the
+    canonical lattice to ``a1, a2`` (rotation, scale, shear), then its bounding box."""
+    xs = np.asarray(x_sites, dtype=float).reshape(-1, 2)
+    c1, c2 = lattice_vectors(1.0)
+    canon = cell_box(np.zeros(2), mx_offset(1.0), 1.0)
+    corners = box_corners(canon[None])[0]  # (4, 2) relative to X, a = 1
+    uv = corners @ np.linalg.inv(np.column_stack([c1, c2])).T
+    offsets = uv @ np.stack([a1, a2])  # (4, 2) in px
+    pts = xs[:, None, :] + offsets[None]
+    return bbox_of_points(pts)
 
 
 def cells_from_hexagons(
     boxes: np.ndarray,
-    scores: np.ndarray,
+    scores: np.ndarray | None,
     shape: tuple[int, int],
     a_px: float,
     alpha: float = 0.65,
     beta: float = 0.5,
+    complete: bool = True,
+    min_neighbors: int = 3,
+    box_source: str = "cast",
+    smooth: float = 3.0,
+    image: np.ndarray | None = None,
 ) -> CellSet:
-    """Cast hexagon boxes into unit cells and report every physical cell once.
+    """Hexagonal-net casting: detected hexagons -> unit cells, each reported once.
 
-    Each hexagon gets lattice indices from its centre; its upper-left cell is cell
-    ``(i, j)`` and its lower-right cell ``(i, j + 1)``; the casts of the same cell are
-    averaged (weighted by detection score). Cells whose box leaves the image are dropped.
+    1. The hexagon centres are indexed on a fitted lattice (:func:`fit_lattice`);
+       detections off the lattice are dropped, repeated detections of one hexagon merged.
+    2. Each hexagon ``(i, j)`` casts its upper-left cell ``(i, j)`` and lower-right cell
+       ``(i, j + 1)`` with the crop ratios ``alpha``, ``beta`` (:func:`cast_hexagons`).
+    3. The (up to two) casts of a cell are merged by their score-weighted mean.
+    4. The fitted lattice (affine, plus a Gaussian-weighted local correction from the
+       hexagon centres that follows slow non-linear distortions) gives every cell's X and
+       M columns and its box in the ground-truth convention; that box decides whether a
+       cell lies inside the image (as for the ground truth,
+       :func:`inside_boxes`) and, if ``complete``, cells that no detected
+       hexagon cast (image border, next to defects or missed hexagons) are added when at
+       least ``min_neighbors`` supported cells lie within 2 lattice constants (so large
+       empty regions are not filled).
+
+    Parameters
+    ----------
+    boxes : (K, 4) array
+        Hexagon boxes in px (e.g. from :meth:`~.detection.HexagonDetector.detect`).
+    scores : (K,) array or None
+        Detection scores (weights of the merge); None: all 1.
+    shape : (rows, cols)
+        Image shape in px.
+    a_px : float
+        Approximate lattice constant in px (material a / pixel size); refined here.
+    alpha, beta : float
+        Crop ratios W_U/W_H and H_U/H_H (paper: 0.65, 0.5).
+    complete : bool
+        Add lattice-predicted cells that no hexagon cast (needs at least three
+        hexagons that are not all in one lattice row).
+    min_neighbors : int
+        Supported cells needed within 2 a to add a predicted cell.
+    box_source : {"cast", "lattice"}
+        Boxes reported for cast cells: the merged casts (the paper's method) or the
+        lattice boxes. Recovered cells always get lattice boxes.
+    smooth : float
+        Width (in lattice constants) of the Gaussian that averages the deviations of the
+        hexagon centres (or columns) from the affine lattice into the local correction.
+    image : (rows, cols) array, optional
+        The image the hexagons were detected in. When given, the X (chalcogen) columns
+        are refined to their intensity peaks (:func:`refine_columns`) and the lattice
+        is re-fitted to them, which removes any bias of the detector's boxes from the
+        sites and from the inside-the-image decision.
+
+    Returns
+    -------
+    CellSet
+        Cells sorted by lattice row ``j``, then ``i``; boxes clipped to the image.
+        Assumes the canonical orientation (a1 along x); small rotations are fine.
     """
+    from scipy.spatial import cKDTree
+
+
     b = np.asarray(boxes, dtype=float).reshape(-1, 4)
-    s = np.asarray(scores, dtype=float).reshape(-1)
+    if not (math.isfinite(a_px) and a_px > 0):
+        raise ValueError(f"a_px must be a positive number of px, got {a_px!r}")
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"shape must be (rows, cols) of an image, got {shape!r}")
+    if box_source not in ("cast", "lattice"):
+        raise ValueError(f"box_source must be 'cast' or 'lattice', got {box_source!r}")
+    sc = np.ones(len(b)) if scores is None else np.asarray(scores, dtype=float).reshape(-1)
+    if len(sc) != len(b):
+        raise ValueError(f"got {len(b)} boxes but {len(sc)} scores")
+    ok = np.all(np.isfinite(b), axis=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]) & np.isfinite(sc)
+    b, sc = b[ok], sc[ok]
     if len(b) == 0:
-        z = np.zeros((0, 2))
-        return CellSet(np.zeros((0, 4)), z, z, np.zeros((0, 2), int), np.zeros(0, int))
-    centers = (b[:, :2] + b[:, 2:]) / 2.0
-    a1, a2 = lattice_vectors(a_px)
-    ref = centers[np.argmin(np.linalg.norm(centers - np.array([shape[1], shape[0]]) / 2.0, axis=1))]
-    ij_f = np.linalg.solve(np.stack([a1, a2], axis=1), (centers - ref).T).T
-    hij = np.round(ij_f).astype(int)
-    ul, lr = cast_hexagons(b, alpha, beta)
-    keys = np.concatenate([hij, hij + [0, 1]])
-    cast = np.concatenate([ul, lr])
-    w = np.concatenate([s, s]).clip(1e-3, None)
-    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    wsum = np.bincount(inv, weights=w, minlength=len(uniq))
-    merged = np.stack([np.bincount(inv, weights=w * cast[:, k], minlength=len(uniq)) for k in range(4)], 1)
-    merged /= wsum[:, None]
-    support = np.bincount(inv, minlength=len(uniq))
-    inside = inside_boxes(merged, shape)
-    merged, uniq, support = merged[inside], uniq[inside], support[inside]
-    x, m = sites_from_cell_boxes(merged, a_px)
-    return CellSet(merged, x, m, uniq, support)
+        return CellSet.empty(a_px)
+    h, w = int(shape[0]), int(shape[1])
+    centres = (b[:, :2] + b[:, 2:]) / 2.0
+    ij, inlier, a1, a2, origin_hex = fit_lattice(centres, a_px)
+    b, sc, ij = b[inlier], sc[inlier], ij[inlier]
+    # merge repeated detections of one hexagon
+    hij, hbox, _, hinv = _group_mean(ij, b, np.maximum(sc, 1e-3))
+    hsc = np.bincount(hinv, weights=sc) / np.bincount(hinv)
+    ul, lr = cast_hexagons(hbox, alpha, beta)
+    cij_all = np.concatenate([hij, hij + np.array([0, 1])])
+    cw = np.concatenate([np.maximum(hsc, 1e-3)] * 2)
+    cij, cbox, support, cinv = _group_mean(cij_all, np.concatenate([ul, lr]), cw)
+    csc = np.bincount(cinv, weights=np.concatenate([hsc, hsc])) / support
+
+    # lattice sites: affine fit of the hexagon centres + smooth local correction
+    lat = np.stack([a1, a2])
+    a_fit = float(math.sqrt(abs(np.linalg.det(lat)) * 2.0 / SQRT3))
+    hcen = (hbox[:, :2] + hbox[:, 2:]) / 2.0
+    hres = hcen - (origin_hex + hij @ lat)
+
+    def sites(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """X and M columns of cells ``q`` (X = hexagon centre - (a1 + a2) / 3)."""
+        x0 = origin_hex + (np.asarray(q, float) - 1.0 / 3.0) @ lat
+        x = x0 + _local_mean(hcen, hres, x0, smooth * a_fit)
+        return x, x + (2.0 * a1 - a2) / 3.0
+
+    # candidate cells: every index whose cell may touch the image
+    m_inv = np.linalg.inv(lat.T)
+    corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]])
+    q = (corners - origin_hex) @ m_inv.T
+    lo = np.floor(q.min(axis=0)).astype(int) - 2
+    hi = np.ceil(q.max(axis=0)).astype(int) + 2
+    # completion needs a lattice fitted from at least three hexagons
+    if complete and len(hij) >= 3 and np.linalg.matrix_rank(np.column_stack([np.ones(len(hij)), hij])) == 3:
+        gi, gj = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="xy")
+        cand = np.column_stack([gi.ravel(), gj.ravel()]).astype(np.int64)
+        known = {tuple(t) for t in cij.tolist()}
+        cand = cand[np.fromiter((tuple(t) not in known for t in cand.tolist()), dtype=bool, count=len(cand))]
+    else:
+        cand = np.zeros((0, 2), np.int64)
+    n_sup = len(cij)
+    if len(cand):
+        # keep the candidates with enough cast cells around them (no filling of large holes)
+        x_c, _ = sites(np.concatenate([cij, cand]))
+        cen = _lattice_cell_boxes(x_c, a1, a2)
+        cen = (cen[:, :2] + cen[:, 2:]) / 2.0
+        near = cKDTree(cen[:n_sup]).query_ball_point(cen[n_sup:], 2.0 * a_fit, return_length=True)
+        cand = cand[np.asarray(near) >= min_neighbors]
+    all_ij = np.concatenate([cij, cand])
+    if image is not None:
+        img = np.asarray(image)
+        if img.shape != (h, w):
+            raise ValueError(f"image has shape {img.shape}, expected {(h, w)}")
+        # X columns only: bright, and their three M neighbours pull symmetrically (an M
+        # column's centroid is pulled towards the brighter X column by the probe tails)
+        x0, _ = sites(all_ij)
+        xr, okx = refine_columns(img, x0, a_fit)
+        fit = _fit_columns(all_ij[okx], xr[okx])
+        if fit is not None:
+            o_x, c1, c2, good = fit
+            lat_c = np.stack([c1, c2])
+            cres = (xr[okx] - (o_x + all_ij[okx] @ lat_c))[good]
+            cpts = xr[okx][good]
+            a1, a2, lat = c1, c2, lat_c
+            origin_hex = o_x + (a1 + a2) / 3.0
+
+            def sites(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                x = o_x + np.asarray(q, float) @ lat_c
+                x = x + _local_mean(cpts, cres, x, smooth * a_fit)
+                return x, x + (2.0 * c1 - c2) / 3.0
+
+    xs, ms = sites(all_ij)
+    lbox = _lattice_cell_boxes(xs, a1, a2)
+    keep = inside_boxes(lbox, (h, w))
+    out_box = lbox.copy()
+    if box_source == "cast":
+        out_box[:n_sup] = cbox
+    out_box = out_box[keep]
+    out_box[:, [0, 2]] = np.clip(out_box[:, [0, 2]], -0.5, w - 0.5)
+    out_box[:, [1, 3]] = np.clip(out_box[:, [1, 3]], -0.5, h - 0.5)
+    out_ij = all_ij[keep]
+    out_sup = np.concatenate([support, np.zeros(len(cand), np.int64)])[keep]
+    out_sc = np.concatenate([csc, np.zeros(len(cand))])[keep]
+    order = np.lexsort((out_ij[:, 0], out_ij[:, 1]))
+    return CellSet(
+        boxes=out_box[order],
+        x_sites=xs[keep][order],
+        m_sites=ms[keep][order],
+        ij=out_ij[order],
+        support=out_sup[order].astype(np.int64),
+        scores=out_sc[order],
+        a1=a1,
+        a2=a2,
+        origin=origin_hex - (a1 + a2) / 3.0,
+    )

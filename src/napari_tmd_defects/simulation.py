@@ -43,7 +43,6 @@ __all__ = [
     "apply_noise",
     "build_lattice",
     "electron_wavelength",
-    "inside_image",
     "place_defects",
     "probe_fwhm",
     "reduce_rotation",
@@ -237,7 +236,7 @@ class Lattice:
 
     ``ij`` (N, 2) cell indices; ``x_site``, ``m_site`` (N, 2) X and M column positions;
     ``box`` (N, 4) cell boxes; ``hex_center``, ``hex_box`` (N, 2), (N, 4): hexagon ``ij``.
-    Includes cells up to a margin outside the image (see :func:`inside_image`).
+    Includes cells up to a margin outside the image (see :func:`geometry.inside_boxes`).
     """
 
     a_px: float
@@ -326,11 +325,6 @@ def reduce_rotation(rotation_deg: float) -> float:
     """Lattice rotation reduced to (-60, 60] degrees (the honeycomb repeats every 120°)."""
     r = float(rotation_deg) % 120.0
     return r - 120.0 if r > 60.0 else r
-
-
-def inside_image(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Boolean mask of boxes lying entirely inside an image of ``shape`` (rows, cols)."""
-    return geo.inside_boxes(boxes, shape)
 
 
 def place_defects(
@@ -735,8 +729,8 @@ def _ground_truth(scene: _Scene, params: dict[str, Any]) -> GroundTruth:
     """Ground truth of a scene: the cells and hexagons whose boxes lie inside the image."""
     lat, shape = scene.lattice, scene.shape
     x_site, m_site, box, hcen, hbox = _scene_sites(scene)
-    inside = inside_image(box, shape)
-    hin = inside_image(hbox, shape)
+    inside = geo.inside_boxes(box, shape)
+    hin = geo.inside_boxes(hbox, shape)
     return GroundTruth(
         material=scene.material.name,
         pixel_size=scene.pixel_size,

@@ -82,7 +82,7 @@ class TuningWidget(Container):
         else:
             _carry_state(self._base, res)
         a, b = float(self._alpha.value), float(self._beta.value)
-        new = self._base.recast(a, b)
+        new = self._base.recast(a, b, image=np.asarray(image.data))
         _carry_state(new, self._base)
         self._shown = new
         layers = L.result_layers(self._viewer, res)
