@@ -21,13 +21,18 @@ def progress_printer(label: str, stream=None) -> Callable[[int, int], None]:
     """A ``progress(done, total)`` callback that draws a one-line bar on stderr."""
     stream = stream or sys.stderr
     t0 = time.perf_counter()
+    finished = False
 
     def cb(done: int, total: int) -> None:
+        nonlocal finished
+        if finished:
+            return
         frac = done / total if total else 1.0
         bar = "#" * int(30 * frac)
         el = time.perf_counter() - t0
         stream.write(f"\r{label} [{bar:<30}] {done}/{total} {el:6.1f} s")
         if done >= total:
+            finished = True
             stream.write("\n")
         stream.flush()
 
@@ -105,17 +110,22 @@ def _run_simulate(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="run on the built-in sample data and write the outputs",
-        description="Simulate the built-in defective MoTe2 sample and write it (TIFF), its "
-        "ground truth (JSON) and a preview PNG to OUT.",
+        help="run the full pipeline on the built-in sample data and write the outputs",
+        description="Simulate the built-in defective MoTe2 sample, analyse it with the shipped "
+        "networks and write to OUT: sample.tif, sample_truth.json/.png (ground truth), "
+        "sample_cells.csv, sample_summary.json, sample_overlay.png (results), and a score "
+        "against the ground truth.",
     )
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args) -> int:
+    from .analysis import analyze
     from .datasets import sample_image
+    from .evaluation import score_result
     from .io import write_tiff
     from .visualization import save_overlay
 
@@ -129,10 +139,21 @@ def _run_demo(args) -> int:
         out / "sample_truth.png", sim.image, boxes=t.cell_box, labels=t.cell_label,
         points={"X": t.cell_x_site, "M": t.cell_m_site}, material=t.material,
     )
-    counts = ", ".join(f"{k} {v}" for k, v in t.counts().items())
-    print(f"sample: {t.shape[1]}x{t.shape[0]} px at {t.pixel_size} Å/px, {t.n_cells} cells ({counts}), "
-          f"area {t.area_nm2:.1f} nm²")
-    print(f"wrote {out / 'sample.tif'}, {out / 'sample_truth.json'}, {out / 'sample_truth.png'}")
+    print(f"sample: {t.shape[1]}x{t.shape[0]} px at {t.pixel_size} Å/px, MoTe2, {t.n_cells} unit cells (simulated)")
+    res = analyze(sim.image, t.pixel_size, material=t.material, device=args.device,
+                  progress=progress_printer("analyze"))
+    res.save(out, image=sim.image, stem="sample")
+    s = score_result(res, t)
+    width = max(len(n) for n in res.class_names)
+    print(f"{'class':<{width}}  found  true  concentration (cm⁻²)")
+    conc = res.concentrations_cm2()
+    true = t.counts()
+    for name, n in res.counts().items():
+        print(f"{name:<{width}}  {n:5d}  {true[name]:4d}  {conc[name]:.3g}")
+    print(f"{res.n_cells} cells in {res.area_nm2:.1f} nm²; against the ground truth: recall {100 * s.recall:.1f} %, "
+          f"precision {100 * s.precision:.1f} %, class accuracy {100 * s.class_accuracy:.1f} %; "
+          f"{res.timings['total']:.2f} s")
+    print(f"wrote {out}/sample.tif, sample_truth.json/.png, sample_cells.csv, sample_summary.json, sample_overlay.png")
     return 0
 
 
@@ -668,9 +689,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .runtime import WeightsError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, OSError, ImportError) as exc:
+    except (ValueError, FileNotFoundError, OSError, ImportError, WeightsError) as exc:
         print(f"tmd-defects {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
