@@ -223,3 +223,28 @@ def test_single_chalcogen_column_weight():
     xw, mw = column_weights("MoTe2", np.array([0, 1, 2, 3]), 1.7, x1_fraction=0.44)
     assert xw[1] == pytest.approx(0.44 * xw[0]) and xw[2] == 0 and xw[3] == xw[0]
     assert mw[3] == 0 and mw[0] > 0
+
+
+def test_vacuum_removes_whole_cells_and_nothing_else():
+    from napari_tmd_defects.simulation import Vacuum
+
+    kw = dict(shape=320, pixel_size=0.1, defect_fraction=0.2, seed=8)
+    full = simulate(**kw)
+    for kind in ("hole", "edge"):
+        sim = simulate(vacuum=Vacuum(kind, 0.3), **kw)
+        t, f = sim.truth, full.truth
+        assert 0.55 * f.n_cells < t.n_cells < 0.85 * f.n_cells
+        # the remaining cells are the same cells with the same classes
+        keys = {tuple(ij): lab for ij, lab in zip(f.cell_ij.tolist(), f.cell_label)}
+        assert all(keys[tuple(ij)] == lab for ij, lab in zip(t.cell_ij.tolist(), t.cell_label))
+        assert t.params["vacuum"]["kind"] == kind
+        assert len(t.hex_ij) < len(f.hex_ij)
+        # no signal left where the crystal was removed: its X columns are dark
+        there = {tuple(ij) for ij in t.cell_ij.tolist()}
+        gone = np.array([tuple(ij) not in there for ij in f.cell_ij.tolist()])
+        xs = np.rint(f.cell_x_site[gone]).astype(int)
+        assert np.median(sim.clean[xs[:, 1], xs[:, 0]]) < 0.1 * np.median(full.clean[xs[:, 1], xs[:, 0]])
+    with pytest.raises(ValueError):
+        Vacuum("crack")
+    with pytest.raises(ValueError):
+        Vacuum("hole", fraction=0.0)

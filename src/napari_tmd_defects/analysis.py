@@ -51,6 +51,9 @@ class Result:
     A lattice that is not in the canonical orientation is analysed on a copy turned by
     ``-lattice_rotation_deg``; ``canonical_hexagons`` keeps the hexagon boxes in that
     frame (``hexagon_boxes`` are their bounding boxes in the image).
+
+    ``vacuum_mask`` marks a hole or an edge of the film (see :mod:`.vacuum`); cells whose
+    centre lies there are not reported, so they count neither as defects nor in the area.
     """
 
     material: str
@@ -75,6 +78,10 @@ class Result:
     lattice_rotation_deg: float = 0.0
     canonical_hexagons: np.ndarray | None = None
     noise: dict[str, float] = field(default_factory=dict)
+    #: vacuum (hole, edge) found in the image, px mask of the image's shape, or None
+    vacuum_mask: np.ndarray | None = None
+    #: cells cast in the vacuum and left out of the counts and the area
+    n_excluded_vacuum: int = 0
     models: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -104,6 +111,11 @@ class Result:
         """Analysed area: number of cells times the unit-cell area (√3/2 a²), nm²."""
         return self.n_cells * get_material(self.material).cell_area_nm2
 
+    @property
+    def vacuum_fraction(self) -> float:
+        """Share of the image area found to be vacuum (0 when none)."""
+        return float(self.vacuum_mask.mean()) if self.vacuum_mask is not None else 0.0
+
     def concentrations_cm2(self) -> dict[str, float]:
         """Cells of each class per cm² of analysed area (1 nm² = 1e-14 cm²)."""
         area_cm2 = self.area_nm2 * 1e-14
@@ -130,6 +142,8 @@ class Result:
             "concentration_cm2": {k: float(f"{v:.4g}") for k, v in self.concentrations_cm2().items()},
             "low_confidence_threshold": self.low_confidence,
             "noise_estimate": self.noise,
+            "vacuum_fraction_of_image": round(self.vacuum_fraction, 4),
+            "n_cells_excluded_in_vacuum": int(self.n_excluded_vacuum),
             "models": self.models,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "warnings": list(self.warnings),
@@ -166,6 +180,7 @@ class Result:
                 work = frame.warp(work, fill=float(np.median(work)))
         cells = _cells_in_image(hexes, self.hexagon_scores, self.image_shape, a_px, alpha, beta,
                                 self.lattice_rotation_deg, work)
+        cells, _ = _drop_vacuum_cells(cells, self.vacuum_mask)
         new_i, old_i, _ = match_cells(cells.boxes, self.boxes, a_px)
         pick = np.full(len(cells.boxes), -1, dtype=int)
         pick[new_i] = old_i
@@ -282,6 +297,28 @@ def _cells_in_image(hex_boxes, scores, shape, a_px, alpha, beta, rotation_deg, w
                       support=c.support[keep], scores=c.scores[keep])
 
 
+def _subset_cells(cells, keep: np.ndarray):
+    """The cells where ``keep`` is True (a :class:`~.geometry.CellSet`)."""
+    from dataclasses import replace as dc_replace
+
+    return dc_replace(cells, boxes=cells.boxes[keep], x_sites=cells.x_sites[keep], m_sites=cells.m_sites[keep],
+                      ij=cells.ij[keep], support=cells.support[keep], scores=cells.scores[keep])
+
+
+def _drop_vacuum_cells(cells, mask: np.ndarray | None):
+    """``(cells without those centred in the vacuum mask, number dropped)``."""
+    if mask is None or not len(cells.boxes) or not mask.any():
+        return cells, 0
+    h, w = mask.shape
+    c = 0.5 * (cells.x_sites + cells.m_sites)
+    col = np.clip(np.rint(c[:, 0]).astype(int), 0, w - 1)
+    row = np.clip(np.rint(c[:, 1]).astype(int), 0, h - 1)
+    keep = ~mask[row, col]
+    if keep.all():
+        return cells, 0
+    return _subset_cells(cells, keep), int((~keep).sum())
+
+
 def _orientation(img: np.ndarray, a_px: float, material: str) -> float:
     """Lattice rotation reduced to (-60, 60] from the sublattice fit on a ~30 px/a copy."""
     from scipy import ndimage as ndi
@@ -362,6 +399,7 @@ def analyze(
     classifier=None,
     classify: bool = True,
     low_confidence: float = 0.6,
+    exclude_vacuum: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
 ) -> Result:
@@ -387,6 +425,9 @@ def analyze(
         False: detect cells only (labels ``unclassified``).
     low_confidence : float
         Cells whose top probability is below this are flagged for review.
+    exclude_vacuum : bool
+        Find vacuum (a hole, the film's edge) from the local lattice amplitude and leave
+        the cells there out (:mod:`.vacuum`); default True.
     progress : callable(done, total), optional
     cancel : callable() -> bool, optional
         Checked between stages; raises :class:`~.runtime.Cancelled`.
@@ -465,6 +506,19 @@ def analyze(
     except ValueError:
         pass
 
+    vac_mask = None
+    if exclude_vacuum and has_lattice:
+        from .vacuum import vacuum_mask
+
+        t0 = time.perf_counter()
+        vac_mask = vacuum_mask(img, lat)
+        timings["vacuum"] = time.perf_counter() - t0
+        if vac_mask.any():
+            warnings.append(f"vacuum (a hole or an edge of the film) covers {100 * vac_mask.mean():.0f} % of the "
+                            "image: cells there are left out of the counts and the area")
+        else:
+            vac_mask = None
+
     step(10)
     rotation = _orientation(img, a_px, mat.name) if has_lattice else 0.0
     if abs(rotation) <= ROTATION_TOLERANCE_DEG:
@@ -491,6 +545,11 @@ def analyze(
         cls_boxes = rotated_cell_box_canvas(frame, cells, a_px)
     else:
         hex_boxes, cls_boxes = canon_hex, cells.boxes
+    cells, n_vacuum = _drop_vacuum_cells(cells, vac_mask)
+    if n_vacuum and rotation:
+        cls_boxes = rotated_cell_box_canvas(frame, cells, a_px)
+    elif n_vacuum:
+        cls_boxes = cells.boxes
     timings["casting"] = time.perf_counter() - t0
     models = {"detector": _card_summary(getattr(det, "card", {}))}
 
@@ -510,6 +569,18 @@ def analyze(
         labels = probs.argmax(axis=1)
         conf = probs.max(axis=1)
         models["classifier"] = _card_summary(getattr(clf, "card", {}))
+    if vac_mask is not None and probs is not None and n:
+        # empty cells (no X, no M) touching the vacuum are part of it
+        from .vacuum import grow_into_empty_cells
+
+        centres = 0.5 * (cells.x_sites + cells.m_sites)
+        vac_mask, taken = grow_into_empty_cells(vac_mask, centres, labels == N_CLASSES - 1, a_px)
+        if taken.any():
+            keep = ~taken
+            cells = _subset_cells(cells, keep)
+            probs, labels, conf = probs[keep], labels[keep], conf[keep]
+            n_vacuum += int(taken.sum())
+            n = len(cells.boxes)
     flagged = (conf < low_confidence) & (labels >= 0)
     step(steps)
     timings["total"] = time.perf_counter() - t_start
@@ -522,7 +593,8 @@ def analyze(
         hexagon_scores=np.asarray(hex_scores, float).reshape(-1), boxes=cells.boxes, x_sites=cells.x_sites,
         m_sites=cells.m_sites, ij=cells.ij, support=cells.support, labels=labels, confidence=conf,
         probabilities=probs, flagged=flagged, corrected=np.zeros(n, bool), low_confidence=low_confidence,
-        noise=noise, models=models, timings=timings, warnings=warnings,
+        noise=noise, vacuum_mask=vac_mask, n_excluded_vacuum=n_vacuum, models=models, timings=timings,
+        warnings=warnings,
     )
 
 

@@ -65,6 +65,8 @@ def _add_simulate(sub) -> None:
     p.add_argument("--rotation", default="0", help="in-plane rotation in degrees, or 'random'")
     p.add_argument("--defect-fraction", type=float, nargs="+", default=[0.1],
                    help="fraction of defective cells, a value or a LOW HIGH range (default 0.1)")
+    p.add_argument("--vacuum", type=float, default=0.0, metavar="P",
+                   help="probability that an image holds vacuum: a hole or the film's edge (default 0)")
     p.add_argument("--previews", type=int, default=4, help="overlay PNGs for the first N images")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     p.add_argument("--model", default="fast", choices=["fast", "multislice"],
@@ -96,6 +98,7 @@ def _run_simulate(args) -> int:
         pixel_size=_range_or_value(args.pixel_size),
         rotation=rotation,
         defect_fraction=_range_or_value(args.defect_fraction),
+        vacuum=args.vacuum,
         n_preview=args.previews,
         workers=args.workers,
         progress=progress_printer("simulate"),

@@ -27,7 +27,7 @@ import numpy as np
 
 from .io import read_image, write_tiff
 from .materials import get_material
-from .simulation import Distortion, GroundTruth, Noise, Optics, SimulatedImage, simulate
+from .simulation import Distortion, GroundTruth, Noise, Optics, SimulatedImage, Vacuum, simulate
 from .visualization import save_overlay
 
 __all__ = [
@@ -61,6 +61,7 @@ def sample_conditions(
     pixel_size: float | tuple[float, float] = 0.12,
     rotation: float | str = 0.0,
     defect_fraction: float | tuple[float, float] = 0.1,
+    vacuum: float = 0.0,
 ) -> dict[str, Any]:
     """Draw keyword arguments of :func:`~.simulation.simulate` for one image.
 
@@ -80,7 +81,9 @@ def sample_conditions(
         Paper optics, no noise.
 
     ``size`` (rows, cols) scales the drift. ``pixel_size`` and ``defect_fraction`` accept a value or a (low, high) range;
-    ``rotation`` a value in degrees or ``"random"``.
+    ``rotation`` a value in degrees or ``"random"``. ``vacuum`` is the probability that
+    the image holds vacuum (:class:`~.simulation.Vacuum`: a hole or an edge, half each,
+    5-35 % of the field of view).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -127,6 +130,11 @@ def sample_conditions(
             row_jitter_corr=rng.uniform(0.5, 4.0),
             drift_px=(float(drift[0]), float(drift[1])),
         )
+    if not 0.0 <= vacuum <= 1.0:
+        raise ValueError(f"vacuum is a probability in [0, 1], got {vacuum}")
+    if vacuum > 0 and rng.random() < vacuum:
+        kw["vacuum"] = Vacuum(kind="hole" if rng.random() < 0.5 else "edge", fraction=rng.uniform(0.05, 0.35),
+                              roughness=rng.uniform(0.0, 0.3))
     return kw
 
 
@@ -206,6 +214,7 @@ def generate_dataset(
     pixel_size: float | tuple[float, float] = 0.12,
     rotation: float | str = 0.0,
     defect_fraction: float | tuple[float, float] = 0.1,
+    vacuum: float = 0.0,
     n_preview: int = 4,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
@@ -238,7 +247,7 @@ def generate_dataset(
     for sub in ("images", "truth", "preview"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     seeds = np.random.SeedSequence(seed).spawn(n)
-    options = dict(pixel_size=pixel_size, rotation=rotation, defect_fraction=defect_fraction)
+    options = dict(pixel_size=pixel_size, rotation=rotation, defect_fraction=defect_fraction, vacuum=vacuum)
     entries: list[dict[str, Any]] = []
     chunk = 8 if model == "fast" else 1  # multislice images take minutes: balance the workers
     jobs = [
@@ -271,6 +280,7 @@ def generate_dataset(
         "pixel_size_A": pixel_size if np.isscalar(pixel_size) else list(pixel_size),
         "rotation": rotation,
         "defect_fraction": defect_fraction if np.isscalar(defect_fraction) else list(defect_fraction),
+        "vacuum": vacuum,
         "items": entries,
     }
     path = out / "dataset.json"

@@ -25,7 +25,7 @@ ground-truth cells, and so that cells tile the lattice rows without overlap
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -112,11 +112,18 @@ def _refine_peak(power: np.ndarray, ky: float, kx: float, r: int = 2) -> tuple[f
     return cy, cx, float(power[iy % n0, ix % n1])
 
 
+#: Images larger than this (px) are block-averaged before the lattice FFT.
+LATTICE_FFT_SIZE = 1024
+
+
 def estimate_lattice(image: np.ndarray, a_range_px: tuple[float, float] = (6.0, 400.0)) -> LatticeEstimate | None:
     """Find the hexagonal lattice of an image from its Fourier transform.
 
     Candidate first-order ({100}, spacing sqrt(3)/2 a) and second-order ({110}, spacing
-    a/2) reflections are scored together, so either may be the strongest.
+    a/2) reflections are scored together, so either may be the strongest. Images larger
+    than :data:`LATTICE_FFT_SIZE` are block-averaged by an integer factor first (same
+    field of view, so the same precision); when that leaves the lattice under 8 px, the
+    central :data:`LATTICE_FFT_SIZE` square is used at full sampling instead.
 
     Parameters
     ----------
@@ -132,10 +139,26 @@ def estimate_lattice(image: np.ndarray, a_range_px: tuple[float, float] = (6.0, 
     if img.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {img.shape}")
     h, w = img.shape
+    f = -(-max(h, w) // LATTICE_FFT_SIZE)  # ceil
+    if f < 2:
+        return _estimate_lattice(img, a_range_px)
+    hh, ww = h // f * f, w // f * f
+    small = img[:hh, :ww].reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
+    est = _estimate_lattice(small, (max(a_range_px[0] / f, 4.0), a_range_px[1] / f))
+    if est is not None and est.a_px >= 8.0:
+        return replace(est, a_px=est.a_px * f, a1=est.a1 * f, a2=est.a2 * f)
+    y0, x0 = max(0, (h - LATTICE_FFT_SIZE) // 2), max(0, (w - LATTICE_FFT_SIZE) // 2)
+    return _estimate_lattice(img[y0:y0 + LATTICE_FFT_SIZE, x0:x0 + LATTICE_FFT_SIZE], a_range_px)
+
+
+def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float]) -> LatticeEstimate | None:
+    """:func:`estimate_lattice` on one array, at its own sampling."""
+    h, w = img.shape
     if min(h, w) < 16 or not np.isfinite(img).all() or np.ptp(img) == 0:
         return None
     win = np.outer(np.hanning(h), np.hanning(w))
-    n = int(2 ** math.ceil(math.log2(max(h, w, 128)))) * 2
+    # zero-pad small images x2 for finer frequency bins (large ones have enough)
+    n = int(2 ** math.ceil(math.log2(max(h, w, 128)))) * (2 if max(h, w) <= 512 else 1)
     f = np.fft.fftshift(np.fft.fft2((img - img.mean()) * win, s=(n, n)))
     power = np.abs(f) ** 2
     c = n // 2

@@ -63,6 +63,7 @@ from .simulation import (
     Noise,
     Optics,
     SimulatedImage,
+    Vacuum,
     _ground_truth,
     _params_dict,
     _prepare_scene,
@@ -172,7 +173,7 @@ def _cell_atoms(
         mat, scene.shape, ps, scene.rotation_deg, origin=scene.origin,
         margin_a=margin + 3.0 * mat.a, transform=scene.drift,
     )
-    known = {tuple(ij): int(lab) for ij, lab in zip(scene.lattice.ij.tolist(), scene.labels)}
+    known = {tuple(ij): int(lab) for ij, lab in zip(scene.lattice.ij.tolist(), scene.render_labels)}
     labels = np.array([known.get(tuple(ij), -1) for ij in ext.ij.tolist()], dtype=np.int64)
     extra = labels < 0
     if random_labels:
@@ -461,6 +462,7 @@ def simulate_multislice(
     distortion: Distortion | None = None,
     origin: tuple[float, float] | None = None,
     seed: int | None = 0,
+    vacuum: Vacuum | None = None,
     frozen_phonons: int = 4,
     scan_sampling: float | None = None,
     potential_sampling: float = _POTENTIAL_SAMPLING_A,
@@ -474,7 +476,7 @@ def simulate_multislice(
     Parameters
     ----------
     material, shape, pixel_size, rotation_deg, defect_fraction, class_weights, labels, \
-optics, noise, distortion, origin, seed
+optics, noise, distortion, origin, seed, vacuum
         As in :func:`~.simulation.simulate` (``optics.z_exponent`` is not used: the
         contrast comes from the multislice). The same arguments give the same ground truth.
     frozen_phonons : int
@@ -536,7 +538,7 @@ optics, noise, distortion, origin, seed
     t_start = time.perf_counter()
     scene = _prepare_scene(
         material, shape, pixel_size, rotation_deg, defect_fraction, class_weights, labels,
-        distortion, origin, seed,
+        distortion, origin, seed, vacuum,
     )
     mat, ps = scene.material, scene.pixel_size
     h, w = scene.shape
@@ -584,6 +586,7 @@ optics, noise, distortion, origin, seed
         optics=optics,
         noise=noise,
         distortion=distortion,
+        vacuum=vacuum,
         multislice={
             "code": f"abTEM {abtem.__version__}",
             "frozen_phonons": frozen_phonons,

@@ -40,6 +40,7 @@ __all__ = [
     "Noise",
     "Optics",
     "SimulatedImage",
+    "Vacuum",
     "apply_noise",
     "build_lattice",
     "electron_wavelength",
@@ -149,6 +150,74 @@ class Distortion:
     row_jitter_px: float = 0.0
     row_jitter_corr: float = 2.0
     drift_px: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Vacuum:
+    """A region of the field of view without crystal: a hole in the film or its edge.
+
+    Attributes
+    ----------
+    kind : str
+        ``"hole"`` (a round hole with a wavy rim, somewhere in the image) or ``"edge"``
+        (the flake ends along a wavy line of random direction).
+    fraction : float
+        Share of the image area that is vacuum (0-0.8).
+    roughness : float
+        Waviness of the rim relative to the hole radius (or, for an edge, to a tenth of
+        the image size), 0-0.5.
+
+    Whole unit cells whose centre falls in the vacuum are left out (no atoms), so the
+    rim is made of complete cells; they are not in the ground truth, and the analysed
+    area shrinks accordingly.
+    """
+
+    kind: str = "hole"
+    fraction: float = 0.15
+    roughness: float = 0.15
+
+    def __post_init__(self):
+        if self.kind not in ("hole", "edge"):
+            raise ValueError(f"Vacuum kind must be 'hole' or 'edge', got {self.kind!r}")
+        if not 0.0 < self.fraction <= 0.8:
+            raise ValueError(f"Vacuum fraction must lie in (0, 0.8], got {self.fraction}")
+        if not 0.0 <= self.roughness <= 0.5:
+            raise ValueError(f"Vacuum roughness must lie in [0, 0.5], got {self.roughness}")
+
+
+def vacuum_region(vacuum: Vacuum, shape: tuple[int, int], rng: np.random.Generator):
+    """A function ``inside(points) -> bool`` of the vacuum region for ``(..., 2)`` px points."""
+    h, w = shape
+    phases = rng.uniform(0, 2 * np.pi, 4)
+    amps = rng.normal(0.0, 1.0, 4) * vacuum.roughness / np.arange(2, 6)
+    if vacuum.kind == "hole":
+        radius = math.sqrt(vacuum.fraction * h * w / math.pi)
+        lo = np.minimum([0.15 * w, 0.15 * h], [radius, radius])
+        centre = rng.uniform(lo, [w - 1 - lo[0], h - 1 - lo[1]])
+
+        def inside(p):
+            d = np.asarray(p, float) - centre
+            theta = np.arctan2(d[..., 1], d[..., 0])
+            rim = radius * (1.0 + sum(a * np.cos(k * theta + ph) for k, a, ph in zip(range(2, 6), amps, phases)))
+            return np.hypot(d[..., 0], d[..., 1]) < rim
+
+        return inside
+    angle = rng.uniform(0, 2 * np.pi)
+    normal = np.array([math.cos(angle), math.sin(angle)])
+    along = np.array([-normal[1], normal[0]])
+    yy, xx = np.mgrid[0:h:4, 0:w:4]
+    dist = xx * normal[0] + yy * normal[1]
+    cut = float(np.quantile(dist, 1.0 - vacuum.fraction))
+    scale = 0.1 * max(h, w)
+    length = max(h, w)
+
+    def inside(p):
+        p = np.asarray(p, float)
+        t = (p @ along) / length
+        wave = scale * sum(a * np.cos(2 * np.pi * k * t / 2 + ph) for k, a, ph in zip(range(2, 6), amps, phases))
+        return p @ normal > cut + wave
+
+    return inside
 
 
 # --------------------------------------------------------------------------- optics
@@ -656,6 +725,19 @@ class _Scene:
     rng_noise: np.random.Generator
     #: the seed sequence (its first three children are spent); backends spawn more from it
     seed_seq: np.random.SeedSequence
+    #: cells left out because their centre lies in a vacuum region (no atoms, not in the truth)
+    vacuum: np.ndarray | None = None
+    #: the vacuum region as ``inside(points) -> bool``, or None
+    vacuum_inside: Any = None
+
+    @property
+    def render_labels(self) -> np.ndarray:
+        """Class of every lattice cell as rendered: vacuum cells have no atoms (class 5)."""
+        if self.vacuum is None or not self.vacuum.any():
+            return self.labels
+        out = self.labels.copy()
+        out[self.vacuum] = N_CLASSES - 1  # X2 and M missing: an empty cell
+        return out
 
 
 def _prepare_scene(
@@ -669,6 +751,7 @@ def _prepare_scene(
     distortion: Distortion,
     origin: tuple[float, float] | None,
     seed: int | None,
+    vacuum: Vacuum | None = None,
 ) -> _Scene:
     """Validate the common arguments of the simulators and build the scene."""
     if isinstance(shape, (int, np.integer)):
@@ -692,6 +775,12 @@ def _prepare_scene(
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (n,):
         raise ValueError(f"labels must have one entry per lattice cell ({n}), got {labels.shape}")
+    in_vacuum, inside = None, None
+    if vacuum is not None:
+        # its own stream, so that adding a vacuum changes nothing else in the scene
+        rng_vac = np.random.default_rng(np.random.SeedSequence(seed_seq.entropy, spawn_key=(7919,)))
+        inside = vacuum_region(vacuum, shape, rng_vac)
+        in_vacuum = inside(0.5 * (lat.x_site + lat.m_site))
     return _Scene(
         material=mat,
         shape=shape,
@@ -704,6 +793,8 @@ def _prepare_scene(
         drift=drift,
         rng_noise=rng_noise,
         seed_seq=seed_seq,
+        vacuum=in_vacuum,
+        vacuum_inside=inside,
     )
 
 
@@ -731,6 +822,9 @@ def _ground_truth(scene: _Scene, params: dict[str, Any]) -> GroundTruth:
     x_site, m_site, box, hcen, hbox = _scene_sites(scene)
     inside = geo.inside_boxes(box, shape)
     hin = geo.inside_boxes(hbox, shape)
+    if scene.vacuum is not None:
+        inside &= ~scene.vacuum
+        hin &= ~scene.vacuum_inside(lat.hex_center)
     return GroundTruth(
         material=scene.material.name,
         pixel_size=scene.pixel_size,
@@ -762,6 +856,7 @@ def simulate(
     distortion: Distortion | None = None,
     origin: tuple[float, float] | None = None,
     seed: int | None = 0,
+    vacuum: Vacuum | None = None,
 ) -> SimulatedImage:
     """Simulate a HAADF-STEM image of a 2H-MX2 monolayer with point defects.
 
@@ -791,6 +886,8 @@ def simulate(
         Position of cell (0, 0)'s X column before rotation, px.
     seed : int
         Seed of every random choice (defects, noise, distortions).
+    vacuum : Vacuum, optional
+        A hole or an edge of the film in the field of view (see :class:`Vacuum`).
 
     Returns
     -------
@@ -801,11 +898,11 @@ def simulate(
     distortion = distortion or Distortion()
     scene = _prepare_scene(
         material, shape, pixel_size, rotation_deg, defect_fraction, class_weights, labels,
-        distortion, origin, seed,
+        distortion, origin, seed, vacuum,
     )
     mat, shape, lat, offsets = scene.material, scene.shape, scene.lattice, scene.row_offsets
 
-    x_w, m_w = column_weights(mat, scene.labels, optics.z_exponent, optics.x1_fraction)
+    x_w, m_w = column_weights(mat, scene.render_labels, optics.z_exponent, optics.x1_fraction)
     ref = max(2 * float(mat.z_chalcogen) ** optics.z_exponent, float(mat.z_metal) ** optics.z_exponent)
     xy = np.concatenate([lat.x_site, lat.m_site])
     wts = np.concatenate([x_w, m_w])
@@ -830,6 +927,7 @@ def simulate(
             optics=optics,
             noise=noise,
             distortion=distortion,
+            vacuum=vacuum,
         ),
     )
     return SimulatedImage(image=image, clean=clean.astype(np.float32), truth=truth)

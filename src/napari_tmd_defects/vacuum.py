@@ -1,0 +1,134 @@
+"""Vacuum in the field of view (a hole in the film, the edge of the flake), found from the lattice.
+
+A point defect removes one or two columns; a hole removes the crystal. The difference
+is the local *lattice amplitude*: the strength of the lattice's Fourier components in a
+window about one lattice constant wide (as in geometric phase analysis). Over the
+crystal it is nearly uniform (a missing cell lowers it by ~15 %); over vacuum it falls to
+the noise floor whatever the background, contamination or brightness. Regions where it
+stays below a fraction of the crystal's level, and that are larger than a few unit
+cells, are vacuum: :func:`~.analysis.analyze` leaves the cells there out of the counts,
+the classification and the analysed area.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .geometry import LatticeEstimate
+
+__all__ = ["grow_into_empty_cells", "lattice_amplitude", "vacuum_mask", "VACUUM_THRESHOLD"]
+
+#: Vacuum where the lattice amplitude is below this fraction of the crystal's.
+VACUUM_THRESHOLD = 0.3
+#: Smallest vacuum region kept, in unit-cell areas (a single empty cell is a defect).
+MIN_VACUUM_CELLS = 4.0
+
+
+def _reciprocal_vectors(lattice: LatticeEstimate) -> np.ndarray:
+    """The six first- and second-order reflections (cycles/px, as (gx, gy)), one of each ± pair."""
+    a = np.stack([np.asarray(lattice.a1, float), np.asarray(lattice.a2, float)], axis=1)  # columns a1, a2
+    b = np.linalg.inv(a).T  # columns b1, b2: a_i . b_j = delta_ij
+    b1, b2 = b[:, 0], b[:, 1]
+    return np.stack([b1, b2, b1 + b2, b1 - b2, 2 * b1 + b2, b1 + 2 * b2])
+
+
+def lattice_amplitude(image: np.ndarray, lattice: LatticeEstimate, sigma_px: float | None = None) -> np.ndarray:
+    """Local amplitude of the lattice reflections of ``image`` (same shape, grey levels).
+
+    Each reflection ``g`` is demodulated (``image * exp(-2 pi i g.r)``) and averaged in a
+    Gaussian window of ``sigma_px`` (default 0.8 a); the amplitudes of the six
+    reflections are added in quadrature. The average is normalised at the image border
+    (no drop there). Finely sampled images are first block-averaged to about 16 px per
+    lattice constant (the amplitude varies on the scale of ``a``, not of a pixel).
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}")
+    h, w = img.shape
+    a_px = float(lattice.a_px)
+    sigma = 0.8 * a_px if sigma_px is None else float(sigma_px)
+    f = max(1, int(a_px // 16))
+    hh, ww = max(h // f, 1) * f, max(w // f, 1) * f
+    small = img[:hh, :ww].reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
+    small = small - small.mean()
+    sh, sw = small.shape
+    # pixel centres of the reduced grid, in px of the image
+    xs = np.arange(sw) * f + (f - 1) / 2.0
+    ys = np.arange(sh) * f + (f - 1) / 2.0
+    weight = ndi.gaussian_filter(np.ones((sh, sw)), sigma / f, mode="constant")
+    total = np.zeros((sh, sw))
+    for g in _reciprocal_vectors(lattice):
+        demod = small * np.exp(-2j * np.pi * g[1] * ys)[:, None] * np.exp(-2j * np.pi * g[0] * xs)[None, :]
+        re = ndi.gaussian_filter(demod.real, sigma / f, mode="constant")
+        im = ndi.gaussian_filter(demod.imag, sigma / f, mode="constant")
+        total += (re * re + im * im) / (weight * weight)
+    amp = np.sqrt(total).astype(np.float32)
+    if f > 1:
+        amp = np.repeat(np.repeat(amp, f, axis=0), f, axis=1)
+        amp = np.pad(amp, ((0, h - hh), (0, w - ww)), mode="edge")
+    return amp
+
+
+def vacuum_mask(image: np.ndarray, lattice: LatticeEstimate, threshold: float = VACUUM_THRESHOLD,
+                min_cells: float = MIN_VACUUM_CELLS) -> np.ndarray:
+    """Boolean mask (image shape) of the vacuum regions: True where there is no crystal.
+
+    The crystal's lattice amplitude is taken as the 90th percentile over the image (so
+    the crystal must cover at least a tenth of it); vacuum is where the amplitude is
+    below ``threshold`` times that, in connected regions of at least ``min_cells``
+    unit-cell areas (sqrt(3)/2 a² each).
+    """
+    amp = lattice_amplitude(image, lattice)
+    ref = float(np.percentile(amp, 90))
+    if not np.isfinite(ref) or ref <= 0:
+        return np.zeros(amp.shape, bool)
+    low = amp < threshold * ref
+    if not low.any():
+        return low
+    lab, n = ndi.label(low)
+    sizes = np.bincount(lab.ravel())
+    cell_area = math.sqrt(3) / 2 * float(lattice.a_px) ** 2
+    keep = sizes >= min_cells * cell_area
+    keep[0] = False
+    return keep[lab]
+
+
+def grow_into_empty_cells(mask: np.ndarray, centres: np.ndarray, empty: np.ndarray,
+                          a_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Extend the vacuum through empty cells that touch it.
+
+    A cell with no atoms at all (both vacancies) next to a hole cannot be told from the
+    hole: such cells, and empty cells next to them, belong to the vacuum. ``centres``
+    (N, 2) cell centres in px, ``empty`` (N,) bool. Returns ``(grown mask, taken)`` with
+    ``taken`` (N,) bool marking the cells that joined the vacuum; each is painted into
+    the mask as a disc of radius 0.6 a.
+    """
+    centres = np.asarray(centres, float).reshape(-1, 2)
+    empty = np.asarray(empty, bool)
+    taken = np.zeros(len(centres), bool)
+    if not mask.any() or not empty.any():
+        return mask, taken
+    h, w = mask.shape
+    dist = ndi.distance_transform_edt(~mask)
+    col = np.clip(np.rint(centres[:, 0]).astype(int), 0, w - 1)
+    row = np.clip(np.rint(centres[:, 1]).astype(int), 0, h - 1)
+    frontier = list(np.flatnonzero(empty & (dist[row, col] <= 1.2 * a_px)))
+    idx_empty = np.flatnonzero(empty)
+    while frontier:
+        k = frontier.pop()
+        if taken[k]:
+            continue
+        taken[k] = True
+        near = idx_empty[np.hypot(*(centres[idx_empty] - centres[k]).T) <= 1.2 * a_px]
+        frontier.extend(int(j) for j in near if not taken[j])
+    grown = mask.copy()
+    r = 0.6 * a_px
+    for x, y in centres[taken]:
+        y0, y1 = max(int(y - r), 0), min(int(y + r) + 1, h)
+        x0, x1 = max(int(x - r), 0), min(int(x + r) + 1, w)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        grown[y0:y1, x0:x1] |= (xx - x) ** 2 + (yy - y) ** 2 <= r * r
+    return grown, taken

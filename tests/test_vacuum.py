@@ -1,0 +1,62 @@
+"""Vacuum (holes, film edges): found from the lattice amplitude and left out of the analysis."""
+
+import numpy as np
+import pytest
+
+from napari_tmd_defects.analysis import analyze
+from napari_tmd_defects.evaluation import score_result
+from napari_tmd_defects.geometry import estimate_lattice
+from napari_tmd_defects.simulation import Noise, Vacuum, simulate
+from napari_tmd_defects.vacuum import lattice_amplitude, vacuum_mask
+
+
+def _centres(truth, keep=None):
+    c = np.rint(0.5 * (truth.cell_x_site + truth.cell_m_site)).astype(int)
+    c = np.clip(c, 0, np.array(truth.shape[::-1]) - 1)
+    return c if keep is None else c[keep]
+
+
+@pytest.mark.parametrize("noise", [Noise(12, 20), Noise(4, 30, background=0.3, contamination=0.3)])
+def test_no_vacuum_in_a_full_crystal(noise):
+    sim = simulate(shape=384, pixel_size=0.09, defect_fraction=0.3, noise=noise, seed=2)
+    lat = estimate_lattice(sim.image)
+    amp = lattice_amplitude(sim.image, lat)
+    assert amp.shape == sim.image.shape
+    # uniform over the crystal, borders included, even with 30 % defective cells
+    assert np.percentile(amp, 1) > 0.5 * np.percentile(amp, 90)
+    assert not vacuum_mask(sim.image, lat).any()
+
+
+@pytest.mark.parametrize("kind, rotation", [("hole", 0.0), ("edge", 23.0)])
+def test_vacuum_mask_follows_the_hole_and_spares_the_crystal(kind, rotation):
+    kw = dict(shape=448, pixel_size=0.09, rotation_deg=rotation, noise=Noise(8, 20), seed=5)
+    sim = simulate(vacuum=Vacuum(kind, 0.25), **kw)
+    full = simulate(**kw)
+    mask = vacuum_mask(sim.image, estimate_lattice(sim.image))
+    kept = _centres(sim.truth)
+    assert not mask[kept[:, 1], kept[:, 0]].any()  # no true cell inside the mask
+    there = {tuple(ij) for ij in sim.truth.cell_ij.tolist()}
+    gone = _centres(full.truth, np.array([tuple(ij) not in there for ij in full.truth.cell_ij.tolist()]))
+    assert mask[gone[:, 1], gone[:, 0]].mean() > 0.6  # most removed cells lie in the mask
+    hole_area = 0.25 * 448 * 448
+    assert 0.5 * hole_area < mask.sum() < 1.05 * hole_area
+
+
+def test_analyze_leaves_vacuum_cells_out():
+    sim = simulate(shape=448, pixel_size=0.09, vacuum=Vacuum("hole", 0.25), noise=Noise(10, 20),
+                   defect_fraction=0.1, seed=11)
+    res = analyze(sim.image, 0.09, device="cpu")
+    t = sim.truth
+    assert res.vacuum_mask is not None and 0.1 < res.vacuum_fraction < 0.3
+    assert any("vacuum" in w for w in res.warnings)
+    s = score_result(res, t)
+    assert s.recall > 0.98 and s.precision > 0.98
+    assert res.area_nm2 == pytest.approx(res.n_cells * 0.866025 * 0.352**2, rel=1e-4)
+    # the empty film is not read as cells with both vacancies
+    true_v = t.counts()["V_Te2+V_Mo"]
+    assert abs(res.counts()["V_Te2+V_Mo"] - true_v) <= 2
+    summ = res.summary()
+    assert summ["vacuum_fraction_of_image"] > 0.1 and summ["n_cells_excluded_in_vacuum"] >= 0
+    # switched off: the vacuum is not masked
+    off = analyze(sim.image, 0.09, device="cpu", exclude_vacuum=False)
+    assert off.vacuum_mask is None and off.vacuum_fraction == 0.0
