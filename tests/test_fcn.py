@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 
 from napari_tmd_defects.fcn import FCNSegmenter, analyze_fcn, build_unet, column_targets, train_fcn
