@@ -34,3 +34,13 @@ def test_tiny_training_run_and_analysis(tmp_path):
     res = analyze_fcn(sim.image, 0.12, "MoTe2", seg)
     assert res.n_cells > 0.9 * sim.truth.n_cells
     assert np.allclose(res.probabilities.sum(axis=1), 1)
+
+
+def test_shipped_fcn_segments_the_sample():
+    from napari_tmd_defects.evaluation import score_result
+    from napari_tmd_defects.simulation import Noise, simulate
+
+    sim = simulate(shape=320, pixel_size=0.1, defect_fraction=0.2, noise=Noise(15, 20), seed=12)
+    res = analyze_fcn(sim.image, 0.1, "MoTe2", FCNSegmenter.load(device="cpu"))
+    s = score_result(res, sim.truth)
+    assert s.recall > 0.95 and s.class_accuracy > 0.8

@@ -33,6 +33,9 @@ TRAINED_PIXEL_SIZES = (0.02, 0.16)
 NOISE_LAMBDA_RANGE = (4.0, 60.0)
 #: Lattices turned by more than this (degrees) are analysed on a canonically turned copy.
 ROTATION_TOLERANCE_DEG = 2.0
+#: Material the shipped networks were trained on; images of other materials are shown to
+#: them with its contrast (:mod:`.contrast`).
+MODEL_MATERIAL = "MoTe2"
 #: Minimum lattice-peak strength of :func:`geometry.estimate_lattice` to trust a lattice.
 MIN_LATTICE_STRENGTH = 4.5
 
@@ -173,6 +176,11 @@ class Result:
         work = None
         if image is not None:
             work, _ = prepare_image(image)
+            if get_material(self.material).name != MODEL_MATERIAL:
+                from .contrast import match_contrast
+
+                matched = match_contrast(work, a_px, self.material, MODEL_MATERIAL)
+                work = matched.image if matched is not None else work
             if self.lattice_rotation_deg:
                 from .geometry import RotationFrame
 
@@ -520,15 +528,29 @@ def analyze(
             vac_mask = None
 
     step(10)
-    rotation = _orientation(img, a_px, mat.name) if has_lattice else 0.0
+    # the networks learnt MODEL_MATERIAL: other materials are shown to them with its contrast
+    model_img, model_material = img, mat.name
+    if has_lattice and mat.name != MODEL_MATERIAL:
+        from .contrast import match_contrast
+
+        t0 = time.perf_counter()
+        matched = match_contrast(img, a_px, mat.name, MODEL_MATERIAL)
+        timings["contrast"] = time.perf_counter() - t0
+        if matched is None:
+            warnings.append(f"the {mat.name} sublattices could not be told apart: the networks "
+                            f"(trained on {MODEL_MATERIAL}) see the image as it is")
+        else:
+            model_img, model_material = matched.image, MODEL_MATERIAL
+            warnings.append(matched.describe(mat.name, MODEL_MATERIAL))
+    rotation = _orientation(model_img, a_px, model_material) if has_lattice else 0.0
     if abs(rotation) <= ROTATION_TOLERANCE_DEG:
         rotation = 0.0
-    work = img
+    work = model_img
     if rotation:
         from .geometry import RotationFrame
 
         frame = RotationFrame.for_image(shape, rotation)
-        work = frame.warp(img, fill=float(np.median(img)))
+        work = frame.warp(model_img, fill=float(np.median(model_img)))
         warnings.append(f"lattice turned by {rotation:.1f}°: analysed on a copy turned to the canonical orientation")
     det = _resolve_model(detector, "detector", device)
     t0 = time.perf_counter()
@@ -561,8 +583,15 @@ def analyze(
     if classify and n:
         clf = _resolve_model(classifier, "classifier", device)
         t0 = time.perf_counter()
+        clf_material = get_material(getattr(clf, "material", mat.name)).name
+        cls_img, cls_material, cls_ps = work, mat.name, pixel_size
+        if clf_material != mat.name and clf_material == model_material:
+            # contrast-matched image; the pixel size that gives the reference material the same a in px
+            cls_material, cls_ps = clf_material, pixel_size * get_material(clf_material).a / mat.a
+        elif clf_material == mat.name and model_material != mat.name:
+            cls_img = frame.warp(img, fill=float(np.median(img))) if rotation else img
         probs = np.asarray(
-            clf.predict(work, cls_boxes, pixel_size, material=mat.name, progress=sub(70, 100), cancel=cancel),
+            clf.predict(cls_img, cls_boxes, cls_ps, material=cls_material, progress=sub(70, 100), cancel=cancel),
             dtype=float,
         )
         timings["classification"] = time.perf_counter() - t0

@@ -179,9 +179,18 @@ def fit_sublattices(img: np.ndarray, a_px: float, material: str = "MoTe2") -> Su
         partner = np.array(offsets[0])
     else:
         partner = np.array(offsets[1] if rho > 0 else (1 / 3, -2 / 3))
-    bond = partner[0] * a1 + partner[1] * a2
-    theta = math.degrees(math.atan2(-bond[1], bond[0])) - 30.0
-    theta = (theta + 180.0) % 360.0 - 180.0
+    # of the three M neighbours, the partner is the one whose bond points at 30° + a
+    # rotation in (-60, 60] (the three are 120° apart, so exactly one does)
+    best = None
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            cand = np.asarray(partner, float) + (di, dj)
+            bond = cand[0] * a1 + cand[1] * a2
+            length = float(np.hypot(*bond))
+            theta = (math.degrees(math.atan2(-bond[1], bond[0])) - 30.0 + 180.0) % 360.0 - 180.0
+            if -60.0 < theta <= 60.0 and (best is None or length < best[0] - 1e-6):
+                best = (length, cand, theta)
+    _, partner, theta = best
     return SublatticeFit(
         a1=a1, a2=a2, origin=bright_origin + x_off, partner=partner,
         hollow=np.array(third) - x_off, rotation_deg=float(theta), mirrored=bool(mirrored),

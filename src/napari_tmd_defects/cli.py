@@ -231,7 +231,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data", required=True, type=Path, help="dataset folder written by `simulate`")
     p.add_argument("--method", nargs="+", choices=["networks", "classical", "fcn"], default=["networks", "classical"],
                    help="methods to score (default: networks classical)")
-    p.add_argument("--fcn", type=Path, default=None, help="FCN baseline weights (for --method fcn)")
+    p.add_argument("--fcn", type=Path, default=None,
+                   help="FCN baseline weights for --method fcn (default: shipped; retrain with `tmd-defects train-fcn`)")
     p.add_argument("--report", type=Path, default=None, help="Markdown report file (default: print)")
     p.add_argument("--title", default=None, help="report title")
     p.add_argument("--limit", type=int, default=None, help="first N images only")
@@ -262,8 +263,6 @@ def _run_evaluate(args) -> int:
     if "fcn" in args.method:
         from .fcn import FCNSegmenter, analyze_fcn
 
-        if args.fcn is None:
-            raise ValueError("--method fcn needs --fcn WEIGHTS (train them with `tmd-defects train-fcn`)")
         seg = FCNSegmenter.load(args.fcn, device=args.device)
         methods["FCN baseline"] = lambda img, t: analyze_fcn(img, t.pixel_size, t.material, seg)
     scores = evaluate_dataset(args.data, methods, limit=args.limit, progress=progress_printer("evaluate"))

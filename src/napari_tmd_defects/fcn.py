@@ -111,10 +111,11 @@ class FCNSegmenter:
         self.device = device
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> "FCNSegmenter":
-        from .runtime import load_weights, resolve_device
+    def load(cls, path: str | Path | None = None, device: str = "auto") -> "FCNSegmenter":
+        """Weights from ``path`` (default: the shipped ``weights/fcn.pt``)."""
+        from .runtime import default_weights, load_weights, resolve_device
 
-        sd, card = load_weights(path)
+        sd, card = load_weights(default_weights("fcn") if path is None else path)
         model = build_unet(card.get("base", 16), card.get("depth", 3))
         model.load_state_dict(sd)
         return cls(model, card, resolve_device(device))

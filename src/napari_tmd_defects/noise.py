@@ -60,6 +60,10 @@ def _quadratic_kernel(half: int = 2) -> np.ndarray:
     return hat[len(dx) // 2].reshape(2 * half + 1, 2 * half + 1)
 
 
+#: Larger images are estimated on their central square of this size (px): plenty of pixels.
+NOISE_CROP_PX = 1024
+
+
 def estimate_noise(image: np.ndarray, a_px: float | None = None, bins: int = 16) -> NoiseEstimate:
     """Estimate Poisson and Gaussian noise levels of a 2-D image (see module docstring).
 
@@ -82,6 +86,12 @@ def estimate_noise(image: np.ndarray, a_px: float | None = None, bins: int = 16)
         raise ValueError(f"image must be 2-D and at least 16 x 16 px, got shape {img.shape}")
     if not np.isfinite(img).all() or np.ptp(img) == 0:
         raise ValueError("image must be finite and not constant")
+    h, w = img.shape
+    if max(h, w) > NOISE_CROP_PX:
+        y0, x0 = max(0, (h - NOISE_CROP_PX) // 2), max(0, (w - NOISE_CROP_PX) // 2)
+        img = img[y0:y0 + NOISE_CROP_PX, x0:x0 + NOISE_CROP_PX]
+        if np.ptp(img) == 0:
+            raise ValueError("image must not be constant")
     # local quadratic fit: removes the column profiles (up to cubic terms), keeps the noise
     k = _quadratic_kernel(2)
     m = ndi.convolve(img, k, mode="reflect")

@@ -41,7 +41,7 @@ def lattice_amplitude(image: np.ndarray, lattice: LatticeEstimate, sigma_px: flo
     Each reflection ``g`` is demodulated (``image * exp(-2 pi i g.r)``) and averaged in a
     Gaussian window of ``sigma_px`` (default 0.8 a); the amplitudes of the six
     reflections are added in quadrature. The average is normalised at the image border
-    (no drop there). Finely sampled images are first block-averaged to about 16 px per
+    (no drop there). Finely sampled images are first block-averaged to about 10 px per
     lattice constant (the amplitude varies on the scale of ``a``, not of a pixel).
     """
     img = np.asarray(image, dtype=np.float64)
@@ -50,7 +50,7 @@ def lattice_amplitude(image: np.ndarray, lattice: LatticeEstimate, sigma_px: flo
     h, w = img.shape
     a_px = float(lattice.a_px)
     sigma = 0.8 * a_px if sigma_px is None else float(sigma_px)
-    f = max(1, int(a_px // 16))
+    f = max(1, int(a_px // 10))
     hh, ww = max(h // f, 1) * f, max(w // f, 1) * f
     small = img[:hh, :ww].reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
     small = small - small.mean()

@@ -1,0 +1,59 @@
+"""Sublattice contrast matching and the other 2H dichalcogenides end to end."""
+
+import numpy as np
+import pytest
+
+from napari_tmd_defects.analysis import analyze
+from napari_tmd_defects.classical import fit_sublattices
+from napari_tmd_defects.contrast import match_contrast
+from napari_tmd_defects.evaluation import score_result
+from napari_tmd_defects.materials import get_material
+from napari_tmd_defects.simulation import Noise, simulate
+
+
+@pytest.mark.parametrize("material", ["MoS2", "WSe2"])
+def test_match_contrast_makes_the_chalcogen_sublattice_the_bright_one(material):
+    sim = simulate(material, shape=320, pixel_size=0.1, defect_fraction=0.0, noise=Noise(None, 0), seed=1)
+    a_px = get_material(material).a / 0.1
+    t = sim.truth
+    xs = np.rint(t.cell_x_site).astype(int)
+    ms = np.rint(t.cell_m_site).astype(int)
+
+    def ratio(img):
+        return np.median(img[ms[:, 1], ms[:, 0]]) / np.median(img[xs[:, 1], xs[:, 0]])
+
+    assert ratio(sim.image) > 1.5  # metal brighter in these materials
+    m = match_contrast(sim.image, a_px, material)
+    assert m is not None
+    assert ratio(m.image) == pytest.approx(m.ratio, rel=0.15)  # the MoTe2 ratio, ~0.34
+    # columns stay where they were: the fitted sublattices agree with the truth
+    fit = fit_sublattices(m.image, a_px, "MoTe2")
+    assert fit is not None and fit.bright_is_x
+
+
+def test_match_contrast_keeps_the_half_column_contrast():
+    sim = simulate("MoS2", shape=320, pixel_size=0.1, defect_fraction=0.3, noise=Noise(None, 0), seed=2)
+    t = sim.truth
+    m = match_contrast(sim.image, get_material("MoS2").a / 0.1, "MoS2")
+    xs = np.rint(t.cell_x_site).astype(int)
+    vx = m.image[xs[:, 1], xs[:, 0]]
+    full = np.median(vx[t.cell_label == 0])
+    half = np.median(vx[t.cell_label == 1])  # V_S1: one S of two missing
+    assert half / full == pytest.approx(0.5, abs=0.1)
+
+
+def test_match_contrast_without_lattice_is_none():
+    rng = np.random.default_rng(0)
+    assert match_contrast(rng.normal(size=(200, 200)), 30.0, "MoS2") is None
+
+
+@pytest.mark.parametrize("material, rotation", [("MoS2", 0.0), ("WSe2", 21.0), ("MoSe2", -9.0)])
+def test_other_materials_end_to_end(material, rotation):
+    sim = simulate(material, shape=384, pixel_size=0.09, defect_fraction=0.3, noise=Noise(12, 20),
+                   rotation_deg=rotation, seed=6)
+    res = analyze(sim.image, 0.09, material=material, device="cpu")
+    s = score_result(res, sim.truth)
+    assert s.recall > 0.98 and s.precision > 0.98
+    assert s.class_accuracy > 0.97
+    assert res.class_names[1].startswith("V_" + get_material(material).chalcogen)
+    assert any("contrast matched" in w for w in res.warnings)
