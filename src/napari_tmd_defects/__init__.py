@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from .materials import CLASS_COLORS, CLASS_KEYS, MATERIALS, Material, get_material
 from .simulation import GroundTruth, SimulatedImage, simulate
+from .analysis import Result, analyze  # noqa: E402  (after the modules it builds on)
 
 __all__ = [
     "CLASS_COLORS",
@@ -11,8 +12,10 @@ __all__ = [
     "MATERIALS",
     "GroundTruth",
     "Material",
+    "Result",
     "SimulatedImage",
     "__version__",
+    "analyze",
     "get_material",
     "simulate",
 ]

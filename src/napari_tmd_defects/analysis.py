@@ -114,6 +114,21 @@ class Result:
         """Analysed area: number of cells times the unit-cell area (√3/2 a²), nm²."""
         return self.n_cells * get_material(self.material).cell_area_nm2
 
+    def noise_text(self) -> str:
+        """One line on the image's estimated noise and how it compares with the training range."""
+        if not self.noise:
+            return "noise: not estimated"
+        lam, mu, snr = (self.noise.get(k, float("nan")) for k in ("poisson_lambda", "gaussian_mu", "snr"))
+        lo, hi = NOISE_LAMBDA_RANGE
+        if lam < lo:
+            verdict = f"noisier than the training data (λ ≥ {lo:g}): check flagged cells"
+        elif lam > hi:
+            verdict = f"cleaner than most training data (λ ≤ {hi:g}); fine for the models"
+        else:
+            verdict = "within the training range"
+        return (f"noise: Poisson λ ≈ {lam:.3g} counts at the brightest column, Gaussian μ ≈ {mu:.3g} "
+                f"grey levels (peak = 255), SNR ≈ {snr:.3g}: {verdict}")
+
     @property
     def vacuum_fraction(self) -> float:
         """Share of the image area found to be vacuum (0 when none)."""

@@ -18,6 +18,7 @@ def test_statistics_and_export(analysed, tmp_path):
         assert stats._table.item(row, 2).text() == str(n)
         assert float(stats._table.item(row, 3).text()) == pytest.approx(conc[name], rel=1e-2)
     assert f"{res.n_cells}</b> cells" in stats._summary.text()
+    assert "noise:" in stats._summary.text()
     ax = stats._fig.axes[0]
     assert sum(p.get_height() for p in ax.patches) == pytest.approx(np.sum(res.labels >= 0))
 

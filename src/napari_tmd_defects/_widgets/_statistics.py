@@ -144,6 +144,9 @@ class StatisticsWidget(QWidget):
             f"({res.pixel_size_source}) · α = {res.alpha:.2f}, β = {res.beta:.2f}<br>"
             f"{int(res.flagged.sum())} low-confidence, {int(res.corrected.sum())} corrected"
             + (f", {n_uncl} unclassified" if n_uncl else "")
+            + (f" · vacuum {100 * res.vacuum_fraction:.0f} % of the image, "
+               f"{res.n_excluded_vacuum} cells there left out" if res.vacuum_mask is not None else "")
+            + f"<br>{res.noise_text()}"
         )
         self._table.setRowCount(len(counts))
         for k, (name, n) in enumerate(counts.items()):
