@@ -120,7 +120,12 @@ def main(argv=None) -> int:
     correction = open_dock("Correction")
     correction.database = "corrections"
     close_docks("Correction", "Statistics")
+    from napari_tmd_defects._widgets import _layers, _selection
+
     k = correction.step_low_confidence(+1)
+    if k is None:  # the networks are sure of every cell: show the least confident one
+        k = int(np.argmin(res.confidence))
+        _selection.select_cells(viewer, res, [k], center=True)
     viewer.camera.zoom *= 2.5
     correction.set_class(int(res.labels[k]) if res.labels[k] != 1 else 2)
     correction.step_low_confidence(+1)
@@ -142,8 +147,6 @@ def main(argv=None) -> int:
     preview = open_dock("Noise preview")
     preview.simulate()
     defect = int(np.flatnonzero((res.labels == 1) & ~res.flagged)[0])
-    from napari_tmd_defects._widgets import _layers, _selection
-
     _selection.select_cells(viewer, _layers.current_result(viewer), [defect])
     preview.compare_selected()
     shot("napari_preview.png")
