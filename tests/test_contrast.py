@@ -57,3 +57,19 @@ def test_other_materials_end_to_end(material, rotation):
     assert s.class_accuracy > 0.97
     assert res.class_names[1].startswith("V_" + get_material(material).chalcogen)
     assert any("contrast matched" in w for w in res.warnings)
+
+
+def test_unmatched_material_is_left_unclassified(monkeypatch):
+    import napari_tmd_defects.contrast as contrast
+
+    monkeypatch.setattr(contrast, "match_contrast", lambda *a, **k: None)
+    sim = simulate("MoS2", shape=256, pixel_size=0.1, noise=Noise(12, 20), seed=3)
+    res = analyze(sim.image, 0.1, material="MoS2", device="cpu")
+    assert (res.labels == -1).all()
+    assert any("could not be matched" in w for w in res.warnings)
+
+
+def test_weak_chalcogen_columns_are_warned_about():
+    sim = simulate("WS2", shape=320, pixel_size=0.1, noise=Noise(8, 5), seed=3)
+    res = analyze(sim.image, 0.1, material="WS2", device="cpu")
+    assert any("columns get only" in w for w in res.warnings)

@@ -557,6 +557,15 @@ def analyze(
         else:
             model_img, model_material = matched.image, MODEL_MATERIAL
             warnings.append(matched.describe(mat.name, MODEL_MATERIAL))
+            lam = noise.get("poisson_lambda")
+            x_amp, m_amp = matched.x_level - matched.background, matched.m_level - matched.background
+            if lam is not None and np.isfinite(lam) and max(x_amp, m_amp) > 0:
+                lam_x = lam * x_amp / max(x_amp, m_amp)  # counts at a full chalcogen column
+                if lam_x < NOISE_LAMBDA_RANGE[0]:
+                    warnings.append(
+                        f"the {mat.chalcogen} columns get only ~{lam_x:.2g} counts (Poisson), below the "
+                        f"{NOISE_LAMBDA_RANGE[0]:g} the networks were trained for: chalcogen vacancies are "
+                        "uncertain; check flagged cells or compare with the classical reference")
     rotation = _orientation(model_img, a_px, model_material) if has_lattice else 0.0
     if abs(rotation) <= ROTATION_TOLERANCE_DEG:
         rotation = 0.0
@@ -597,7 +606,6 @@ def analyze(
     conf = np.zeros(n)
     if classify and n:
         clf = _resolve_model(classifier, "classifier", device)
-        t0 = time.perf_counter()
         clf_material = get_material(getattr(clf, "material", mat.name)).name
         cls_img, cls_material, cls_ps = work, mat.name, pixel_size
         if clf_material != mat.name and clf_material == model_material:
@@ -605,14 +613,19 @@ def analyze(
             cls_material, cls_ps = clf_material, pixel_size * get_material(clf_material).a / mat.a
         elif clf_material == mat.name and model_material != mat.name:
             cls_img = frame.warp(img, fill=float(np.median(img))) if rotation else img
-        probs = np.asarray(
-            clf.predict(cls_img, cls_boxes, cls_ps, material=cls_material, progress=sub(70, 100), cancel=cancel),
-            dtype=float,
-        )
-        timings["classification"] = time.perf_counter() - t0
-        labels = probs.argmax(axis=1)
-        conf = probs.max(axis=1)
-        models["classifier"] = _card_summary(getattr(clf, "card", {}))
+        if clf_material != cls_material:
+            warnings.append(f"the classifier was trained for {clf_material} and the {mat.name} image could not "
+                            f"be matched to it: cells left unclassified")
+        else:
+            t0 = time.perf_counter()
+            probs = np.asarray(
+                clf.predict(cls_img, cls_boxes, cls_ps, material=cls_material, progress=sub(70, 100), cancel=cancel),
+                dtype=float,
+            )
+            timings["classification"] = time.perf_counter() - t0
+            labels = probs.argmax(axis=1)
+            conf = probs.max(axis=1)
+            models["classifier"] = _card_summary(getattr(clf, "card", {}))
     if vac_mask is not None and probs is not None and n:
         # empty cells (no X, no M) touching the vacuum are part of it
         from .vacuum import grow_into_empty_cells
