@@ -182,6 +182,16 @@ def test_simulate_crops_balanced_and_variants():
     assert np.array_equal(a.counts, [6] * 6) and np.array_equal(a.y, b.y)
 
 
+def test_simulate_crops_contrast_matched_to_mote2():
+    mos2 = C.simulate_crops(6, [(16, 2)], seed=5, pixel_size=(0.1, 0.15), field_a=(30, 35), material="MoS2",
+                            match_to="MoTe2", presets=("paper",))[(16, 2)]
+    assert np.array_equal(mos2.counts, [6] * 6) and mos2.meta["matched_to"] == "MoTe2"
+    x = mos2.x.astype(np.float32)
+    perfect = x[mos2.y == 0]
+    # as in MoTe2: the X half (channel 0) brighter than the M half (channel 1) in a perfect cell
+    assert perfect[:, 0].max(axis=(1, 2)).mean() > perfect[:, 1].max(axis=(1, 2)).mean()
+
+
 def test_tiny_training_reduces_loss(tmp_path):
     sets = C.simulate_crops(24, [(16, 2)], seed=1, pixel_size=(0.1, 0.15), field_a=(30, 40))
     train = sets[(16, 2)]

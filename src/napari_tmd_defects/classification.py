@@ -566,6 +566,7 @@ def simulate_crops(
     max_images: int = 100000,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
+    match_to: str | None = None,
 ) -> dict[tuple[int, int], CropSet]:
     """Balanced labelled crops from freshly simulated full images.
 
@@ -582,6 +583,10 @@ def simulate_crops(
     noise : ((lambda_low, lambda_high) or None, mu), optional
         Replace the preset's noise with Poisson lambda uniform in the range (None: no
         shot noise) and Gaussian std mu (grey levels); optics are the paper's.
+    match_to : str, optional
+        Show ``material`` images as this material, as :func:`~.analysis.analyze` does
+        for a classifier trained on another material (:func:`~.contrast.match_contrast`):
+        crops of the contrast-matched image, for training such a classifier.
 
     Returns
     -------
@@ -622,7 +627,17 @@ def simulate_crops(
         origin = ((side - 1) / 2.0 + rng.uniform(0, a_px), (side - 1) / 2.0 + rng.uniform(0, a_px))
         sim = simulate(mat, shape, origin=origin, seed=int(rng.integers(2**31)), **kw)
         img = _augment_image(sim.image, ps, rng) if augment else sim.image
-        norm = normalize_image(img, ps, mat.name)
+        if match_to is not None and get_material(match_to).name != mat.name:
+            from .contrast import match_contrast
+
+            matched = match_contrast(img, a_px, mat.name, match_to)
+            if matched is None:  # no lattice found: count the image, take no crops
+                n_img += 1
+                continue
+            ref = get_material(match_to)
+            norm = normalize_image(matched.image, ps * ref.a / mat.a, ref.name)
+        else:
+            norm = normalize_image(img, ps, mat.name)
         labels = sim.truth.cell_label
         keep = []
         for c in range(N_CLASSES):
@@ -639,7 +654,8 @@ def simulate_crops(
             progress(total - int(need.sum()), total)
     meta = dict(source="simulate_crops", n_per_class=int(n_per_class), seed=int(seed), presets=list(presets),
                 pixel_size=list(pixel_size), defect_fraction=list(defect_fraction), noise=noise,
-                augment=bool(augment), jitter=float(jitter), material=mat.name, n_images=n_img)
+                augment=bool(augment), jitter=float(jitter), material=mat.name, n_images=n_img,
+                matched_to=match_to)
     return _finish_sets(store, variants, meta)
 
 

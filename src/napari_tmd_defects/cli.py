@@ -345,6 +345,11 @@ def _add_train_classifier(sub) -> None:
                    help="simulated dataset folder(s) (tmd-defects simulate) to add")
     p.add_argument("--data-repeats", type=int, default=3,
                    help="passes over --data with new box jitter and augmentation (default 3)")
+    p.add_argument("--matched-materials", nargs="+", default=None, metavar="MATERIAL",
+                   help="also train on simulated crops of these materials, contrast-matched to --material as "
+                        "analyze shows them to the networks (e.g. MoS2 WS2 MoSe2 WSe2)")
+    p.add_argument("--matched-per-class", type=int, default=1500,
+                   help="crops per class for each --matched-materials material (default 1500)")
     p.add_argument("--corrections", type=Path, default=None, help="corrections folder to add")
     p.add_argument("--corrections-repeats", type=int, default=20,
                    help="copies of each corrected cell (with box jitter where boxes are given; default 20)")
@@ -407,6 +412,13 @@ def _run_train_classifier(args) -> int:
     parts = []
     if args.n_per_class > 0:
         parts.append(_simulated_crops(args, args.n_per_class, args.seed, variant, "train"))
+    for k, other in enumerate(args.matched_materials or []):
+        from .classification import simulate_crops
+
+        parts.append(simulate_crops(args.matched_per_class, [variant], seed=args.seed + 1000 + k, presets=args.preset,
+                                    pixel_size=tuple(args.pixel_size), augment=not args.no_augment,
+                                    jitter=args.jitter, material=other, match_to=args.material,
+                                    progress=progress_printer(f"simulate {other} crops"))[variant])
     for d in args.data or []:
         parts.append(crops_from_dataset(d, [variant], jitter=args.jitter, repeats=args.data_repeats,
                                         augment=not args.no_augment, seed=args.seed,
