@@ -156,3 +156,17 @@ def test_image_without_lattice_gives_empty_layers(make_napari_viewer):
     assert res.n_cells == 0 and "no crystal lattice" in widget.status
     pts = viewer.layers[L.layer_name("noise", "centres")]
     assert len(pts.data) == 0 and viewer.layers[L.layer_name("noise", "cells")].nshapes == 0
+
+
+def test_vacuum_is_shown_and_its_cells_left_out(make_napari_viewer):
+    from napari_tmd_defects.simulation import Noise, Vacuum, simulate
+
+    sim = simulate(shape=384, pixel_size=0.09, vacuum=Vacuum("edge", 0.3), noise=Noise(12, 20), seed=4)
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.image, name="edge", scale=(0.09, 0.09), metadata={"pixel_size_A": 0.09})
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    widget._device.value = "cpu"
+    res = widget.run()
+    vac = viewer.layers["edge [vacuum]"]
+    assert vac.data.any() and np.allclose(vac.scale, [0.09, 0.09])
+    assert abs(res.n_cells - sim.truth.n_cells) <= 0.03 * sim.truth.n_cells

@@ -8,7 +8,9 @@ For an image layer ``NAME`` the analysis makes (and later updates in place, by n
 * ``NAME [cell classes]`` Points at cell centres, face colour = class; ``features`` hold
   ``class``, ``class_id``, ``confidence``, ``flagged``, ``corrected`` (+ ``i``, ``j``,
   ``support``);
-* ``NAME [cell labels]`` Labels (optional): each cell box filled with class id + 1.
+* ``NAME [cell labels]`` Labels (optional): each cell box filled with class id + 1;
+* ``NAME [vacuum]`` Labels, only when the analysis found vacuum (a hole, the film's
+  edge): 1 where cells were left out.
 
 All layer data are in px of the image (rows, cols) and carry the image's ``scale`` and
 ``translate``, so they line up with it. Each of these layers holds the same ``Result``
@@ -206,6 +208,15 @@ def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict
         else:
             lay = viewer.add_labels(data, name=names["labels"], opacity=0.35, colormap=_labels_colormap(), **geo)
         out["labels"] = lay
+
+    vac_name = f"{image_layer.name} [vacuum]"
+    if result.vacuum_mask is not None or vac_name in layers:
+        data = (result.vacuum_mask if result.vacuum_mask is not None
+                else np.zeros(result.image_shape, bool)).astype(np.uint8)
+        if vac_name in layers:
+            layers[vac_name].data = data
+        else:
+            viewer.add_labels(data, name=vac_name, opacity=0.25, **geo)
 
     hexes = _rectangles(result.hexagon_boxes)
     if names["hexagons"] in layers:
