@@ -123,3 +123,19 @@ def test_rotated_lattice_is_turned_to_canonical_and_mapped_back(material, rotati
     again = res.recast(0.65, 0.5, image=sim.image)
     assert again.n_cells == res.n_cells
     assert np.allclose(again.boxes, res.boxes)
+
+
+def test_failed_detector_falls_back_to_the_fitted_lattice():
+    from napari_tmd_defects.evaluation import score_result
+
+    class Blind:
+        card = {"name": "blind"}
+
+        def detect(self, image, pixel_size, material="MoTe2", progress=None, cancel=None):
+            return np.zeros((0, 4)), np.zeros(0)
+
+    sim = simulate(shape=320, pixel_size=0.1, defect_fraction=0.2, seed=9)
+    res = analyze(sim.image, 0.1, detector=Blind(), classifier=TruthClassifier(sim.truth))
+    assert any("taken from the fitted lattice" in w for w in res.warnings)
+    s = score_result(res, sim.truth)
+    assert s.recall > 0.97 and s.precision > 0.97

@@ -36,6 +36,8 @@ ROTATION_TOLERANCE_DEG = 2.0
 #: Material the shipped networks were trained on; images of other materials are shown to
 #: them with its contrast (:mod:`.contrast`).
 MODEL_MATERIAL = "MoTe2"
+#: Below this fraction of the cells the lattice holds, the detector is taken to have failed.
+FALLBACK_FRACTION = 0.7
 #: Minimum lattice-peak strength of :func:`geometry.estimate_lattice` to trust a lattice.
 MIN_LATTICE_STRENGTH = 4.5
 
@@ -566,7 +568,8 @@ def analyze(
                         f"the {mat.chalcogen} columns get only ~{lam_x:.2g} counts (Poisson), below the "
                         f"{NOISE_LAMBDA_RANGE[0]:g} the networks were trained for: chalcogen vacancies are "
                         "uncertain; check flagged cells or compare with the classical reference")
-    rotation = _orientation(model_img, a_px, model_material) if has_lattice else 0.0
+    # the orientation is geometry: found on the image as it is, with its own material
+    rotation = _orientation(img, a_px, mat.name) if has_lattice else 0.0
     if abs(rotation) <= ROTATION_TOLERANCE_DEG:
         rotation = 0.0
     work = model_img
@@ -584,6 +587,24 @@ def analyze(
     t0 = time.perf_counter()
     step(60)
     cells = _cells_in_image(canon_hex, hex_scores, shape, a_px, alpha, beta, rotation, work)
+    if has_lattice:
+        # a strong lattice but far fewer cells than it holds: the detector failed on this
+        # image (contrast it never saw); take the hexagons from the fitted lattice instead
+        crystal = 1.0 - (float(vac_mask.mean()) if vac_mask is not None else 0.0)
+        expected = crystal * (shape[0] - a_px) * (shape[1] - a_px) / (math.sqrt(3) / 2 * a_px**2)
+        if expected >= 20 and len(cells.boxes) < FALLBACK_FRACTION * expected:
+            from .classical import LatticeHexagonDetector
+
+            plain = frame.warp(img, fill=float(np.median(img))) if rotation else img
+            lat_hex, lat_scores = LatticeHexagonDetector().detect(plain, pixel_size, material=mat.name)
+            lat_cells = _cells_in_image(lat_hex, lat_scores, shape, a_px, alpha, beta, rotation, plain)
+            if len(lat_cells.boxes) > len(cells.boxes):
+                warnings.append(
+                    f"the hexagon detector found {len(cells.boxes)} cells where the lattice holds about "
+                    f"{expected:.0f}: hexagons taken from the fitted lattice (classical) instead; check the map"
+                )
+                canon_hex, hex_scores, cells = np.asarray(lat_hex, float).reshape(-1, 4), lat_scores, lat_cells
+                det = LatticeHexagonDetector()
     if rotation:
         from .geometry import bbox_of_points, box_corners
 
