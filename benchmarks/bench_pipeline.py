@@ -162,7 +162,7 @@ def main() -> None:
     lines = [
         "# End-to-end pipeline benchmark",
         "",
-        f"Command: `python benchmarks/bench_pipeline.py{' --atomap-python ' + args.atomap_python if args.atomap_python else ''}` "
+        f"Command: `python benchmarks/bench_pipeline.py{' --atomap-python ATOMAP_ENV/bin/python' if args.atomap_python else ''}` "
         f"· device {args.device}, {args.threads} torch threads, {platform.machine()}, {os.cpu_count()} logical CPUs, "
         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.",
         "",
