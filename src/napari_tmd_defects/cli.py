@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -266,7 +267,7 @@ def _run_evaluate(args) -> int:
         seg = FCNSegmenter.load(args.fcn, device=args.device)
         methods["FCN baseline"] = lambda img, t: analyze_fcn(img, t.pixel_size, t.material, seg)
     scores = evaluate_dataset(args.data, methods, limit=args.limit, progress=progress_printer("evaluate"))
-    cmd = "tmd-defects " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("tmd-defects") else ""
+    cmd = "tmd-defects " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("tmd-defects") else ""
     report = format_report(args.title or f"Evaluation on {args.data.name}", scores, command=cmd)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
@@ -450,7 +451,7 @@ def _run_train_classifier(args) -> int:
     cm = confusion_matrix(val.y, predict_crops(model, val.x).argmax(1))
     summ = accuracy_summary(cm, names)
     training = {
-        "command": "tmd-defects " + " ".join(args.argv),
+        "command": "tmd-defects " + shlex.join(args.argv),
         "n_train": len(train), "train_counts": train.counts.tolist(), "data": [p.meta for p in parts],
         "steps": hist.get("steps_done", steps), "batch_size": args.batch_size, "lr": args.lr,
         "optimizer": "AdamW one-cycle, weight decay 5e-4", "loss": "cross-entropy",
