@@ -334,11 +334,9 @@ def _drop_vacuum_cells(cells, mask: np.ndarray | None):
     """``(cells without those centred in the vacuum mask, number dropped)``."""
     if mask is None or not len(cells.boxes) or not mask.any():
         return cells, 0
-    h, w = mask.shape
-    c = 0.5 * (cells.x_sites + cells.m_sites)
-    col = np.clip(np.rint(c[:, 0]).astype(int), 0, w - 1)
-    row = np.clip(np.rint(c[:, 1]).astype(int), 0, h - 1)
-    keep = ~mask[row, col]
+    from .geometry import nearest_pixel
+
+    keep = ~mask[nearest_pixel(0.5 * (cells.x_sites + cells.m_sites), mask.shape)]
     if keep.all():
         return cells, 0
     return _subset_cells(cells, keep), int((~keep).sum())
@@ -572,13 +570,19 @@ def analyze(
     rotation = _orientation(img, a_px, mat.name) if has_lattice else 0.0
     if abs(rotation) <= ROTATION_TOLERANCE_DEG:
         rotation = 0.0
-    work = model_img
+    frame = None
     if rotation:
         from .geometry import RotationFrame
 
         frame = RotationFrame.for_image(shape, rotation)
-        work = frame.warp(model_img, fill=float(np.median(model_img)))
         warnings.append(f"lattice turned by {rotation:.1f}°: analysed on a copy turned to the canonical orientation")
+
+    def turned(image: np.ndarray) -> np.ndarray:
+        """``image`` in the frame the lattice is analysed in (canonically turned when needed)."""
+        return frame.warp(image, fill=float(np.median(image))) if frame is not None else image
+
+    work = turned(model_img)  # what the networks see
+    plain = work if model_img is img else None  # the image as it is, turned; made once when needed
     det = _resolve_model(detector, "detector", device)
     t0 = time.perf_counter()
     canon_hex, hex_scores = det.detect(work, pixel_size, material=mat.name, progress=sub(10, 60), cancel=cancel)
@@ -595,7 +599,8 @@ def analyze(
         if expected >= 20 and len(cells.boxes) < FALLBACK_FRACTION * expected:
             from .classical import LatticeHexagonDetector
 
-            plain = frame.warp(img, fill=float(np.median(img))) if rotation else img
+            if plain is None:
+                plain = turned(img)
             lat_hex, lat_scores = LatticeHexagonDetector().detect(plain, pixel_size, material=mat.name)
             lat_cells = _cells_in_image(lat_hex, lat_scores, shape, a_px, alpha, beta, rotation, plain)
             if len(lat_cells.boxes) > len(cells.boxes):
@@ -605,6 +610,7 @@ def analyze(
                 )
                 canon_hex, hex_scores, cells = np.asarray(lat_hex, float).reshape(-1, 4), lat_scores, lat_cells
                 det = LatticeHexagonDetector()
+    cells, n_vacuum = _drop_vacuum_cells(cells, vac_mask)
     if rotation:
         from .geometry import bbox_of_points, box_corners
 
@@ -612,11 +618,6 @@ def analyze(
         cls_boxes = rotated_cell_box_canvas(frame, cells, a_px)
     else:
         hex_boxes, cls_boxes = canon_hex, cells.boxes
-    cells, n_vacuum = _drop_vacuum_cells(cells, vac_mask)
-    if n_vacuum and rotation:
-        cls_boxes = rotated_cell_box_canvas(frame, cells, a_px)
-    elif n_vacuum:
-        cls_boxes = cells.boxes
     timings["casting"] = time.perf_counter() - t0
     models = {"detector": _card_summary(getattr(det, "card", {}))}
 
@@ -633,7 +634,7 @@ def analyze(
             # contrast-matched image; the pixel size that gives the reference material the same a in px
             cls_material, cls_ps = clf_material, pixel_size * get_material(clf_material).a / mat.a
         elif clf_material == mat.name and model_material != mat.name:
-            cls_img = frame.warp(img, fill=float(np.median(img))) if rotation else img
+            cls_img = plain if plain is not None else turned(img)
         if clf_material != cls_material:
             warnings.append(f"the classifier was trained for {clf_material} and the {mat.name} image could not "
                             f"be matched to it: cells left unclassified")

@@ -54,6 +54,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from .geometry import block_mean
+
 from .materials import N_CLASSES, get_material
 from .runtime import (
     CancelCallback,
@@ -157,8 +159,8 @@ def _local_background(smooth: np.ndarray, a_px: float) -> np.ndarray:
     """Hollow-site level of a smoothed image: min filter over 1.5 a, smoothed over a."""
     h, w = smooth.shape
     f = max(1, min(int(a_px // 6), h, w))  # a grid with >= 6 px per lattice constant
-    hc, wc = max(1, h // f), max(1, w // f)
-    coarse = smooth[: hc * f, : wc * f].reshape(hc, f, wc, f).mean(axis=(1, 3))
+    coarse = block_mean(smooth, f)
+    hc, wc = coarse.shape
     win = max(3, int(math.ceil(1.5 * a_px / f)) | 1)
     bg = ndi.minimum_filter(coarse, size=win, mode="nearest")
     bg = ndi.gaussian_filter(bg, a_px / f, mode="nearest")

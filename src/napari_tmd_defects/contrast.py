@@ -51,16 +51,17 @@ class ContrastMatch:
 
 def _sublattice_of_pixels(shape, a1, a2, origin, offsets, rows_per_chunk: int = 256) -> np.ndarray:
     """Index (into ``offsets``) of the nearest honeycomb site of every pixel, (rows, cols) uint8."""
+    from .classical import _frac_coords
+
     h, w = shape
     basis = np.stack([a1, a2], axis=1)
-    inv = np.linalg.inv(basis)
     out = np.empty((h, w), np.uint8)
     xx = np.arange(w, dtype=float)
     shifts = np.array([(0, 0), (1, 0), (0, 1), (-1, 0), (0, -1), (1, -1), (-1, 1), (1, 1), (-1, -1)], float)
     for y0 in range(0, h, rows_per_chunk):
         yy = np.arange(y0, min(y0 + rows_per_chunk, h), dtype=float)
         px = np.stack(np.broadcast_arrays(xx[None, :], yy[:, None]), axis=-1).reshape(-1, 2)
-        f = px @ inv.T - origin
+        f = _frac_coords(px, a1, a2) - origin
         best = []
         for off in offsets:
             r = f - off

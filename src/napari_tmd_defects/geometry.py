@@ -142,8 +142,7 @@ def estimate_lattice(image: np.ndarray, a_range_px: tuple[float, float] = (6.0, 
     f = -(-max(h, w) // LATTICE_FFT_SIZE)  # ceil
     if f < 2:
         return _estimate_lattice(img, a_range_px)
-    hh, ww = h // f * f, w // f * f
-    small = img[:hh, :ww].reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
+    small = block_mean(img, f)
     est = _estimate_lattice(small, (max(a_range_px[0] / f, 4.0), a_range_px[1] / f))
     if est is not None and est.a_px >= 8.0:
         return replace(est, a_px=est.a_px * f, a1=est.a1 * f, a2=est.a2 * f)
@@ -377,6 +376,27 @@ def bbox_of_points(points: np.ndarray) -> np.ndarray:
     """Axis-aligned box ``(x_min, y_min, x_max, y_max)`` of ``(..., K, 2)`` points."""
     p = np.asarray(points, dtype=float)
     return np.concatenate([p.min(axis=-2), p.max(axis=-2)], axis=-1)
+
+
+def block_mean(image: np.ndarray, f: int) -> np.ndarray:
+    """Mean over ``f`` x ``f`` px blocks; rows and columns short of a whole block are dropped.
+
+    Pixel ``(i, j)`` of the result is centred at ``(j f + (f - 1) / 2, i f + (f - 1) / 2)``
+    px of the input. ``f <= 1`` returns the image itself.
+    """
+    img = np.asarray(image)
+    if f <= 1:
+        return img
+    hc, wc = max(1, img.shape[0] // f), max(1, img.shape[1] // f)
+    return img[: hc * f, : wc * f].reshape(hc, f, wc, f).mean(axis=(1, 3))
+
+
+def nearest_pixel(points: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)`` of the pixels nearest to ``(N, 2)`` (x, y) points, clipped to ``shape``."""
+    p = np.asarray(points, float).reshape(-1, 2)
+    rows = np.clip(np.rint(p[:, 1]).astype(int), 0, shape[0] - 1)
+    cols = np.clip(np.rint(p[:, 0]).astype(int), 0, shape[1] - 1)
+    return rows, cols
 
 
 def inside_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -17,7 +17,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-from .geometry import LatticeEstimate
+from .geometry import LatticeEstimate, block_mean, nearest_pixel
 
 __all__ = ["grow_into_empty_cells", "lattice_amplitude", "vacuum_mask", "VACUUM_THRESHOLD"]
 
@@ -51,8 +51,7 @@ def lattice_amplitude(image: np.ndarray, lattice: LatticeEstimate, sigma_px: flo
     a_px = float(lattice.a_px)
     sigma = 0.8 * a_px if sigma_px is None else float(sigma_px)
     f = max(1, int(a_px // 10))
-    hh, ww = max(h // f, 1) * f, max(w // f, 1) * f
-    small = img[:hh, :ww].reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
+    small = block_mean(img, f)
     small = small - small.mean()
     sh, sw = small.shape
     # pixel centres of the reduced grid, in px of the image
@@ -68,7 +67,7 @@ def lattice_amplitude(image: np.ndarray, lattice: LatticeEstimate, sigma_px: flo
     amp = np.sqrt(total).astype(np.float32)
     if f > 1:
         amp = np.repeat(np.repeat(amp, f, axis=0), f, axis=1)
-        amp = np.pad(amp, ((0, h - hh), (0, w - ww)), mode="edge")
+        amp = np.pad(amp, ((0, h - sh * f), (0, w - sw * f)), mode="edge")
     return amp
 
 
@@ -113,8 +112,7 @@ def grow_into_empty_cells(mask: np.ndarray, centres: np.ndarray, empty: np.ndarr
         return mask, taken
     h, w = mask.shape
     dist = ndi.distance_transform_edt(~mask)
-    col = np.clip(np.rint(centres[:, 0]).astype(int), 0, w - 1)
-    row = np.clip(np.rint(centres[:, 1]).astype(int), 0, h - 1)
+    row, col = nearest_pixel(centres, mask.shape)
     frontier = list(np.flatnonzero(empty & (dist[row, col] <= 1.2 * a_px)))
     idx_empty = np.flatnonzero(empty)
     while frontier:
