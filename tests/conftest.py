@@ -18,6 +18,7 @@ def rng():
 
 # Ground-truth stand-ins for the two networks: they return the simulator's true
 # hexagons and classes, to test bookkeeping around the models (not the models).
+# The hexagons are in image coordinates: use them on frames at rotation 0.
 class TruthDetector:
     card = {"name": "ground-truth hexagons"}
 
@@ -34,10 +35,19 @@ class TruthClassifier:
     def __init__(self, truth):
         self.truth = truth
 
-    def predict(self, image, boxes, pixel_size, material="MoTe2", progress=None, cancel=None):
-        iou = box_iou(boxes, self.truth.cell_box)
-        lab = self.truth.cell_label[iou.argmax(axis=1)]
-        p = np.full((len(boxes), 6), 0.02)
-        p[np.arange(len(boxes)), lab] = 0.9
+    def predict(self, image, boxes, pixel_size, material="MoTe2", progress=None, cancel=None, frames=None, box=None):
+        if frames is not None:
+            # the cell whose X-M midpoint is nearest (frames: canonical cell -> px)
+            from napari_tmd_defects.sites import CANONICAL_PARTNER
+
+            mid = np.einsum("nij,j->ni", frames[:, :, :2], 0.5 * CANONICAL_PARTNER) + frames[:, :, 2]
+            t = 0.5 * (self.truth.cell_x_site + self.truth.cell_m_site)
+            lab = self.truth.cell_label[np.argmin(np.linalg.norm(mid[:, None] - t[None], axis=-1), axis=1)]
+        else:
+            iou = box_iou(boxes, self.truth.cell_box)
+            lab = self.truth.cell_label[iou.argmax(axis=1)]
+        n = len(lab)
+        p = np.full((n, 6), 0.02)
+        p[np.arange(n), lab] = 0.9
         p[0] = [0.5, 0.5, 0, 0, 0, 0]  # one uncertain cell
         return p

@@ -3,18 +3,21 @@
 import numpy as np
 import pytest
 
-from napari_tmd_defects.analysis import analyze
-from napari_tmd_defects.classical import fit_sublattices
-from napari_tmd_defects.contrast import match_contrast
+from napari_tmd_defects.contrast import match_contrast, sublattice_positions
 from napari_tmd_defects.evaluation import score_result
+from napari_tmd_defects.lattice import find_sites
 from napari_tmd_defects.materials import get_material
+from napari_tmd_defects.pipeline import analyze
 from napari_tmd_defects.simulation import Noise, simulate
+
+
+def _model(image, material, pixel_size=0.1):
+    return find_sites(image, get_material(material).a / pixel_size, material)
 
 
 @pytest.mark.parametrize("material", ["MoS2", "WSe2"])
 def test_match_contrast_makes_the_chalcogen_sublattice_the_bright_one(material):
     sim = simulate(material, shape=320, pixel_size=0.1, defect_fraction=0.0, noise=Noise(None, 0), seed=1)
-    a_px = get_material(material).a / 0.1
     t = sim.truth
     xs = np.rint(t.cell_x_site).astype(int)
     ms = np.rint(t.cell_m_site).astype(int)
@@ -23,18 +26,19 @@ def test_match_contrast_makes_the_chalcogen_sublattice_the_bright_one(material):
         return np.median(img[ms[:, 1], ms[:, 0]]) / np.median(img[xs[:, 1], xs[:, 0]])
 
     assert ratio(sim.image) > 1.5  # metal brighter in these materials
-    m = match_contrast(sim.image, a_px, material)
+    m = match_contrast(sim.image, _model(sim.image, material), material)
     assert m is not None
     assert ratio(m.image) == pytest.approx(m.ratio, rel=0.15)  # the MoTe2 ratio, ~0.34
-    # columns stay where they were: the fitted sublattices agree with the truth
-    fit = fit_sublattices(m.image, a_px, "MoTe2")
-    assert fit is not None and fit.bright_is_x
+    # columns stay where they were: the sites of the matched image, read as MoTe2, agree
+    again = _model(m.image, "MoTe2")
+    d = np.linalg.norm(again.sites.xy[again.sites.role == 0][:, None] - t.cell_x_site[None], axis=-1).min(axis=1)
+    assert np.median(d) < 0.05 * t.a_px
 
 
 def test_match_contrast_keeps_the_half_column_contrast():
     sim = simulate("MoS2", shape=320, pixel_size=0.1, defect_fraction=0.3, noise=Noise(None, 0), seed=2)
     t = sim.truth
-    m = match_contrast(sim.image, get_material("MoS2").a / 0.1, "MoS2")
+    m = match_contrast(sim.image, _model(sim.image, "MoS2"), "MoS2")
     xs = np.rint(t.cell_x_site).astype(int)
     vx = m.image[xs[:, 1], xs[:, 0]]
     full = np.median(vx[t.cell_label == 0])
@@ -42,9 +46,22 @@ def test_match_contrast_keeps_the_half_column_contrast():
     assert half / full == pytest.approx(0.5, abs=0.1)
 
 
-def test_match_contrast_without_lattice_is_none():
+def test_match_contrast_without_sites_is_none():
+    from napari_tmd_defects.sites import SiteModel
+
     rng = np.random.default_rng(0)
-    assert match_contrast(rng.normal(size=(200, 200)), 30.0, "MoS2") is None
+    assert match_contrast(rng.normal(size=(200, 200)), SiteModel.empty(30.0), "MoS2") is None
+
+
+def test_sublattice_positions_put_hollows_between_columns():
+    sim = simulate("MoTe2", shape=256, pixel_size=0.1, defect_fraction=0.0, noise=Noise(None, 0), seed=3)
+    model = _model(sim.image, "MoTe2")
+    pos, role = sublattice_positions(model)
+    hol = pos[role == 2]
+    cols = np.concatenate([sim.truth.cell_x_site, sim.truth.cell_m_site])
+    d = np.linalg.norm(hol[:, None] - cols[None], axis=-1).min(axis=1)
+    # a hollow is one bond from its six neighbours
+    assert np.median(d) == pytest.approx(sim.truth.a_px / np.sqrt(3), rel=0.05)
 
 
 @pytest.mark.parametrize("material, rotation", [("MoS2", 0.0), ("WSe2", 21.0), ("MoSe2", -9.0)])
@@ -66,7 +83,7 @@ def test_unmatched_material_is_left_unclassified(monkeypatch):
     sim = simulate("MoS2", shape=256, pixel_size=0.1, noise=Noise(12, 20), seed=3)
     res = analyze(sim.image, 0.1, material="MoS2", device="cpu")
     assert (res.labels == -1).all()
-    assert any("could not be matched" in w for w in res.warnings)
+    assert any("could not be" in w for w in res.warnings)
 
 
 def test_weak_chalcogen_columns_are_warned_about():

@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 from .materials import CLASS_COLORS, CLASS_KEYS, MATERIALS, Material, get_material
 from .simulation import GroundTruth, SimulatedImage, simulate
-from .analysis import Result, analyze  # noqa: E402  (after the modules it builds on)
+from .analysis import Result  # noqa: E402  (after the modules it builds on)
+from .pipeline import analyze  # noqa: E402
 
 __all__ = [
     "CLASS_COLORS",

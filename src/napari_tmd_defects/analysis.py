@@ -1,16 +1,13 @@
-"""``analyze(image, pixel_size=...)``: image -> unit cells, classes, counts and concentrations.
+"""The result of :func:`~.pipeline.analyze`: cells, classes, counts, concentrations, files.
 
-The pipeline: validate the image, find the lattice (estimating the pixel size when it is
-not given), detect hexagons (CNN-1), cast and deduplicate unit cells (hexagonal-net
-casting, lattice completion), classify every cell (CNN-2), and report. Pure numpy/torch:
-no Qt here; the napari widgets and the CLI call this function.
+:class:`Result` holds every cell (its X and M sites, domain, class, confidence) with the
+site model behind it (:class:`~.sites.SiteModel`: all sites, domains, boundaries), and
+writes ``cells.csv``, ``summary.json`` and an overlay PNG. Pure numpy: no Qt here.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,47 +15,54 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .geometry import estimate_lattice
 from .io import atomic_write
 from .materials import N_CLASSES, get_material
-from .runtime import CancelCallback, ProgressCallback, check_cancel
+from .sites import SiteModel
 
-__all__ = ["Result", "analyze", "prepare_image", "UNCLASSIFIED"]
+__all__ = ["BOUNDARY", "Result", "UNCLASSIFIED", "prepare_image"]
 
 #: Label of cells that were not classified.
 UNCLASSIFIED = -1
+#: Label of cells on a domain boundary (grain, twin or inversion boundary, dislocation core):
+#: not a point defect, left out of the counts, the area and the concentrations.
+BOUNDARY = -2
 #: Pixel sizes (Å/px) the models were trained for; outside it a warning is given.
 TRAINED_PIXEL_SIZES = (0.02, 0.16)
 #: Shot-noise levels (counts at the brightest column) covered by training.
 NOISE_LAMBDA_RANGE = (4.0, 60.0)
-#: Lattices turned by more than this (degrees) are analysed on a canonically turned copy.
-ROTATION_TOLERANCE_DEG = 2.0
 #: Material the shipped networks were trained on; images of other materials are shown to
 #: them with its contrast (:mod:`.contrast`).
 MODEL_MATERIAL = "MoTe2"
-#: Below this fraction of the cells the lattice holds, the detector is taken to have failed.
-FALLBACK_FRACTION = 0.7
 #: Minimum lattice-peak strength of :func:`geometry.estimate_lattice` to trust a lattice.
 MIN_LATTICE_STRENGTH = 4.5
 
 
+def _label_name(k: int, names) -> str:
+    if 0 <= k < N_CLASSES:
+        return names[k]
+    return "boundary" if k == BOUNDARY else "unclassified"
+
+
 @dataclass
 class Result:
-    """Everything :func:`analyze` found in one image. Coordinates in px (x = column).
+    """Everything :func:`~.pipeline.analyze` found in one image. Coordinates in px (x = column).
 
-    Per-cell arrays (length N): ``boxes`` (N, 4) ``x_min, y_min, x_max, y_max``;
-    ``x_sites``, ``m_sites`` (N, 2) X- and M-column estimates; ``ij`` lattice indices;
-    ``support`` number of detected hexagons that cast the cell (0 = recovered from the
-    lattice); ``labels`` class ids (-1 = unclassified); ``confidence`` softmax probability
-    of the label; ``probabilities`` (N, 6) or None; ``flagged`` low-confidence cells to
-    review; ``corrected`` cells whose class a user set by hand.
+    Per-cell arrays (length N): ``boxes`` (N, 4) ``x_min, y_min, x_max, y_max`` (the
+    axis-aligned bounds of the cell's crop, which follows the local lattice: see
+    ``frames``); ``x_sites``, ``m_sites`` (N, 2) the X and M sites (on their columns, or
+    where the neighbours put a missing one); ``ij`` the X site's fine-lattice indices in its
+    domain; ``domain`` domain id; ``placed`` 1 = X site placed from its neighbours (no
+    column found), 2 = M site placed, 3 = both; ``support`` number of detected hexagons
+    (CNN-1) centred on the two hollows next to the cell (0-2); ``labels`` class ids
+    (-1 = unclassified, -2 = boundary); ``confidence`` softmax probability of the label;
+    ``probabilities`` (N, 6) or None; ``flagged`` cells to review (low confidence or a
+    plausibility warning); ``corrected`` cells whose class a user set by hand; ``frames``
+    (N, 2, 3) affine maps from the canonical cell (lattice-constant units) to px.
 
-    A lattice that is not in the canonical orientation is analysed on a copy turned by
-    ``-lattice_rotation_deg``; ``canonical_hexagons`` keeps the hexagon boxes in that
-    frame (``hexagon_boxes`` are their bounding boxes in the image).
-
-    ``vacuum_mask`` marks a hole or an edge of the film (see :mod:`.vacuum`); cells whose
-    centre lies there are not reported, so they count neither as defects nor in the area.
+    ``sites`` is the site model (all sites, domains, boundary lines); ``hexagon_boxes``
+    the detector's hexagons (bounding boxes in the image). ``vacuum_mask`` marks a hole or
+    an edge of the film; cells there are not reported. ``checks`` holds the plausibility
+    measures (defect fraction, largest same-class cluster, detector/column agreement, ...).
     """
 
     material: str
@@ -79,17 +83,35 @@ class Result:
     probabilities: np.ndarray | None
     flagged: np.ndarray
     corrected: np.ndarray
+    domain: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    placed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    frames: np.ndarray = field(default_factory=lambda: np.zeros((0, 2, 3)))
+    sites: SiteModel | None = None
     low_confidence: float = 0.6
     lattice_rotation_deg: float = 0.0
-    canonical_hexagons: np.ndarray | None = None
     noise: dict[str, float] = field(default_factory=dict)
     #: vacuum (hole, edge) found in the image, px mask of the image's shape, or None
     vacuum_mask: np.ndarray | None = None
-    #: cells cast in the vacuum and left out of the counts and the area
+    #: cells in the vacuum left out of the counts and the area
     n_excluded_vacuum: int = 0
+    checks: dict[str, Any] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        n = len(self.boxes)
+        if len(self.domain) != n:
+            self.domain = np.zeros(n, np.int64)
+        if len(self.placed) != n:
+            self.placed = np.zeros(n, np.int64)
+        if len(self.frames) != n:
+            from .lattice.cells import cell_frames
+            from .sites import CANONICAL_HOLLOW, CANONICAL_PARTNER
+
+            a = get_material(self.material).a / self.pixel_size if self.pixel_size == self.pixel_size else 1.0
+            self.frames = cell_frames(self.x_sites, self.m_sites, np.tile(CANONICAL_PARTNER * a, (n, 1)),
+                                      np.tile(CANONICAL_HOLLOW * a, (n, 1))) if n else np.zeros((0, 2, 3))
 
     # ------------------------------------------------------------------ summaries
     @property
@@ -100,21 +122,46 @@ class Result:
     def class_names(self) -> tuple[str, ...]:
         return get_material(self.material).class_names
 
+    @property
+    def boundary(self) -> np.ndarray:
+        """Cells on a domain boundary (label :data:`BOUNDARY`)."""
+        return np.asarray(self.labels) == BOUNDARY
+
     def label_names(self) -> list[str]:
-        """Class name of every cell (``"unclassified"`` where not classified)."""
+        """Class name of every cell (``"unclassified"``, ``"boundary"`` where not a class)."""
         names = self.class_names
-        return [names[k] if 0 <= k < N_CLASSES else "unclassified" for k in self.labels]
+        return [_label_name(int(k), names) for k in self.labels]
 
     def counts(self) -> dict[str, int]:
-        """Cells per class (classified cells only)."""
+        """Cells per class (classified cells only; boundary cells are not counted)."""
         lab = self.labels[self.labels >= 0]
         c = np.bincount(lab, minlength=N_CLASSES)
         return {n: int(k) for n, k in zip(self.class_names, c)}
 
     @property
+    def n_counted(self) -> int:
+        """Cells in the area: all but boundary cells."""
+        return int(np.sum(np.asarray(self.labels) != BOUNDARY))
+
+    @property
     def area_nm2(self) -> float:
-        """Analysed area: number of cells times the unit-cell area (√3/2 a²), nm²."""
-        return self.n_cells * get_material(self.material).cell_area_nm2
+        """Analysed area: cells off the boundaries times the unit-cell area (√3/2 a²), nm²."""
+        return self.n_counted * get_material(self.material).cell_area_nm2
+
+    @property
+    def domains(self) -> list[dict[str, Any]]:
+        """Each domain: id, orientation, cells, area (nm²), sublattice levels."""
+        if self.sites is None:
+            return []
+        area = get_material(self.material).cell_area_nm2
+        return [d.to_dict(area) for d in self.sites.domains]
+
+    @property
+    def boundary_length_nm(self) -> float:
+        """Total length of the domain boundaries, nm."""
+        if self.sites is None or self.pixel_size != self.pixel_size:
+            return 0.0
+        return float(self.sites.boundary_length_px * self.pixel_size / 10.0)
 
     def noise_text(self) -> str:
         """One line on the image's estimated noise and how it compares with the training range."""
@@ -154,16 +201,22 @@ class Result:
             "beta": self.beta,
             "n_hexagons": int(len(self.hexagon_boxes)),
             "n_cells": self.n_cells,
-            "n_cells_recovered_from_lattice": int(np.sum(self.support == 0)),
+            "n_cells_counted": self.n_counted,
+            "n_cells_boundary": int(np.sum(self.boundary)),
+            "n_cells_placed_site": int(np.sum(self.placed > 0)),
             "n_flagged": int(np.sum(self.flagged)),
             "n_corrected": int(np.sum(self.corrected)),
             "counts": self.counts(),
             "area_nm2": round(self.area_nm2, 4),
             "concentration_cm2": {k: float(f"{v:.4g}") for k, v in self.concentrations_cm2().items()},
+            "n_domains": len(self.domains),
+            "domains": self.domains,
+            "boundary_length_nm": round(self.boundary_length_nm, 3),
             "low_confidence_threshold": self.low_confidence,
             "noise_estimate": self.noise,
             "vacuum_fraction_of_image": round(self.vacuum_fraction, 4),
             "n_cells_excluded_in_vacuum": int(self.n_excluded_vacuum),
+            "checks": self.checks,
             "models": self.models,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "warnings": list(self.warnings),
@@ -180,60 +233,28 @@ class Result:
         self.corrected[index] = True
 
     def recast(self, alpha: float, beta: float, image: np.ndarray | None = None) -> "Result":
-        """Cells re-cast from the same hexagons with new crop ratios (no re-detection).
+        """The same cells with crop boxes cast with new ratios α, β from their hexagons.
 
-        ``image`` (the analysed image) lets the columns refine the lattice as in
-        :func:`analyze`. Classes are carried over to the cell at the same place (box
-        centres within 0.3 a); new cells are unclassified.
+        The crop of a cell is the upper-left cast (2DIP-Net, Fig. 2b) of the hexagon
+        around the hollow next to it, in the cell's own frame; α = 0.65, β = 0.5 give the
+        canonical cell box. Cells, sites and classes are kept (``image`` is accepted for
+        compatibility and not needed).
         """
-        from .evaluation import match_cells
+        from .lattice.cells import frame_boxes
+        from .sites import canonical_cell_box
 
-        a_px = get_material(self.material).a / self.pixel_size
-        hexes = self.canonical_hexagons if self.canonical_hexagons is not None else self.hexagon_boxes
-        work = None
-        if image is not None:
-            work, _ = prepare_image(image)
-            if get_material(self.material).name != MODEL_MATERIAL:
-                from .contrast import match_contrast
+        box = canonical_cell_box(alpha, beta)
+        boxes = frame_boxes(self.frames, box) if self.n_cells else np.zeros((0, 4))
+        return replace(self, alpha=alpha, beta=beta, boxes=boxes, labels=self.labels.copy(),
+                       confidence=self.confidence.copy(), flagged=self.flagged.copy(),
+                       corrected=self.corrected.copy(), warnings=list(self.warnings))
 
-                matched = match_contrast(work, a_px, self.material, MODEL_MATERIAL)
-                work = matched.image if matched is not None else work
-            if self.lattice_rotation_deg:
-                from .geometry import RotationFrame
+    def cell_outlines(self) -> np.ndarray:
+        """Corners ``(N, 4, 2)`` (x, y px) of every cell's crop box in its own frame."""
+        from .sites import canonical_cell_box, cell_box_corners
 
-                frame = RotationFrame.for_image(self.image_shape, self.lattice_rotation_deg)
-                work = frame.warp(work, fill=float(np.median(work)))
-        cells = _cells_in_image(hexes, self.hexagon_scores, self.image_shape, a_px, alpha, beta,
-                                self.lattice_rotation_deg, work)
-        cells, _ = _drop_vacuum_cells(cells, self.vacuum_mask)
-        new_i, old_i, _ = match_cells(cells.boxes, self.boxes, a_px)
-        pick = np.full(len(cells.boxes), -1, dtype=int)
-        pick[new_i] = old_i
-        have = pick >= 0
-
-        def carry(arr, fill):
-            if arr is None:
-                return None
-            out = np.full((len(pick),) + arr.shape[1:], fill, dtype=arr.dtype)
-            out[have] = arr[pick[have]]
-            return out
-
-        return replace(
-            self,
-            alpha=alpha,
-            beta=beta,
-            boxes=cells.boxes,
-            x_sites=cells.x_sites,
-            m_sites=cells.m_sites,
-            ij=cells.ij,
-            support=cells.support,
-            labels=carry(self.labels, UNCLASSIFIED),
-            confidence=carry(self.confidence, 0.0),
-            probabilities=carry(self.probabilities, 0.0),
-            flagged=carry(self.flagged, False),
-            corrected=carry(self.corrected, False),
-            warnings=list(self.warnings),
-        )
+        c = cell_box_corners(canonical_cell_box(self.alpha, self.beta))
+        return np.einsum("nij,kj->nki", self.frames[:, :, :2], c) + self.frames[:, None, :, 2]
 
     # ------------------------------------------------------------------ output
     def table(self) -> dict[str, np.ndarray | list]:
@@ -247,6 +268,8 @@ class Result:
             "class_id": self.labels, "flagged": self.flagged.astype(int),
             "corrected": self.corrected.astype(int), "support": self.support,
             "i": self.ij[:, 0], "j": self.ij[:, 1],
+            "domain": self.domain,
+            "x_placed": (self.placed & 1).astype(int), "m_placed": ((self.placed & 2) > 0).astype(int),
         }
         if self.probabilities is not None:
             for k, name in enumerate(self.class_names):
@@ -273,13 +296,19 @@ class Result:
                 fh.write(",".join(vals) + "\n")
         return Path(path)
 
+    def overlay(self, image: np.ndarray) -> np.ndarray:
+        """RGB overlay: cell outlines in their frames coloured by class, boundaries as lines."""
+        from .visualization import overlay_rgb
+
+        lines = self.sites.boundary_lines if self.sites is not None else None
+        return overlay_rgb(image, quads=self.cell_outlines(), labels=self.labels, lines=lines,
+                           material=self.material)
+
     def save(self, out_dir: str | Path, image: np.ndarray | None = None, stem: str = "") -> dict[str, Path]:
         """Write ``cells.csv``, ``summary.json`` and (with ``image``) ``overlay.png``.
 
         ``stem`` prefixes the file names (``<stem>_cells.csv``) for batches.
         """
-        from .visualization import overlay_rgb
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         pre = f"{stem}_" if stem else ""
@@ -292,69 +321,14 @@ class Result:
             from PIL import Image
 
             p = out / f"{pre}overlay.png"
-            lab = np.where(self.labels >= 0, self.labels, 0) if np.any(self.labels >= 0) else None
-            rgb = overlay_rgb(image, boxes=self.boxes, labels=lab, material=self.material)
             with atomic_write(p) as fh:
-                Image.fromarray(rgb).save(fh, format="PNG")
+                Image.fromarray(self.overlay(image)).save(fh, format="PNG")
             paths["overlay"] = p
         return paths
 
 
-def _cells_in_image(hex_boxes, scores, shape, a_px, alpha, beta, rotation_deg, work_image=None):
-    """Cells cast from hexagon boxes given in the canonical frame, in image coordinates.
-
-    ``work_image`` is the (turned) image the hexagons were found in; with it the columns
-    refine the fitted lattice (see :func:`geometry.cells_from_hexagons`).
-    """
-    from dataclasses import replace as dc_replace
-
-    from .geometry import RotationFrame, cells_from_hexagons, inside_boxes, rotated_cell_box
-
-    if not rotation_deg:
-        return cells_from_hexagons(hex_boxes, scores, shape, a_px, alpha, beta, image=work_image)
-    frame = RotationFrame.for_image(shape, rotation_deg)
-    c = cells_from_hexagons(hex_boxes, scores, frame.out_shape, a_px, alpha, beta, image=work_image)
-    x = frame.from_canvas(c.x_sites)
-    m = frame.from_canvas(c.m_sites)
-    boxes = rotated_cell_box(x, m, a_px, rotation_deg)
-    keep = inside_boxes(boxes, shape)
-    return dc_replace(c, boxes=boxes[keep], x_sites=x[keep], m_sites=m[keep], ij=c.ij[keep],
-                      support=c.support[keep], scores=c.scores[keep])
-
-
-def _subset_cells(cells, keep: np.ndarray):
-    """The cells where ``keep`` is True (a :class:`~.geometry.CellSet`)."""
-    from dataclasses import replace as dc_replace
-
-    return dc_replace(cells, boxes=cells.boxes[keep], x_sites=cells.x_sites[keep], m_sites=cells.m_sites[keep],
-                      ij=cells.ij[keep], support=cells.support[keep], scores=cells.scores[keep])
-
-
-def _drop_vacuum_cells(cells, mask: np.ndarray | None):
-    """``(cells without those centred in the vacuum mask, number dropped)``."""
-    if mask is None or not len(cells.boxes) or not mask.any():
-        return cells, 0
-    from .geometry import nearest_pixel
-
-    keep = ~mask[nearest_pixel(0.5 * (cells.x_sites + cells.m_sites), mask.shape)]
-    if keep.all():
-        return cells, 0
-    return _subset_cells(cells, keep), int((~keep).sum())
-
-
-def _orientation(img: np.ndarray, a_px: float, material: str) -> float:
-    """Lattice rotation reduced to (-60, 60] from the sublattice fit on a ~30 px/a copy."""
-    from scipy import ndimage as ndi
-
-    from .classical import fit_sublattices
-
-    zoom = min(1.0, 30.0 / a_px)
-    small = ndi.zoom(img, zoom, order=1) if zoom < 0.99 else img
-    fit = fit_sublattices(small, a_px * zoom, material)
-    return fit.rotation_deg if fit is not None else 0.0
-
-
-def _empty_result(shape, material, pixel_size, source, alpha, beta, warnings, low_confidence) -> Result:
+def empty_result(shape, material, pixel_size, source, alpha, beta, warnings, low_confidence) -> Result:
+    """A result without cells (nothing to analyse), keeping the warnings that say why."""
     z4, z2 = np.zeros((0, 4)), np.zeros((0, 2))
     return Result(
         material=material, pixel_size=float(pixel_size) if pixel_size else float("nan"),
@@ -400,290 +374,12 @@ def prepare_image(image: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return a, warnings
 
 
-def _resolve_model(model, kind: str, device: str):
-    """A model object as given, or the one loaded from a path / the shipped weights."""
-    if model is None or isinstance(model, (str, Path)):
-        if kind == "detector":
-            from .detection import load_detector as loader
-        else:
-            from .classification import load_classifier as loader
-        return loader(model, device=device)
-    return model
 
 
-def analyze(
-    image: np.ndarray,
-    pixel_size: float | None = None,
-    material: str = "MoTe2",
-    alpha: float = 0.65,
-    beta: float = 0.5,
-    device: str = "auto",
-    detector=None,
-    classifier=None,
-    classify: bool = True,
-    low_confidence: float = 0.6,
-    exclude_vacuum: bool = True,
-    progress: ProgressCallback | None = None,
-    cancel: CancelCallback | None = None,
-) -> Result:
-    """Find and classify every unit cell of a HAADF-STEM image.
+def __getattr__(name: str):
+    # ``analysis.analyze`` (the pipeline moved to :mod:`.pipeline`) keeps working
+    if name == "analyze":
+        from .pipeline import analyze
 
-    Parameters
-    ----------
-    image : (rows, cols) array
-        Any numeric dtype; RGB is converted to grey.
-    pixel_size : float, optional
-        Å/px. When None it is estimated from the lattice (FFT) and the material's lattice
-        constant, and the result says so.
-    material : str
-        ``"MoTe2"`` (default), ``"MoS2"``, ``"MoSe2"``, ``"WS2"``, ``"WSe2"``.
-    alpha, beta : float
-        Hexagonal-net casting crop ratios (paper: 0.65, 0.5).
-    device : str
-        ``"auto"`` (GPU when there is one), ``"cpu"`` or ``"cuda"``.
-    detector, classifier : model object or path, optional
-        Defaults: the shipped weights. Objects must follow the contracts in
-        docs/architecture.md.
-    classify : bool
-        False: detect cells only (labels ``unclassified``).
-    low_confidence : float
-        Cells whose top probability is below this are flagged for review.
-    exclude_vacuum : bool
-        Find vacuum (a hole, the film's edge) from the local lattice amplitude and leave
-        the cells there out (:mod:`.vacuum`); default True.
-    progress : callable(done, total), optional
-    cancel : callable() -> bool, optional
-        Checked between stages; raises :class:`~.runtime.Cancelled`.
-
-    Returns
-    -------
-    Result
-    """
-    t_start = time.perf_counter()
-    mat = get_material(material)
-    img, warnings = prepare_image(image)
-    shape = img.shape
-    timings: dict[str, float] = {}
-    steps = 100  # progress in percent: lattice 0-10, detection 10-60, casting 60-70, classes 70-100
-
-    def step(k):
-        if progress:
-            progress(k, steps)
-        check_cancel(cancel)
-
-    def sub(lo, hi):
-        if progress is None:
-            return None
-        return lambda done, total: progress(lo + int((hi - lo) * done / max(total, 1)), steps)
-
-    step(0)
-    source = "given"
-    if pixel_size is not None:
-        pixel_size = float(pixel_size)
-        if not math.isfinite(pixel_size) or pixel_size <= 0:
-            raise ValueError(f"pixel_size must be a positive number of Å/px, got {pixel_size}")
-    if min(shape) < 32 or np.ptp(img) == 0:
-        warnings.append("image too small or constant: no lattice to analyse")
-        return _empty_result(shape, mat.name, pixel_size, source, alpha, beta, warnings, low_confidence)
-
-    t0 = time.perf_counter()
-    lat = estimate_lattice(img)
-    timings["lattice"] = time.perf_counter() - t0
-    has_lattice = lat is not None and lat.strength >= MIN_LATTICE_STRENGTH
-    if pixel_size is None:
-        if not has_lattice:
-            warnings.append("no crystal lattice found, so the pixel size cannot be estimated")
-            return _empty_result(shape, mat.name, None, "unknown", alpha, beta, warnings, low_confidence)
-        pixel_size = mat.a / lat.a_px
-        source = "estimated from the lattice"
-        warnings.append(f"pixel size estimated from the {mat.name} lattice: {pixel_size:.4f} Å/px")
-    elif has_lattice:
-        ratio = (mat.a / pixel_size) / lat.a_px
-        if abs(ratio - 1.0) > 0.15:
-            warnings.append(
-                f"the given pixel size {pixel_size:.4g} Å/px disagrees with the lattice, which "
-                f"suggests {mat.a / lat.a_px:.4g} Å/px for {mat.name}; check the pixel size or material"
-            )
-    else:
-        warnings.append("no clear crystal lattice found in the image")
-    if not TRAINED_PIXEL_SIZES[0] <= pixel_size <= TRAINED_PIXEL_SIZES[1]:
-        warnings.append(
-            f"pixel size {pixel_size:.4g} Å/px is outside the range the models were trained for "
-            f"({TRAINED_PIXEL_SIZES[0]}–{TRAINED_PIXEL_SIZES[1]} Å/px)"
-        )
-    a_px = mat.a / pixel_size
-    if min(shape) < 2.5 * a_px:
-        warnings.append(f"image ({shape[1]}x{shape[0]} px) holds fewer than 2.5 lattice constants")
-        return _empty_result(shape, mat.name, pixel_size, source, alpha, beta, warnings, low_confidence)
-
-    noise: dict[str, float] = {}
-    try:
-        from .noise import estimate_noise
-
-        est = estimate_noise(img, a_px)
-        noise = {"poisson_lambda": round(est.poisson_lambda, 2), "gaussian_mu": round(est.gaussian_mu, 2),
-                 "snr": round(est.snr, 2)}
-        if est.poisson_lambda < NOISE_LAMBDA_RANGE[0] or est.snr < 1.5:
-            warnings.append(f"very noisy image ({est.describe()}); the models were trained down to "
-                            f"λ = {NOISE_LAMBDA_RANGE[0]} counts: check flagged cells")
-    except ValueError:
-        pass
-
-    vac_mask = None
-    if exclude_vacuum and has_lattice:
-        from .vacuum import vacuum_mask
-
-        t0 = time.perf_counter()
-        vac_mask = vacuum_mask(img, lat)
-        timings["vacuum"] = time.perf_counter() - t0
-        if vac_mask.any():
-            warnings.append(f"vacuum (a hole or an edge of the film) covers {100 * vac_mask.mean():.0f} % of the "
-                            "image: cells there are left out of the counts and the area")
-        else:
-            vac_mask = None
-
-    step(10)
-    # the networks learnt MODEL_MATERIAL: other materials are shown to them with its contrast
-    model_img, model_material = img, mat.name
-    if has_lattice and mat.name != MODEL_MATERIAL:
-        from .contrast import match_contrast
-
-        t0 = time.perf_counter()
-        matched = match_contrast(img, a_px, mat.name, MODEL_MATERIAL)
-        timings["contrast"] = time.perf_counter() - t0
-        if matched is None:
-            warnings.append(f"the {mat.name} sublattices could not be told apart: the networks "
-                            f"(trained on {MODEL_MATERIAL}) see the image as it is")
-        else:
-            model_img, model_material = matched.image, MODEL_MATERIAL
-            warnings.append(matched.describe(mat.name, MODEL_MATERIAL))
-            lam = noise.get("poisson_lambda")
-            x_amp, m_amp = matched.x_level - matched.background, matched.m_level - matched.background
-            if lam is not None and np.isfinite(lam) and max(x_amp, m_amp) > 0:
-                lam_x = lam * x_amp / max(x_amp, m_amp)  # counts at a full chalcogen column
-                if lam_x < NOISE_LAMBDA_RANGE[0]:
-                    warnings.append(
-                        f"the {mat.chalcogen} columns get only ~{lam_x:.2g} counts (Poisson), below the "
-                        f"{NOISE_LAMBDA_RANGE[0]:g} the networks were trained for: chalcogen vacancies are "
-                        "uncertain; check flagged cells or compare with the classical reference")
-    # the orientation is geometry: found on the image as it is, with its own material
-    rotation = _orientation(img, a_px, mat.name) if has_lattice else 0.0
-    if abs(rotation) <= ROTATION_TOLERANCE_DEG:
-        rotation = 0.0
-    frame = None
-    if rotation:
-        from .geometry import RotationFrame
-
-        frame = RotationFrame.for_image(shape, rotation)
-        warnings.append(f"lattice turned by {rotation:.1f}°: analysed on a copy turned to the canonical orientation")
-
-    def turned(image: np.ndarray) -> np.ndarray:
-        """``image`` in the frame the lattice is analysed in (canonically turned when needed)."""
-        return frame.warp(image, fill=float(np.median(image))) if frame is not None else image
-
-    work = turned(model_img)  # what the networks see
-    plain = work if model_img is img else None  # the image as it is, turned; made once when needed
-    det = _resolve_model(detector, "detector", device)
-    t0 = time.perf_counter()
-    canon_hex, hex_scores = det.detect(work, pixel_size, material=mat.name, progress=sub(10, 60), cancel=cancel)
-    canon_hex = np.asarray(canon_hex, float).reshape(-1, 4)
-    timings["detection"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    step(60)
-    cells = _cells_in_image(canon_hex, hex_scores, shape, a_px, alpha, beta, rotation, work)
-    if has_lattice:
-        # a strong lattice but far fewer cells than it holds: the detector failed on this
-        # image (contrast it never saw); take the hexagons from the fitted lattice instead
-        crystal = 1.0 - (float(vac_mask.mean()) if vac_mask is not None else 0.0)
-        expected = crystal * (shape[0] - a_px) * (shape[1] - a_px) / (math.sqrt(3) / 2 * a_px**2)
-        if expected >= 20 and len(cells.boxes) < FALLBACK_FRACTION * expected:
-            from .classical import LatticeHexagonDetector
-
-            if plain is None:
-                plain = turned(img)
-            lat_hex, lat_scores = LatticeHexagonDetector().detect(plain, pixel_size, material=mat.name)
-            lat_cells = _cells_in_image(lat_hex, lat_scores, shape, a_px, alpha, beta, rotation, plain)
-            if len(lat_cells.boxes) > len(cells.boxes):
-                warnings.append(
-                    f"the hexagon detector found {len(cells.boxes)} cells where the lattice holds about "
-                    f"{expected:.0f}: hexagons taken from the fitted lattice (classical) instead; check the map"
-                )
-                canon_hex, hex_scores, cells = np.asarray(lat_hex, float).reshape(-1, 4), lat_scores, lat_cells
-                det = LatticeHexagonDetector()
-    cells, n_vacuum = _drop_vacuum_cells(cells, vac_mask)
-    if rotation:
-        from .geometry import bbox_of_points, box_corners
-
-        hex_boxes = bbox_of_points(frame.from_canvas(box_corners(canon_hex))) if len(canon_hex) else canon_hex
-        cls_boxes = rotated_cell_box_canvas(frame, cells, a_px)
-    else:
-        hex_boxes, cls_boxes = canon_hex, cells.boxes
-    timings["casting"] = time.perf_counter() - t0
-    models = {"detector": _card_summary(getattr(det, "card", {}))}
-
-    step(70)
-    n = len(cells.boxes)
-    probs = None
-    labels = np.full(n, UNCLASSIFIED, dtype=int)
-    conf = np.zeros(n)
-    if classify and n:
-        clf = _resolve_model(classifier, "classifier", device)
-        clf_material = get_material(getattr(clf, "material", mat.name)).name
-        cls_img, cls_material, cls_ps = work, mat.name, pixel_size
-        if clf_material != mat.name and clf_material == model_material:
-            # contrast-matched image; the pixel size that gives the reference material the same a in px
-            cls_material, cls_ps = clf_material, pixel_size * get_material(clf_material).a / mat.a
-        elif clf_material == mat.name and model_material != mat.name:
-            cls_img = plain if plain is not None else turned(img)
-        if clf_material != cls_material:
-            warnings.append(f"the classifier was trained for {clf_material} and the {mat.name} image could not "
-                            f"be matched to it: cells left unclassified")
-        else:
-            t0 = time.perf_counter()
-            probs = np.asarray(
-                clf.predict(cls_img, cls_boxes, cls_ps, material=cls_material, progress=sub(70, 100), cancel=cancel),
-                dtype=float,
-            )
-            timings["classification"] = time.perf_counter() - t0
-            labels = probs.argmax(axis=1)
-            conf = probs.max(axis=1)
-            models["classifier"] = _card_summary(getattr(clf, "card", {}))
-    if vac_mask is not None and probs is not None and n:
-        # empty cells (no X, no M) touching the vacuum are part of it
-        from .vacuum import grow_into_empty_cells
-
-        centres = 0.5 * (cells.x_sites + cells.m_sites)
-        vac_mask, taken = grow_into_empty_cells(vac_mask, centres, labels == N_CLASSES - 1, a_px)
-        if taken.any():
-            keep = ~taken
-            cells = _subset_cells(cells, keep)
-            probs, labels, conf = probs[keep], labels[keep], conf[keep]
-            n_vacuum += int(taken.sum())
-            n = len(cells.boxes)
-    flagged = (conf < low_confidence) & (labels >= 0)
-    step(steps)
-    timings["total"] = time.perf_counter() - t_start
-    if n == 0:
-        warnings.append("no unit cells found")
-    return Result(
-        material=mat.name, pixel_size=float(pixel_size), pixel_size_source=source, image_shape=tuple(shape),
-        alpha=alpha, beta=beta, hexagon_boxes=np.asarray(hex_boxes, float).reshape(-1, 4),
-        lattice_rotation_deg=float(rotation), canonical_hexagons=canon_hex if rotation else None,
-        hexagon_scores=np.asarray(hex_scores, float).reshape(-1), boxes=cells.boxes, x_sites=cells.x_sites,
-        m_sites=cells.m_sites, ij=cells.ij, support=cells.support, labels=labels, confidence=conf,
-        probabilities=probs, flagged=flagged, corrected=np.zeros(n, bool), low_confidence=low_confidence,
-        noise=noise, vacuum_mask=vac_mask, n_excluded_vacuum=n_vacuum, models=models, timings=timings,
-        warnings=warnings,
-    )
-
-
-def rotated_cell_box_canvas(frame, cells, a_px: float) -> np.ndarray:
-    """Canonical cell boxes, on the turned canvas, of cells given in image coordinates."""
-    from .geometry import cell_box
-
-    return cell_box(frame.to_canvas(cells.x_sites), frame.to_canvas(cells.m_sites), a_px)
-
-
-def _card_summary(card: dict[str, Any]) -> dict[str, Any]:
-    keys = ("name", "version", "config", "trained", "input_size", "channels", "a_px", "sha256")
-    return {k: card[k] for k in keys if k in card}
+        return analyze
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -105,7 +105,7 @@ def _models(opts: BatchOptions):
 
 def analyze_file(path: str | Path, stem: str, opts: BatchOptions) -> FileOutcome:
     """Read, analyse and save one file; never raises for a bad input file."""
-    from .analysis import analyze
+    from .pipeline import analyze
     from .io import read_image
 
     path = Path(path)

@@ -222,6 +222,73 @@ def _crop_tensor(image_t, boxes: np.ndarray, size: int, channels: int):
     return out.contiguous()
 
 
+def _frame_crop_tensor(image_t, frames: np.ndarray, box, size: int, channels: int):
+    """Crops ``(N, channels, size, size)`` of cells given by affine frames (see
+    :func:`extract_frame_crops`) from a ``(1, 1, H, W)`` tensor."""
+    import torch
+    import torch.nn.functional as F
+
+    fr = torch.as_tensor(np.asarray(frames, np.float64), dtype=torch.float64)
+    n = fr.shape[0]
+    h, w = image_t.shape[-2:]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    halves = [(x0, x1)] if channels == 1 else [(x0, 0.5 * (x0 + x1)), (0.5 * (x0 + x1), x1)]
+    # samples per output pixel and side, as roi_align's adaptive sampling ratio
+    lin = fr[:, :, :2]
+    ext_x = float(torch.linalg.norm(lin[:, :, 0], dim=1).max()) * (halves[0][1] - halves[0][0])
+    ext_y = float(torch.linalg.norm(lin[:, :, 1], dim=1).max()) * (y1 - y0)
+    kx, ky = max(1, int(math.ceil(ext_x / size))), max(1, int(math.ceil(ext_y / size)))
+    tx = (torch.arange(size * kx, dtype=torch.float64) + 0.5) / (size * kx)
+    ty = (torch.arange(size * ky, dtype=torch.float64) + 0.5) / (size * ky)
+    out = []
+    for lo, hi in halves:
+        vv, uu = torch.meshgrid(y0 + ty * (y1 - y0), lo + tx * (hi - lo), indexing="ij")
+        canon = torch.stack([uu.reshape(-1), vv.reshape(-1)], 0)  # (2, samples)
+        px = lin @ canon + fr[:, :, 2:]  # (n, 2, samples) image px
+        gx = (px[:, 0] + 0.5) / w * 2.0 - 1.0
+        gy = (px[:, 1] + 0.5) / h * 2.0 - 1.0
+        grid = torch.stack([gx, gy], -1).reshape(n, size * ky, size * kx, 2).to(image_t.dtype).to(image_t.device)
+        smp = F.grid_sample(image_t.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+        out.append(F.avg_pool2d(smp, (ky, kx)) if kx * ky > 1 else smp)
+    return torch.cat(out, 1).contiguous()
+
+
+def extract_frame_crops(
+    image: np.ndarray, frames: np.ndarray, box=None, size: int = DEFAULT_INPUT_SIZE,
+    channels: int = DEFAULT_CHANNELS,
+) -> np.ndarray:
+    """Cut cells given as affine frames out of an (already normalised) image.
+
+    The frame of a cell maps canonical cell coordinates (lattice-constant units, X column
+    at the origin, M column at ``(1/2, -1/(2 sqrt 3))``) to image px:
+    ``p = frame[:, :2] @ u + frame[:, 2]``. The canonical ``box`` (default
+    :data:`~.sites.CANONICAL_BOX`) is sampled in that frame, so a cell of any rotation,
+    shear or stretch is seen as a canonical one; at rotation 0 without distortion this is
+    :func:`extract_crops` of the cell's box.
+
+    Returns
+    -------
+    (N, channels, S, S) float32 array (area-averaged bilinear samples; 0 outside the image).
+    """
+    import torch
+
+    from .sites import CANONICAL_BOX
+
+    _check_variant(size, channels)
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}")
+    fr = np.asarray(frames, dtype=np.float64).reshape(-1, 2, 3)
+    if len(fr) == 0:
+        return np.zeros((0, channels, size, size), np.float32)
+    if not np.all(np.isfinite(fr)):
+        raise ValueError("frames contain NaN or infinite values")
+    t = torch.from_numpy(np.ascontiguousarray(img))[None, None]
+    with torch.inference_mode():
+        return _frame_crop_tensor(t, fr, CANONICAL_BOX if box is None else box, int(size), channels).numpy()
+
+
 def extract_crops(
     image: np.ndarray, boxes: np.ndarray, size: int = DEFAULT_INPUT_SIZE, channels: int = DEFAULT_CHANNELS
 ) -> np.ndarray:
@@ -365,8 +432,10 @@ class CellClassifier:
         material: str = "MoTe2",
         progress: ProgressCallback | None = None,
         cancel: CancelCallback | None = None,
+        frames: np.ndarray | None = None,
+        box=None,
     ) -> np.ndarray:
-        """Class probabilities of the cells in ``boxes``.
+        """Class probabilities of the cells in ``boxes`` (or given by ``frames``).
 
         Parameters
         ----------
@@ -374,7 +443,8 @@ class CellClassifier:
             Raw image (grey levels, any scale); normalised here with
             :func:`normalize_image`.
         boxes : (N, 4) array
-            Cell boxes in px (x = column, y = row), canonical orientation.
+            Cell boxes in px (x = column, y = row), canonical orientation. Ignored when
+            ``frames`` is given.
         pixel_size : float
             Å/px of ``image``.
         material : str
@@ -382,6 +452,11 @@ class CellClassifier:
         progress, cancel : callables, optional
             ``progress(done, total)`` after each batch; ``cancel()`` -> True stops with
             :class:`~.runtime.Cancelled`.
+        frames : (N, 2, 3) array, optional
+            Affine frames of the cells (canonical cell -> image px; any orientation, see
+            :func:`extract_frame_crops`), cropped with the canonical ``box``.
+        box : (4,) optional
+            Canonical crop box for ``frames`` (default :data:`~.sites.CANONICAL_BOX`).
 
         Returns
         -------
@@ -397,8 +472,23 @@ class CellClassifier:
             )
         if pixel_size is None or not (np.isfinite(pixel_size) and pixel_size > 0):
             raise ValueError(f"pixel_size must be a positive number of Å/px, got {pixel_size}")
-        b = _check_boxes(boxes)
-        n = len(b)
+        if frames is not None:
+            from .sites import CANONICAL_BOX
+
+            fr = np.asarray(frames, dtype=np.float64).reshape(-1, 2, 3)
+            if not np.all(np.isfinite(fr)):
+                raise ValueError("frames contain NaN or infinite values")
+            crop_box = CANONICAL_BOX if box is None else tuple(box)
+
+            def crop(img_t, lo, hi):
+                return _frame_crop_tensor(img_t, fr[lo:hi], crop_box, self.input_size, self.channels)
+            n = len(fr)
+        else:
+            b = _check_boxes(boxes)
+
+            def crop(img_t, lo, hi):
+                return _crop_tensor(img_t, b[lo:hi], self.input_size, self.channels)
+            n = len(b)
         n_out = int(self.card.get("num_classes", N_CLASSES))
         if n == 0:
             if progress:
@@ -413,7 +503,7 @@ class CellClassifier:
         with torch.inference_mode():
             for i in range(0, n, self.batch_size):
                 check_cancel(cancel)
-                crops = _crop_tensor(img_t, b[i : i + self.batch_size], self.input_size, self.channels)
+                crops = crop(img_t, i, i + self.batch_size)
                 crops = crops.to(dtype).contiguous(memory_format=torch.channels_last)
                 logits = self.model(crops).float()
                 out[i : i + len(crops)] = torch.softmax(logits, 1).cpu().numpy()
@@ -631,8 +721,9 @@ def simulate_crops(
         img = _augment_image(sim.image, ps, rng) if augment else sim.image
         if match_to is not None and get_material(match_to).name != mat.name:
             from .contrast import match_contrast
+            from .lattice import find_sites
 
-            matched = match_contrast(img, a_px, mat.name, match_to)
+            matched = match_contrast(img, find_sites(img, a_px, mat.name), mat.name, match_to)
             if matched is None:  # no lattice found: count the image, take no crops
                 n_img += 1
                 continue

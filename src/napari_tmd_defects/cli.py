@@ -48,6 +48,8 @@ def _range_or_value(values: Sequence[float] | None):
 
 # --------------------------------------------------------------------------- simulate
 def _add_simulate(sub) -> None:
+    from .datasets import PRESETS
+
     p = sub.add_parser(
         "simulate",
         help="simulate HAADF images with ground truth (a training/evaluation dataset)",
@@ -59,8 +61,9 @@ def _add_simulate(sub) -> None:
     p.add_argument("--size", type=int, nargs="+", default=[512], help="image size in px: N or ROWS COLS")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--material", default="MoTe2", help="MoTe2 (default), MoS2, MoSe2, WS2, WSe2")
-    p.add_argument("--preset", default="paper", choices=["paper", "realistic", "clean"],
-                   help="imaging conditions: paper (default), realistic (randomised, like real frames), clean")
+    p.add_argument("--preset", default="paper", choices=list(PRESETS),
+                   help="imaging conditions: paper (default), realistic (randomised, like real frames), clean, "
+                        "structure (realistic + domain boundaries, non-linear scan distortion, weak chalcogens)")
     p.add_argument("--pixel-size", type=float, nargs="+", default=[0.12], metavar="A_PER_PX",
                    help="Å/px, a value or a LOW HIGH range (default 0.12)")
     p.add_argument("--rotation", default="0", help="in-plane rotation in degrees, or 'random'")
@@ -127,7 +130,7 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    from .analysis import analyze
+    from .pipeline import analyze
     from .datasets import sample_image
     from .evaluation import score_result
     from .io import write_tiff
@@ -248,7 +251,7 @@ def _run_evaluate(args) -> int:
 
     methods = {}
     if "networks" in args.method:
-        from .analysis import analyze
+        from .pipeline import analyze
         from .classification import load_classifier
         from .detection import load_detector
 
@@ -310,6 +313,8 @@ def _run_train_fcn(args) -> int:
 
 # --------------------------------------------------------------------------- classifier
 def _add_train_classifier(sub) -> None:
+    from .datasets import PRESETS
+
     p = sub.add_parser(
         "train-classifier",
         help="train CNN-2 (unit-cell defect classifier) on simulated crops",
@@ -337,7 +342,7 @@ def _add_train_classifier(sub) -> None:
     p.add_argument("--n-per-class", type=int, default=4000,
                    help="simulated training crops per class (default 4000; 0 = none)")
     p.add_argument("--preset", nargs="+", default=["paper", "realistic"],
-                   choices=["paper", "realistic", "clean"], help="imaging presets to draw from")
+                   choices=list(PRESETS), help="imaging presets to draw from")
     p.add_argument("--pixel-size", type=float, nargs=2, default=[0.03, 0.18], metavar=("LOW", "HIGH"),
                    help="Å/px range of simulated images (log-uniform; default 0.03 0.18)")
     p.add_argument("--cache", type=Path, default=None,

@@ -3,13 +3,13 @@
 The shipped networks learnt MoTe2, where the chalcogen (X) column is about three times
 brighter than the metal (M) column. Other dichalcogenides differ only in that ratio
 (MoSe2 ~1.4; WSe2, MoS2, WS2 have the metal brighter: ~0.5, 0.4, 0.15) and in the
-lattice constant, which the pipeline handles by resampling. So the image is remapped
-pixel by pixel: every pixel belongs to the nearest X column, M column or hollow site of
-the fitted honeycomb (:func:`~.classical.fit_sublattices`); the X sublattice is scaled so
-that a full X column reads 1 and the M sublattice so that a metal column reads the MoTe2
-ratio. Relative contrasts within a sublattice, which are what tell a defect (one
-chalcogen of two missing, a missing metal), are untouched; so are the noise's relative
-level and the column positions.
+lattice constant, which the cell frames absorb. So the image is remapped pixel by pixel:
+every pixel belongs to the nearest X site, M site or hollow of its domain (the sites
+found in the image, :mod:`.lattice`); the X sublattice is scaled so that a full X column
+reads 1 and the M sublattice so that a metal column reads the MoTe2 ratio. Relative
+contrasts within a sublattice, which are what tell a defect (one chalcogen of two
+missing, a missing metal), are untouched; so are the noise's relative level and the
+column positions.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
 
 from .materials import get_material
+from .sites import ROLE_M, ROLE_X, SiteModel
 
-__all__ = ["ContrastMatch", "match_contrast"]
+__all__ = ["ContrastMatch", "match_contrast", "sublattice_positions"]
 
 #: Z exponent used for the reference ratio (middle of the range the networks saw).
 REFERENCE_Z_EXPONENT = 1.8
@@ -32,8 +34,8 @@ REFERENCE_Z_EXPONENT = 1.8
 class ContrastMatch:
     """An image remapped to the reference material's contrast, and what was measured.
 
-    ``x_level``, ``m_level``, ``background``: median smoothed intensities at the X
-    columns, the M columns and the hollow sites of the input (its grey levels);
+    ``x_level``, ``m_level``, ``background``: median smoothed intensities at the found X
+    columns, the found M columns and the hollow sites of the input (its grey levels);
     ``ratio`` the M/X ratio imposed (the reference material's).
     """
 
@@ -49,63 +51,66 @@ class ContrastMatch:
                 f"(metal/chalcogen column ratio {measured:.2f} -> {self.ratio:.2f})")
 
 
-def _sublattice_of_pixels(shape, a1, a2, origin, offsets, rows_per_chunk: int = 256) -> np.ndarray:
-    """Index (into ``offsets``) of the nearest honeycomb site of every pixel, (rows, cols) uint8."""
-    from .classical import _frac_coords
-
-    h, w = shape
-    basis = np.stack([a1, a2], axis=1)
-    out = np.empty((h, w), np.uint8)
-    xx = np.arange(w, dtype=float)
-    shifts = np.array([(0, 0), (1, 0), (0, 1), (-1, 0), (0, -1), (1, -1), (-1, 1), (1, 1), (-1, -1)], float)
-    for y0 in range(0, h, rows_per_chunk):
-        yy = np.arange(y0, min(y0 + rows_per_chunk, h), dtype=float)
-        px = np.stack(np.broadcast_arrays(xx[None, :], yy[:, None]), axis=-1).reshape(-1, 2)
-        f = _frac_coords(px, a1, a2) - origin
-        best = []
-        for off in offsets:
-            r = f - off
-            r -= np.round(r)
-            d = np.full(len(r), np.inf)
-            for s in shifts:
-                q = (r + s) @ basis.T
-                d = np.minimum(d, q[:, 0] ** 2 + q[:, 1] ** 2)
-            best.append(d)
-        out[y0:y0 + len(yy)] = np.argmin(np.stack(best), axis=0).reshape(len(yy), w)
-    return out
+def sublattice_positions(model: SiteModel) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(K, 2)`` px and roles ``(K,)`` (0 X, 1 M, 2 hollow) of every site and of
+    the hollow next to every X site (placed with the domain's local lattice)."""
+    s = model.sites
+    if len(s) == 0:
+        return np.zeros((0, 2)), np.zeros(0, np.int64)
+    xs = np.flatnonzero(s.role == ROLE_X)
+    steps = np.array([d.hollow for d in model.domains], float)[s.domain[xs]]
+    partners = np.array([d.partner for d in model.domains], float)[s.domain[xs]]
+    # the two hollows next to each X site's partner bond
+    h1 = s.xy[xs] + np.einsum("nij,nj->ni", s.basis[xs], steps)
+    h2 = s.xy[xs] + np.einsum("nij,nj->ni", s.basis[xs], partners - steps)
+    pos = np.concatenate([s.xy, h1, h2])
+    role = np.concatenate([s.role, np.full(2 * len(xs), 2, np.int64)])
+    return pos, role
 
 
-def match_contrast(image: np.ndarray, a_px: float, material: str, reference: str = "MoTe2") -> ContrastMatch | None:
+def match_contrast(image: np.ndarray, model: SiteModel, material: str, reference: str = "MoTe2") -> ContrastMatch | None:
     """Remap ``image`` of ``material`` so that its column contrast is that of ``reference``.
 
-    ``a_px``: lattice constant in px. Returns None when the X and M sublattices cannot be
-    told apart (no lattice found). The result is in units where a full X column is 255
-    above the hollow-site background.
+    ``model``: the sites found in the image. Returns None when there are too few found
+    columns of either sublattice to measure their levels. The result is in units where a
+    full X column is 255 above the hollow-site background.
     """
-    from .classical import _sample, fit_sublattices
-
     img = np.asarray(image, dtype=np.float32)
-    mat, ref = get_material(material), get_material(reference)
-    fit = fit_sublattices(img, a_px, mat.name)
-    if fit is None:
+    s = model.sites
+    a_px = float(model.a_px)
+    found = ~s.placed
+    if np.sum(found & (s.role == ROLE_X)) < 3 or np.sum(found & (s.role == ROLE_M)) < 3 or a_px <= 0:
         return None
+    mat, ref = get_material(material), get_material(reference)
+    smooth = ndi.gaussian_filter(img, max(0.7, 0.05 * a_px), mode="nearest")
+    pos, role = sublattice_positions(model)
     h, w = img.shape
-    _, xs, ms, hs = fit.sites(img.shape)
 
     def level(p):
         p = p[(p[:, 0] >= 0) & (p[:, 0] <= w - 1) & (p[:, 1] >= 0) & (p[:, 1] <= h - 1)]
-        return float(np.median(_sample(fit.smooth, p))) if len(p) else float("nan")
+        if not len(p):
+            return float("nan")
+        return float(np.median(ndi.map_coordinates(smooth, [p[:, 1], p[:, 0]], order=1, mode="nearest")))
 
-    x_level, m_level, bg = level(xs), level(ms), level(hs)
-    if not (np.isfinite(x_level) and np.isfinite(m_level) and np.isfinite(bg)):
+    x_level = level(s.xy[found & (s.role == ROLE_X)])
+    m_level = level(s.xy[found & (s.role == ROLE_M)])
+    bg = level(pos[role == 2])
+    if not (np.isfinite(x_level) and np.isfinite(m_level) and np.isfinite(bg)) or min(x_level, m_level) - bg <= 0:
         return None
-    if min(x_level, m_level) - bg <= 0:
-        return None
+    del mat
     ratio = ref.z_metal**REFERENCE_Z_EXPONENT / (2.0 * ref.z_chalcogen**REFERENCE_Z_EXPONENT)
     gx, gm = 1.0 / (x_level - bg), ratio / (m_level - bg)
-    which = _sublattice_of_pixels(img.shape, fit.a1, fit.a2, fit.origin,
-                                  [np.zeros(2), np.asarray(fit.partner), np.asarray(fit.hollow)])
-    gain = np.array([gx, gm, math.sqrt(gx * gm)], np.float32)[which]
+    # nearest sublattice of every pixel, on a grid of ~a/12 (the gain is smoothed anyway)
+    g = max(1, int(a_px // 12))
+    gy, gxx = np.mgrid[(g - 1) / 2.0:h:g, (g - 1) / 2.0:w:g]
+    _, k = cKDTree(pos).query(np.stack([gxx.ravel(), gy.ravel()], 1))
+    which = role[k].reshape(gy.shape)
+    gain_small = np.array([gx, gm, math.sqrt(gx * gm)], np.float32)[which]
+    if g > 1:
+        gain = np.repeat(np.repeat(gain_small, g, axis=0), g, axis=1)[:h, :w]
+        gain = np.pad(gain, ((0, h - gain.shape[0]), (0, w - gain.shape[1])), mode="edge")
+    else:
+        gain = gain_small[:h, :w]
     gain = ndi.gaussian_filter(gain, 0.05 * a_px)
     out = ((img - bg) * gain * 255.0).astype(np.float32)
     return ContrastMatch(image=out, x_level=x_level, m_level=m_level, background=bg, ratio=ratio)

@@ -19,7 +19,7 @@ import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -27,7 +27,17 @@ import numpy as np
 
 from .io import read_image, write_tiff
 from .materials import get_material
-from .simulation import Distortion, GroundTruth, Noise, Optics, SimulatedImage, Vacuum, simulate
+from .simulation import (
+    BOUNDARY_KINDS,
+    Boundary,
+    Distortion,
+    GroundTruth,
+    Noise,
+    Optics,
+    SimulatedImage,
+    Vacuum,
+    simulate,
+)
 from .visualization import save_overlay
 
 __all__ = [
@@ -44,7 +54,7 @@ __all__ = [
 DATASET_FORMAT = "napari-tmd-defects.dataset"
 
 #: Names of the imaging-condition presets accepted by :func:`sample_conditions`.
-PRESETS = ("paper", "realistic", "clean")
+PRESETS = ("paper", "realistic", "clean", "structure")
 #: Image models accepted by :func:`generate_dataset`: the fast incoherent simulator and
 #: the multislice backend (abTEM, optional extra ``[multislice]``).
 MODELS = ("fast", "multislice")
@@ -79,6 +89,12 @@ def sample_conditions(
         to ~4°, stretch up to ~4 %), 8-bit exports, some JPEG-compressed.
     ``clean``
         Paper optics, no noise.
+    ``structure``
+        ``realistic``, plus one or two domain boundaries (tilt grain boundaries of any
+        angle, mirror twin, inversion and translation boundaries; :class:`Boundary`),
+        non-linear scan distortion (bending, flyback at the left edge) and, in a third of
+        the images, weak chalcogen contrast (100 kV probe, background-subtracted 8-bit
+        export).
 
     ``size`` (rows, cols) scales the drift. ``pixel_size`` and ``defect_fraction`` accept a value or a (low, high) range;
     ``rotation`` a value in degrees or ``"random"``. ``vacuum`` is the probability that
@@ -97,7 +113,7 @@ def sample_conditions(
     elif preset == "clean":
         kw["optics"] = Optics()
         kw["noise"] = Noise(poisson_lambda=None, gaussian_mu=0.0)
-    else:
+    else:  # realistic (and the conditions of structure)
         kw["optics"] = Optics(
             convergence_mrad=rng.uniform(24.0, 32.0),
             defocus_a=float(np.clip(rng.normal(0.0, 15.0), -40, 40)),
@@ -130,12 +146,42 @@ def sample_conditions(
             row_jitter_corr=rng.uniform(0.5, 4.0),
             drift_px=(float(drift[0]), float(drift[1])),
         )
+    if preset == "structure":
+        _add_structure(kw, rng, size)
     if not 0.0 <= vacuum <= 1.0:
         raise ValueError(f"vacuum is a probability in [0, 1], got {vacuum}")
     if vacuum > 0 and rng.random() < vacuum:
         kw["vacuum"] = Vacuum(kind="hole" if rng.random() < 0.5 else "edge", fraction=rng.uniform(0.05, 0.35),
                               roughness=rng.uniform(0.0, 0.3))
     return kw
+
+
+def _add_structure(kw: dict[str, Any], rng: np.random.Generator, size: tuple[int, int]) -> None:
+    """Boundaries, non-linear scan distortion and weak chalcogen contrast for ``structure``."""
+    a_px = 3.3 / kw["pixel_size"]  # about a lattice constant, px
+    bounds = []
+    for _ in range(1 if rng.random() < 0.6 else 2):
+        kind = str(rng.choice(BOUNDARY_KINDS))
+        bounds.append(Boundary(
+            kind=kind,
+            angle_deg=float(rng.uniform(0.0, 180.0)),
+            offset=float(rng.uniform(-0.5, 0.5)),
+            misorientation_deg=float(rng.uniform(5.0, 55.0) * rng.choice([-1, 1])),
+            variant=str(rng.choice(["X", "M"])),
+            shift=(float(rng.choice([0.5, 1 / 3, 2 / 3])), float(rng.choice([0.0, 0.5]))),
+        ))
+    kw["boundaries"] = bounds
+    d = kw["distortion"]
+    kw["distortion"] = replace(
+        d,
+        bend_px=float(rng.uniform(0.0, 0.25) * a_px),
+        bend_period=float(rng.uniform(0.8, 2.5)),
+        flyback_px=float(rng.uniform(0.1, 0.4) * a_px) if rng.random() < 0.5 else 0.0,
+        flyback_width=float(rng.uniform(0.04, 0.12)),
+    )
+    if rng.random() < 1 / 3:
+        kw["optics"] = replace(kw["optics"], voltage_kv=100.0, z_exponent=float(rng.uniform(1.9, 2.1)))
+        kw["noise"] = replace(kw["noise"], subtract_background=True, quantize_8bit=True)
 
 
 def _simulate_item(
@@ -189,8 +235,9 @@ def _write_one(out: Path, k: int, sim: SimulatedImage, preview: bool) -> dict[st
             out / "preview" / f"{name}.png",
             sim.image,
             boxes=t.cell_box,
-            labels=t.cell_label,
+            labels=np.where(t.cell_boundary, -2, t.cell_label),
             points={"X": t.cell_x_site, "M": t.cell_m_site},
+            lines=t.boundary_lines,
             material=t.material,
         )
     return {"image": f"images/{name}.tif", "truth": f"truth/{name}.json"}

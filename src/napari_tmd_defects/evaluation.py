@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .geometry import box_iou
-from .materials import N_CLASSES, get_material
+from .materials import CLASS_VACANCIES, N_CLASSES, get_material
 
 __all__ = ["CellScore", "match_cells", "score_result", "aggregate", "format_report"]
 
@@ -79,13 +79,60 @@ class CellScore:
     pred_counts: np.ndarray = field(default_factory=lambda: np.zeros(N_CLASSES, int))
     seconds: float = 0.0
     n_images: int = 0
+    #: per vacancy site type (V_M, V_X1, V_X2): true positives, false negatives, false
+    #: positives among cells in domain interiors
+    site_tp: np.ndarray = field(default_factory=lambda: np.zeros(3, int))
+    site_fn: np.ndarray = field(default_factory=lambda: np.zeros(3, int))
+    site_fp: np.ndarray = field(default_factory=lambda: np.zeros(3, int))
+    #: points along the true boundaries (every a/4), and those found within 1 a
+    boundary_points: int = 0
+    boundary_found: int = 0
+    #: points along the reported boundaries, and those within 1 a of a true one
+    reported_boundary_points: int = 0
+    reported_boundary_true: int = 0
+    #: cells reported as boundary
+    n_boundary_cells: int = 0
+    #: largest cluster of adjacent cells wrongly called the same defect class (max over images)
+    largest_fake_cluster: int = 0
+    #: images with a fake-defect cluster of more than 12 cells
+    n_fake_clusters: int = 0
 
     def add(self, other: "CellScore") -> None:
-        for k in ("n_true", "n_pred", "n_matched", "n_duplicates", "n_iou50", "iou_sum", "seconds", "n_images"):
+        for k in ("n_true", "n_pred", "n_matched", "n_duplicates", "n_iou50", "iou_sum", "seconds", "n_images",
+                  "boundary_points", "boundary_found", "reported_boundary_points", "reported_boundary_true",
+                  "n_boundary_cells", "n_fake_clusters"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.confusion += other.confusion
         self.true_counts += other.true_counts
         self.pred_counts += other.pred_counts
+        self.site_tp += other.site_tp
+        self.site_fn += other.site_fn
+        self.site_fp += other.site_fp
+        self.largest_fake_cluster = max(self.largest_fake_cluster, other.largest_fake_cluster)
+
+    def site_recall(self) -> np.ndarray:
+        """Recall of V_M, V_X1, V_X2 sites in domain interiors (NaN where none are true)."""
+        n = self.site_tp + self.site_fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, self.site_tp / np.maximum(n, 1), np.nan)
+
+    def site_precision(self) -> np.ndarray:
+        """Precision of V_M, V_X1, V_X2 calls in domain interiors (NaN where none are made)."""
+        n = self.site_tp + self.site_fp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, self.site_tp / np.maximum(n, 1), np.nan)
+
+    @property
+    def boundary_recall(self) -> float:
+        """Share of the true boundary length found within one lattice constant."""
+        return self.boundary_found / self.boundary_points if self.boundary_points else float("nan")
+
+    @property
+    def boundary_precision(self) -> float:
+        """Share of the reported boundary length within one lattice constant of a true one."""
+        if not self.reported_boundary_points:
+            return float("nan")
+        return self.reported_boundary_true / self.reported_boundary_points
 
     @property
     def recall(self) -> float:
@@ -120,22 +167,119 @@ class CellScore:
             return np.where(rows > 0, np.diag(self.confusion) / np.maximum(rows, 1), np.nan)
 
 
+#: Sites farther than this from a true boundary line (lattice constants) are "interior".
+INTERIOR_MARGIN_A = 1.5
+
+
+def _line_points(lines, step: float) -> np.ndarray:
+    """Points every ``step`` px along polylines ``[(K, 2), ...]``."""
+    out = []
+    for ln in lines:
+        p = np.asarray(ln, float).reshape(-1, 2)
+        if len(p) < 2:
+            continue
+        seg = np.linalg.norm(np.diff(p, axis=0), axis=1)
+        t = np.concatenate([[0.0], np.cumsum(seg)])
+        if t[-1] <= 0:
+            continue
+        u = np.arange(0.0, t[-1] + 1e-9, step)
+        out.append(np.stack([np.interp(u, t, p[:, 0]), np.interp(u, t, p[:, 1])], axis=1))
+    return np.concatenate(out) if out else np.zeros((0, 2))
+
+
+def _site_states(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(chalcogens missing 0/1/2, metal missing) of class ids; -1 / False for no class."""
+    lab = np.asarray(labels, int)
+    vac = np.asarray(CLASS_VACANCIES)
+    ok = (lab >= 0) & (lab < N_CLASSES)
+    x = np.where(ok, vac[np.clip(lab, 0, N_CLASSES - 1), 0], -1)
+    m = np.where(ok, vac[np.clip(lab, 0, N_CLASSES - 1), 1] == 1, False)
+    return x, m
+
+
 def score_result(result, truth) -> CellScore:
-    """Compare one :class:`analysis.Result` with its :class:`simulation.GroundTruth`."""
+    """Compare one :class:`analysis.Result` with its :class:`simulation.GroundTruth`.
+
+    Cells are matched by box centres; classes are scored on true cells off the domain
+    boundaries (boundary cells are not point defects). Vacancy sites (V_M, V_X1, V_X2)
+    are scored in domain interiors (farther than :data:`INTERIOR_MARGIN_A` a from a true
+    boundary), reported cells that match no true cell counting as false calls there;
+    boundaries by the share of their length found within one lattice constant.
+    """
+    from scipy.spatial import cKDTree
+
     s = CellScore(n_true=truth.n_cells, n_pred=result.n_cells, n_images=1)
     s.seconds = float(result.timings.get("total", 0.0))
-    s.true_counts = np.bincount(truth.cell_label, minlength=N_CLASSES)
+    interior = truth.interior
+    s.true_counts = np.bincount(truth.cell_label[interior], minlength=N_CLASSES)
     lab = np.asarray(result.labels)
     s.pred_counts = np.bincount(lab[lab >= 0], minlength=N_CLASSES)
     pi, gi, dup = match_cells(result.boxes, truth.cell_box, truth.a_px)
     s.n_matched = len(pi)
     s.n_duplicates = dup
+    s.n_boundary_cells = int(np.sum(lab == -2))
     if len(pi):
         iou = box_iou(result.boxes[pi], truth.cell_box[gi])[np.arange(len(pi)), np.arange(len(pi))]
         s.iou_sum = float(iou.sum())
         s.n_iou50 = int(np.sum(iou > 0.5))
-        ok = lab[pi] >= 0
+        ok = (lab[pi] >= 0) & interior[gi]
         np.add.at(s.confusion, (truth.cell_label[gi][ok], lab[pi][ok]), 1)
+    # ---- vacancy sites in domain interiors
+    a = float(truth.a_px)
+    tc = 0.5 * (truth.cell_x_site + truth.cell_m_site)
+    pc = 0.5 * (result.x_sites + result.m_sites) if result.n_cells else np.zeros((0, 2))
+    tline = _line_points(truth.boundary_lines, 0.25 * a)
+    if len(tline):
+        line_tree = cKDTree(tline)
+        t_deep = line_tree.query(tc)[0] > INTERIOR_MARGIN_A * a if len(tc) else np.zeros(0, bool)
+        p_deep = line_tree.query(pc)[0] > INTERIOR_MARGIN_A * a if len(pc) else np.zeros(0, bool)
+    else:
+        t_deep, p_deep = np.ones(len(tc), bool), np.ones(len(pc), bool)
+    tx, tm = _site_states(truth.cell_label)
+    px, pm = _site_states(lab)
+    match_t = np.full(len(tc), -1)
+    match_t[gi] = pi
+    matched_p = np.zeros(len(pc), bool)
+    matched_p[pi] = True
+    for k, (t_has, p_has) in enumerate(((tm, pm), (tx == 1, px == 1), (tx == 2, px == 2))):
+        sel = t_deep & interior
+        j = match_t[sel]
+        called = np.where(j >= 0, p_has[np.maximum(j, 0)], False)
+        s.site_tp[k] += int(np.sum(t_has[sel] & called))
+        s.site_fn[k] += int(np.sum(t_has[sel] & ~called))
+        s.site_fp[k] += int(np.sum(~t_has[sel] & called))
+        s.site_fp[k] += int(np.sum(p_has & ~matched_p & p_deep))  # cells that are not there
+    # ---- boundaries
+    rep = result.sites.boundary_lines if getattr(result, "sites", None) is not None else []
+    rline = _line_points(rep, 0.25 * a)
+    evidence = np.concatenate([rline, pc[lab == -2]]) if len(pc) else rline
+    if len(tline):
+        s.boundary_points = len(tline)
+        if len(evidence):
+            s.boundary_found = int(np.sum(cKDTree(evidence).query(tline)[0] <= a))
+    if len(rline):
+        s.reported_boundary_points = len(rline)
+        if len(tline):
+            s.reported_boundary_true = int(np.sum(cKDTree(tline).query(rline)[0] <= a))
+    # ---- clusters of wrongly called defects
+    wrong = np.zeros(len(pc), bool)
+    if len(pc):
+        truth_lab = np.full(len(pc), -1)
+        truth_lab[pi] = truth.cell_label[gi]
+        wrong = (lab > 0) & (lab != truth_lab)
+    best = 0
+    for k in range(1, N_CLASSES):
+        idx = np.flatnonzero(wrong & (lab == k))
+        if len(idx) <= best:
+            continue
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        pairs = cKDTree(pc[idx]).query_pairs(1.2 * a, output_type="ndarray")
+        g = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(idx),) * 2)
+        best = max(best, int(np.bincount(connected_components(g, directed=False)[1]).max()))
+    s.largest_fake_cluster = best
+    s.n_fake_clusters = int(best > 12)
     return s
 
 
@@ -193,6 +337,21 @@ def format_report(
         lines.append("| truth | " + " | ".join(str(int(v)) for v in first.true_counts) + " |")
     for name, s in scores.items():
         lines.append(f"| {name} | " + " | ".join(str(int(v)) for v in s.pred_counts) + " |")
+    lines += ["", f"Vacancy sites in domain interiors (farther than {INTERIOR_MARGIN_A:g} a from a true boundary; "
+              "recall / precision):", ""]
+    lines += ["| method | V_M | V_X1 | V_X2 | largest fake-defect cluster | images with a fake cluster > 12 |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, s in scores.items():
+        rec, pre = s.site_recall(), s.site_precision()
+        cols = [f"{_pct(r)} / {_pct(p)}" for r, p in zip(rec, pre)]
+        lines.append(f"| {name} | " + " | ".join(cols) + f" | {s.largest_fake_cluster} | {s.n_fake_clusters} |")
+    if any(s.boundary_points or s.reported_boundary_points or s.n_boundary_cells for s in scores.values()):
+        lines += ["", "Domain boundaries (length found within 1 a of the truth; reported length within 1 a of a "
+                  "true boundary):", ""]
+        lines += ["| method | boundary recall | boundary precision | boundary cells |", "|---|---:|---:|---:|"]
+        for name, s in scores.items():
+            lines.append(f"| {name} | {_pct(s.boundary_recall)} | {_pct(s.boundary_precision)} | "
+                         f"{s.n_boundary_cells} |")
     for name, s in scores.items():
         lines += ["", f"Confusion matrix, {name} (rows: truth, columns: prediction):", ""]
         lines += ["| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]

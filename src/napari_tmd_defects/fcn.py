@@ -152,23 +152,19 @@ def analyze_fcn(image: np.ndarray, pixel_size: float, material: str, segmenter: 
     ``probabilities`` holds the class probabilities built from the site states; the
     POC of V_X1 vs V_X2 is ``probabilities[:, 1] / (probabilities[:, 1] + probabilities[:, 2])``.
     """
-    from .analysis import Result, _empty_result, prepare_image
-    from .classical import fit_sublattices
-    from .geometry import inside_boxes, rotated_cell_box
+    from .pipeline import locate_cells, make_result
 
     t0 = time.perf_counter()
+    frame = locate_cells(image, pixel_size, material)
+    model = frame.model
+    if model is None or len(model.cells) == 0:
+        return make_result(frame, np.zeros(0, int), np.zeros(0), None)
+    s, c = model.sites, model.cells
+    x_sites, m_sites = s.xy[c.x], s.xy[c.m]
+    a_px = frame.a_px
+    # the segmenter rescales by the material's lattice constant: give it the one measured here
     mat = get_material(material)
-    img, warnings = prepare_image(image)
-    a_px = mat.a / pixel_size
-    fit = fit_sublattices(img, a_px, mat.name)
-    if fit is None:
-        warnings.append("FCN: no lattice of this lattice constant found")
-        return _empty_result(img.shape, mat.name, pixel_size, "given", 0.65, 0.5, warnings, 0.6)
-    ij, x_sites, m_sites, _ = fit.sites(img.shape)
-    boxes = rotated_cell_box(x_sites, m_sites, a_px, fit.rotation_deg)
-    keep = inside_boxes(boxes, img.shape)
-    boxes, x_sites, m_sites, ij = boxes[keep], x_sites[keep], m_sites[keep], ij[keep]
-    prob = segmenter.probabilities(img, pixel_size, mat.name)
+    prob = segmenter.probabilities(frame.image, mat.a / a_px, mat.name)
     r = DISC_RADIUS * a_px
     px_ = _disc_mean(prob, x_sites, r)  # (N, 4)
     pm_ = _disc_mean(prob, m_sites, r)
@@ -177,20 +173,13 @@ def analyze_fcn(image: np.ndarray, pixel_size: float, material: str, segmenter: 
     x_state /= x_state.sum(axis=1, keepdims=True)
     m_state = np.stack([pm_[:, 1], pm_[:, 0]], axis=1) + 1e-9
     m_state /= m_state.sum(axis=1, keepdims=True)
-    probs = np.zeros((len(boxes), N_CLASSES))
-    for c, (nvx, vm) in enumerate(CLASS_VACANCIES):
-        probs[:, c] = x_state[:, nvx] * m_state[:, int(vm)]
-    labels = probs.argmax(axis=1)
-    conf = probs.max(axis=1)
-    n = len(boxes)
-    return Result(
-        material=mat.name, pixel_size=float(pixel_size), pixel_size_source="given", image_shape=img.shape,
-        alpha=0.65, beta=0.5, hexagon_boxes=np.zeros((0, 4)), hexagon_scores=np.zeros(0), boxes=boxes,
-        x_sites=x_sites, m_sites=m_sites, ij=ij, support=np.zeros(n, int), labels=labels, confidence=conf,
-        probabilities=probs, flagged=conf < 0.6, corrected=np.zeros(n, bool),
-        lattice_rotation_deg=fit.rotation_deg, models={"fcn": segmenter.card.get("name", "U-Net")},
-        timings={"total": time.perf_counter() - t0}, warnings=warnings,
-    )
+    probs = np.zeros((len(c), N_CLASSES))
+    for k, (nvx, vm) in enumerate(CLASS_VACANCIES):
+        probs[:, k] = x_state[:, nvx] * m_state[:, int(vm)]
+    frame.models["fcn"] = segmenter.card.get("name", "U-Net")
+    res = make_result(frame, probs.argmax(axis=1), probs.max(axis=1), probs)
+    res.timings["total"] = time.perf_counter() - t0
+    return res
 
 
 def _training_pair(rng: np.random.Generator, crop: int, material: str, preset: str):

@@ -112,6 +112,9 @@ def _refine_peak(power: np.ndarray, ky: float, kx: float, r: int = 2) -> tuple[f
     return cy, cx, float(power[iy % n0, ix % n1])
 
 
+#: A ring of reflections counts as present when it has this many times the power of the
+#: same ring between reflections.
+MIN_RING_CONTRAST = 3.0
 #: Images larger than this (px) are block-averaged before the lattice FFT.
 LATTICE_FFT_SIZE = 1024
 
@@ -179,35 +182,63 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float]) -> Latti
         return None
     idx = idx[np.argsort(sm.ravel()[idx])[::-1][:8]]
 
-    def power_at(k100: float, theta: float) -> float:
+    def ring_power(rad: float, theta: float) -> float:
+        """Power at the six reflections of one ring (3 x 3 maximum around each)."""
         tot = 0.0
-        for order, (rad, off) in enumerate(((k100, 0.0), (k100 * SQRT3, 30.0))):
-            for m in range(6):
-                t = math.radians(theta + off + 60.0 * m)
-                py, px = c + rad * n * math.sin(t), c + rad * n * math.cos(t)
-                iy, ix = int(round(py)), int(round(px))
-                if 1 <= iy < n - 1 and 1 <= ix < n - 1:
-                    tot += sm[iy - 1 : iy + 2, ix - 1 : ix + 2].max()
+        for m in range(6):
+            t = math.radians(theta + 60.0 * m)
+            py, px = c + rad * n * math.sin(t), c + rad * n * math.cos(t)
+            iy, ix = int(round(py)), int(round(px))
+            if 1 <= iy < n - 1 and 1 <= ix < n - 1:
+                tot += sm[iy - 1 : iy + 2, ix - 1 : ix + 2].max()
         return tot
 
-    best = None
+    def power_at(k100: float, theta: float) -> float:
+        return ring_power(k100, theta) + ring_power(k100 * SQRT3, theta + 30.0)
+
+    def ring_contrast(rad: float, theta: float) -> float:
+        """Power at a ring's reflections over the same ring turned 15-45° away from them."""
+        off = np.mean([ring_power(rad, theta + d) for d in (15.0, 30.0, 45.0)])
+        return ring_power(rad, theta) / max(off, 1e-30)
+
+    # The honeycomb's {100}, {110} and {300} rings make the lattice look sqrt(3) smaller or
+    # larger than it is. Every candidate ring is judged by how far its six reflections stand
+    # out of the same ring turned 15-45° away (noise and contamination give ~1): the largest
+    # lattice whose first ring clearly stands out wins (a real lattice has reflections
+    # there); without one, the best combined contrast of both rings.
+    cands = []
     for i in idx:
         pk = kr.ravel()[i]
         th = math.degrees(math.atan2(ky.ravel()[i], kx.ravel()[i]))
         for k100, theta in ((pk, th), (pk / SQRT3, th - 30.0)):
             if not (kmin <= k100 <= kmax):
                 continue
-            score = power_at(k100, theta)
-            if best is None or score > best[0]:
-                best = (score, k100, theta)
-    if best is None:
+            r1 = ring_contrast(k100, theta)
+            r2 = ring_contrast(k100 * SQRT3, theta + 30.0)
+            cands.append((2.0 * math.log(max(r1, 1e-12)) + math.log(max(r2, 1e-12)), k100, theta, r1))
+    if not cands:
         return None
-    _, k100, theta = best
+    clear = [c for c in cands if c[3] >= MIN_RING_CONTRAST]
+    if clear:
+        k_min = min(c[1] for c in clear)
+        best = max((c for c in clear if c[1] <= 1.03 * k_min), key=lambda c: c[0])
+    else:
+        best = max(cands, key=lambda c: c[0])
+    _, k100, theta, _ = best
+    best = (power_at(k100, theta), k100, theta)
     # refine three {100} reflections (and use their {110} sums) to get the reciprocal basis
     g = []
+    r_search = max(2, int(round(0.05 * k100 * n)))
     for m in range(3):
         t = math.radians(theta + 60.0 * m)
-        py, px, _ = _refine_peak(power, c + k100 * n * math.sin(t), c + k100 * n * math.cos(t))
+        iy, ix = int(round(c + k100 * n * math.sin(t))), int(round(c + k100 * n * math.cos(t)))
+        # the candidate may come from a second-order peak: start at the nearest first-order maximum
+        y0, x0 = max(iy - r_search, 0), max(ix - r_search, 0)
+        win = sm[y0 : iy + r_search + 1, x0 : ix + r_search + 1]
+        if win.size:
+            dy, dx = np.unravel_index(int(np.argmax(win)), win.shape)
+            iy, ix = y0 + dy, x0 + dx
+        py, px, _ = _refine_peak(power, iy, ix)
         g.append(np.array([(px - c) / n, (py - c) / n]))  # (kx, ky) cycles/px
     g1, g2, g3 = g
     # g3 = g2 - g1 for a hexagonal lattice; average the redundant estimate

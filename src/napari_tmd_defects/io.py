@@ -142,8 +142,16 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
             import tifffile
 
             with tifffile.TiffFile(p) as tif:
-                arr = tif.asarray()
                 meta["pixel_size_A"] = _pixel_size_from_tiff(tif)
+                try:
+                    arr = tif.asarray()
+                except ValueError:
+                    # a compression tifffile cannot decode without extra codecs (LZW, ...):
+                    # Pillow decodes the common ones
+                    from PIL import Image
+
+                    with Image.open(p) as im:
+                        arr = np.asarray(im)
         elif suffix == ".npy":
             arr = np.load(p, allow_pickle=False)
         elif suffix in _RSCIIO_SUFFIXES:

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -59,17 +59,18 @@ from scipy.spatial import cKDTree
 from .materials import CLASS_VACANCIES, Material
 from .runtime import check_cancel
 from .simulation import (
+    Boundary,
     Distortion,
     Noise,
     Optics,
     SimulatedImage,
     Vacuum,
+    _domain_lattice,
     _ground_truth,
     _params_dict,
     _prepare_scene,
     _Scene,
     apply_noise,
-    build_lattice,
     electron_wavelength,
     place_defects,
     probe_kernel,
@@ -169,12 +170,13 @@ def _cell_atoms(
     h, w = scene.shape
     lx, ly = w * ps + 2 * margin, h * ps + 2 * margin
     # cells out to the cell's edge and beyond (the scene's lattice stops ~5 Å outside)
-    ext = build_lattice(
-        mat, scene.shape, ps, scene.rotation_deg, origin=scene.origin,
-        margin_a=margin + 3.0 * mat.a, transform=scene.drift,
+    ext, ext_dom, _ = _domain_lattice(
+        mat, scene.shape, ps, scene.rotation_deg, scene.origin, scene.boundaries,
+        margin + 3.0 * mat.a, scene.drift,
     )
-    known = {tuple(ij): int(lab) for ij, lab in zip(scene.lattice.ij.tolist(), scene.render_labels)}
-    labels = np.array([known.get(tuple(ij), -1) for ij in ext.ij.tolist()], dtype=np.int64)
+    dom = scene.cell_domain if scene.cell_domain is not None else np.zeros(len(scene.lattice.ij), np.int64)
+    known = {(int(d), *ij): int(lab) for d, ij, lab in zip(dom, scene.lattice.ij.tolist(), scene.render_labels)}
+    labels = np.array([known.get((int(d), *ij), -1) for d, ij in zip(ext_dom, ext.ij.tolist())], dtype=np.int64)
     extra = labels < 0
     if random_labels:
         labels[extra] = place_defects(int(extra.sum()), defect_fraction, class_weights, rng)
@@ -184,12 +186,16 @@ def _cell_atoms(
     def to_cell(p):
         return (np.asarray(p, float) + 0.5) * ps + margin
 
-    # all sites (occupied or not), X first then M
-    xy = np.concatenate([to_cell(ext.x_site), to_cell(ext.m_site)])
+    # all sites (occupied or not), X first then M, then the boundaries' lone columns
     n = len(ext.ij)
-    is_x = np.r_[np.ones(n, bool), np.zeros(n, bool)]
-    cell_of = np.r_[np.arange(n), np.arange(n)]
-    ok = (xy[:, 0] >= 0) & (xy[:, 0] < lx) & (xy[:, 1] >= 0) & (xy[:, 1] < ly)
+    shared = ext.shared if ext.shared is not None else np.zeros((n, 2), bool)
+    lone_xy = ext.lone_xy if ext.lone_xy is not None else np.zeros((0, 2))
+    lone_x = ext.lone_is_x if ext.lone_is_x is not None else np.zeros(0, bool)
+    xy = np.concatenate([to_cell(ext.x_site), to_cell(ext.m_site), to_cell(lone_xy)])
+    is_x = np.r_[np.ones(n, bool), np.zeros(n, bool), lone_x]
+    cell_of = np.r_[np.arange(n), np.arange(n), np.full(len(lone_xy), -1)]
+    drawn = np.r_[~shared[:, 0], ~shared[:, 1], np.ones(len(lone_xy), bool)]
+    ok = (xy[:, 0] >= 0) & (xy[:, 0] < lx) & (xy[:, 1] >= 0) & (xy[:, 1] < ly) & drawn
     idx = np.flatnonzero(ok)
     # where the crystal wraps around, drop sites closer than 0.6 bond to a kept one
     tree = cKDTree(xy[idx], boxsize=(lx, ly))
@@ -206,6 +212,10 @@ def _cell_atoms(
     for k in idx:
         c = cell_of[k]
         x, y = xy[k]
+        if c < 0:  # a boundary column of no whole cell: full
+            pos.extend([(x, y, z_in), (x, y, z_out)] if is_x[k] else [(x, y, z_mid)])
+            num.extend([mat.z_chalcogen] * 2 if is_x[k] else [mat.z_metal])
+            continue
         if is_x[k]:
             missing = vac[c, 0]
             if missing == 0:
@@ -463,6 +473,7 @@ def simulate_multislice(
     origin: tuple[float, float] | None = None,
     seed: int | None = 0,
     vacuum: Vacuum | None = None,
+    boundaries: Sequence[Boundary] = (),
     frozen_phonons: int = 4,
     scan_sampling: float | None = None,
     potential_sampling: float = _POTENTIAL_SAMPLING_A,
@@ -476,7 +487,7 @@ def simulate_multislice(
     Parameters
     ----------
     material, shape, pixel_size, rotation_deg, defect_fraction, class_weights, labels, \
-optics, noise, distortion, origin, seed, vacuum
+optics, noise, distortion, origin, seed, vacuum, boundaries
         As in :func:`~.simulation.simulate` (``optics.z_exponent`` is not used: the
         contrast comes from the multislice). The same arguments give the same ground truth.
     frozen_phonons : int
@@ -538,7 +549,7 @@ optics, noise, distortion, origin, seed, vacuum
     t_start = time.perf_counter()
     scene = _prepare_scene(
         material, shape, pixel_size, rotation_deg, defect_fraction, class_weights, labels,
-        distortion, origin, seed, vacuum,
+        distortion, origin, seed, vacuum, boundaries,
     )
     mat, ps = scene.material, scene.pixel_size
     h, w = scene.shape
@@ -587,6 +598,7 @@ optics, noise, distortion, origin, seed, vacuum
         noise=noise,
         distortion=distortion,
         vacuum=vacuum,
+        boundaries=[asdict(b) for b in scene.boundaries],
         multislice={
             "code": f"abTEM {abtem.__version__}",
             "frozen_phonons": frozen_phonons,

@@ -35,6 +35,7 @@ from . import geometry as geo
 from .materials import CLASS_VACANCIES, N_CLASSES, Material, get_material
 
 __all__ = [
+    "Boundary",
     "Distortion",
     "GroundTruth",
     "Noise",
@@ -121,6 +122,10 @@ class Noise:
         Clip to 0..255 and round, like an 8-bit export.
     jpeg_quality : int or None
         With ``quantize_8bit``: also JPEG-compress at this quality (1-95), like a JPEG export.
+    subtract_background : bool
+        Remove a smooth background (minimum over ~6 Å, smoothed) and stretch the rest so
+        that its 99.5th percentile is 255, like a background-subtracted, auto-contrasted
+        export (weak chalcogen columns end up near the floor).
     """
 
     poisson_lambda: float | None = 12.0
@@ -130,6 +135,7 @@ class Noise:
     contamination_scale_a: float = 8.0
     quantize_8bit: bool = False
     jpeg_quality: int | None = None
+    subtract_background: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,11 +151,23 @@ class Distortion:
     drift_px : tuple of float
         Linear drift ``(dx, dy)``: total displacement, px, accumulated from the first
         to the last row (shears and stretches the lattice).
+    bend_px : float
+        Amplitude (px) of a smooth non-linear displacement field (sample drift that
+        changes speed during the frame, lattice bending): both components vary as sines
+        of the row and column with a period of ``bend_period`` image sizes.
+    flyback_px : float
+        Horizontal displacement (px) at the left edge after the scan's flyback, decaying
+        exponentially over ``flyback_width`` of the image width (the compressed left edge
+        of real frames).
     """
 
     row_jitter_px: float = 0.0
     row_jitter_corr: float = 2.0
     drift_px: tuple[float, float] = (0.0, 0.0)
+    bend_px: float = 0.0
+    bend_period: float = 1.5
+    flyback_px: float = 0.0
+    flyback_width: float = 0.08
 
 
 @dataclass(frozen=True)
@@ -183,6 +201,48 @@ class Vacuum:
             raise ValueError(f"Vacuum fraction must lie in (0, 0.8], got {self.fraction}")
         if not 0.0 <= self.roughness <= 0.5:
             raise ValueError(f"Vacuum roughness must lie in [0, 0.5], got {self.roughness}")
+
+
+BOUNDARY_KINDS = ("grain", "mirror", "inversion", "translation")
+#: Cells whose centre lies this close to a boundary line (lattice constants) are boundary
+#: cells in the ground truth (not scored as point defects).
+BOUNDARY_HALF_WIDTH_A = 1.0
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """A boundary between two domains of the monolayer.
+
+    The line runs at ``angle_deg`` (counter-clockwise on screen from +x) at a distance
+    ``offset`` (fraction of half the smaller image side) from the image centre. The
+    domain on its far side is the near domain's lattice transformed:
+
+    * ``"grain"``: turned by ``misorientation_deg`` about a point of the line (a tilt
+      grain boundary of any angle); columns of the second grain closer than half a bond
+      to the first grain's are left out (dislocation cores);
+    * ``"mirror"``: a mirror twin boundary (60° domains): the line follows the lattice's
+      zigzag direction nearest to ``angle_deg`` and passes through a row of the
+      ``variant`` columns (``"X"``: metal and hollow sites swap across it, like the 4|4P
+      boundary; ``"M"``: chalcogen and hollow swap, like 4|4E);
+    * ``"inversion"``: an inversion domain boundary along a zigzag direction: metal and
+      chalcogen sublattices swap (a 180° turn about a hollow site on the line);
+    * ``"translation"``: the lattice shifted by ``shift`` (fractions of a1, a2).
+    """
+
+    kind: str = "grain"
+    angle_deg: float = 0.0
+    offset: float = 0.0
+    misorientation_deg: float = 15.0
+    variant: str = "X"
+    shift: tuple[float, float] = (0.5, 0.0)
+
+    def __post_init__(self):
+        if self.kind not in BOUNDARY_KINDS:
+            raise ValueError(f"Boundary kind must be one of {BOUNDARY_KINDS}, got {self.kind!r}")
+        if self.variant not in ("X", "M"):
+            raise ValueError(f"Boundary variant must be 'X' or 'M', got {self.variant!r}")
+        if not -0.95 <= self.offset <= 0.95:
+            raise ValueError(f"Boundary offset must lie in [-0.95, 0.95], got {self.offset}")
 
 
 def vacuum_region(vacuum: Vacuum, shape: tuple[int, int], rng: np.random.Generator):
@@ -316,6 +376,25 @@ class Lattice:
     box: np.ndarray
     hex_center: np.ndarray
     hex_box: np.ndarray
+    #: X and M columns before ``transform`` (the scan distortion), px
+    x_plain: np.ndarray | None = None
+    m_plain: np.ndarray | None = None
+    #: (N, 2) bool: the cell's X (M) column is another domain's, drawn by that cell
+    shared: np.ndarray | None = None
+    #: columns at boundaries that belong to no whole cell (px, as imaged; X or not)
+    lone_xy: np.ndarray | None = None
+    lone_is_x: np.ndarray | None = None
+
+    def subset(self, keep: np.ndarray) -> "Lattice":
+        """The cells where ``keep`` is True."""
+        return Lattice(
+            a_px=self.a_px, rotation_deg=self.rotation_deg, ij=self.ij[keep], x_site=self.x_site[keep],
+            m_site=self.m_site[keep], box=self.box[keep], hex_center=self.hex_center[keep],
+            hex_box=self.hex_box[keep],
+            x_plain=None if self.x_plain is None else self.x_plain[keep],
+            m_plain=None if self.m_plain is None else self.m_plain[keep],
+            shared=None if self.shared is None else self.shared[keep],
+        )
 
 
 def _transformed_boxes(canonical_boxes: np.ndarray, transform) -> np.ndarray:
@@ -378,6 +457,7 @@ def build_lattice(
         (np.minimum(x_site, m_site) > -mpx) & (np.maximum(x_site, m_site) < np.array([w, h]) + mpx),
         axis=1,
     )
+    xr, mr = geo.rotate_points(x0, rotation_deg, center), geo.rotate_points(m0, rotation_deg, center)
     return Lattice(
         a_px=a_px,
         rotation_deg=rotation_deg,
@@ -387,6 +467,8 @@ def build_lattice(
         box=cbox[near],
         hex_center=hcen[near],
         hex_box=hbox[near],
+        x_plain=xr[near],
+        m_plain=mr[near],
     )
 
 
@@ -522,6 +604,11 @@ def apply_noise(
     out = 255.0 * sig
     if noise.gaussian_mu and noise.gaussian_mu > 0:
         out = out + rng.normal(0.0, float(noise.gaussian_mu), size=out.shape)
+    if noise.subtract_background:
+        win = max(3, int(round(6.0 / pixel_size)) | 1)
+        bg = ndi.gaussian_filter(ndi.minimum_filter(ndi.gaussian_filter(out, 1.0), size=win), win / 2.0)
+        out = np.clip(out - bg, 0.0, None)
+        out = out * 255.0 / max(float(np.percentile(out, 99.5)), 1e-9)
     if noise.quantize_8bit:
         out = np.clip(np.round(out), 0, 255)
         if noise.jpeg_quality:
@@ -564,24 +651,48 @@ class GroundTruth:
     hex_center: np.ndarray
     hex_box: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
+    #: domain of every cell (0 in a single crystal)
+    cell_domain: np.ndarray | None = None
+    #: cells within BOUNDARY_HALF_WIDTH_A of a domain boundary (not point defects)
+    cell_boundary: np.ndarray | None = None
+    #: domain boundaries as polylines ``(K, 2)`` (x, y px, as imaged)
+    boundary_lines: list = field(default_factory=list)
+
+    def __post_init__(self):
+        n = len(self.cell_label)
+        if self.cell_domain is None or len(self.cell_domain) != n:
+            self.cell_domain = np.zeros(n, np.int64)
+        if self.cell_boundary is None or len(self.cell_boundary) != n:
+            self.cell_boundary = np.zeros(n, bool)
 
     @property
     def n_cells(self) -> int:
         return int(len(self.cell_label))
 
     @property
+    def interior(self) -> np.ndarray:
+        """Cells off the domain boundaries (where point defects are counted)."""
+        return ~np.asarray(self.cell_boundary, bool)
+
+    @property
+    def boundary_length_px(self) -> float:
+        """Total length of the boundary lines in the image, px."""
+        return float(sum(np.linalg.norm(np.diff(np.asarray(ln, float), axis=0), axis=1).sum()
+                         for ln in self.boundary_lines if len(ln) > 1))
+
+    @property
     def class_names(self) -> tuple[str, ...]:
         return get_material(self.material).class_names
 
     def counts(self) -> dict[str, int]:
-        """Number of cells per class name."""
-        c = np.bincount(self.cell_label, minlength=N_CLASSES)
+        """Number of cells per class name (off the domain boundaries)."""
+        c = np.bincount(self.cell_label[self.interior], minlength=N_CLASSES)
         return {n: int(k) for n, k in zip(self.class_names, c)}
 
     @property
     def area_nm2(self) -> float:
-        """Analysed area: number of cells times the unit-cell area, nm²."""
-        return self.n_cells * get_material(self.material).cell_area_nm2
+        """Analysed area: cells off the boundaries times the unit-cell area, nm²."""
+        return int(self.interior.sum()) * get_material(self.material).cell_area_nm2
 
     def concentrations_cm2(self) -> dict[str, float]:
         """Cells per class per cm² (1 nm² = 1e-14 cm²)."""
@@ -623,6 +734,11 @@ class GroundTruth:
                 "center": r(self.hex_center),
                 "box": r(self.hex_box),
             },
+            "domains": {
+                "cell_domain": np.asarray(self.cell_domain, int).tolist(),
+                "cell_boundary": np.asarray(self.cell_boundary, int).tolist(),
+                "boundary_lines": [r(ln) for ln in self.boundary_lines],
+            },
             "params": self.params,
         }
 
@@ -651,6 +767,9 @@ class GroundTruth:
             hex_center=arr(hx["center"], 2),
             hex_box=arr(hx["box"], 4),
             params=d.get("params", {}),
+            cell_domain=arr(d["domains"]["cell_domain"], 0, np.int64) if "domains" in d else None,
+            cell_boundary=arr(d["domains"]["cell_boundary"], 0, bool) if "domains" in d else None,
+            boundary_lines=[arr(ln, 2) for ln in d["domains"]["boundary_lines"]] if "domains" in d else [],
         )
 
     def save(self, path: str | Path) -> Path:
@@ -686,6 +805,218 @@ def _drift_transform(shape, drift_px):
         return np.stack([p[..., 0] + sx * p[..., 1], p[..., 1] * (1.0 + sy)], axis=-1)
 
     return tf
+
+
+def _scan_transform(shape, dist: Distortion, rng: np.random.Generator):
+    """The scan's geometric distortion as ``tf((..., 2) px) -> (..., 2) px``, or None.
+
+    Linear drift, then a smooth bending field and the flyback compression of the left
+    edge (random phases drawn from ``rng`` only when those are on, so images without them
+    do not change).
+    """
+    h, w = int(shape[0]), int(shape[1])
+    drift = _drift_transform(shape, dist.drift_px)
+    bend = None
+    if dist.bend_px > 0:
+        ph = rng.uniform(0.0, 2.0 * np.pi, 4)
+        period = max(dist.bend_period, 0.1) * max(h, w)
+        amp = float(dist.bend_px)
+
+        def bend(p):
+            x, y = p[..., 0], p[..., 1]
+            k = 2.0 * np.pi / period
+            dx = amp * 0.5 * (np.sin(k * y + ph[0]) + np.sin(k * x + ph[1]))
+            dy = amp * 0.5 * (np.sin(k * x + ph[2]) + np.sin(k * y + ph[3]))
+            return np.stack([x + dx, y + dy], axis=-1)
+
+    fly = None
+    if dist.flyback_px > 0:
+        width = max(dist.flyback_width, 1e-3) * w
+
+        def fly(p):
+            x, y = p[..., 0], p[..., 1]
+            return np.stack([x + dist.flyback_px * np.exp(-np.clip(x, 0.0, None) / width), y], axis=-1)
+
+    steps = [f for f in (drift, bend, fly) if f is not None]
+    if not steps:
+        return None
+
+    def tf(p):
+        q = np.asarray(p, dtype=float)
+        for f in steps:
+            q = f(q)
+        return q
+
+    return tf
+
+
+def _rotate_about(points: np.ndarray, angle_deg: float, centre: np.ndarray) -> np.ndarray:
+    """Points turned by ``angle_deg`` counter-clockwise on screen about ``centre``."""
+    return geo.rotate_points(points, angle_deg, tuple(np.asarray(centre, float)))
+
+
+def _unit(angle_deg: float) -> np.ndarray:
+    """Unit vector at a screen angle (counter-clockwise from +x; y points down)."""
+    t = math.radians(angle_deg)
+    return np.array([math.cos(t), -math.sin(t)])
+
+
+@dataclass(frozen=True)
+class _Line:
+    """A boundary line in plain (undistorted) px: point, direction, normal; and the rigid
+    motion (turn about ``pivot`` by ``turn_deg``, then ``shift``) that makes the far side's
+    lattice from the near side's."""
+
+    point: np.ndarray
+    direction: np.ndarray
+    normal: np.ndarray
+    pivot: np.ndarray
+    turn_deg: float
+    shift: np.ndarray
+
+    def side(self, p: np.ndarray) -> np.ndarray:
+        return (np.asarray(p, float) - self.point) @ self.normal > 0
+
+    def distance(self, p: np.ndarray) -> np.ndarray:
+        return np.abs((np.asarray(p, float) - self.point) @ self.normal)
+
+    def move(self, p: np.ndarray) -> np.ndarray:
+        return _rotate_about(p, self.turn_deg, self.pivot) + self.shift
+
+
+def _boundary_lines(boundaries, shape, a_px: float, rotation_deg: float, x0: np.ndarray) -> list[_Line]:
+    """The lines and rigid motions of ``boundaries`` for a lattice with an X column at
+    ``x0`` (plain px) turned by ``rotation_deg``."""
+    h, w = shape
+    centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    a1, a2 = geo.lattice_vectors(a_px, rotation_deg)
+    basis = np.stack([a1, a2], axis=1)
+    sub = {"X": np.zeros(2), "M": geo.rotate_points(geo.mx_offset(a_px), rotation_deg),
+           "hollow": geo.rotate_points(geo.hexagon_center_offset(a_px), rotation_deg)}
+    out = []
+    for b in boundaries:
+        angle = float(b.angle_deg)
+        if b.kind in ("mirror", "inversion"):
+            # the zigzag direction (a1 turned by a multiple of 60°) nearest to the request
+            k = round((angle - rotation_deg) / 60.0)
+            angle = rotation_deg + 60.0 * k
+        u = _unit(angle)
+        n = np.array([-u[1], u[0]])
+        p0 = centre + b.offset * 0.5 * min(h, w) * n
+        if b.kind in ("mirror", "inversion"):
+            which = b.variant if b.kind == "mirror" else "hollow"
+            f = np.linalg.solve(basis, p0 - x0 - sub[which])
+            pivot = x0 + sub[which] + basis @ np.round(f)
+            line = _Line(point=pivot, direction=u, normal=n, pivot=pivot,
+                         turn_deg=60.0 if b.kind == "mirror" else 180.0, shift=np.zeros(2))
+        elif b.kind == "grain":
+            line = _Line(point=p0, direction=u, normal=n, pivot=p0, turn_deg=float(b.misorientation_deg),
+                         shift=np.zeros(2))
+        else:
+            line = _Line(point=p0, direction=u, normal=n, pivot=p0, turn_deg=0.0,
+                         shift=b.shift[0] * a1 + b.shift[1] * a2)
+        out.append(line)
+    return out
+
+
+def _domain_lattice(mat: Material, shape, pixel_size: float, rotation_deg: float, origin, boundaries,
+                    margin_a: float, transform) -> tuple[Lattice, np.ndarray, list[_Line]]:
+    """Every unit cell of every domain: ``(lattice, domain id per cell, boundary lines)``.
+
+    Domain ``d`` (bit ``i`` set: on the far side of line ``i``) holds the first domain's
+    lattice moved by the motions of its lines; a cell belongs to the domain on whose side
+    both its columns lie, and cells of later domains that come closer than half a bond to
+    a column of an earlier one are left out (the boundary's cores). Deterministic.
+    """
+    base = build_lattice(mat, shape, pixel_size, rotation_deg, origin=origin, margin_a=margin_a,
+                         transform=transform)
+    if not boundaries:
+        return base, np.zeros(len(base.ij), np.int64), []
+    h, w = shape
+    centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    a_px = base.a_px
+    k0 = int(np.argmin(np.abs(base.ij).sum(axis=1)))
+    x0 = base.x_plain[k0] - (base.ij[k0, 0] * geo.lattice_vectors(a_px, rotation_deg)[0]
+                             + base.ij[k0, 1] * geo.lattice_vectors(a_px, rotation_deg)[1])
+    lines = _boundary_lines(boundaries, shape, a_px, rotation_deg, x0)
+    parts, doms, shared, lone = [], [], [], []
+    kept_cols = np.zeros((0, 2))
+    kept_x = np.zeros(0, bool)
+    a_f = a_px / math.sqrt(3.0)
+    min_sep = 0.55 * a_f
+    for d in range(2 ** len(lines)):
+        rot, xd = rotation_deg, x0.copy()
+        for i, ln in enumerate(lines):
+            if d >> i & 1:
+                rot += ln.turn_deg
+                xd = ln.move(xd[None])[0]
+        rot_red = reduce_rotation(rot)
+        org = geo.rotate_points(xd[None], -rot_red, tuple(centre))[0]
+        lat = base if d == 0 else build_lattice(mat, shape, pixel_size, rot_red, origin=tuple(org),
+                                                margin_a=margin_a, transform=transform)
+        keep = np.ones(len(lat.ij), bool)
+        centre_pts = 0.5 * (lat.x_plain + lat.m_plain)
+        for i, ln in enumerate(lines):
+            keep &= ln.side(centre_pts) == bool(d >> i & 1)
+        sh = np.zeros((len(lat.ij), 2), bool)
+        if d > 0 and len(kept_cols) and keep.any():
+            from scipy.spatial import cKDTree
+
+            tree = cKDTree(kept_cols)
+            dx, kx = tree.query(lat.x_plain)
+            dm, km = tree.query(lat.m_plain)
+            # a column on top of an earlier domain's column of its own species is shared
+            # (drawn once); any other column closer than half a bond leaves the cell out
+            sh[:, 0] = (dx < 0.1 * a_f) & kept_x[np.minimum(kx, len(kept_x) - 1)]
+            sh[:, 1] = (dm < 0.1 * a_f) & ~kept_x[np.minimum(km, len(kept_x) - 1)]
+            keep &= ((dx > min_sep) | sh[:, 0]) & ((dm > min_sep) | sh[:, 1])
+        # columns of cells cut by a line still stand on their own side: drawn, in no cell
+        cut = ~keep
+        side_ok = {}
+        for name, pts in (("x", lat.x_plain[cut]), ("m", lat.m_plain[cut])):
+            ok = np.ones(len(pts), bool)
+            for i, ln in enumerate(lines):
+                want = bool(d >> i & 1)
+                ok &= (ln.side(pts) == want) | (ln.distance(pts) < 0.1 * a_f)
+            side_ok[name] = ok
+        lone_xy = np.concatenate([lat.x_plain[cut][side_ok["x"]], lat.m_plain[cut][side_ok["m"]]])
+        lone_is_x = np.r_[np.ones(int(side_ok["x"].sum()), bool), np.zeros(int(side_ok["m"].sum()), bool)]
+        lone_img = np.concatenate([lat.x_site[cut][side_ok["x"]], lat.m_site[cut][side_ok["m"]]])
+        lat = lat.subset(keep)
+        parts.append(lat)
+        shared.append(sh[keep])
+        doms.append(np.full(len(lat.ij), d, np.int64))
+        kept_cols = np.concatenate([kept_cols, lat.x_plain, lat.m_plain])
+        kept_x = np.concatenate([kept_x, np.ones(len(lat.ij), bool), np.zeros(len(lat.ij), bool)])
+        lone.append((lone_xy, lone_is_x, lone_img))
+    cat = Lattice(
+        a_px=a_px, rotation_deg=rotation_deg,
+        ij=np.concatenate([p.ij for p in parts]), x_site=np.concatenate([p.x_site for p in parts]),
+        m_site=np.concatenate([p.m_site for p in parts]), box=np.concatenate([p.box for p in parts]),
+        hex_center=np.concatenate([p.hex_center for p in parts]), hex_box=np.concatenate([p.hex_box for p in parts]),
+        x_plain=np.concatenate([p.x_plain for p in parts]), m_plain=np.concatenate([p.m_plain for p in parts]),
+        shared=np.concatenate(shared),
+    )
+    # the cut cells' columns, once each, where no kept column stands
+    from scipy.spatial import cKDTree
+
+    lx = np.concatenate([c[0] for c in lone])
+    lis = np.concatenate([c[1] for c in lone])
+    limg = np.concatenate([c[2] for c in lone])
+    if len(lx):
+        all_cols = np.concatenate([cat.x_plain, cat.m_plain])
+        dd, _ = cKDTree(all_cols).query(lx)
+        free = dd > min_sep
+        lx, lis, limg = lx[free], lis[free], limg[free]
+        order = np.arange(len(lx))
+        pairs = cKDTree(lx).query_pairs(min_sep, output_type="ndarray") if len(lx) > 1 else np.zeros((0, 2), int)
+        drop = np.zeros(len(lx), bool)
+        for a, b in sorted(map(tuple, pairs)):
+            if not drop[a]:
+                drop[b] = True
+        keep_l = order[~drop]
+        cat.lone_xy, cat.lone_is_x = limg[keep_l], lis[keep_l]
+    return cat, np.concatenate(doms), lines
 
 
 def _row_offsets(h: int, dist: Distortion, rng: np.random.Generator) -> np.ndarray:
@@ -729,6 +1060,10 @@ class _Scene:
     vacuum: np.ndarray | None = None
     #: the vacuum region as ``inside(points) -> bool``, or None
     vacuum_inside: Any = None
+    #: domain of every cell (0 without boundaries), the boundaries and their lines
+    cell_domain: np.ndarray | None = None
+    boundaries: tuple = ()
+    lines: list = field(default_factory=list)
 
     @property
     def render_labels(self) -> np.ndarray:
@@ -752,6 +1087,7 @@ def _prepare_scene(
     origin: tuple[float, float] | None,
     seed: int | None,
     vacuum: Vacuum | None = None,
+    boundaries: Sequence[Boundary] = (),
 ) -> _Scene:
     """Validate the common arguments of the simulators and build the scene."""
     if isinstance(shape, (int, np.integer)):
@@ -767,8 +1103,12 @@ def _prepare_scene(
     rng_def, rng_noise, rng_dist = (np.random.default_rng(s) for s in seed_seq.spawn(3))
 
     offsets = _row_offsets(shape[0], distortion, rng_dist)
-    drift = _drift_transform(shape, distortion.drift_px)
-    lat = build_lattice(mat, shape, pixel_size, rotation_deg, origin=origin, transform=drift)
+    drift = _scan_transform(shape, distortion, rng_dist)
+    boundaries = tuple(boundaries or ())
+    if len(boundaries) > 3:
+        raise ValueError(f"at most 3 boundaries per image, got {len(boundaries)}")
+    lat, cell_domain, lines = _domain_lattice(mat, shape, pixel_size, rotation_deg, origin, boundaries,
+                                              KERNEL_RADIUS_A + 1.0, drift)
     n = len(lat.ij)
     if labels is None:
         labels = place_defects(n, defect_fraction, class_weights, rng_def)
@@ -795,6 +1135,9 @@ def _prepare_scene(
         seed_seq=seed_seq,
         vacuum=in_vacuum,
         vacuum_inside=inside,
+        cell_domain=cell_domain,
+        boundaries=boundaries,
+        lines=lines,
     )
 
 
@@ -825,6 +1168,14 @@ def _ground_truth(scene: _Scene, params: dict[str, Any]) -> GroundTruth:
     if scene.vacuum is not None:
         inside &= ~scene.vacuum
         hin &= ~scene.vacuum_inside(lat.hex_center)
+    dom = scene.cell_domain if scene.cell_domain is not None else np.zeros(len(lat.ij), np.int64)
+    near = np.zeros(len(lat.ij), bool)
+    lines = []
+    if scene.lines:
+        centre = 0.5 * (lat.x_plain + lat.m_plain)
+        for ln in scene.lines:
+            near |= ln.distance(centre) < BOUNDARY_HALF_WIDTH_A * lat.a_px
+            lines.append(_imaged_line(scene, ln))
     return GroundTruth(
         material=scene.material.name,
         pixel_size=scene.pixel_size,
@@ -840,7 +1191,24 @@ def _ground_truth(scene: _Scene, params: dict[str, Any]) -> GroundTruth:
         hex_center=hcen[hin],
         hex_box=hbox[hin],
         params=params,
+        cell_domain=dom[inside],
+        cell_boundary=near[inside],
+        boundary_lines=[ln for ln in lines if len(ln) > 1],
     )
+
+
+def _imaged_line(scene: _Scene, line: _Line) -> np.ndarray:
+    """The part of a boundary line inside the image, as imaged (scan distortion applied), px."""
+    h, w = scene.shape
+    step = 0.25 * scene.lattice.a_px
+    t = np.arange(-math.hypot(h, w), math.hypot(h, w), step)
+    p = line.point[None] + t[:, None] * line.direction[None]
+    if scene.drift is not None:
+        p = scene.drift(p)
+    if np.any(scene.row_offsets):
+        p[:, 0] += np.interp(p[:, 1], np.arange(h), scene.row_offsets)
+    inside = (p[:, 0] >= 0) & (p[:, 0] <= w - 1) & (p[:, 1] >= 0) & (p[:, 1] <= h - 1)
+    return p[inside]
 
 
 def simulate(
@@ -857,6 +1225,7 @@ def simulate(
     origin: tuple[float, float] | None = None,
     seed: int | None = 0,
     vacuum: Vacuum | None = None,
+    boundaries: Sequence[Boundary] = (),
 ) -> SimulatedImage:
     """Simulate a HAADF-STEM image of a 2H-MX2 monolayer with point defects.
 
@@ -888,6 +1257,10 @@ def simulate(
         Seed of every random choice (defects, noise, distortions).
     vacuum : Vacuum, optional
         A hole or an edge of the film in the field of view (see :class:`Vacuum`).
+    boundaries : sequence of Boundary
+        Domain boundaries (grain, mirror twin, inversion, translation; see
+        :class:`Boundary`); the ground truth marks the cells next to them and holds the
+        boundary lines.
 
     Returns
     -------
@@ -898,14 +1271,22 @@ def simulate(
     distortion = distortion or Distortion()
     scene = _prepare_scene(
         material, shape, pixel_size, rotation_deg, defect_fraction, class_weights, labels,
-        distortion, origin, seed, vacuum,
+        distortion, origin, seed, vacuum, boundaries,
     )
     mat, shape, lat, offsets = scene.material, scene.shape, scene.lattice, scene.row_offsets
 
     x_w, m_w = column_weights(mat, scene.render_labels, optics.z_exponent, optics.x1_fraction)
+    if lat.shared is not None:
+        x_w[lat.shared[:, 0]] = 0.0
+        m_w[lat.shared[:, 1]] = 0.0
     ref = max(2 * float(mat.z_chalcogen) ** optics.z_exponent, float(mat.z_metal) ** optics.z_exponent)
     xy = np.concatenate([lat.x_site, lat.m_site])
     wts = np.concatenate([x_w, m_w])
+    if lat.lone_xy is not None and len(lat.lone_xy):
+        full_x, _ = column_weights(mat, np.zeros(1, np.int64), optics.z_exponent, optics.x1_fraction)
+        _, full_m = column_weights(mat, np.zeros(1, np.int64), optics.z_exponent, optics.x1_fraction)
+        xy = np.concatenate([xy, lat.lone_xy])
+        wts = np.concatenate([wts, np.where(lat.lone_is_x, full_x[0], full_m[0])])
     if np.any(offsets):
         # render on a canvas wide enough for the row shifts, then shift each row
         pad = int(math.ceil(np.abs(offsets).max())) + 2
@@ -928,6 +1309,7 @@ def simulate(
             noise=noise,
             distortion=distortion,
             vacuum=vacuum,
+            boundaries=[asdict(b) for b in scene.boundaries],
         ),
     )
     return SimulatedImage(image=image, clean=clean.astype(np.float32), truth=truth)

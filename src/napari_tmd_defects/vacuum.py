@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 
 from .geometry import LatticeEstimate, block_mean, nearest_pixel
 
-__all__ = ["grow_into_empty_cells", "lattice_amplitude", "vacuum_mask", "VACUUM_THRESHOLD"]
+__all__ = ["domain_lattices", "grow_into_empty_cells", "lattice_amplitude", "vacuum_mask", "VACUUM_THRESHOLD"]
 
 #: Vacuum where the lattice amplitude is below this fraction of the crystal's.
 VACUUM_THRESHOLD = 0.3
@@ -71,28 +71,61 @@ def lattice_amplitude(image: np.ndarray, lattice: LatticeEstimate, sigma_px: flo
     return amp
 
 
-def vacuum_mask(image: np.ndarray, lattice: LatticeEstimate, threshold: float = VACUUM_THRESHOLD,
-                min_cells: float = MIN_VACUUM_CELLS) -> np.ndarray:
+def vacuum_mask(image: np.ndarray, lattice: LatticeEstimate | list[LatticeEstimate],
+                threshold: float = VACUUM_THRESHOLD, min_cells: float = MIN_VACUUM_CELLS) -> np.ndarray:
     """Boolean mask (image shape) of the vacuum regions: True where there is no crystal.
 
-    The crystal's lattice amplitude is taken as the 90th percentile over the image (so
-    the crystal must cover at least a tenth of it); vacuum is where the amplitude is
-    below ``threshold`` times that, in connected regions of at least ``min_cells``
-    unit-cell areas (sqrt(3)/2 a² each).
+    ``lattice`` may be one lattice or several (grains of other orientations,
+    :func:`domain_lattices`): the amplitude is the largest of theirs, normalised by each
+    one's crystal level. The crystal's lattice amplitude is taken as the 90th percentile
+    over the image (so the crystal must cover at least a tenth of it); vacuum is where the
+    amplitude is below ``threshold`` times that, in connected regions of at least
+    ``min_cells`` unit-cell areas (sqrt(3)/2 a² each).
     """
-    amp = lattice_amplitude(image, lattice)
-    ref = float(np.percentile(amp, 90))
-    if not np.isfinite(ref) or ref <= 0:
-        return np.zeros(amp.shape, bool)
-    low = amp < threshold * ref
+    lattices = [lattice] if isinstance(lattice, LatticeEstimate) else [lat for lat in lattice if lat is not None]
+    if not lattices:
+        return np.zeros(np.shape(image), bool)
+    rel = None
+    for lat in lattices:
+        amp = lattice_amplitude(image, lat)
+        ref = float(np.percentile(amp, 90))
+        if not np.isfinite(ref) or ref <= 0:
+            continue
+        r = amp / ref
+        rel = r if rel is None else np.maximum(rel, r)
+    if rel is None:
+        return np.zeros(np.shape(image), bool)
+    low = rel < threshold
     if not low.any():
         return low
     lab, n = ndi.label(low)
     sizes = np.bincount(lab.ravel())
-    cell_area = math.sqrt(3) / 2 * float(lattice.a_px) ** 2
+    a_px = float(np.mean([lat.a_px for lat in lattices]))
+    cell_area = math.sqrt(3) / 2 * a_px**2
     keep = sizes >= min_cells * cell_area
     keep[0] = False
     return keep[lab]
+
+
+def domain_lattices(model, tolerance_deg: float = 3.0) -> list[LatticeEstimate]:
+    """One lattice per distinct orientation among the domains of a site model
+    (:class:`~.sites.SiteModel`), from the mean local basis of its largest domain."""
+    out: list[LatticeEstimate] = []
+    seen: list[float] = []
+    s = model.sites
+    for d in sorted(model.domains, key=lambda d: -d.n_sites):
+        sel = s.domain == d.id
+        if sel.sum() < 3:
+            continue
+        e = s.basis[sel].mean(axis=0)  # columns e1, e2 (fine lattice)
+        a1, a2 = e[:, 0] + e[:, 1], 2 * e[:, 1] - e[:, 0]
+        ang = math.degrees(math.atan2(-a1[1], a1[0])) % 60.0
+        if any(abs((ang - t + 30.0) % 60.0 - 30.0) < tolerance_deg for t in seen):
+            continue
+        seen.append(ang)
+        a = float((np.linalg.norm(a1) + np.linalg.norm(a2)) / 2)
+        out.append(LatticeEstimate(a_px=a, rotation_deg=ang, a1=a1, a2=a2, strength=float("inf")))
+    return out
 
 
 def grow_into_empty_cells(mask: np.ndarray, centres: np.ndarray, empty: np.ndarray,

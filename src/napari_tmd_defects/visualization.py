@@ -28,6 +28,11 @@ def to_uint8(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndar
     return (out * 255).astype(np.uint8)
 
 
+#: Colour of cells on a domain boundary (class ``boundary``) and of the boundary lines.
+BOUNDARY_RGB = (255, 140, 0)
+BOUNDARY_LINE_RGB = (0, 255, 120)
+
+
 def overlay_rgb(
     image: np.ndarray,
     boxes: np.ndarray | None = None,
@@ -38,8 +43,10 @@ def overlay_rgb(
     scale: float | None = None,
     legend: bool = True,
     show_perfect: bool = True,
+    quads: np.ndarray | None = None,
+    lines: list[np.ndarray] | None = None,
 ) -> np.ndarray:
-    """RGB picture of ``image`` with cell boxes coloured by class (paper colours).
+    """RGB picture of ``image`` with cells coloured by class (paper colours).
 
     Parameters
     ----------
@@ -47,7 +54,8 @@ def overlay_rgb(
     boxes : (N, 4) array, optional
         Cell boxes ``(x_min, y_min, x_max, y_max)`` in px.
     labels : (N,) int array, optional
-        Class ids (0..5); boxes are green when absent.
+        Class ids (0..5; -2 = boundary, drawn white; -1 = unclassified, green); cells are
+        green when absent.
     points : dict name -> (K, 2) array, optional
         Markers (x, y) in px, e.g. ``{"X": ..., "M": ...}`` drawn as small dots.
     hexagons : (K, 4) array, optional
@@ -57,7 +65,12 @@ def overlay_rgb(
     legend : bool
         Draw a class legend with counts in the top-left corner.
     show_perfect : bool
-        Draw boxes of Perfect cells (grey) too.
+        Draw Perfect cells (grey) too.
+    quads : (N, 4, 2) array, optional
+        Cell outlines (x, y px corners) drawn instead of ``boxes``: each cell in its own
+        lattice frame, so rotated domains do not turn into overlapping boxes.
+    lines : list of (K, 2) arrays, optional
+        Polylines (x, y px), e.g. domain boundaries, drawn in bright green.
     """
     img8 = to_uint8(image)
     h, w = img8.shape
@@ -72,21 +85,39 @@ def overlay_rgb(
     def sc(b):
         return [(b[0] + 0.5) * scale, (b[1] + 0.5) * scale, (b[2] + 0.5) * scale, (b[3] + 0.5) * scale]
 
+    def colour(lab):
+        if lab is None or lab == -1:
+            return (0, 220, 0)
+        if lab == -2:
+            return BOUNDARY_RGB
+        return tuple(int(255 * c) for c in CLASS_COLORS[int(lab) % len(CLASS_COLORS)])
+
     if hexagons is not None:
         for b in np.asarray(hexagons).reshape(-1, 4):
             draw.rectangle(sc(b), outline=(0, 200, 220), width=1)
-    if boxes is not None:
-        boxes = np.asarray(boxes).reshape(-1, 4)
+    shapes = None
+    if quads is not None:
+        shapes = np.asarray(quads, float).reshape(-1, 4, 2)
+    elif boxes is not None:
+        shapes = np.asarray(boxes, float).reshape(-1, 4)
+    if shapes is not None:
         labs = None if labels is None else np.asarray(labels).reshape(-1)
-        order = np.argsort(labs, kind="stable") if labs is not None else range(len(boxes))
+        order = np.argsort(labs, kind="stable") if labs is not None else range(len(shapes))
         for k in order:
-            if labs is None:
-                col = (0, 220, 0)
+            lab = None if labs is None else int(labs[k])
+            if lab == 0 and not show_perfect:
+                continue
+            width = lw if lab is None or lab <= 0 else lw + 1
+            if shapes.ndim == 3:
+                pts = [((x + 0.5) * scale, (y + 0.5) * scale) for x, y in shapes[k]]
+                draw.line(pts + pts[:1], fill=colour(lab), width=width)
             else:
-                if labs[k] == 0 and not show_perfect:
-                    continue
-                col = tuple(int(255 * c) for c in CLASS_COLORS[int(labs[k]) % len(CLASS_COLORS)])
-            draw.rectangle(sc(boxes[k]), outline=col, width=lw if labs is None or labs[k] == 0 else lw + 1)
+                draw.rectangle(sc(shapes[k]), outline=colour(lab), width=width)
+    if lines:
+        for ln in lines:
+            pts = [((x + 0.5) * scale, (y + 0.5) * scale) for x, y in np.asarray(ln, float).reshape(-1, 2)]
+            if len(pts) >= 2:
+                draw.line(pts, fill=BOUNDARY_LINE_RGB, width=max(2, lw + 1))
     if points:
         palette = [(255, 80, 80), (80, 160, 255), (255, 255, 0), (0, 255, 0)]
         r = max(1.5, scale * 0.8)
@@ -97,12 +128,18 @@ def overlay_rgb(
                 draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=col)
     if legend and labels is not None:
         names = get_material(material).class_names
-        counts = np.bincount(np.asarray(labels, int).reshape(-1), minlength=len(names))
+        lab = np.asarray(labels, int).reshape(-1)
+        counts = np.bincount(lab[lab >= 0], minlength=len(names))
+        rows = [(colour(k), f"{name}: {counts[k]}") for k, name in enumerate(names)]
+        n_bnd = int(np.sum(lab == -2))
+        if n_bnd:
+            rows.append((BOUNDARY_RGB, f"boundary: {n_bnd}"))
+        if lines:
+            rows.append((BOUNDARY_LINE_RGB, "domain boundary"))
         y = 4
-        for k, name in enumerate(names):
-            col = tuple(int(255 * c) for c in CLASS_COLORS[k])
+        for col, text in rows:
             draw.rectangle([4, y, 16, y + 10], fill=col, outline=(0, 0, 0))
-            draw.text((20, y - 1), f"{name}: {counts[k]}", fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
+            draw.text((20, y - 1), text, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
             y += 14
     return np.asarray(pic)
 

@@ -1,5 +1,5 @@
 """Fixtures for the widget tests: a viewer with the sample image, ground-truth stand-ins
-for the two networks (from tests/test_analysis.py) and a throw-away corrections folder."""
+for the two networks (from tests/conftest.py) and a throw-away corrections folder."""
 
 import numpy as np
 import pytest
@@ -32,11 +32,12 @@ def viewer(make_napari_viewer):
 def truth_models(viewer):
     """(detector, classifier) returning the sample's true hexagons and classes; a tenth
     of the cells get a lower confidence (0.55) so that there is something to review."""
-    from test_analysis import TruthClassifier, TruthDetector
+    from conftest import TruthClassifier, TruthDetector
 
     class ReviewTruthClassifier(TruthClassifier):
-        def predict(self, image, boxes, pixel_size, material="MoTe2", progress=None, cancel=None):
-            p = super().predict(image, boxes, pixel_size, material, progress, cancel)
+        def predict(self, image, boxes, pixel_size, material="MoTe2", progress=None, cancel=None, frames=None,
+                    box=None):
+            p = super().predict(image, boxes, pixel_size, material, progress, cancel, frames=frames, box=box)
             for k in range(3, len(p), 10):
                 top = int(np.argmax(p[k]))
                 p[k] = 0.45 / 5

@@ -20,10 +20,9 @@ def test_run_makes_layers_with_features(analysed):
     viewer, widget = analysed
     res = widget.result
     truth = GroundTruth.from_dict(viewer.layers[NAME].metadata["ground_truth"])
-    # the cells cast from the true hexagons are true cells with their true classes
-    # (border cells without an inside hexagon are missed)
+    # the cells found on the columns are the true cells, with their true classes
     iou = box_iou(res.boxes, truth.cell_box)
-    assert res.n_cells >= 0.95 * truth.n_cells and np.all(iou.max(axis=1) > 0.99)
+    assert res.n_cells >= 0.98 * truth.n_cells and np.all(iou.max(axis=1) > 0.95)
     assert np.array_equal(res.labels, truth.cell_label[iou.argmax(axis=1)])
     names = {r: L.layer_name(NAME, r) for r in ("hexagons", "cells", "centres")}
     for role, name in names.items():

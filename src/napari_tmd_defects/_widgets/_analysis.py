@@ -136,7 +136,7 @@ class AnalysisWidget(Container):
         ``overrides`` are passed on to :func:`~napari_tmd_defects.analysis.analyze`
         (e.g. ``alpha=0.7``). Raises what ``analyze`` raises.
         """
-        from ..analysis import analyze
+        from ..pipeline import analyze
 
         layer, kwargs = self._params()
         kwargs.update(overrides)
@@ -155,7 +155,7 @@ class AnalysisWidget(Container):
             return
         from napari.qt.threading import create_worker
 
-        from ..analysis import analyze
+        from ..pipeline import analyze
 
         data = L.image_data(layer)
         self._cancel_flag.clear()

@@ -1,0 +1,171 @@
+"""Atomic columns found locally in the image: peaks of a lightly smoothed copy.
+
+No lattice is assumed here: every column is a local maximum of the image smoothed over
+about a column's width, with a sub-pixel position from a quadratic fit of its 3 x 3
+neighbourhood (all columns at once, no per-column optimisation). Large, finely sampled
+frames are first block-averaged to about :data:`WORK_PX_PER_A` px per lattice constant,
+which keeps the cost proportional to the number of columns, not of pixels.
+
+Which peaks are real columns, and of which sublattice, is decided later by the lattice
+graph (:mod:`.graph`): a peak that fits no local honeycomb is dropped there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..geometry import block_mean
+
+__all__ = ["Columns", "WorkImage", "find_columns", "local_background", "work_image"]
+
+#: Sampling of the working image, px per lattice constant (finer frames are block-averaged).
+WORK_PX_PER_A = 16.0
+#: Gaussian smoothing of the working image, in lattice constants (about a column's width).
+SMOOTH_A = 0.09
+#: Two peaks closer than this (lattice constants) are one column (nearest columns: 0.577 a).
+MIN_SEPARATION_A = 0.3
+#: Peaks lower than this fraction of the bright columns' height are not kept.
+MIN_RELATIVE_HEIGHT = 0.06
+#: ... nor those lower than this many standard deviations of the smoothed noise.
+MIN_NOISE_SIGMAS = 2.5
+
+
+def local_background(smooth: np.ndarray, a_px: float) -> np.ndarray:
+    """Hollow-site level of a smoothed image: minimum over 1.5 a, smoothed over a (px grid).
+
+    The same background is used to measure column heights and to normalise the
+    classifier's crops; it also removes slowly varying contamination.
+    """
+    h, w = smooth.shape
+    f = max(1, min(int(a_px // 6), h, w))  # a grid with >= 6 px per lattice constant
+    coarse = block_mean(smooth, f)
+    hc, wc = coarse.shape
+    win = max(3, int(math.ceil(1.5 * a_px / f)) | 1)
+    bg = ndi.minimum_filter(coarse, size=win, mode="nearest")
+    bg = ndi.gaussian_filter(bg, a_px / f, mode="nearest")
+    if f == 1 and bg.shape == smooth.shape:
+        return bg.astype(np.float32)
+    # back to full resolution: coarse pixel k covers [k f, (k+1) f) -> centre k f + (f-1)/2
+    yy = (np.arange(h) - (f - 1) / 2.0) / f
+    xx = (np.arange(w) - (f - 1) / 2.0) / f
+    yi, xi = np.meshgrid(np.clip(yy, 0, hc - 1), np.clip(xx, 0, wc - 1), indexing="ij")
+    return ndi.map_coordinates(bg, [yi, xi], order=1, mode="nearest").astype(np.float32)
+
+
+@dataclass
+class WorkImage:
+    """The image at working sampling, smoothed, with its local background removed.
+
+    ``factor``: block size (px of the input per working px); ``a_work``: lattice
+    constant in working px; ``signal``: smoothed image minus the hollow-site background
+    (grey levels of the input); ``noise``: standard deviation of the noise in ``signal``.
+    """
+
+    signal: np.ndarray
+    factor: int
+    a_work: float
+    noise: float
+
+    def to_work(self, xy: np.ndarray) -> np.ndarray:
+        """Input-image px (x, y) -> working px."""
+        return (np.asarray(xy, float) - (self.factor - 1) / 2.0) / self.factor
+
+    def to_image(self, xy: np.ndarray) -> np.ndarray:
+        """Working px (x, y) -> input-image px."""
+        return np.asarray(xy, float) * self.factor + (self.factor - 1) / 2.0
+
+    def sample(self, xy: np.ndarray) -> np.ndarray:
+        """Bilinear value of ``signal`` at input-image points ``(N, 2)`` (x, y)."""
+        p = self.to_work(np.asarray(xy, float).reshape(-1, 2))
+        if len(p) == 0:
+            return np.zeros(0, np.float32)
+        return ndi.map_coordinates(self.signal, [p[:, 1], p[:, 0]], order=1, mode="nearest")
+
+
+def _noise_std(img: np.ndarray) -> float:
+    """Robust std of pixel noise: MAD of the difference to the 4-neighbour mean."""
+    if min(img.shape) < 3:
+        return 0.0
+    c = img[1:-1, 1:-1]
+    d = c - 0.25 * (img[:-2, 1:-1] + img[2:, 1:-1] + img[1:-1, :-2] + img[1:-1, 2:])
+    mad = float(np.median(np.abs(d - np.median(d))))
+    return 1.4826 * mad / math.sqrt(1.25)
+
+
+def work_image(image: np.ndarray, a_px: float) -> WorkImage:
+    """Block-average to ~:data:`WORK_PX_PER_A` px per a, smooth, remove the background.
+
+    Parameters
+    ----------
+    image : (rows, cols) array
+        Grey levels, finite.
+    a_px : float
+        Lattice constant in px of ``image``.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}")
+    if not (math.isfinite(a_px) and a_px > 0):
+        raise ValueError(f"a_px must be a positive number of px, got {a_px!r}")
+    f = max(1, int(a_px // WORK_PX_PER_A))
+    small = block_mean(img, f).astype(np.float32)
+    a_w = a_px / f
+    sigma = max(0.6, SMOOTH_A * a_w)
+    smooth = ndi.gaussian_filter(small, sigma, mode="nearest")
+    signal = smooth - local_background(smooth, a_w)
+    # white noise of std s becomes s / (2 sqrt(pi) sigma) after the Gaussian
+    noise = _noise_std(small) / (2.0 * math.sqrt(math.pi) * sigma)
+    return WorkImage(signal=signal.astype(np.float32), factor=f, a_work=float(a_w), noise=float(noise))
+
+
+@dataclass
+class Columns:
+    """Intensity peaks that may be atomic columns (input-image px, x = column).
+
+    ``xy`` (N, 2) sub-pixel positions; ``height`` (N,) smoothed intensity above the
+    hollow-site background, grey levels of the input.
+    """
+
+    xy: np.ndarray
+    height: np.ndarray
+
+    def __len__(self) -> int:
+        return int(len(self.xy))
+
+
+def find_columns(work: WorkImage, *, min_relative_height: float = MIN_RELATIVE_HEIGHT,
+                 min_noise_sigmas: float = MIN_NOISE_SIGMAS) -> Columns:
+    """Local maxima of the working image that stand out of the noise.
+
+    A peak is kept when it is the highest point within :data:`MIN_SEPARATION_A` a and
+    higher than both ``min_relative_height`` times the 95th percentile of peak heights
+    and ``min_noise_sigmas`` times the smoothed noise. Sub-pixel positions come from a
+    quadratic through the 3 x 3 neighbourhood (vectorised over all peaks).
+    """
+    s = work.signal
+    h, w = s.shape
+    r = max(1, int(round(MIN_SEPARATION_A * work.a_work)))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    footprint = (xx * xx + yy * yy) <= r * r
+    peaks = (s == ndi.maximum_filter(s, footprint=footprint, mode="nearest")) & (s > 0)
+    peaks[0, :] = peaks[-1, :] = peaks[:, 0] = peaks[:, -1] = False
+    rows, cols = np.nonzero(peaks)
+    if len(rows) == 0:
+        return Columns(np.zeros((0, 2)), np.zeros(0))
+    val = s[rows, cols]
+    thr = max(min_relative_height * float(np.percentile(val, 95)), min_noise_sigmas * work.noise)
+    keep = val > thr
+    rows, cols, val = rows[keep], cols[keep], val[keep]
+    # quadratic sub-pixel refinement along x and y
+    c, l, rr = s[rows, cols], s[rows, cols - 1], s[rows, cols + 1]
+    u, d = s[rows - 1, cols], s[rows + 1, cols]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dx = np.where(2 * c - l - rr > 0, 0.5 * (rr - l) / (2 * c - l - rr), 0.0)
+        dy = np.where(2 * c - u - d > 0, 0.5 * (d - u) / (2 * c - u - d), 0.0)
+    dx, dy = np.clip(np.nan_to_num(dx), -0.5, 0.5), np.clip(np.nan_to_num(dy), -0.5, 0.5)
+    xy = work.to_image(np.stack([cols + dx, rows + dy], axis=1))
+    return Columns(xy=xy, height=val.astype(float))

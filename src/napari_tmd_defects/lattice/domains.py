@@ -1,0 +1,201 @@
+"""Domains: which fine-lattice sublattice is the metal, which the chalcogen, which empty.
+
+Within a lattice patch (:mod:`.graph`) the three sublattice classes ``(n - m) mod 3`` are
+the M columns, the X columns and the hollow sites in some order. The order is read from
+the image around every column: the intensity at the neighbouring positions of each
+class (six of its own class at ``a``, three of each other class at ``a / sqrt 3``; all
+taken where the local lattice puts them, so a missing column reads dark), averaged over
+about two lattice constants. The darkest class is the hollow; of the other two the
+brighter is the chalcogen or the metal as the material's Z-contrast says (a prior: the
+image decides where it is which). A change of that order inside a patch is a mirror-twin,
+inversion or translation boundary; a different patch is a different grain.
+
+Where the two occupied classes are about equally bright, the local order is not trusted
+and the patch's overall order is used instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse import csgraph
+from scipy.spatial import cKDTree
+
+from ..sites import CANONICAL_PARTNER, Domain
+from .columns import WorkImage
+from .graph import FINE_OFFSETS, LatticeGraph
+
+__all__ = ["assign_domains", "neighbourhood_matrix", "MIN_DOMAIN_COLUMNS"]
+
+#: Domains with fewer columns are not kept (their columns count as boundary).
+MIN_DOMAIN_COLUMNS = 10
+#: Local orders closer than this (fraction of the bright-hollow span) defer to the patch's.
+MIN_MARGIN = 0.12
+#: A metal/chalcogen swap needs the two occupied classes this far apart (fraction of the span).
+MIN_SWAP_MARGIN = 0.2
+
+_NORM2 = FINE_OFFSETS[:, 0] ** 2 + FINE_OFFSETS[:, 1] ** 2 + FINE_OFFSETS[:, 0] * FINE_OFFSETS[:, 1]
+SHELL1 = FINE_OFFSETS[_NORM2 == 1]
+SHELL3 = FINE_OFFSETS[_NORM2 == 3]
+
+
+def step_class(step: np.ndarray) -> np.ndarray:
+    """Sublattice class change ``(dn - dm) mod 3`` of fine-lattice steps ``(..., 2)``."""
+    s = np.asarray(step)
+    return np.mod(s[..., 0] - s[..., 1], 3)
+
+
+def neighbourhood_matrix(xy: np.ndarray, group: np.ndarray, radius: float, sigma: float) -> sparse.csr_matrix:
+    """Gaussian weights (``sigma`` px, cut at ``radius`` px) between points of one group, self included."""
+    n = len(xy)
+    if n == 0:
+        return sparse.csr_matrix((0, 0))
+    t = cKDTree(xy)
+    d = t.sparse_distance_matrix(t, radius, output_type="coo_matrix")
+    same = group[d.row] == group[d.col]
+    w = np.exp(-0.5 * (d.data[same] / sigma) ** 2)
+    m = sparse.coo_matrix((w, (d.row[same], d.col[same])), shape=(n, n)).tocsr()
+    return m + sparse.identity(n, format="csr")
+
+
+def _class_intensities(graph: LatticeGraph, work: WorkImage, idx: np.ndarray) -> np.ndarray:
+    """Mean signal ``(len(idx), 3)`` at the neighbouring positions of each absolute class."""
+    cls = graph.sublattice()[idx]
+    b = graph.basis[idx]
+    xy = graph.xy[idx]
+    out = np.zeros((len(idx), 3))
+    groups = [(0, SHELL3)] + [(k, SHELL1[step_class(SHELL1) == k]) for k in (1, 2)]
+    for k, steps in groups:
+        pos = xy[:, None, :] + np.einsum("nij,sj->nsi", b, steps.astype(float))
+        vals = work.sample(pos.reshape(-1, 2)).reshape(len(idx), len(steps))
+        out[np.arange(len(idx)), (cls + k) % 3] = vals.mean(axis=1)
+    return out
+
+
+def _order(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hollow and bright class of each row of ``levels`` (n, 3), and the two margins."""
+    hollow = np.argmin(levels, axis=1)
+    bright = np.argmax(levels, axis=1)
+    srt = np.sort(levels, axis=1)
+    span = np.maximum(srt[:, 2] - srt[:, 0], 1e-12)
+    return hollow, bright, (srt[:, 2] - srt[:, 1]) / span, (srt[:, 1] - srt[:, 0]) / span
+
+
+def _screen_angle(v: np.ndarray) -> np.ndarray:
+    """Angle (degrees, counter-clockwise on screen) of (x, y-down) vectors."""
+    return np.degrees(np.arctan2(-v[..., 1], v[..., 0]))
+
+
+def _angle_dist(a, b):
+    return np.abs((np.asarray(a) - b + 180.0) % 360.0 - 180.0)
+
+
+def assign_domains(
+    graph: LatticeGraph,
+    work: WorkImage,
+    x_brighter: bool,
+    *,
+    min_columns: int = MIN_DOMAIN_COLUMNS,
+) -> tuple[np.ndarray, np.ndarray, list[Domain]]:
+    """Split the lattice patches into domains and give every column its role.
+
+    Parameters
+    ----------
+    graph : LatticeGraph
+    work : WorkImage
+        The smoothed, background-free image the columns were found in.
+    x_brighter : bool
+        The material's prior: True when a full chalcogen column is brighter than a metal
+        column (MoTe2, MoSe2), False otherwise (MoS2, WS2, WSe2).
+    min_columns : int
+        Smaller domains are dissolved (their columns get domain -1).
+
+    Returns
+    -------
+    domain : (N,) int
+        Domain of every column (-1: none).
+    role : (N,) int
+        :data:`~.sites.ROLE_X`, :data:`~.sites.ROLE_M`, :data:`~.sites.ROLE_HOLLOW`, or -1.
+    domains : list of Domain
+    """
+    n = len(graph.xy)
+    domain = np.full(n, -1, np.int64)
+    role = np.full(n, -1, np.int64)
+    idx = np.flatnonzero(graph.patch >= 0)
+    if len(idx) == 0:
+        return domain, role, []
+    a_px = graph.a_fine * math.sqrt(3.0)
+    levels = _class_intensities(graph, work, idx)
+    patch = graph.patch[idx]
+    w = neighbourhood_matrix(graph.xy[idx], patch, 2.0 * a_px, 1.0 * a_px)
+    norm = np.asarray(w.sum(axis=1)).reshape(-1, 1)
+    smooth = (w @ levels) / norm
+    hollow, bright, m_bright, m_hollow = _order(smooth)
+    # each patch's own order where the local one is not clear: the hollow must stand out
+    # of the occupied classes; a metal/chalcogen swap (an inversion domain) needs the two
+    # occupied classes clearly apart both locally and over the patch
+    for p in np.unique(patch):
+        sel = patch == p
+        ph, pb, pm_b, _ = _order(np.median(levels[sel], axis=0)[None])
+        weak = sel & (m_hollow < MIN_MARGIN)
+        hollow[weak], bright[weak] = ph[0], pb[0]
+        keep_b = sel & ~weak & ((m_bright < MIN_SWAP_MARGIN) | (pm_b[0] < MIN_SWAP_MARGIN))
+        # keep the patch's bright class where it is occupied locally, else the local order
+        mid_local = 3 - hollow - bright
+        use_patch = keep_b & ((mid_local == pb[0]) | (bright == pb[0]))
+        bright[use_patch] = pb[0]
+    pattern = hollow * 3 + bright
+    # majority of the neighbourhood (removes single noisy columns)
+    votes = np.stack([np.asarray(w @ (pattern == k).astype(float)).reshape(-1) for k in range(9)], axis=1)
+    pattern = np.argmax(votes, axis=1)
+    # domains: linked columns of one patch and one pattern
+    pos = np.full(n, -1, np.int64)
+    pos[idx] = np.arange(len(idx))
+    lp, lq = pos[graph.links[:, 0]], pos[graph.links[:, 1]]
+    keep = (lp >= 0) & (lq >= 0)
+    lp, lq = lp[keep], lq[keep]
+    keep = pattern[lp] == pattern[lq]
+    adj = sparse.coo_matrix((np.ones(int(keep.sum())), (lp[keep], lq[keep])), shape=(len(idx),) * 2)
+    n_comp, comp = csgraph.connected_components(adj, directed=False)
+    sizes = np.bincount(comp, minlength=n_comp)
+    order = np.argsort(-sizes, kind="stable")
+    domains: list[Domain] = []
+    cls = graph.sublattice()[idx]
+    for c in order:
+        if sizes[c] < min_columns:
+            break
+        sel = comp == c
+        pat = int(np.bincount(pattern[sel]).argmax())
+        h_cls, b_cls = divmod(pat, 3)
+        mid = 3 - h_cls - b_cls
+        x_cls, m_cls = (b_cls, mid) if x_brighter else (mid, b_cls)
+        lev = np.median(levels[sel], axis=0)
+        span = max(lev[b_cls] - lev[h_cls], 1e-12)
+        did = len(domains)
+        # partner and hollow steps from the domain's mean basis
+        basis = graph.basis[idx[sel]].mean(axis=0)
+        p_steps = SHELL1[step_class(SHELL1) == (m_cls - x_cls) % 3]
+        ang = _screen_angle(p_steps @ basis.T)
+        k = int(np.argmin(_angle_dist(ang, _screen_angle(CANONICAL_PARTNER))))
+        partner, p_ang = p_steps[k], float(ang[k])
+        h_steps = SHELL1[step_class(SHELL1) == (h_cls - x_cls) % 3]
+        h_ang = _screen_angle(h_steps @ basis.T)
+        hollow_step = h_steps[int(np.argmin(_angle_dist(h_ang, p_ang - 60.0)))]
+        rot = (p_ang - float(_screen_angle(CANONICAL_PARTNER)) + 60.0) % 120.0 - 60.0
+        if rot <= -60.0:
+            rot += 120.0
+        domains.append(Domain(
+            id=did, patch=int(patch[sel][0]), rotation_deg=float(rot),
+            partner=(int(partner[0]), int(partner[1])), hollow=(int(hollow_step[0]), int(hollow_step[1])),
+            x_class=int(x_cls), m_class=int(m_cls),
+            levels={"X": float(lev[x_cls]), "M": float(lev[m_cls]), "hollow": float(lev[h_cls])},
+            contrast=float((lev[b_cls] - lev[mid]) / span), n_sites=0,
+        ))
+        domain[idx[sel]] = did
+        r = np.full(int(sel.sum()), 2, np.int64)
+        r[cls[sel] == x_cls] = 0
+        r[cls[sel] == m_cls] = 1
+        role[idx[sel]] = r
+    return domain, role, domains

@@ -1,0 +1,587 @@
+"""``analyze(image, pixel_size=...)``: image -> sites -> cells -> classes -> counts.
+
+The stages, in order (each a function below, on the data model of :mod:`.sites`):
+
+1. :func:`check_image`      validate the image, find its lattice constant (FFT, then the
+                            columns), settle the pixel size;
+2. :func:`estimate_noise`   shot and read noise of the frame;
+3. :func:`find_sites`       columns -> local lattice -> domains -> sites -> cells
+                            (:mod:`.lattice`), boundaries;
+4. :func:`find_vacuum`      holes and film edges, whose cells are left out;
+5. :func:`detect_hexagons`  CNN-1 hexagons, checked against the sites (support, votes);
+6. :func:`classify_cells`   CNN-2 on every cell, cropped in its own frame (other
+                            materials contrast-matched to the networks' one);
+7. :func:`check_plausibility` warnings and flags where the output does not fit the image.
+
+Pure numpy/torch: no Qt here; the napari widgets and the CLI call :func:`analyze`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .analysis import (
+    BOUNDARY,
+    MIN_LATTICE_STRENGTH,
+    MODEL_MATERIAL,
+    NOISE_LAMBDA_RANGE,
+    TRAINED_PIXEL_SIZES,
+    UNCLASSIFIED,
+    Result,
+    empty_result,
+    prepare_image,
+)
+from .materials import N_CLASSES, get_material
+from .runtime import CancelCallback, ProgressCallback, check_cancel
+from .sites import ROLE_M, ROLE_X, SiteModel
+
+__all__ = ["analyze", "Frame"]
+
+#: A given pixel size that disagrees with the lattice by more than this is warned about.
+PIXEL_SIZE_TOLERANCE = 0.15
+#: Lattices turned by more than this (degrees) are shown to the detector turned canonical.
+ROTATION_TOLERANCE_DEG = 2.0
+#: A nominally pure frame reported more defective than this is flagged.
+MAX_PLAUSIBLE_DEFECT_FRACTION = 0.2
+#: More adjacent cells than this sharing one defect class are flagged.
+MAX_PLAUSIBLE_CLUSTER = 12
+#: The detector's hexagons must sit on hollow sites at least this often ...
+MIN_HEXAGONS_ON_HOLLOWS = 0.7
+#: ... and cast at least this share of the cells, or its output is set aside.
+MIN_CELLS_WITH_HEXAGON = 0.6
+#: Chalcogen columns below this many noise standard deviations are not resolved.
+MIN_X_SNR = 2.0
+
+
+@dataclass
+class Frame:
+    """What the stages know about one image (filled in as they run)."""
+
+    image: np.ndarray
+    material: str
+    pixel_size: float | None
+    pixel_size_source: str
+    a_px: float = float("nan")
+    lattice: Any = None
+    noise: dict[str, float] = field(default_factory=dict)
+    noise_sigma: float = float("nan")
+    model: SiteModel | None = None
+    vacuum: np.ndarray | None = None
+    n_vacuum: int = 0
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- stages
+def check_image(frame: Frame) -> bool:
+    """Lattice constant from the image and the pixel size; False when there is no lattice."""
+    from .geometry import estimate_lattice
+
+    img = frame.image
+    mat = get_material(frame.material)
+    if min(img.shape) < 32 or np.ptp(img) == 0:
+        frame.warnings.append("image too small or constant: no lattice to analyse")
+        return False
+    lat = estimate_lattice(img)
+    has_lattice = lat is not None and lat.strength >= MIN_LATTICE_STRENGTH
+    frame.lattice = lat if has_lattice else None
+    if not has_lattice:
+        frame.warnings.append("no crystal lattice found in the image" if frame.pixel_size is not None else
+                              "no crystal lattice found, so the pixel size cannot be estimated")
+        return False
+    frame.a_px = float(lat.a_px)
+    if frame.pixel_size is not None:
+        ratio = (mat.a / frame.pixel_size) / lat.a_px
+        if abs(ratio - 1.0) > PIXEL_SIZE_TOLERANCE:
+            frame.warnings.append(
+                f"the given pixel size {frame.pixel_size:.4g} Å/px disagrees with the lattice, which "
+                f"suggests {mat.a / lat.a_px:.4g} Å/px for {mat.name}; sites are found on the image's own "
+                "lattice: check the pixel size or the material")
+    if min(img.shape) < 2.5 * frame.a_px:
+        frame.warnings.append(f"image ({img.shape[1]}x{img.shape[0]} px) holds fewer than 2.5 lattice constants")
+        return False
+    return True
+
+
+def estimate_noise(frame: Frame) -> None:
+    """Poisson λ and Gaussian μ of the frame (see :mod:`.noise`), with a warning when very noisy."""
+    from .noise import estimate_noise as _estimate
+
+    try:
+        est = _estimate(frame.image, frame.a_px)
+    except ValueError:
+        return
+    frame.noise = {"poisson_lambda": round(est.poisson_lambda, 2), "gaussian_mu": round(est.gaussian_mu, 2),
+                   "snr": round(est.snr, 2)}
+    if est.poisson_lambda < NOISE_LAMBDA_RANGE[0] or est.snr < 1.5:
+        frame.warnings.append(f"very noisy image ({est.describe()}); the models were trained down to "
+                              f"λ = {NOISE_LAMBDA_RANGE[0]} counts: check flagged cells")
+
+
+def find_sites(frame: Frame) -> None:
+    """Sites, domains, cells and boundaries from the image (:func:`.lattice.find_sites`);
+    the pixel size from the measured lattice when none was given."""
+    from .lattice import find_sites as _find, work_image
+
+    mat = get_material(frame.material)
+    work = work_image(frame.image, frame.a_px)
+    model = _find(frame.image, frame.a_px, mat.name, work=work)
+    frame.noise_sigma = work.noise
+    frame.model = model
+    if model.a_px > 0 and len(model.sites) >= 12:
+        frame.a_px = float(model.a_px)
+    if frame.pixel_size is None:
+        frame.pixel_size = mat.a / frame.a_px
+        frame.pixel_size_source = "estimated from the lattice"
+        frame.warnings.append(f"pixel size estimated from the {mat.name} lattice: {frame.pixel_size:.4f} Å/px")
+    if not TRAINED_PIXEL_SIZES[0] <= frame.pixel_size <= TRAINED_PIXEL_SIZES[1]:
+        frame.warnings.append(
+            f"pixel size {frame.pixel_size:.4g} Å/px is outside the range the models were trained for "
+            f"({TRAINED_PIXEL_SIZES[0]}–{TRAINED_PIXEL_SIZES[1]} Å/px)")
+    doms = model.domains
+    if len(doms) > 1:
+        big = [d for d in doms if d.n_cells >= 4]
+        frame.warnings.append(
+            f"{len(big)} domains (grains, twin or inversion domains) with boundaries {model.boundary_length_px * frame.pixel_size / 10:.1f} nm "
+            "long: cells on the boundaries are classed 'boundary' and left out of the concentrations")
+    for d in doms:
+        if d.contrast < 0.1 and d.n_cells >= 20:
+            frame.warnings.append(
+                f"domain {d.id}: metal and chalcogen columns are about equally bright (contrast {d.contrast:.2f}); "
+                f"which sublattice is the metal follows the {mat.name} prior and may be wrong")
+            break
+
+
+def find_vacuum(frame: Frame) -> None:
+    """Vacuum from the local lattice amplitude of every domain orientation (:mod:`.vacuum`)."""
+    from .vacuum import domain_lattices, vacuum_mask
+
+    model = frame.model
+    lattices = domain_lattices(model) if model is not None and model.domains else [frame.lattice]
+    mask = vacuum_mask(frame.image, lattices)
+    if not mask.any():
+        return
+    frame.vacuum = mask
+    frame.warnings.append(f"vacuum (a hole or an edge of the film) covers {100 * mask.mean():.0f} % of the "
+                          "image: cells there are left out of the counts and the area")
+
+
+def detect_hexagons(frame: Frame, detector, model_image: np.ndarray, progress=None, cancel=None):
+    """CNN-1 hexagons on the image turned to the main domain's orientation.
+
+    Returns ``(boxes in the image (K, 4), scores, canonical boxes or None, support per cell)``.
+    A hexagon supports a cell when its centre lies on one of the two hollows next to the
+    cell's X-M bond (within 0.35 of a bond length); the share of hexagons on hollows and
+    their number against the cells are recorded in the checks.
+    """
+    from scipy.spatial import cKDTree
+
+    from .geometry import RotationFrame, bbox_of_points, box_corners
+
+    model = frame.model
+    rot = 0.0
+    if model is not None and model.domains:
+        main = max(model.domains, key=lambda d: d.n_cells)
+        rot = main.rotation_deg if abs(main.rotation_deg) > ROTATION_TOLERANCE_DEG else 0.0
+    turned = RotationFrame.for_image(frame.image.shape, rot) if rot else None
+    work = turned.warp(model_image, fill=float(np.median(model_image))) if turned else model_image
+    # the detector rescales by the material's lattice constant: give it the one measured here
+    mat = get_material(frame.material)
+    boxes, scores = detector.detect(work, mat.a / frame.a_px, material=mat.name, progress=progress, cancel=cancel)
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    scores = np.asarray(scores, float).reshape(-1)
+    centres = 0.5 * (boxes[:, :2] + boxes[:, 2:])
+    if turned is not None and len(boxes):
+        centres = turned.from_canvas(centres)
+        img_boxes = bbox_of_points(turned.from_canvas(box_corners(boxes)))
+    else:
+        img_boxes = boxes
+    n_cells = len(model.cells) if model is not None else 0
+    support = np.zeros(n_cells, np.int64)
+    if model is not None and n_cells and len(centres):
+        a_f = model.a_px / math.sqrt(3.0)
+        hol = hexagon_hollows(model)
+        d, _ = cKDTree(centres).query(hol.reshape(-1, 2), distance_upper_bound=0.35 * a_f)
+        support = np.isfinite(d).reshape(-1, 2).sum(axis=1)
+    return img_boxes, scores, (boxes if turned is not None else None), support, centres, rot
+
+
+def hexagon_hollows(model: SiteModel) -> np.ndarray:
+    """The centres ``(N, 2, 2)`` px of the two hexagons that cast each cell (2DIP-Net):
+    the hollows on both sides of its X-M bond."""
+    from .sites import CANONICAL_HOLLOW, CANONICAL_PARTNER
+
+    c = model.cells
+    if len(c) == 0:
+        return np.zeros((0, 2, 2))
+    lin = c.frame[:, :, :2]
+    x = model.sites.xy[c.x]
+    p = lin @ CANONICAL_PARTNER
+    h = lin @ CANONICAL_HOLLOW
+    return np.stack([x + h, x + p - h], axis=1)
+
+
+def hexagon_check(frame: Frame, centres: np.ndarray, support: np.ndarray) -> dict[str, Any]:
+    """How the detector's hexagons fit the sites: the share of hexagon centres on hollow
+    sites (the rest on columns or off the lattice) and the share of cells cast by at least
+    one hexagon. A detector that returns garbage fails one of the two."""
+    from .lattice.cells import point_roles
+
+    model = frame.model
+    out: dict[str, Any] = {"n_hexagons": int(len(centres))}
+    if model is None or not len(model.sites):
+        return out
+    if len(centres):
+        role = point_roles(model.sites, model.domains, centres)
+        out["hexagons_on_hollows"] = round(float(np.mean(role == 2)), 3)
+        out["hexagons_on_columns"] = round(float(np.mean((role == 0) | (role == 1))), 3)
+    if len(support):
+        out["cells_with_hexagon"] = round(float(np.mean(support > 0)), 3)
+    return out
+
+
+def classify_cells(frame: Frame, classifier, cls_image: np.ndarray, cls_material: str, alpha: float, beta: float,
+                   progress=None, cancel=None) -> np.ndarray:
+    """CNN-2 probabilities ``(N, 6)`` of every cell, cropped in its own frame."""
+    from .sites import canonical_cell_box
+
+    c = frame.model.cells
+    # the pixel size at which the model's material has the lattice constant measured here
+    ps = get_material(cls_material).a / frame.a_px
+    return np.asarray(classifier.predict(cls_image, None, ps, material=cls_material, frames=c.frame,
+                                         box=canonical_cell_box(alpha, beta), progress=progress, cancel=cancel),
+                      dtype=float)
+
+
+def largest_cluster(xy: np.ndarray, labels: np.ndarray, a_px: float) -> tuple[int, int]:
+    """``(size, class)`` of the largest group of adjacent cells (centres within 1.2 a) sharing
+    one defect class (labels 1..5)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    best = (0, -1)
+    for k in range(1, N_CLASSES):
+        idx = np.flatnonzero(labels == k)
+        if len(idx) <= best[0]:
+            continue
+        pairs = cKDTree(xy[idx]).query_pairs(1.2 * a_px, output_type="ndarray")
+        g = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(idx),) * 2)
+        _, comp = connected_components(g, directed=False)
+        size = int(np.bincount(comp).max())
+        if size > best[0]:
+            best = (size, k)
+    return best
+
+
+def check_plausibility(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> dict[str, Any]:
+    """Warnings (and flags on the cells concerned) where the result does not fit the image."""
+    model = frame.model
+    checks: dict[str, Any] = {}
+    c = model.cells
+    s = model.sites
+    counted = labels >= 0
+    n = int(counted.sum())
+    if n:
+        frac = float(np.mean(labels[counted] > 0))
+        checks["defect_fraction"] = round(frac, 4)
+        if frac > MAX_PLAUSIBLE_DEFECT_FRACTION:
+            frame.warnings.append(
+                f"{100 * frac:.0f} % of the cells are called defective: more than a nominally pure frame "
+                "holds; check the material, the pixel size and the map before trusting the counts")
+        centres = 0.5 * (s.xy[c.x] + s.xy[c.m])
+        size, k = largest_cluster(centres, labels, frame.a_px)
+        checks["largest_same_class_cluster"] = size
+        if size > MAX_PLAUSIBLE_CLUSTER:
+            names = get_material(frame.material).class_names
+            frame.warnings.append(
+                f"{size} adjacent cells are all {names[k]}: a region, not point defects? (a wrong sublattice "
+                "assignment, a boundary or contamination): the cells are flagged")
+
+            idx = np.flatnonzero(labels == k)
+            flagged[idx] = True
+    # sites on intensity maxima: found columns of the brighter sublattice should be brighter
+    found = ~s.placed
+    if found.any():
+        xb = np.array([d.levels["X"] >= d.levels["M"] for d in model.domains])[s.domain]
+        bright = np.where(xb, s.role == ROLE_X, s.role == ROLE_M)
+        hb, hd = s.height[found & bright], s.height[found & ~bright]
+        if len(hb) and len(hd):
+            checks["bright_sublattice_brighter"] = round(float(np.median(hb) > np.median(hd)), 3)
+    # chalcogen columns resolved above the noise?
+    if model.domains and frame.noise_sigma == frame.noise_sigma and frame.noise_sigma > 0:
+        x_lvl = float(np.median([d.levels["X"] for d in model.domains]))
+        snr = x_lvl / frame.noise_sigma
+        checks["chalcogen_snr"] = round(snr, 2)
+        if snr < MIN_X_SNR:
+            frame.warnings.append(
+                f"the chalcogen columns are barely above the noise (SNR {snr:.1f}): chalcogen vacancies "
+                "cannot be told from noise here; they are flagged")
+            flagged |= np.isin(labels, (1, 2, 4, 5))
+    return checks
+
+
+# --------------------------------------------------------------------------- shared runs
+def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exclude_vacuum: bool = True,
+                 timings: dict[str, float] | None = None) -> Frame:
+    """Stages 1-4 (image, noise, sites, vacuum): the cells of an image, unclassified.
+
+    The network pipeline (:func:`analyze`) and the baselines (:mod:`.classical`,
+    :mod:`.fcn`) all start here. ``frame.model`` is None when the image has no lattice
+    (the warnings say why); cells whose centre lies in the vacuum are dropped.
+    """
+    if pixel_size is not None:
+        pixel_size = float(pixel_size)
+        if not math.isfinite(pixel_size) or pixel_size <= 0:
+            raise ValueError(f"pixel_size must be a positive number of Å/px, got {pixel_size}")
+    img, warnings = prepare_image(image)
+    frame = Frame(image=img, material=get_material(material).name, pixel_size=pixel_size,
+                  pixel_size_source="given" if pixel_size is not None else "unknown", warnings=warnings)
+    if timings is not None:
+        frame.timings = timings
+
+    def timed(name, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        frame.timings[name] = frame.timings.get(name, 0.0) + time.perf_counter() - t0
+        return out
+
+    if not timed("lattice", check_image, frame):
+        return frame
+    timed("noise", estimate_noise, frame)
+    timed("sites", find_sites, frame)
+    if exclude_vacuum:
+        timed("vacuum", find_vacuum, frame)
+    model = frame.model
+    if frame.vacuum is not None and len(model.cells):
+        from .geometry import nearest_pixel
+
+        centres = 0.5 * (model.sites.xy[model.cells.x] + model.sites.xy[model.cells.m])
+        keep = ~frame.vacuum[nearest_pixel(centres, frame.vacuum.shape)]
+        frame.n_vacuum = int((~keep).sum())
+        model.cells = model.cells.subset(keep)
+    return frame
+
+
+def make_result(frame: Frame, labels: np.ndarray, confidence: np.ndarray, probabilities: np.ndarray | None,
+                *, alpha: float = 0.65, beta: float = 0.5, low_confidence: float = 0.6,
+                hexagons: tuple[np.ndarray, np.ndarray] | None = None, support: np.ndarray | None = None,
+                checks: dict[str, Any] | None = None) -> Result:
+    """A :class:`~.analysis.Result` of the frame's cells with the given classes (boundary
+    cells get :data:`~.analysis.BOUNDARY`), checked for plausibility."""
+    model = frame.model
+    if model is None:
+        return empty_result(frame.image.shape, frame.material, frame.pixel_size, frame.pixel_size_source,
+                            alpha, beta, frame.warnings, low_confidence)
+    cells, s = model.cells, model.sites
+    n = len(cells)
+    labels = np.where(cells.boundary, BOUNDARY, labels).astype(int) if n else np.zeros(0, int)
+    confidence = np.where(cells.boundary, 0.0, confidence) if n else np.zeros(0)
+    flagged = (confidence < low_confidence) & (labels >= 0)
+    checks = dict(checks or {})
+    if n:
+        checks.update(check_plausibility(frame, labels, flagged))
+    else:
+        frame.warnings.append("no unit cells found")
+    for d in model.domains:
+        d.n_cells = int(np.sum((cells.domain == d.id) & ~cells.boundary))
+    placed = (s.placed[cells.x].astype(np.int64) + 2 * s.placed[cells.m].astype(np.int64)) if n else np.zeros(0, int)
+    rotation = float(max(model.domains, key=lambda d: d.n_cells).rotation_deg) if model.domains else 0.0
+    hex_boxes, hex_scores = hexagons if hexagons is not None else (np.zeros((0, 4)), np.zeros(0))
+    return Result(
+        material=frame.material, pixel_size=float(frame.pixel_size), pixel_size_source=frame.pixel_size_source,
+        image_shape=tuple(frame.image.shape), alpha=alpha, beta=beta,
+        hexagon_boxes=np.asarray(hex_boxes, float).reshape(-1, 4), hexagon_scores=np.asarray(hex_scores, float).reshape(-1),
+        boxes=cells.boxes if n else np.zeros((0, 4)),
+        x_sites=s.xy[cells.x] if n else np.zeros((0, 2)), m_sites=s.xy[cells.m] if n else np.zeros((0, 2)),
+        ij=s.nm[cells.x] if n else np.zeros((0, 2), int),
+        support=np.zeros(n, np.int64) if support is None else support, labels=labels, confidence=confidence,
+        probabilities=probabilities, flagged=flagged, corrected=np.zeros(n, bool), domain=cells.domain.copy(),
+        placed=placed, frames=cells.frame.copy(), sites=model, low_confidence=low_confidence,
+        lattice_rotation_deg=rotation, noise=frame.noise, vacuum_mask=frame.vacuum, n_excluded_vacuum=frame.n_vacuum,
+        checks=checks, models=frame.models, timings=frame.timings, warnings=frame.warnings,
+    )
+
+
+# --------------------------------------------------------------------------- analyze
+def _resolve_model(model, kind: str, device: str):
+    """A model object as given, or the one loaded from a path / the shipped weights."""
+    if model is None or isinstance(model, (str, Path)):
+        if kind == "detector":
+            from .detection import load_detector as loader
+        else:
+            from .classification import load_classifier as loader
+        return loader(model, device=device)
+    return model
+
+
+def _card_summary(card: dict[str, Any]) -> dict[str, Any]:
+    keys = ("name", "version", "config", "trained", "input_size", "channels", "a_px", "sha256")
+    return {k: card[k] for k in keys if k in card}
+
+
+def analyze(
+    image: np.ndarray,
+    pixel_size: float | None = None,
+    material: str = "MoTe2",
+    alpha: float = 0.65,
+    beta: float = 0.5,
+    device: str = "auto",
+    detector=None,
+    classifier=None,
+    classify: bool = True,
+    low_confidence: float = 0.6,
+    exclude_vacuum: bool = True,
+    use_detector: bool = True,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
+) -> Result:
+    """Find and classify every unit cell of a HAADF-STEM image.
+
+    Parameters
+    ----------
+    image : (rows, cols) array
+        Any numeric dtype; RGB is converted to grey.
+    pixel_size : float, optional
+        Å/px. When None it is estimated from the lattice found in the image and the
+        material's lattice constant, and the result says so.
+    material : str
+        ``"MoTe2"`` (default), ``"MoS2"``, ``"MoSe2"``, ``"WS2"``, ``"WSe2"``.
+    alpha, beta : float
+        Hexagonal-net casting crop ratios (paper: 0.65, 0.5): the crop of each cell.
+    device : str
+        ``"auto"`` (GPU when there is one), ``"cpu"`` or ``"cuda"``.
+    detector, classifier : model object or path, optional
+        Defaults: the shipped weights. Objects must follow the contracts in
+        docs/architecture.md.
+    classify : bool
+        False: find cells only (labels ``unclassified``).
+    low_confidence : float
+        Cells whose top probability is below this are flagged for review.
+    exclude_vacuum : bool
+        Find vacuum (a hole, the film's edge) and leave the cells there out.
+    use_detector : bool
+        Run CNN-1 (hexagons). The cells come from the sites either way; the hexagons give
+        each cell its support and are checked against the sites.
+    progress : callable(done, total), optional
+    cancel : callable() -> bool, optional
+        Checked between stages; raises :class:`~.runtime.Cancelled`.
+
+    Returns
+    -------
+    Result
+    """
+    t_start = time.perf_counter()
+    mat = get_material(material)
+    steps = 100  # progress in percent: sites 0-20, hexagons 20-60, classes 60-100
+
+    def step(k):
+        if progress:
+            progress(k, steps)
+        check_cancel(cancel)
+
+    def sub(lo, hi):
+        if progress is None:
+            return None
+        return lambda done, total: progress(lo + int((hi - lo) * done / max(total, 1)), steps)
+
+    step(0)
+    frame = locate_cells(image, pixel_size, mat.name, exclude_vacuum)
+    img = frame.image
+
+    def timed(name, fn, *args, **kw):
+        t0 = time.perf_counter()
+        out = fn(*args, **kw)
+        frame.timings[name] = frame.timings.get(name, 0.0) + time.perf_counter() - t0
+        return out
+
+    model = frame.model
+    if model is None:
+        return make_result(frame, np.zeros(0, int), np.zeros(0), None, alpha=alpha, beta=beta,
+                           low_confidence=low_confidence)
+    step(20)
+    # the networks learnt MODEL_MATERIAL: other materials are shown to them with its contrast
+    model_img, model_material = img, mat.name
+    if mat.name != MODEL_MATERIAL and len(model.cells):
+        from .contrast import match_contrast
+
+        matched = timed("contrast", match_contrast, img, model, mat.name, MODEL_MATERIAL)
+        if matched is None:
+            frame.warnings.append(f"the {mat.name} sublattices could not be measured: the networks "
+                                  f"(trained on {MODEL_MATERIAL}) see the image as it is")
+        else:
+            model_img, model_material = matched.image, MODEL_MATERIAL
+            frame.warnings.append(matched.describe(mat.name, MODEL_MATERIAL))
+            lam = frame.noise.get("poisson_lambda")
+            x_amp, m_amp = matched.x_level - matched.background, matched.m_level - matched.background
+            if lam is not None and np.isfinite(lam) and max(x_amp, m_amp) > 0:
+                lam_x = lam * x_amp / max(x_amp, m_amp)  # counts at a full chalcogen column
+                if lam_x < NOISE_LAMBDA_RANGE[0]:
+                    frame.warnings.append(
+                        f"the {mat.chalcogen} columns get only ~{lam_x:.2g} counts (Poisson), below the "
+                        f"{NOISE_LAMBDA_RANGE[0]:g} the networks were trained for: chalcogen vacancies are "
+                        "uncertain; check flagged cells or compare with the classical reference")
+    cells = model.cells
+    n = len(cells)
+    hexagons = None
+    support = np.zeros(n, np.int64)
+    checks: dict[str, Any] = {}
+    if use_detector and n:
+        det = _resolve_model(detector, "detector", device)
+        hex_boxes, hex_scores, _, support, centres, _ = timed(
+            "detection", detect_hexagons, frame, det, model_img, sub(20, 60), cancel)
+        hexagons = (hex_boxes, hex_scores)
+        checks.update(hexagon_check(frame, centres, support))
+        frame.models["detector"] = _card_summary(getattr(det, "card", {}))
+        on = checks.get("hexagons_on_hollows", 0.0)
+        cast = checks.get("cells_with_hexagon", 0.0)
+        consistent = not (n >= 20 and (on < MIN_HEXAGONS_ON_HOLLOWS or cast < MIN_CELLS_WITH_HEXAGON))
+        checks["detector_consistent"] = consistent
+        if not consistent:
+            frame.warnings.append(
+                f"the hexagon detector (CNN-1) does not fit the columns found in the image: {len(hex_boxes)} "
+                f"hexagons, {100 * on:.0f} % of them on hollow sites, {100 * cast:.0f} % of the cells cast by one; "
+                "its output is not used")
+            support[:] = 0
+    step(60)
+    probs = None
+    labels = np.full(n, UNCLASSIFIED, dtype=int)
+    conf = np.zeros(n)
+    if classify and n:
+        clf = _resolve_model(classifier, "classifier", device)
+        clf_material = get_material(getattr(clf, "material", mat.name)).name
+        cls_img, cls_material = model_img, model_material
+        if clf_material == mat.name and model_material != mat.name:
+            cls_img, cls_material = img, mat.name
+        if clf_material != cls_material:
+            frame.warnings.append(f"the classifier was trained for {clf_material} and the {mat.name} image could "
+                                  "not be matched to it: cells left unclassified")
+        else:
+            probs = timed("classification", classify_cells, frame, clf, cls_img, cls_material, alpha, beta,
+                          sub(60, 100), cancel)
+            labels = probs.argmax(axis=1)
+            conf = probs.max(axis=1)
+            frame.models["classifier"] = _card_summary(getattr(clf, "card", {}))
+    if frame.vacuum is not None and probs is not None and n:
+        # empty cells (no X, no M) touching the vacuum are part of it
+        from .vacuum import grow_into_empty_cells
+
+        centres = 0.5 * (model.sites.xy[cells.x] + model.sites.xy[cells.m])
+        frame.vacuum, taken = grow_into_empty_cells(frame.vacuum, centres, labels == N_CLASSES - 1, frame.a_px)
+        if taken.any():
+            keep = ~taken
+            model.cells = cells.subset(keep)
+            probs, labels, conf, support = probs[keep], labels[keep], conf[keep], support[keep]
+            frame.n_vacuum += int(taken.sum())
+    step(steps)
+    res = make_result(frame, labels, conf, probs, alpha=alpha, beta=beta, low_confidence=low_confidence,
+                      hexagons=hexagons, support=support, checks=checks)
+    res.timings["total"] = time.perf_counter() - t_start
+    return res

@@ -1,0 +1,223 @@
+"""analyze(): the stages in order, with ground-truth stand-ins for the two networks.
+
+The stand-ins (conftest.TruthDetector/TruthClassifier) return the simulator's true
+hexagons and classes, so these tests check the pipeline's bookkeeping (sites, cells,
+boundaries, counts, units, files, checks), not the networks; the shipped networks are
+checked end to end at the bottom.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import TruthClassifier, TruthDetector
+
+from napari_tmd_defects.analysis import BOUNDARY, UNCLASSIFIED, prepare_image
+from napari_tmd_defects.evaluation import score_result
+from napari_tmd_defects.pipeline import analyze, check_plausibility, largest_cluster
+from napari_tmd_defects.runtime import Cancelled
+from napari_tmd_defects.simulation import Boundary, Distortion, Noise, simulate
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate(shape=320, pixel_size=0.1, defect_fraction=0.3, seed=4)
+
+
+def test_cells_counts_area_and_concentrations(sim):
+    t = sim.truth
+    res = analyze(sim.image, 0.1, detector=TruthDetector(t), classifier=TruthClassifier(t))
+    assert res.pixel_size_source == "given"
+    s = score_result(res, t)
+    assert s.recall > 0.98 and s.precision > 0.98 and s.n_duplicates == 0
+    assert s.class_accuracy > 0.98  # the stand-in makes cell 0 uncertain
+    # every site lies on its column, or where its neighbours put a missing one
+    x_err = np.linalg.norm(res.x_sites[:, None] - t.cell_x_site[None], axis=-1).min(axis=1)
+    assert np.median(x_err) < 0.05 * t.a_px and x_err.max() < 0.2 * t.a_px
+    assert res.area_nm2 == pytest.approx(res.n_counted * 0.866025 * 0.352**2, rel=1e-4)
+    for name, n in res.counts().items():
+        assert res.concentrations_cm2()[name] == pytest.approx(n / (res.area_nm2 * 1e-14))
+    assert res.flagged[0] and res.support.mean() > 1.5
+    assert res.checks["detector_consistent"] and res.checks["hexagons_on_hollows"] > 0.9
+    # vacancies without a column were placed from their neighbours, and say so
+    assert np.any(res.placed > 0) and not np.all(res.placed > 0)
+    assert len(res.domains) == 1 and not res.boundary.any()
+
+
+def test_pixel_size_is_estimated_when_missing(sim):
+    t = sim.truth
+    res = analyze(sim.image, None, detector=TruthDetector(t), classifier=TruthClassifier(t))
+    assert res.pixel_size == pytest.approx(0.1, rel=0.01)
+    assert "estimated" in res.pixel_size_source
+    wrong = analyze(sim.image, 1.0, use_detector=False, classify=False)
+    assert any("disagrees with the lattice" in w for w in wrong.warnings)
+    # the sites come from the image's own lattice, whatever the given pixel size says
+    assert wrong.n_cells == res.n_cells
+
+
+def test_detect_only_and_recast(sim):
+    res = analyze(sim.image, 0.1, use_detector=False, classify=False)
+    assert np.all(res.labels == UNCLASSIFIED) and set(res.label_names()) == {"unclassified"}
+    assert len(res.hexagon_boxes) == 0 and not res.support.any()
+    wider = res.recast(0.7, 0.55)
+    assert wider.n_cells == res.n_cells and np.allclose(wider.x_sites, res.x_sites)
+    w0 = np.median(res.boxes[:, 2] - res.boxes[:, 0])
+    w1 = np.median(wider.boxes[:, 2] - wider.boxes[:, 0])
+    assert w1 == pytest.approx(w0 * 0.7 / 0.65, rel=0.02)
+
+
+def test_corrections_update_counts(sim):
+    t = sim.truth
+    res = analyze(sim.image, 0.1, use_detector=False, classifier=TruthClassifier(t))
+    before = res.counts()["V_Mo"]
+    k = int(np.flatnonzero(res.labels != 3)[0])
+    res.set_label(k, 3)
+    assert res.counts()["V_Mo"] == before + 1 and res.corrected[k] and res.confidence[k] == 1
+    with pytest.raises(ValueError):
+        res.set_label(k, 9)
+
+
+def test_save_writes_csv_summary_overlay(sim, tmp_path):
+    t = sim.truth
+    res = analyze(sim.image, 0.1, use_detector=False, classifier=TruthClassifier(t))
+    paths = res.save(tmp_path, image=sim.image, stem="frame")
+    lines = paths["cells"].read_text().splitlines()
+    head = lines[0].split(",")
+    assert head[:6] == ["x_min", "y_min", "x_max", "y_max", "defect", "confidence"]
+    assert {"domain", "x_placed", "m_placed"} <= set(head)
+    assert len(lines) == res.n_cells + 1
+    placed = [int(r.split(",")[head.index("x_placed")]) for r in lines[1:]]
+    assert sum(placed) == int(np.sum(res.placed & 1))
+    summ = json.loads(paths["summary"].read_text())
+    assert summ["n_cells"] == res.n_cells and summ["counts"] == res.counts()
+    assert summ["n_domains"] == 1 and summ["boundary_length_nm"] == 0
+    assert "defect_fraction" in summ["checks"]
+    assert paths["overlay"].stat().st_size > 1000
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="2-D"):
+        prepare_image(np.zeros((2, 3, 4, 5)))
+    with pytest.raises(ValueError, match="numeric"):
+        prepare_image(np.array([["a"]]))
+    img = np.ones((100, 100))
+    img[0, 0] = np.nan
+    out, warn = prepare_image(img)
+    assert np.isfinite(out).all() and "NaN" in warn[0]
+    with pytest.raises(ValueError, match="NaN"):
+        prepare_image(np.full((10, 10), np.nan))
+    # constant, tiny and lattice-free images give empty, valid results (no model needed)
+    for im in (np.zeros((128, 128)), np.ones((20, 20))):
+        res = analyze(im, 0.1)
+        assert res.n_cells == 0 and res.warnings
+    noise = np.random.default_rng(0).normal(size=(128, 128))
+    res = analyze(noise, None)
+    assert res.n_cells == 0 and "no crystal lattice" in res.warnings[0]
+    with pytest.raises(ValueError, match="pixel_size"):
+        analyze(np.ones((64, 64)), -1.0)
+
+
+def test_cancel_stops_early(sim):
+    with pytest.raises(Cancelled):
+        analyze(sim.image, 0.1, detector=TruthDetector(sim.truth), cancel=lambda: True)
+
+
+@pytest.mark.parametrize("material, rotation", [("MoTe2", 25.0), ("MoTe2", -40.0), ("MoS2", 90.0)])
+def test_rotated_lattices_keep_their_cells(material, rotation):
+    sim = simulate(material, 320, pixel_size=0.1, rotation_deg=rotation, defect_fraction=0.2, seed=3)
+    res = analyze(sim.image, 0.1, material, use_detector=False, classify=False)
+    assert res.lattice_rotation_deg == pytest.approx(sim.truth.rotation_deg, abs=1.5)
+    s = score_result(res, sim.truth)
+    assert s.recall > 0.97 and s.precision > 0.97 and s.n_duplicates == 0
+    assert s.mean_iou > 0.9
+    # each cell's crop follows its lattice: outlines are the rotated cell rectangle
+    q = res.cell_outlines()
+    edge = np.linalg.norm(q[:, 1] - q[:, 0], axis=1)
+    assert np.median(edge) == pytest.approx((0.5 + 6 / 14) * sim.truth.a_px, rel=0.03)
+
+
+def test_a_detector_that_returns_garbage_is_caught(sim):
+    class Garbage:
+        card = {"name": "random boxes"}
+
+        def detect(self, image, pixel_size, material="MoTe2", progress=None, cancel=None):
+            r = np.random.default_rng(0)
+            xy = r.uniform(0, 300, (150, 2))
+            return np.concatenate([xy, xy + 40], axis=1), np.ones(150)
+
+    t = sim.truth
+    res = analyze(sim.image, 0.1, detector=Garbage(), classifier=TruthClassifier(t))
+    assert any("does not fit the columns" in w for w in res.warnings)
+    assert res.checks["detector_consistent"] is False and not res.support.any()
+    # the cells come from the columns, so they are all still there
+    assert score_result(res, t).recall > 0.98
+
+
+def test_grain_boundary_cells_are_boundary_not_defects():
+    sim = simulate("MoTe2", 384, pixel_size=0.1, rotation_deg=5, defect_fraction=0.1, seed=11,
+                   boundaries=[Boundary("grain", angle_deg=30, misorientation_deg=21)])
+    t = sim.truth
+    res = analyze(sim.image, 0.1, use_detector=False, classifier=TruthClassifier(t))
+    assert len(res.domains) == 2
+    rots = sorted(d["rotation_deg"] for d in res.domains)
+    assert rots[1] - rots[0] == pytest.approx(21, abs=2)
+    assert res.boundary.sum() > 5 and res.n_counted == res.n_cells - res.boundary.sum()
+    assert res.boundary_length_nm == pytest.approx(t.boundary_length_px * 0.01, rel=0.3)
+    s = score_result(res, t)
+    assert s.boundary_recall > 0.9 and s.boundary_precision > 0.9
+    assert np.all(s.site_recall()[~np.isnan(s.site_recall())] > 0.9)
+    assert s.largest_fake_cluster <= 2
+    assert any("domains" in w for w in res.warnings)
+
+
+def test_distorted_frame_keeps_one_domain_and_its_sites():
+    dist = Distortion(drift_px=(20, -8), bend_px=4.0, flyback_px=8.0, row_jitter_px=0.8)
+    sim = simulate("WSe2", 448, pixel_size=0.09, rotation_deg=-17, defect_fraction=0.1, noise=Noise(15, 10),
+                   distortion=dist, seed=5)
+    res = analyze(sim.image, 0.09, "WSe2", use_detector=False, classifier=TruthClassifier(sim.truth))
+    s = score_result(res, sim.truth)
+    assert len(res.domains) == 1 and not res.boundary.any()
+    assert s.recall > 0.97 and s.precision > 0.97 and s.class_accuracy > 0.99
+
+
+def test_plausibility_guards():
+    # a same-class cluster of 20 adjacent cells is found and flagged
+    xy = np.stack(np.meshgrid(np.arange(10) * 30.0, np.arange(5) * 26.0), -1).reshape(-1, 2)
+    lab = np.zeros(len(xy), int)
+    lab[:20] = 3
+    assert largest_cluster(xy, lab, 30.0) == (20, 3)
+    sim = simulate(shape=256, pixel_size=0.1, defect_fraction=0.0, seed=1)
+    res = analyze(sim.image, 0.1, use_detector=False, classify=False)
+    from napari_tmd_defects.pipeline import Frame
+
+    frame = Frame(image=sim.image, material="MoTe2", pixel_size=0.1, pixel_size_source="given",
+                  a_px=sim.truth.a_px, model=res.sites, noise_sigma=1.0)
+    n = res.n_cells
+    labels = np.full(n, 3)
+    flagged = np.zeros(n, bool)
+    checks = check_plausibility(frame, labels, flagged)
+    assert checks["defect_fraction"] == 1.0 and checks["largest_same_class_cluster"] == n
+    assert flagged.all()
+    assert any("called defective" in w for w in frame.warnings)
+    assert any("adjacent cells are all V_Mo" in w for w in frame.warnings)
+    assert checks["bright_sublattice_brighter"] == 1.0
+
+
+def test_boundary_label_is_not_a_class(sim):
+    res = analyze(sim.image, 0.1, use_detector=False, classifier=TruthClassifier(sim.truth))
+    res.labels[:3] = BOUNDARY
+    assert res.label_names()[:3] == ["boundary"] * 3
+    assert sum(res.counts().values()) == res.n_cells - 3 - int(np.sum(res.labels == UNCLASSIFIED))
+    assert res.n_counted == res.n_cells - 3
+
+
+@pytest.mark.slow
+def test_shipped_networks_classify_mote2_end_to_end():
+    sim = simulate("MoTe2", 384, pixel_size=0.1, rotation_deg=12, defect_fraction=0.3, noise=Noise(12, 20), seed=21)
+    res = analyze(sim.image, 0.1, device="cpu")
+    s = score_result(res, sim.truth)
+    assert s.recall > 0.97 and s.precision > 0.97
+    assert s.class_accuracy > 0.98
+    assert res.checks["detector_consistent"]
+    assert np.all(s.site_recall() > 0.9) and np.all(s.site_precision() > 0.9)
