@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_tmd_defects.contrast import match_contrast, sublattice_positions
+from napari_tmd_defects.contrast import match_contrast, model_positions
 from napari_tmd_defects.evaluation import score_result
 from napari_tmd_defects.lattice import find_sites
 from napari_tmd_defects.materials import get_material
@@ -13,6 +13,11 @@ from napari_tmd_defects.simulation import Noise, simulate
 
 def _model(image, material, pixel_size=0.1):
     return find_sites(image, get_material(material).a / pixel_size, material)
+
+
+def _match(image, material, pixel_size=0.1):
+    model = _model(image, material, pixel_size)
+    return match_contrast(image, *model_positions(model), model.a_px, material)
 
 
 @pytest.mark.parametrize("material", ["MoS2", "WSe2"])
@@ -26,7 +31,7 @@ def test_match_contrast_makes_the_chalcogen_sublattice_the_bright_one(material):
         return np.median(img[ms[:, 1], ms[:, 0]]) / np.median(img[xs[:, 1], xs[:, 0]])
 
     assert ratio(sim.image) > 1.5  # metal brighter in these materials
-    m = match_contrast(sim.image, _model(sim.image, material), material)
+    m = _match(sim.image, material)
     assert m is not None
     assert ratio(m.image) == pytest.approx(m.ratio, rel=0.15)  # the MoTe2 ratio, ~0.34
     # columns stay where they were: the sites of the matched image, read as MoTe2, agree
@@ -38,7 +43,7 @@ def test_match_contrast_makes_the_chalcogen_sublattice_the_bright_one(material):
 def test_match_contrast_keeps_the_half_column_contrast():
     sim = simulate("MoS2", shape=320, pixel_size=0.1, defect_fraction=0.3, noise=Noise(None, 0), seed=2)
     t = sim.truth
-    m = match_contrast(sim.image, _model(sim.image, "MoS2"), "MoS2")
+    m = _match(sim.image, "MoS2")
     xs = np.rint(t.cell_x_site).astype(int)
     vx = m.image[xs[:, 1], xs[:, 0]]
     full = np.median(vx[t.cell_label == 0])
@@ -50,13 +55,14 @@ def test_match_contrast_without_sites_is_none():
     from napari_tmd_defects.sites import SiteModel
 
     rng = np.random.default_rng(0)
-    assert match_contrast(rng.normal(size=(200, 200)), SiteModel.empty(30.0), "MoS2") is None
+    pos, role, found = model_positions(SiteModel.empty(30.0))
+    assert match_contrast(rng.normal(size=(200, 200)), pos, role, found, 30.0, "MoS2") is None
 
 
 def test_sublattice_positions_put_hollows_between_columns():
     sim = simulate("MoTe2", shape=256, pixel_size=0.1, defect_fraction=0.0, noise=Noise(None, 0), seed=3)
     model = _model(sim.image, "MoTe2")
-    pos, role = sublattice_positions(model)
+    pos, role, _ = model_positions(model)
     hol = pos[role == 2]
     cols = np.concatenate([sim.truth.cell_x_site, sim.truth.cell_m_site])
     d = np.linalg.norm(hol[:, None] - cols[None], axis=-1).min(axis=1)

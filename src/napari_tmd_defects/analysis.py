@@ -57,7 +57,9 @@ class Result:
     (-1 = unclassified, -2 = boundary); ``confidence`` softmax probability of the label;
     ``probabilities`` (N, 6) or None; ``flagged`` cells to review (low confidence or a
     plausibility warning); ``corrected`` cells whose class a user set by hand; ``frames``
-    (N, 2, 3) affine maps from the canonical cell (lattice-constant units) to px.
+    (N, 2, 3) affine maps from the canonical cell (lattice-constant units) to px;
+    ``x_unresolved`` cells whose chalcogen state the frame is too noisy to read (their
+    chalcogen vacancies are not counted; ``checks`` says which).
 
     ``sites`` is the site model (all sites, domains, boundary lines); ``hexagon_boxes``
     the detector's hexagons (bounding boxes in the image). ``vacuum_mask`` marks a hole or
@@ -87,6 +89,8 @@ class Result:
     placed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     frames: np.ndarray = field(default_factory=lambda: np.zeros((0, 2, 3)))
     sites: SiteModel | None = None
+    #: cells whose chalcogen state the frame cannot resolve (not counted as X vacancies)
+    x_unresolved: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     low_confidence: float = 0.6
     lattice_rotation_deg: float = 0.0
     noise: dict[str, float] = field(default_factory=dict)
@@ -105,6 +109,8 @@ class Result:
             self.domain = np.zeros(n, np.int64)
         if len(self.placed) != n:
             self.placed = np.zeros(n, np.int64)
+        if len(self.x_unresolved) != n:
+            self.x_unresolved = np.zeros(n, bool)
         if len(self.frames) != n:
             from .lattice.cells import cell_frames
             from .sites import CANONICAL_HOLLOW, CANONICAL_PARTNER
@@ -270,6 +276,7 @@ class Result:
             "i": self.ij[:, 0], "j": self.ij[:, 1],
             "domain": self.domain,
             "x_placed": (self.placed & 1).astype(int), "m_placed": ((self.placed & 2) > 0).astype(int),
+            "x_state": np.where(self.x_unresolved, "unresolved", "resolved").tolist(),
         }
         if self.probabilities is not None:
             for k, name in enumerate(self.class_names):

@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from .geometry import block_mean
+from .lattice.columns import local_background
 
 from .materials import N_CLASSES, get_material
 from .runtime import (
@@ -146,31 +146,13 @@ def normalize_image(
     if pixel_size is None:
         background: np.ndarray | float = float(np.percentile(smooth, 1.0))
     else:
-        background = _local_background(smooth, get_material(material).a / float(pixel_size))
+        background = local_background(smooth, get_material(material).a / float(pixel_size))
     flat = smooth - background
     scale = float(np.percentile(flat, 99.0))
     if not np.isfinite(scale) or scale <= 1e-6 * max(1.0, float(np.abs(img).max())):
         return np.zeros(img.shape, np.float32)
     out = (img - background) / scale
     return np.clip(out, *_CLIP).astype(np.float32)
-
-
-def _local_background(smooth: np.ndarray, a_px: float) -> np.ndarray:
-    """Hollow-site level of a smoothed image: min filter over 1.5 a, smoothed over a."""
-    h, w = smooth.shape
-    f = max(1, min(int(a_px // 6), h, w))  # a grid with >= 6 px per lattice constant
-    coarse = block_mean(smooth, f)
-    hc, wc = coarse.shape
-    win = max(3, int(math.ceil(1.5 * a_px / f)) | 1)
-    bg = ndi.minimum_filter(coarse, size=win, mode="nearest")
-    bg = ndi.gaussian_filter(bg, a_px / f, mode="nearest")
-    if f == 1 and bg.shape == smooth.shape:
-        return bg.astype(np.float32)
-    # back to full resolution: coarse pixel k covers [k f, (k+1) f) -> centre k f + (f-1)/2
-    yy = (np.arange(h) - (f - 1) / 2.0) / f
-    xx = (np.arange(w) - (f - 1) / 2.0) / f
-    yi, xi = np.meshgrid(np.clip(yy, 0, hc - 1), np.clip(xx, 0, wc - 1), indexing="ij")
-    return ndi.map_coordinates(bg, [yi, xi], order=1, mode="nearest").astype(np.float32)
 
 
 # --------------------------------------------------------------------------- crops
@@ -720,10 +702,11 @@ def simulate_crops(
         sim = simulate(mat, shape, origin=origin, seed=int(rng.integers(2**31)), **kw)
         img = _augment_image(sim.image, ps, rng) if augment else sim.image
         if match_to is not None and get_material(match_to).name != mat.name:
-            from .contrast import match_contrast
+            from .contrast import match_contrast, model_positions
             from .lattice import find_sites
 
-            matched = match_contrast(img, find_sites(img, a_px, mat.name), mat.name, match_to)
+            sites = find_sites(img, a_px, mat.name)
+            matched = match_contrast(img, *model_positions(sites), sites.a_px, mat.name, match_to)
             if matched is None:  # no lattice found: count the image, take no crops
                 n_img += 1
                 continue

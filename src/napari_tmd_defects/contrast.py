@@ -22,9 +22,9 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from .materials import get_material
-from .sites import ROLE_M, ROLE_X, SiteModel
+from .sites import ROLE_M, ROLE_X, Domain, SiteModel
 
-__all__ = ["ContrastMatch", "match_contrast", "sublattice_positions"]
+__all__ = ["ContrastMatch", "match_contrast", "model_positions", "sublattice_positions"]
 
 #: Z exponent used for the reference ratio (middle of the range the networks saw).
 REFERENCE_Z_EXPONENT = 1.8
@@ -51,39 +51,56 @@ class ContrastMatch:
                 f"(metal/chalcogen column ratio {measured:.2f} -> {self.ratio:.2f})")
 
 
-def sublattice_positions(model: SiteModel) -> tuple[np.ndarray, np.ndarray]:
-    """Positions ``(K, 2)`` px and roles ``(K,)`` (0 X, 1 M, 2 hollow) of every site and of
-    the hollow next to every X site (placed with the domain's local lattice)."""
-    s = model.sites
-    if len(s) == 0:
+def sublattice_positions(xy: np.ndarray, role: np.ndarray, domain: np.ndarray, basis: np.ndarray,
+                         domains: list[Domain]) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(K, 2)`` px and roles ``(K,)`` (0 X, 1 M, 2 hollow) of the given sites and
+    of the two hollows next to each X site's partner bond (placed with its local lattice).
+
+    ``xy``, ``role``, ``domain``, ``basis``: per site (only X and M sites with a domain are
+    used); ``domains``: their :class:`~.sites.Domain` records.
+    """
+    on = ((role == ROLE_X) | (role == ROLE_M)) & (domain >= 0)
+    xy, role, domain, basis = xy[on], role[on], domain[on], basis[on]
+    if len(xy) == 0 or not domains:
         return np.zeros((0, 2)), np.zeros(0, np.int64)
-    xs = np.flatnonzero(s.role == ROLE_X)
-    steps = np.array([d.hollow for d in model.domains], float)[s.domain[xs]]
-    partners = np.array([d.partner for d in model.domains], float)[s.domain[xs]]
-    # the two hollows next to each X site's partner bond
-    h1 = s.xy[xs] + np.einsum("nij,nj->ni", s.basis[xs], steps)
-    h2 = s.xy[xs] + np.einsum("nij,nj->ni", s.basis[xs], partners - steps)
-    pos = np.concatenate([s.xy, h1, h2])
-    role = np.concatenate([s.role, np.full(2 * len(xs), 2, np.int64)])
-    return pos, role
+    xs = np.flatnonzero(role == ROLE_X)
+    steps = np.array([d.hollow for d in domains], float)[domain[xs]]
+    partners = np.array([d.partner for d in domains], float)[domain[xs]]
+    h1 = xy[xs] + np.einsum("nij,nj->ni", basis[xs], steps)
+    h2 = xy[xs] + np.einsum("nij,nj->ni", basis[xs], partners - steps)
+    pos = np.concatenate([xy, h1, h2])
+    out_role = np.concatenate([role, np.full(2 * len(xs), 2, np.int64)])
+    return pos, out_role
 
 
-def match_contrast(image: np.ndarray, model: SiteModel, material: str, reference: str = "MoTe2") -> ContrastMatch | None:
+def model_positions(model: SiteModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(positions, roles, found)`` of every site of a site model and of the hollows next to
+    its X sites (:func:`sublattice_positions`); ``found`` is False for placed sites and hollows."""
+    s = model.sites
+    pos, role = sublattice_positions(s.xy, s.role, s.domain, s.basis, model.domains)
+    found = np.concatenate([~s.placed, np.zeros(len(pos) - len(s), bool)]) if len(pos) else np.zeros(0, bool)
+    return pos, role, found
+
+
+def match_contrast(image: np.ndarray, positions: np.ndarray, roles: np.ndarray, found: np.ndarray, a_px: float,
+                   material: str, reference: str = "MoTe2") -> ContrastMatch | None:
     """Remap ``image`` of ``material`` so that its column contrast is that of ``reference``.
 
-    ``model``: the sites found in the image. Returns None when there are too few found
-    columns of either sublattice to measure their levels. The result is in units where a
-    full X column is 255 above the hollow-site background.
+    ``positions``, ``roles`` (0 X, 1 M, 2 hollow) and ``found`` (a column was seen there)
+    describe the sublattices (:func:`model_positions`); ``a_px``: lattice constant, px.
+    Returns None when there are too few found columns of either sublattice to measure
+    their levels. The result is in units where a full X column is 255 above the hollow
+    background.
     """
     img = np.asarray(image, dtype=np.float32)
-    s = model.sites
-    a_px = float(model.a_px)
-    found = ~s.placed
-    if np.sum(found & (s.role == ROLE_X)) < 3 or np.sum(found & (s.role == ROLE_M)) < 3 or a_px <= 0:
+    pos = np.asarray(positions, float).reshape(-1, 2)
+    role = np.asarray(roles)
+    found = np.asarray(found, bool)
+    if np.sum(found & (role == ROLE_X)) < 3 or np.sum(found & (role == ROLE_M)) < 3 or not a_px > 0:
         return None
-    mat, ref = get_material(material), get_material(reference)
+    ref = get_material(reference)
+    get_material(material)  # validates the name
     smooth = ndi.gaussian_filter(img, max(0.7, 0.05 * a_px), mode="nearest")
-    pos, role = sublattice_positions(model)
     h, w = img.shape
 
     def level(p):
@@ -92,12 +109,11 @@ def match_contrast(image: np.ndarray, model: SiteModel, material: str, reference
             return float("nan")
         return float(np.median(ndi.map_coordinates(smooth, [p[:, 1], p[:, 0]], order=1, mode="nearest")))
 
-    x_level = level(s.xy[found & (s.role == ROLE_X)])
-    m_level = level(s.xy[found & (s.role == ROLE_M)])
+    x_level = level(pos[found & (role == ROLE_X)])
+    m_level = level(pos[found & (role == ROLE_M)])
     bg = level(pos[role == 2])
     if not (np.isfinite(x_level) and np.isfinite(m_level) and np.isfinite(bg)) or min(x_level, m_level) - bg <= 0:
         return None
-    del mat
     ratio = ref.z_metal**REFERENCE_Z_EXPONENT / (2.0 * ref.z_chalcogen**REFERENCE_Z_EXPONENT)
     gx, gm = 1.0 / (x_level - bg), ratio / (m_level - bg)
     # nearest sublattice of every pixel, on a grid of ~a/12 (the gain is smoothed anyway)

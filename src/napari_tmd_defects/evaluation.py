@@ -96,11 +96,13 @@ class CellScore:
     largest_fake_cluster: int = 0
     #: images with a fake-defect cluster of more than 12 cells
     n_fake_clusters: int = 0
+    #: matched cells whose chalcogen state the result reports as unresolved
+    n_unresolved: int = 0
 
     def add(self, other: "CellScore") -> None:
         for k in ("n_true", "n_pred", "n_matched", "n_duplicates", "n_iou50", "iou_sum", "seconds", "n_images",
                   "boundary_points", "boundary_found", "reported_boundary_points", "reported_boundary_true",
-                  "n_boundary_cells", "n_fake_clusters"):
+                  "n_boundary_cells", "n_fake_clusters", "n_unresolved"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.confusion += other.confusion
         self.true_counts += other.true_counts
@@ -222,7 +224,12 @@ def score_result(result, truth) -> CellScore:
         iou = box_iou(result.boxes[pi], truth.cell_box[gi])[np.arange(len(pi)), np.arange(len(pi))]
         s.iou_sum = float(iou.sum())
         s.n_iou50 = int(np.sum(iou > 0.5))
-        ok = (lab[pi] >= 0) & interior[gi]
+        xu = np.asarray(getattr(result, "x_unresolved", np.zeros(result.n_cells, bool)), bool)
+        if len(xu) != result.n_cells:
+            xu = np.zeros(result.n_cells, bool)
+        s.n_unresolved = int(np.sum(xu[pi] & interior[gi]))
+        # classes are scored where the result resolves them
+        ok = (lab[pi] >= 0) & interior[gi] & ~xu[pi]
         np.add.at(s.confusion, (truth.cell_label[gi][ok], lab[pi][ok]), 1)
     # ---- vacancy sites in domain interiors
     a = float(truth.a_px)
@@ -241,8 +248,13 @@ def score_result(result, truth) -> CellScore:
     match_t[gi] = pi
     matched_p = np.zeros(len(pc), bool)
     matched_p[pi] = True
+    xu_all = np.asarray(getattr(result, "x_unresolved", np.zeros(len(pc), bool)), bool)
+    if len(xu_all) != len(pc):
+        xu_all = np.zeros(len(pc), bool)
     for k, (t_has, p_has) in enumerate(((tm, pm), (tx == 1, px == 1), (tx == 2, px == 2))):
         sel = t_deep & interior
+        if k > 0:  # chalcogen sites the result reports as unresolved are neither found nor missed
+            sel = sel & ~((match_t >= 0) & xu_all[np.maximum(match_t, 0)])
         j = match_t[sel]
         called = np.where(j >= 0, p_has[np.maximum(j, 0)], False)
         s.site_tp[k] += int(np.sum(t_has[sel] & called))
@@ -339,12 +351,14 @@ def format_report(
         lines.append(f"| {name} | " + " | ".join(str(int(v)) for v in s.pred_counts) + " |")
     lines += ["", f"Vacancy sites in domain interiors (farther than {INTERIOR_MARGIN_A:g} a from a true boundary; "
               "recall / precision):", ""]
-    lines += ["| method | V_M | V_X1 | V_X2 | largest fake-defect cluster | images with a fake cluster > 12 |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["| method | V_M | V_X1 | V_X2 | chalcogen unresolved | largest fake-defect cluster | "
+              "images with a fake cluster > 12 |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, s in scores.items():
         rec, pre = s.site_recall(), s.site_precision()
         cols = [f"{_pct(r)} / {_pct(p)}" for r, p in zip(rec, pre)]
-        lines.append(f"| {name} | " + " | ".join(cols) + f" | {s.largest_fake_cluster} | {s.n_fake_clusters} |")
+        unres = _pct(s.n_unresolved / s.n_matched) if s.n_matched else "—"
+        lines.append(f"| {name} | " + " | ".join(cols) + f" | {unres} | {s.largest_fake_cluster} | "
+                     f"{s.n_fake_clusters} |")
     if any(s.boundary_points or s.reported_boundary_points or s.n_boundary_cells for s in scores.values()):
         lines += ["", "Domain boundaries (length found within 1 a of the truth; reported length within 1 a of a "
                   "true boundary):", ""]

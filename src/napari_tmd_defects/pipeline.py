@@ -45,8 +45,9 @@ __all__ = ["analyze", "Frame"]
 
 #: A given pixel size that disagrees with the lattice by more than this is warned about.
 PIXEL_SIZE_TOLERANCE = 0.15
-#: Lattices turned by more than this (degrees) are shown to the detector turned canonical.
-ROTATION_TOLERANCE_DEG = 2.0
+#: Domains turned by more than this (degrees) are shown to the detector turned canonical
+#: (it finds hexagons up to ~10° off its training orientation).
+ROTATION_TOLERANCE_DEG = 8.0
 #: A nominally pure frame reported more defective than this is flagged.
 MAX_PLAUSIBLE_DEFECT_FRACTION = 0.2
 #: More adjacent cells than this sharing one defect class are flagged.
@@ -55,8 +56,9 @@ MAX_PLAUSIBLE_CLUSTER = 12
 MIN_HEXAGONS_ON_HOLLOWS = 0.7
 #: ... and cast at least this share of the cells, or its output is set aside.
 MIN_CELLS_WITH_HEXAGON = 0.6
-#: Chalcogen columns below this many noise standard deviations are not resolved.
-MIN_X_SNR = 2.0
+#: A column state is resolved when the intensity step to the next state is this many
+#: times the spread of full columns.
+MIN_LEVEL_SIGMAS = 3.0
 
 
 @dataclass
@@ -71,6 +73,8 @@ class Frame:
     lattice: Any = None
     noise: dict[str, float] = field(default_factory=dict)
     noise_sigma: float = float("nan")
+    work: Any = None
+    state: Any = None
     model: SiteModel | None = None
     vacuum: np.ndarray | None = None
     n_vacuum: int = 0
@@ -125,16 +129,24 @@ def estimate_noise(frame: Frame) -> None:
                               f"λ = {NOISE_LAMBDA_RANGE[0]} counts: check flagged cells")
 
 
-def find_sites(frame: Frame) -> None:
-    """Sites, domains, cells and boundaries from the image (:func:`.lattice.find_sites`);
+def find_domains(frame: Frame) -> None:
+    """Columns, the local lattice and the domains with their roles (:func:`.lattice.find_domains`)."""
+    from .lattice import find_domains as _find, work_image
+
+    frame.work = work_image(frame.image, frame.a_px)
+    frame.noise_sigma = frame.work.noise
+    frame.state = _find(frame.image, frame.a_px, frame.material, work=frame.work)
+
+
+def complete_sites(frame: Frame) -> None:
+    """Sites with local gap filling, cells and boundaries (:func:`.lattice.complete_sites`);
     the pixel size from the measured lattice when none was given."""
-    from .lattice import find_sites as _find, work_image
+    from .lattice import complete_sites as _complete
 
     mat = get_material(frame.material)
-    work = work_image(frame.image, frame.a_px)
-    model = _find(frame.image, frame.a_px, mat.name, work=work)
-    frame.noise_sigma = work.noise
-    frame.model = model
+    if frame.model is None or any(d.roles_from_hexagons for d in frame.state.domains):
+        frame.model = _complete(frame.state)
+    model = frame.model
     if model.a_px > 0 and len(model.sites) >= 12:
         frame.a_px = float(model.a_px)
     if frame.pixel_size is None:
@@ -145,14 +157,16 @@ def find_sites(frame: Frame) -> None:
         frame.warnings.append(
             f"pixel size {frame.pixel_size:.4g} Å/px is outside the range the models were trained for "
             f"({TRAINED_PIXEL_SIZES[0]}–{TRAINED_PIXEL_SIZES[1]} Å/px)")
+    frame.warnings.extend(model.notes)
     doms = model.domains
     if len(doms) > 1:
-        big = [d for d in doms if d.n_cells >= 4]
+        big = [d for d in doms if d.n_sites >= 12]
         frame.warnings.append(
-            f"{len(big)} domains (grains, twin or inversion domains) with boundaries {model.boundary_length_px * frame.pixel_size / 10:.1f} nm "
-            "long: cells on the boundaries are classed 'boundary' and left out of the concentrations")
+            f"{len(big)} domains (grains, twin or inversion domains) with boundaries "
+            f"{model.boundary_length_px * frame.pixel_size / 10:.1f} nm long: cells on the boundaries are classed "
+            "'boundary' and left out of the concentrations")
     for d in doms:
-        if d.contrast < 0.1 and d.n_cells >= 20:
+        if d.contrast < 0.1 and d.n_sites >= 40:
             frame.warnings.append(
                 f"domain {d.id}: metal and chalcogen columns are about equally bright (contrast {d.contrast:.2f}); "
                 f"which sublattice is the metal follows the {mat.name} prior and may be wrong")
@@ -173,44 +187,88 @@ def find_vacuum(frame: Frame) -> None:
                           "image: cells there are left out of the counts and the area")
 
 
-def detect_hexagons(frame: Frame, detector, model_image: np.ndarray, progress=None, cancel=None):
-    """CNN-1 hexagons on the image turned to the main domain's orientation.
+def detect_hexagons(frame: Frame, detector, image: np.ndarray, progress=None, cancel=None):
+    """CNN-1 hexagons, domain by domain: each group of domains of one orientation is cropped
+    and turned to the canonical orientation the detector learnt.
 
-    Returns ``(boxes in the image (K, 4), scores, canonical boxes or None, support per cell)``.
-    A hexagon supports a cell when its centre lies on one of the two hollows next to the
-    cell's X-M bond (within 0.35 of a bond length); the share of hexagons on hollows and
-    their number against the cells are recorded in the checks.
+    Returns ``(boxes (K, 4) in the image, scores (K,), centres (K, 2) px)``: a box is the
+    bounding box of the detected hexagon box turned back; only hexagons whose nearest
+    column belongs to the group's domains are kept (crops overlap).
     """
     from scipy.spatial import cKDTree
 
     from .geometry import RotationFrame, bbox_of_points, box_corners
+    from .runtime import check_cancel
 
-    model = frame.model
-    rot = 0.0
-    if model is not None and model.domains:
-        main = max(model.domains, key=lambda d: d.n_cells)
-        rot = main.rotation_deg if abs(main.rotation_deg) > ROTATION_TOLERANCE_DEG else 0.0
-    turned = RotationFrame.for_image(frame.image.shape, rot) if rot else None
-    work = turned.warp(model_image, fill=float(np.median(model_image))) if turned else model_image
-    # the detector rescales by the material's lattice constant: give it the one measured here
+    state = frame.state
+    empty = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, 2)))
+    if state is None or not state.domains:
+        return empty
     mat = get_material(frame.material)
-    boxes, scores = detector.detect(work, mat.a / frame.a_px, material=mat.name, progress=progress, cancel=cancel)
-    boxes = np.asarray(boxes, float).reshape(-1, 4)
-    scores = np.asarray(scores, float).reshape(-1)
-    centres = 0.5 * (boxes[:, :2] + boxes[:, 2:])
-    if turned is not None and len(boxes):
-        centres = turned.from_canvas(centres)
-        img_boxes = bbox_of_points(turned.from_canvas(box_corners(boxes)))
-    else:
-        img_boxes = boxes
-    n_cells = len(model.cells) if model is not None else 0
-    support = np.zeros(n_cells, np.int64)
-    if model is not None and n_cells and len(centres):
-        a_f = model.a_px / math.sqrt(3.0)
-        hol = hexagon_hollows(model)
-        d, _ = cKDTree(centres).query(hol.reshape(-1, 2), distance_upper_bound=0.35 * a_f)
-        support = np.isfinite(d).reshape(-1, 2).sum(axis=1)
-    return img_boxes, scores, (boxes if turned is not None else None), support, centres, rot
+    a_px = frame.a_px
+    h, w = frame.image.shape
+    groups: list[list] = []
+    for d in sorted(state.domains, key=lambda d: -d.n_sites if d.n_sites else -int(np.sum(state.domain == d.id))):
+        for g in groups:
+            if abs((d.rotation_deg - g[0].rotation_deg + 60.0) % 120.0 - 60.0) < ROTATION_TOLERANCE_DEG:
+                g.append(d)
+                break
+        else:
+            groups.append([d])
+    on = np.flatnonzero(state.domain >= 0)
+    tree = cKDTree(state.graph.xy[on])
+    all_b, all_s, all_c = [], [], []
+    for gi, group in enumerate(groups):
+        check_cancel(cancel)
+        ids = [d.id for d in group]
+        pts = state.graph.xy[np.isin(state.domain, ids)]
+        if len(pts) < 3:
+            continue
+        m = 1.5 * a_px
+        x0, y0 = (max(0, int(np.floor(v - m))) for v in pts.min(axis=0))
+        x1, y1 = int(min(w, np.ceil(pts[:, 0].max() + m))), int(min(h, np.ceil(pts[:, 1].max() + m)))
+        if min(x1 - x0, y1 - y0) < 64:
+            continue
+        crop = image[y0:y1, x0:x1]
+        rot = group[0].rotation_deg
+        turned = RotationFrame.for_image(crop.shape, rot) if abs(rot) > ROTATION_TOLERANCE_DEG else None
+        work = turned.warp(crop, fill=float(np.median(crop))) if turned else crop
+        sub = None
+        if progress is not None:
+            def sub(done, total, gi=gi):
+                progress(gi * 100 + int(100 * done / max(total, 1)), 100 * len(groups))
+        # the detector rescales by the material's lattice constant: give it the one measured here
+        boxes, scores = detector.detect(work, mat.a / a_px, material=mat.name, progress=sub, cancel=cancel)
+        boxes = np.asarray(boxes, float).reshape(-1, 4)
+        scores = np.asarray(scores, float).reshape(-1)
+        if not len(boxes):
+            continue
+        corners = box_corners(boxes)
+        if turned is not None:
+            corners = turned.from_canvas(corners)
+        corners = corners + np.array([x0, y0])
+        centres = corners.mean(axis=1)
+        _, k = tree.query(centres)
+        mine = np.isin(state.domain[on[k]], ids)
+        all_b.append(bbox_of_points(corners[mine]))
+        all_s.append(scores[mine])
+        all_c.append(centres[mine])
+    if not all_b:
+        return empty
+    return np.concatenate(all_b), np.concatenate(all_s), np.concatenate(all_c)
+
+
+def hexagon_support(model: SiteModel, centres: np.ndarray) -> np.ndarray:
+    """Detected hexagons centred on the two hollows next to each cell's X-M bond (0-2),
+    i.e. the hexagons that cast the cell in 2DIP-Net (within 0.35 of a bond length)."""
+    from scipy.spatial import cKDTree
+
+    n = len(model.cells)
+    if not n or not len(centres):
+        return np.zeros(n, np.int64)
+    a_f = model.a_px / math.sqrt(3.0)
+    d, _ = cKDTree(centres).query(hexagon_hollows(model).reshape(-1, 2), distance_upper_bound=0.35 * a_f)
+    return np.isfinite(d).reshape(-1, 2).sum(axis=1)
 
 
 def hexagon_hollows(model: SiteModel) -> np.ndarray:
@@ -281,6 +339,76 @@ def largest_cluster(xy: np.ndarray, labels: np.ndarray, a_px: float) -> tuple[in
     return best
 
 
+def _relative_spread(h: np.ndarray) -> float:
+    """Robust relative spread of column intensities: the MAD of the brighter half about the
+    median, over the median (the width of the full-column level)."""
+    h = np.asarray(h, float)
+    if len(h) < 20:
+        return float("nan")
+    med = float(np.median(h))
+    if med <= 0:
+        return float("inf")
+    r = h / med
+    up = r[r >= 1.0]
+    return float(1.4826 * np.median(np.abs(up - 1.0)))
+
+
+def resolve_states(frame: Frame, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Chalcogen states the frame can resolve; the rest are ``unresolved``, not vacancies.
+
+    The spread ``s`` of the chalcogen column intensities at the sites (relative to their
+    median, measured on the brighter half, so vacancies do not widen it) says how well one
+    column can be read: one chalcogen of two missing lowers it by 0.5, both by 1. Where
+    ``0.5 / s`` is below :data:`MIN_LEVEL_SIGMAS` single vacancies (V_X1) are unresolved,
+    where ``1 / s`` is, double ones (V_X2) too; cells called so keep their metal state, lose
+    the chalcogen vacancy and are marked ``x_unresolved``. Returns ``(labels, x_unresolved,
+    info)``.
+    """
+    from .materials import CLASS_VACANCIES
+
+    model = frame.model
+    s, c = model.sites, model.cells
+    n = len(c)
+    x_unres = np.zeros(n, bool)
+    info: dict[str, Any] = {}
+    if not n:
+        return labels, x_unres, info
+    rel = np.zeros(n)
+    for d in model.domains:
+        sel = (c.domain == d.id) & ~c.boundary
+        found_x = s.height[c.x[sel & ~s.placed[c.x]]]
+        if len(found_x):
+            rel[sel] = s.height[c.x[sel]] / max(float(np.median(found_x)), 1e-12)
+    counted = ~c.boundary
+    spread = _relative_spread(rel[counted] * 1.0) if counted.sum() >= 20 else float("nan")
+    info["chalcogen_spread"] = round(spread, 3) if spread == spread else None
+    if spread != spread:
+        return labels, x_unres, info
+    single = 0.5 / spread >= MIN_LEVEL_SIGMAS
+    double = 1.0 / spread >= MIN_LEVEL_SIGMAS
+    info["single_chalcogen_vacancies"] = "resolved" if single else "unresolved"
+    info["double_chalcogen_vacancies"] = "resolved" if double else "unresolved"
+    if single and double:
+        return labels, x_unres, info
+    vac = np.asarray(CLASS_VACANCIES)
+    lab = labels.copy()
+    ok = lab >= 0
+    nx = np.where(ok, vac[np.clip(lab, 0, N_CLASSES - 1), 0], 0)
+    nm = np.where(ok, vac[np.clip(lab, 0, N_CLASSES - 1), 1], 0)
+    drop = ok & (((nx == 1) & (not single)) | ((nx == 2) & (not double)))
+    # keep the metal state, no chalcogen vacancy: Perfect (0) or V_M (3)
+    lab[drop] = np.where(nm[drop] == 1, 3, 0)
+    x_unres[ok & counted] = True
+    mat = get_material(frame.material)
+    what = f"single {mat.chalcogen} vacancies (V_{mat.chalcogen}1)" if double else f"{mat.chalcogen} vacancies"
+    frame.warnings.append(
+        f"the {mat.chalcogen} columns are too noisy to read one by one (their intensities spread by "
+        f"{100 * spread:.0f} %): {what} are reported as unresolved, not counted ({int(drop.sum())} cells called so "
+        "by the classifier)")
+    info["cells_unresolved"] = int(drop.sum())
+    return lab, x_unres, info
+
+
 def check_plausibility(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> dict[str, Any]:
     """Warnings (and flags on the cells concerned) where the result does not fit the image."""
     model = frame.model
@@ -315,27 +443,20 @@ def check_plausibility(frame: Frame, labels: np.ndarray, flagged: np.ndarray) ->
         hb, hd = s.height[found & bright], s.height[found & ~bright]
         if len(hb) and len(hd):
             checks["bright_sublattice_brighter"] = round(float(np.median(hb) > np.median(hd)), 3)
-    # chalcogen columns resolved above the noise?
-    if model.domains and frame.noise_sigma == frame.noise_sigma and frame.noise_sigma > 0:
-        x_lvl = float(np.median([d.levels["X"] for d in model.domains]))
-        snr = x_lvl / frame.noise_sigma
-        checks["chalcogen_snr"] = round(snr, 2)
-        if snr < MIN_X_SNR:
-            frame.warnings.append(
-                f"the chalcogen columns are barely above the noise (SNR {snr:.1f}): chalcogen vacancies "
-                "cannot be told from noise here; they are flagged")
-            flagged |= np.isin(labels, (1, 2, 4, 5))
     return checks
 
 
 # --------------------------------------------------------------------------- shared runs
 def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exclude_vacuum: bool = True,
-                 timings: dict[str, float] | None = None) -> Frame:
-    """Stages 1-4 (image, noise, sites, vacuum): the cells of an image, unclassified.
+                 timings: dict[str, float] | None = None, hexagons=None) -> Frame:
+    """Stages 1-5 (image, noise, domains, sites, vacuum): the cells of an image, unclassified.
 
     The network pipeline (:func:`analyze`) and the baselines (:mod:`.classical`,
-    :mod:`.fcn`) all start here. ``frame.model`` is None when the image has no lattice
-    (the warnings say why); cells whose centre lies in the vacuum are dropped.
+    :mod:`.fcn`) all start here. ``hexagons(frame) -> (K, 2) px`` (optional) returns
+    hexagon centres once the domains are known; they check each domain's hollow sites
+    (:meth:`.lattice.LatticeState.check_hollows`). ``frame.model`` is None when the image
+    has no lattice (the warnings say why); cells whose centre lies in the vacuum are
+    dropped.
     """
     if pixel_size is not None:
         pixel_size = float(pixel_size)
@@ -356,7 +477,12 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
     if not timed("lattice", check_image, frame):
         return frame
     timed("noise", estimate_noise, frame)
-    timed("sites", find_sites, frame)
+    timed("sites", find_domains, frame)
+    if hexagons is not None:
+        centres = hexagons(frame)
+        if centres is not None and len(centres):
+            frame.state.check_hollows(centres)
+    timed("sites", complete_sites, frame)
     if exclude_vacuum:
         timed("vacuum", find_vacuum, frame)
     model = frame.model
@@ -384,8 +510,12 @@ def make_result(frame: Frame, labels: np.ndarray, confidence: np.ndarray, probab
     n = len(cells)
     labels = np.where(cells.boundary, BOUNDARY, labels).astype(int) if n else np.zeros(0, int)
     confidence = np.where(cells.boundary, 0.0, confidence) if n else np.zeros(0)
-    flagged = (confidence < low_confidence) & (labels >= 0)
     checks = dict(checks or {})
+    x_unresolved = np.zeros(n, bool)
+    if n and np.any(labels >= 0):
+        labels, x_unresolved, info = resolve_states(frame, labels)
+        checks.update(info)
+    flagged = (confidence < low_confidence) & (labels >= 0)
     if n:
         checks.update(check_plausibility(frame, labels, flagged))
     else:
@@ -404,13 +534,44 @@ def make_result(frame: Frame, labels: np.ndarray, confidence: np.ndarray, probab
         ij=s.nm[cells.x] if n else np.zeros((0, 2), int),
         support=np.zeros(n, np.int64) if support is None else support, labels=labels, confidence=confidence,
         probabilities=probabilities, flagged=flagged, corrected=np.zeros(n, bool), domain=cells.domain.copy(),
-        placed=placed, frames=cells.frame.copy(), sites=model, low_confidence=low_confidence,
+        placed=placed, frames=cells.frame.copy(), sites=model, x_unresolved=x_unresolved,
+        low_confidence=low_confidence,
         lattice_rotation_deg=rotation, noise=frame.noise, vacuum_mask=frame.vacuum, n_excluded_vacuum=frame.n_vacuum,
         checks=checks, models=frame.models, timings=frame.timings, warnings=frame.warnings,
     )
 
 
 # --------------------------------------------------------------------------- analyze
+def _model_image(frame: Frame, positions: np.ndarray, roles: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, str]:
+    """The image as the networks should see it, and the material it then shows: other
+    materials contrast-matched to :data:`MODEL_MATERIAL` (:func:`.contrast.match_contrast`)."""
+    from .contrast import match_contrast
+
+    mat = get_material(frame.material)
+    if mat.name == MODEL_MATERIAL:
+        return frame.image, mat.name
+    matched = match_contrast(frame.image, positions, roles, found, frame.a_px, mat.name, MODEL_MATERIAL)
+    if matched is None:
+        note = (f"the {mat.name} sublattices could not be measured: the networks (trained on {MODEL_MATERIAL}) "
+                "see the image as it is")
+        if note not in frame.warnings:
+            frame.warnings.append(note)
+        return frame.image, mat.name
+    note = matched.describe(mat.name, MODEL_MATERIAL)
+    if not any(w.startswith(f"{mat.name} contrast matched") for w in frame.warnings):
+        frame.warnings.append(note)
+        lam = frame.noise.get("poisson_lambda")
+        x_amp, m_amp = matched.x_level - matched.background, matched.m_level - matched.background
+        if lam is not None and np.isfinite(lam) and max(x_amp, m_amp) > 0:
+            lam_x = lam * x_amp / max(x_amp, m_amp)  # counts at a full chalcogen column
+            if lam_x < NOISE_LAMBDA_RANGE[0]:
+                frame.warnings.append(
+                    f"the {mat.chalcogen} columns get only ~{lam_x:.2g} counts (Poisson), below the "
+                    f"{NOISE_LAMBDA_RANGE[0]:g} the networks were trained for: chalcogen vacancies are "
+                    "uncertain; check flagged cells or compare with the classical reference")
+    return matched.image, MODEL_MATERIAL
+
+
 def _resolve_model(model, kind: str, device: str):
     """A model object as given, or the one loaded from a path / the shipped weights."""
     if model is None or isinstance(model, (str, Path)):
@@ -493,7 +654,26 @@ def analyze(
         return lambda done, total: progress(lo + int((hi - lo) * done / max(total, 1)), steps)
 
     step(0)
-    frame = locate_cells(image, pixel_size, mat.name, exclude_vacuum)
+    found: dict[str, Any] = {}
+
+    def hexagons(frame: Frame):
+        """CNN-1 on the image (other materials: contrast-matched from the columns found)."""
+        from .contrast import model_positions
+        from .lattice import complete_sites as _complete
+
+        found["det"] = _resolve_model(detector, "detector", device)
+        # the sites as the intensities have them (kept unless the hexagons change a domain's roles)
+        t0 = time.perf_counter()
+        frame.model = _complete(frame.state)
+        frame.timings["sites"] = frame.timings.get("sites", 0.0) + time.perf_counter() - t0
+        found["det_image"] = _model_image(frame, *model_positions(frame.model))
+        t0 = time.perf_counter()
+        boxes, scores, centres = detect_hexagons(frame, found["det"], found["det_image"][0], sub(20, 60), cancel)
+        frame.timings["detection"] = time.perf_counter() - t0
+        found["hexagons"] = (boxes, scores, centres)
+        return centres
+
+    frame = locate_cells(image, pixel_size, mat.name, exclude_vacuum, hexagons=hexagons if use_detector else None)
     img = frame.image
 
     def timed(name, fn, *args, **kw):
@@ -506,38 +686,25 @@ def analyze(
     if model is None:
         return make_result(frame, np.zeros(0, int), np.zeros(0), None, alpha=alpha, beta=beta,
                            low_confidence=low_confidence)
-    step(20)
-    # the networks learnt MODEL_MATERIAL: other materials are shown to them with its contrast
-    model_img, model_material = img, mat.name
-    if mat.name != MODEL_MATERIAL and len(model.cells):
-        from .contrast import match_contrast
+    step(60)
+    # the networks learnt MODEL_MATERIAL: other materials are shown to them with its contrast,
+    # matched on every site (placed ones included: a faint sublattice is mostly placed)
+    if "det_image" in found and not any(d.roles_from_hexagons for d in model.domains):
+        model_img, model_material = found["det_image"]
+    else:
+        from .contrast import model_positions
 
-        matched = timed("contrast", match_contrast, img, model, mat.name, MODEL_MATERIAL)
-        if matched is None:
-            frame.warnings.append(f"the {mat.name} sublattices could not be measured: the networks "
-                                  f"(trained on {MODEL_MATERIAL}) see the image as it is")
-        else:
-            model_img, model_material = matched.image, MODEL_MATERIAL
-            frame.warnings.append(matched.describe(mat.name, MODEL_MATERIAL))
-            lam = frame.noise.get("poisson_lambda")
-            x_amp, m_amp = matched.x_level - matched.background, matched.m_level - matched.background
-            if lam is not None and np.isfinite(lam) and max(x_amp, m_amp) > 0:
-                lam_x = lam * x_amp / max(x_amp, m_amp)  # counts at a full chalcogen column
-                if lam_x < NOISE_LAMBDA_RANGE[0]:
-                    frame.warnings.append(
-                        f"the {mat.chalcogen} columns get only ~{lam_x:.2g} counts (Poisson), below the "
-                        f"{NOISE_LAMBDA_RANGE[0]:g} the networks were trained for: chalcogen vacancies are "
-                        "uncertain; check flagged cells or compare with the classical reference")
+        model_img, model_material = timed("contrast", _model_image, frame, *model_positions(model))
     cells = model.cells
     n = len(cells)
-    hexagons = None
+    hexagons_out = None
     support = np.zeros(n, np.int64)
     checks: dict[str, Any] = {}
-    if use_detector and n:
-        det = _resolve_model(detector, "detector", device)
-        hex_boxes, hex_scores, _, support, centres, _ = timed(
-            "detection", detect_hexagons, frame, det, model_img, sub(20, 60), cancel)
-        hexagons = (hex_boxes, hex_scores)
+    if use_detector and "hexagons" in found:
+        det = found["det"]
+        hex_boxes, hex_scores, centres = found["hexagons"]
+        hexagons_out = (hex_boxes, hex_scores)
+        support = hexagon_support(model, centres)
         checks.update(hexagon_check(frame, centres, support))
         frame.models["detector"] = _card_summary(getattr(det, "card", {}))
         on = checks.get("hexagons_on_hollows", 0.0)
@@ -582,6 +749,6 @@ def analyze(
             frame.n_vacuum += int(taken.sum())
     step(steps)
     res = make_result(frame, labels, conf, probs, alpha=alpha, beta=beta, low_confidence=low_confidence,
-                      hexagons=hexagons, support=support, checks=checks)
+                      hexagons=hexagons_out, support=support, checks=checks)
     res.timings["total"] = time.perf_counter() - t_start
     return res

@@ -141,6 +141,16 @@ class Domain:
     contrast: float
     n_sites: int = 0
     n_cells: int = 0
+    #: how far the hollow level lies below the dimmer column level (fraction of the span)
+    hollow_margin: float = 1.0
+    #: mean local fine-lattice vectors ``[e1, e2]`` (columns, px) of the domain
+    basis: np.ndarray | None = None
+    #: share of the hexagon detector's hexagons in the domain centred on its hollows (None: not run)
+    hexagons_on_hollows: float | None = None
+    #: intensities of the three fine-lattice classes (by class index)
+    class_levels: np.ndarray | None = None
+    #: the hollow sites were taken from the hexagon detector (the intensities could not tell)
+    roles_from_hexagons: bool = False
 
     def to_dict(self, cell_area_nm2: float) -> dict[str, Any]:
         return {
@@ -151,6 +161,7 @@ class Domain:
             "area_nm2": round(self.n_cells * cell_area_nm2, 3),
             "levels": {k: round(float(v), 4) for k, v in self.levels.items()},
             "metal_chalcogen_contrast": round(float(self.contrast), 3),
+            "hexagons_on_hollows": None if self.hexagons_on_hollows is None else round(self.hexagons_on_hollows, 3),
         }
 
 

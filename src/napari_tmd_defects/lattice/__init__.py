@@ -12,23 +12,27 @@ distortion come from the image itself instead of from one fitted lattice:
 :func:`.cells.boundary_lines`   boundary polylines and their length
 ========================  ==========================================================
 
-:func:`find_sites` runs them in order.
+:func:`find_domains` runs the first three, :func:`complete_sites` the rest (in between,
+the pipeline lets the hexagon detector check each domain's hollow sites);
+:func:`find_sites` runs them all.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..materials import get_material
-from ..sites import SiteModel
+from ..sites import Domain, SiteModel
 from .cells import boundary_lines, build_cells, build_sites
-from .columns import WorkImage, find_columns, work_image
-from .domains import assign_domains
-from .graph import index_columns
+from .columns import Columns, WorkImage, find_columns, work_image
+from .domains import apply_hollow_votes, assign_domains
+from .graph import LatticeGraph, index_columns
 
-__all__ = ["find_sites", "measured_a", "x_brighter", "WorkImage", "work_image"]
+__all__ = ["LatticeState", "complete_sites", "find_domains", "find_sites", "measured_a", "x_brighter", "WorkImage",
+           "work_image"]
 
 #: Z exponent of the material prior that says which sublattice is brighter.
 PRIOR_Z_EXPONENT = 1.7
@@ -50,9 +54,32 @@ def measured_a(sites) -> float | None:
     return float(np.median(np.sqrt(2.0 * math.sqrt(3.0) * np.abs(np.linalg.det(sites.basis)))))
 
 
-def find_sites(image: np.ndarray, a_px: float, material: str = "MoTe2", *, work: WorkImage | None = None,
-               x_is_brighter: bool | None = None) -> SiteModel:
-    """All sites, domains, cells and boundaries of an image.
+@dataclass
+class LatticeState:
+    """The lattice stages' findings before sites are completed (see :func:`find_domains`)."""
+
+    shape: tuple[int, int]
+    work: WorkImage
+    columns: Columns
+    graph: LatticeGraph
+    domain: np.ndarray
+    role: np.ndarray
+    domains: list[Domain]
+    x_brighter: bool
+    notes: list[str] = field(default_factory=list)
+
+    def check_hollows(self, points: np.ndarray) -> list[str]:
+        """Let points on hollow sites (hexagon centres) check the domains' roles
+        (:func:`.domains.apply_hollow_votes`)."""
+        notes = apply_hollow_votes(self.graph, self.domain, self.role, self.domains, points, self.x_brighter,
+                                   self.work.noise)
+        self.notes.extend(notes)
+        return notes
+
+
+def find_domains(image: np.ndarray, a_px: float, material: str = "MoTe2", *, work: WorkImage | None = None,
+                 x_is_brighter: bool | None = None) -> LatticeState:
+    """Columns, the lattice graph and the domains with their roles (stages 1-3).
 
     Parameters
     ----------
@@ -74,9 +101,25 @@ def find_sites(image: np.ndarray, a_px: float, material: str = "MoTe2", *, work:
     graph = index_columns(cols.xy, a_px, shape=img.shape)
     prior = x_brighter(material) if x_is_brighter is None else bool(x_is_brighter)
     domain, role, domains = assign_domains(graph, work, prior)
-    sites, strays = build_sites(graph, cols, domain, role, domains, work, img.shape)
-    cells = build_cells(sites, domains, img.shape)
+    return LatticeState(shape=tuple(img.shape), work=work, columns=cols, graph=graph, domain=domain, role=role,
+                        domains=domains, x_brighter=prior)
+
+
+def complete_sites(state: LatticeState) -> SiteModel:
+    """Sites with local gap filling, cells and boundaries from the domains (stages 4-6)."""
+    graph = state.graph
+    sites, strays = build_sites(graph, state.columns, state.domain, state.role, state.domains, state.work,
+                                state.shape)
+    cells = build_cells(sites, state.domains, state.shape)
     a_meas = measured_a(sites) or graph.a_fine * math.sqrt(3.0)
-    lines, length = boundary_lines(sites, img.shape, a_meas) if len(domains) > 1 else ([], 0.0)
-    return SiteModel(sites=sites, domains=domains, cells=cells, boundary_lines=lines, boundary_length_px=length,
-                     strays=strays, a_px=a_meas, n_columns=len(cols))
+    lines, length = boundary_lines(sites, state.shape, a_meas) if len(state.domains) > 1 else ([], 0.0)
+    return SiteModel(sites=sites, domains=state.domains, cells=cells, boundary_lines=lines,
+                     boundary_length_px=length, strays=strays, a_px=a_meas, n_columns=len(state.columns),
+                     notes=list(state.notes))
+
+
+def find_sites(image: np.ndarray, a_px: float, material: str = "MoTe2", *, work: WorkImage | None = None,
+               x_is_brighter: bool | None = None) -> SiteModel:
+    """All sites, domains, cells and boundaries of an image (:func:`find_domains`, then
+    :func:`complete_sites`); see :func:`find_domains` for the parameters."""
+    return complete_sites(find_domains(image, a_px, material, work=work, x_is_brighter=x_is_brighter))

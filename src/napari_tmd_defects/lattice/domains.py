@@ -27,7 +27,8 @@ from ..sites import CANONICAL_PARTNER, Domain
 from .columns import WorkImage
 from .graph import FINE_OFFSETS, LatticeGraph
 
-__all__ = ["assign_domains", "neighbourhood_matrix", "MIN_DOMAIN_COLUMNS"]
+__all__ = ["apply_hollow_votes", "assign_domains", "hollow_votes", "neighbourhood_matrix", "set_roles",
+           "MIN_DOMAIN_COLUMNS"]
 
 #: Domains with fewer columns are not kept (their columns count as boundary).
 MIN_DOMAIN_COLUMNS = 10
@@ -168,34 +169,113 @@ def assign_domains(
             break
         sel = comp == c
         pat = int(np.bincount(pattern[sel]).argmax())
-        h_cls, b_cls = divmod(pat, 3)
-        mid = 3 - h_cls - b_cls
-        x_cls, m_cls = (b_cls, mid) if x_brighter else (mid, b_cls)
+        h_cls = pat // 3
         lev = np.median(levels[sel], axis=0)
-        span = max(lev[b_cls] - lev[h_cls], 1e-12)
-        did = len(domains)
-        # partner and hollow steps from the domain's mean basis
         basis = graph.basis[idx[sel]].mean(axis=0)
-        p_steps = SHELL1[step_class(SHELL1) == (m_cls - x_cls) % 3]
-        ang = _screen_angle(p_steps @ basis.T)
-        k = int(np.argmin(_angle_dist(ang, _screen_angle(CANONICAL_PARTNER))))
-        partner, p_ang = p_steps[k], float(ang[k])
-        h_steps = SHELL1[step_class(SHELL1) == (h_cls - x_cls) % 3]
-        h_ang = _screen_angle(h_steps @ basis.T)
-        hollow_step = h_steps[int(np.argmin(_angle_dist(h_ang, p_ang - 60.0)))]
-        rot = (p_ang - float(_screen_angle(CANONICAL_PARTNER)) + 60.0) % 120.0 - 60.0
-        if rot <= -60.0:
-            rot += 120.0
-        domains.append(Domain(
-            id=did, patch=int(patch[sel][0]), rotation_deg=float(rot),
-            partner=(int(partner[0]), int(partner[1])), hollow=(int(hollow_step[0]), int(hollow_step[1])),
-            x_class=int(x_cls), m_class=int(m_cls),
-            levels={"X": float(lev[x_cls]), "M": float(lev[m_cls]), "hollow": float(lev[h_cls])},
-            contrast=float((lev[b_cls] - lev[mid]) / span), n_sites=0,
-        ))
-        domain[idx[sel]] = did
-        r = np.full(int(sel.sum()), 2, np.int64)
-        r[cls[sel] == x_cls] = 0
-        r[cls[sel] == m_cls] = 1
-        role[idx[sel]] = r
+        d = Domain(id=len(domains), patch=int(patch[sel][0]), rotation_deg=0.0, partner=(0, 0), hollow=(0, 0),
+                   x_class=0, m_class=0, levels={}, contrast=0.0, basis=basis)
+        set_roles(d, lev, h_cls, x_brighter)
+        domains.append(d)
+        domain[idx[sel]] = d.id
+        role[idx[sel]] = _roles_of(cls[sel], d)
     return domain, role, domains
+
+
+def _roles_of(cls: np.ndarray, d: Domain) -> np.ndarray:
+    r = np.full(len(cls), 2, np.int64)
+    r[cls == d.x_class] = 0
+    r[cls == d.m_class] = 1
+    return r
+
+
+def set_roles(d: Domain, levels: np.ndarray, hollow_class: int, x_brighter: bool) -> None:
+    """Give domain ``d`` its sublattice roles: ``hollow_class`` empty, the brighter of the other
+    two classes the chalcogen (``x_brighter``) or the metal; partner and hollow steps and the
+    cell orientation from its mean basis. ``levels``: intensity of the three classes."""
+    lev = np.asarray(levels, float)
+    h_cls = int(hollow_class)
+    rest = [k for k in range(3) if k != h_cls]
+    b_cls = max(rest, key=lambda k: lev[k])
+    mid = rest[0] if rest[1] == b_cls else rest[1]
+    x_cls, m_cls = (b_cls, mid) if x_brighter else (mid, b_cls)
+    span = max(lev[b_cls] - lev[h_cls], 1e-12)
+    basis = d.basis
+    p_steps = SHELL1[step_class(SHELL1) == (m_cls - x_cls) % 3]
+    ang = _screen_angle(p_steps @ basis.T)
+    k = int(np.argmin(_angle_dist(ang, _screen_angle(CANONICAL_PARTNER))))
+    partner, p_ang = p_steps[k], float(ang[k])
+    h_steps = SHELL1[step_class(SHELL1) == (h_cls - x_cls) % 3]
+    h_ang = _screen_angle(h_steps @ basis.T)
+    hollow_step = h_steps[int(np.argmin(_angle_dist(h_ang, p_ang - 60.0)))]
+    rot = (p_ang - float(_screen_angle(CANONICAL_PARTNER)) + 60.0) % 120.0 - 60.0
+    if rot <= -60.0:
+        rot += 120.0
+    d.rotation_deg = float(rot)
+    d.partner = (int(partner[0]), int(partner[1]))
+    d.hollow = (int(hollow_step[0]), int(hollow_step[1]))
+    d.x_class, d.m_class = int(x_cls), int(m_cls)
+    d.levels = {"X": float(lev[x_cls]), "M": float(lev[m_cls]), "hollow": float(lev[h_cls])}
+    d.contrast = float((lev[b_cls] - lev[mid]) / span)
+    d.hollow_margin = float((lev[mid] - lev[h_cls]) / span)
+    d.class_levels = lev
+
+
+def hollow_votes(graph: LatticeGraph, domain: np.ndarray, points: np.ndarray,
+                 tolerance: float = 0.35) -> dict[int, np.ndarray]:
+    """Votes of points (e.g. hexagon centres, px) for the sublattice class each sits on, per
+    domain: ``{domain id: counts (3,)}``. A point votes when it lies within ``tolerance``
+    fine spacings of a fine-lattice position of the domain of its nearest column."""
+    pts = np.asarray(points, float).reshape(-1, 2)
+    out: dict[int, np.ndarray] = {}
+    on = np.flatnonzero(domain >= 0)
+    if len(on) == 0 or len(pts) == 0:
+        return out
+    _, k = cKDTree(graph.xy[on]).query(pts)
+    node = on[k]
+    b = graph.basis[node]
+    d = pts - graph.xy[node]
+    step = np.rint(np.einsum("nij,nj->ni", np.linalg.inv(b), d)).astype(np.int64)
+    res = np.linalg.norm(d - np.einsum("nij,nj->ni", b, step.astype(float)), axis=1)
+    ok = res < tolerance * graph.a_fine
+    cls = np.mod(graph.nm[node, 0] + step[:, 0] - graph.nm[node, 1] - step[:, 1], 3)
+    for dm, c in zip(domain[node][ok], cls[ok]):
+        out.setdefault(int(dm), np.zeros(3, np.int64))[c] += 1
+    return out
+
+
+def apply_hollow_votes(graph: LatticeGraph, domain: np.ndarray, role: np.ndarray, domains: list[Domain],
+                       points: np.ndarray, x_brighter: bool, noise: float, *, min_votes: int = 10,
+                       min_share: float = 0.7, min_sigmas: float = 3.0) -> list[str]:
+    """Let hexagon centres (the hollows of 2DIP-Net's hexagons) check each domain's hollows.
+
+    Where most of a domain's hexagons sit on another class than the intensities made the
+    hollow, and the intensities could not tell (the dimmer column class less than
+    ``min_sigmas`` noise standard deviations ``noise`` above the hollow), the domain's
+    roles follow the hexagons; where the intensities were clear, the disagreement is
+    reported. Updates ``role`` and ``domains`` in place and returns plain-language notes.
+    """
+    notes = []
+    votes = hollow_votes(graph, domain, points)
+    cls_all = graph.sublattice()
+    for d in domains:
+        v = votes.get(d.id)
+        if v is None or v.sum() < min_votes:
+            continue
+        h_cls = 3 - d.x_class - d.m_class
+        d.hexagons_on_hollows = float(v[h_cls] / v.sum())
+        top = int(np.argmax(v))
+        if top == h_cls or v[top] < min_share * v.sum():
+            continue
+        lev = np.sort(d.class_levels)
+        if lev[1] - lev[0] < min_sigmas * noise:
+            set_roles(d, d.class_levels, top, x_brighter)
+            sel = domain == d.id
+            role[sel] = _roles_of(cls_all[sel], d)
+            d.hexagons_on_hollows = float(v[top] / v.sum())
+            d.roles_from_hexagons = True
+            notes.append(f"domain {d.id}: the intensities could not tell the hollow sites; taken from the "
+                         f"hexagon detector ({100 * d.hexagons_on_hollows:.0f} % of its hexagons there)")
+        else:
+            notes.append(f"domain {d.id}: the hexagon detector centres {100 * v[top] / v.sum():.0f} % of its "
+                         "hexagons on what the intensities call columns: check this domain")
+    return notes
