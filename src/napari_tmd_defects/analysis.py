@@ -255,6 +255,17 @@ class Result:
                        confidence=self.confidence.copy(), flagged=self.flagged.copy(),
                        corrected=self.corrected.copy(), warnings=list(self.warnings))
 
+    def cells_at(self, x: float, y: float) -> np.ndarray:
+        """Indices of the cells whose crop box (in its own frame) holds the point (x, y) px."""
+        if not self.n_cells:
+            return np.zeros(0, np.int64)
+        from .sites import canonical_cell_box
+
+        lin = self.frames[:, :, :2]
+        u = np.einsum("nij,nj->ni", np.linalg.inv(lin), np.array([x, y], float)[None] - self.frames[:, :, 2])
+        x0, y0, x1, y1 = canonical_cell_box(self.alpha, self.beta)
+        return np.flatnonzero((u[:, 0] >= x0) & (u[:, 0] <= x1) & (u[:, 1] >= y0) & (u[:, 1] <= y1))
+
     def cell_outlines(self) -> np.ndarray:
         """Corners ``(N, 4, 2)`` (x, y px) of every cell's crop box in its own frame."""
         from .sites import canonical_cell_box, cell_box_corners

@@ -24,8 +24,9 @@ Layout of a database folder ``DIR``::
                        sees it), 0 if from the raw image
 =====================  =======================================================
 
-Crops hold the pixels whose centres lie inside the box (no interpolation), so they keep
-the image's own noise and sampling; the trainer resamples them like any other cell
+Crops are the cell cut out in its own lattice frame at the image's sampling (the napari
+tool; so a cell of a turned domain is stored the canonical way up) or the pixels whose
+centres lie inside the box; the trainer resamples them like any other cell
 (``classification.crops_from_corrections``). The napari correction tool cuts them from
 the normalised image whenever the classifier module is installed.
 
@@ -60,6 +61,7 @@ __all__ = [
     "INDEX_COLUMNS",
     "CorrectionDatabase",
     "crop_box",
+    "crop_frame",
     "load_corrections",
     "read_index",
 ]
@@ -103,6 +105,41 @@ def crop_box(image: np.ndarray, box: np.ndarray) -> np.ndarray:
     if x1 < x0 or y1 < y0:
         raise ValueError(f"box {np.round(b, 2).tolist()} lies outside the {w}x{h} px image")
     return np.array(img[y0 : y1 + 1, x0 : x1 + 1], dtype=np.float32)
+
+
+def crop_frame(image: np.ndarray, frame: np.ndarray, box=None) -> np.ndarray:
+    """A cell cut out in its own lattice frame at the image's sampling: the canonical
+    ``box`` (lattice-constant units; default the cell box) sampled every pixel along the
+    cell's axes (bilinear), so a cell of a turned domain is stored the canonical way up.
+
+    Raises
+    ------
+    ValueError
+        If the image is not 2-D, the frame is malformed or the cell lies outside the image.
+    """
+    from scipy import ndimage as ndi
+
+    from .sites import CANONICAL_BOX
+
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D (rows, cols), got shape {img.shape}")
+    fr = np.asarray(frame, dtype=float)
+    if fr.shape != (2, 3) or not np.all(np.isfinite(fr)):
+        raise ValueError(f"frame must be a finite (2, 3) affine map, got shape {fr.shape}")
+    x0, y0, x1, y1 = CANONICAL_BOX if box is None else box
+    lin, org = fr[:, :2], fr[:, 2]
+    nx = max(2, int(round((x1 - x0) * np.linalg.norm(lin[:, 0]))))
+    ny = max(2, int(round((y1 - y0) * np.linalg.norm(lin[:, 1]))))
+    u = x0 + (np.arange(nx) + 0.5) * (x1 - x0) / nx
+    v = y0 + (np.arange(ny) + 0.5) * (y1 - y0) / ny
+    vv, uu = np.meshgrid(v, u, indexing="ij")
+    px = lin[0, 0] * uu + lin[0, 1] * vv + org[0]
+    py = lin[1, 0] * uu + lin[1, 1] * vv + org[1]
+    h, w = img.shape
+    if px.min() < -1 or py.min() < -1 or px.max() > w or py.max() > h:
+        raise ValueError("the cell lies (partly) outside the image")
+    return ndi.map_coordinates(img, [py, px], order=1, mode="nearest").astype(np.float32)
 
 
 def _parse_row(raw: dict[str, str], path: Path) -> dict[str, Any]:
@@ -208,6 +245,7 @@ class CorrectionDatabase:
         label_before=None,
         timestamp: str | None = None,
         normalized: bool = False,
+        frames: np.ndarray | None = None,
     ) -> list[dict[str, Any]]:
         """Store corrected cells of one image: crops + index rows, written atomically.
 
@@ -232,6 +270,10 @@ class CorrectionDatabase:
             Default: now (UTC).
         normalized : bool
             Whether ``image`` is the output of ``classification.normalize_image``.
+        frames : (N, 2, 3) array, optional
+            The cells' affine frames (``Result.frames``): the crops are then cut in each
+            cell's own frame (:func:`crop_frame`), the canonical way up whatever the
+            domain's orientation; without, the pixels inside each box (:func:`crop_box`).
 
         Returns
         -------
@@ -257,7 +299,13 @@ class CorrectionDatabase:
             raise ValueError("confidence_before and label_before need one value per box")
         if pixel_size is not None and not (math.isfinite(pixel_size) and pixel_size > 0):
             raise ValueError(f"pixel_size must be a positive number of Å/px, got {pixel_size}")
-        crops = [crop_box(image, bb) for bb in b]  # validates every box before writing
+        if frames is not None:
+            fr = np.asarray(frames, dtype=float).reshape(-1, 2, 3)
+            if len(fr) != n:
+                raise ValueError(f"got {n} boxes but {len(fr)} frames")
+            crops = [crop_frame(image, f) for f in fr]  # validates every cell before writing
+        else:
+            crops = [crop_box(image, bb) for bb in b]
         stamp = timestamp or datetime.now(timezone.utc).isoformat(timespec="seconds")
         rows = self.rows()
         written = []

@@ -119,7 +119,8 @@ MIN_RING_CONTRAST = 3.0
 LATTICE_FFT_SIZE = 1024
 
 
-def estimate_lattice(image: np.ndarray, a_range_px: tuple[float, float] = (6.0, 400.0)) -> LatticeEstimate | None:
+def estimate_lattice(image: np.ndarray, a_range_px: tuple[float, float] = (6.0, 400.0),
+                     a_hint: float | None = None) -> LatticeEstimate | None:
     """Find the hexagonal lattice of an image from its Fourier transform.
 
     Candidate first-order ({100}, spacing sqrt(3)/2 a) and second-order ({110}, spacing
@@ -133,6 +134,9 @@ def estimate_lattice(image: np.ndarray, a_range_px: tuple[float, float] = (6.0, 
     image : (rows, cols) array
     a_range_px : (min, max)
         Range of lattice constants to consider, px.
+    a_hint : float, optional
+        Expected lattice constant (px), e.g. from a given pixel size: of the candidates
+        whose reflections clearly stand out, the one within 20 % of it is taken.
 
     Returns
     -------
@@ -144,16 +148,18 @@ def estimate_lattice(image: np.ndarray, a_range_px: tuple[float, float] = (6.0, 
     h, w = img.shape
     f = -(-max(h, w) // LATTICE_FFT_SIZE)  # ceil
     if f < 2:
-        return _estimate_lattice(img, a_range_px)
+        return _estimate_lattice(img, a_range_px, a_hint)
     small = block_mean(img, f)
-    est = _estimate_lattice(small, (max(a_range_px[0] / f, 4.0), a_range_px[1] / f))
+    est = _estimate_lattice(small, (max(a_range_px[0] / f, 4.0), a_range_px[1] / f),
+                            None if a_hint is None else a_hint / f)
     if est is not None and est.a_px >= 8.0:
         return replace(est, a_px=est.a_px * f, a1=est.a1 * f, a2=est.a2 * f)
     y0, x0 = max(0, (h - LATTICE_FFT_SIZE) // 2), max(0, (w - LATTICE_FFT_SIZE) // 2)
-    return _estimate_lattice(img[y0:y0 + LATTICE_FFT_SIZE, x0:x0 + LATTICE_FFT_SIZE], a_range_px)
+    return _estimate_lattice(img[y0:y0 + LATTICE_FFT_SIZE, x0:x0 + LATTICE_FFT_SIZE], a_range_px, a_hint)
 
 
-def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float]) -> LatticeEstimate | None:
+def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
+                      a_hint: float | None = None) -> LatticeEstimate | None:
     """:func:`estimate_lattice` on one array, at its own sampling."""
     h, w = img.shape
     if min(h, w) < 16 or not np.isfinite(img).all() or np.ptp(img) == 0:
@@ -219,6 +225,11 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float]) -> Latti
     if not cands:
         return None
     clear = [c for c in cands if c[3] >= MIN_RING_CONTRAST]
+    if a_hint is not None:
+        # a first-order ring at 2 / (sqrt(3) a): the candidates that fit the expectation
+        fit = [c for c in clear if abs(2.0 / (SQRT3 * c[1]) / a_hint - 1.0) < 0.2]
+        if fit:
+            clear = fit
     if clear:
         k_min = min(c[1] for c in clear)
         best = max((c for c in clear if c[1] <= 1.03 * k_min), key=lambda c: c[0])

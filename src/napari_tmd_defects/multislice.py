@@ -476,7 +476,7 @@ def simulate_multislice(
     boundaries: Sequence[Boundary] = (),
     frozen_phonons: int = 4,
     scan_sampling: float | None = None,
-    potential_sampling: float = _POTENTIAL_SAMPLING_A,
+    potential_sampling: float | None = None,
     thermal_sigma_a: float | None = None,
     cell_margin_a: float = CELL_MARGIN_A,
     progress: Callable[[int, int], None] | None = None,
@@ -494,9 +494,10 @@ optics, noise, distortion, origin, seed, vacuum, boundaries
         Number of frozen-phonon configurations averaged (0: static lattice).
     scan_sampling : float, optional
         Probe step in Å; at most :func:`nyquist_scan_step` (default 0.9 of it).
-    potential_sampling : float
+    potential_sampling : float, optional
         Potential (and wave) sampling in Å; must keep the detector's outer angle inside
-        abTEM's anti-aliasing limit (0.05 Å at 80 kV for 277.9 mrad).
+        abTEM's anti-aliasing limit. Default 0.05 Å (enough at 80 kV for 277.9 mrad), finer
+        where the voltage needs it (0.042 Å at 100 kV).
     thermal_sigma_a : float, optional
         One rms displacement (Å) for every atom instead of :data:`THERMAL_SIGMA_A`.
     cell_margin_a : float
@@ -533,6 +534,10 @@ optics, noise, distortion, origin, seed, vacuum, boundaries
         raise ValueError(
             f"scan_sampling must lie in (0, {nyq:.3f}] Å (the Nyquist step lambda/(4 alpha)), got {scan_sampling}"
         )
+    if potential_sampling is None:
+        # the default, or finer where the voltage needs it to keep the detector's outer angle
+        potential_sampling = min(_POTENTIAL_SAMPLING_A, 0.95 * 2.0 / 3.0 * electron_wavelength(optics.voltage_kv)
+                                 / (2.0 * optics.detector_mrad[1] * 1e-3))
     if not 0.005 <= potential_sampling <= 0.2:
         raise ValueError(f"potential_sampling must lie in [0.005, 0.2] Å, got {potential_sampling}")
     theta_max = _max_detector_angle(optics.voltage_kv, potential_sampling)

@@ -59,6 +59,12 @@ MIN_CELLS_WITH_HEXAGON = 0.6
 #: A column state is resolved when the intensity step to the next state is this many
 #: times the spread of full columns.
 MIN_LEVEL_SIGMAS = 3.0
+#: A called column state this far (fraction of a full column) from the measured intensity,
+#: with another state nearer, contradicts the image.
+MAX_STATE_MISMATCH = 0.3
+#: Intensity of a chalcogen column with one atom of two left (incoherent 0.5; multislice
+#: channelling ~0.44, docs/multislice.md).
+X1_LEVEL = 0.47
 
 
 @dataclass
@@ -93,7 +99,7 @@ def check_image(frame: Frame) -> bool:
     if min(img.shape) < 32 or np.ptp(img) == 0:
         frame.warnings.append("image too small or constant: no lattice to analyse")
         return False
-    lat = estimate_lattice(img)
+    lat = estimate_lattice(img, a_hint=None if frame.pixel_size is None else mat.a / frame.pixel_size)
     has_lattice = lat is not None and lat.strength >= MIN_LATTICE_STRENGTH
     frame.lattice = lat if has_lattice else None
     if not has_lattice:
@@ -353,59 +359,91 @@ def _relative_spread(h: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(up - 1.0)))
 
 
-def resolve_states(frame: Frame, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Chalcogen states the frame can resolve; the rest are ``unresolved``, not vacancies.
+def column_ratios(model: SiteModel) -> tuple[np.ndarray, np.ndarray]:
+    """Intensity of every cell's X and M column over the median found column of its
+    sublattice in its domain (1 = a full column, 0.5 = one chalcogen of two, 0 = none)."""
+    s, c = model.sites, model.cells
+    rx, rm = np.ones(len(c)), np.ones(len(c))
+    for d in model.domains:
+        sel = c.domain == d.id
+        for r, idx in ((rx, c.x), (rm, c.m)):
+            found = s.height[idx[sel & ~s.placed[idx]]]
+            if len(found):
+                r[sel] = s.height[idx[sel]] / max(float(np.median(found)), 1e-12)
+    return rx, rm
 
-    The spread ``s`` of the chalcogen column intensities at the sites (relative to their
-    median, measured on the brighter half, so vacancies do not widen it) says how well one
-    column can be read: one chalcogen of two missing lowers it by 0.5, both by 1. Where
-    ``0.5 / s`` is below :data:`MIN_LEVEL_SIGMAS` single vacancies (V_X1) are unresolved,
-    where ``1 / s`` is, double ones (V_X2) too; cells called so keep their metal state, lose
-    the chalcogen vacancy and are marked ``x_unresolved``. Returns ``(labels, x_unresolved,
+
+def check_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Check the classifier's column states against the image; what the frame cannot show is
+    ``unresolved``, not a vacancy.
+
+    * **Resolution.** The spread ``s`` of the chalcogen column intensities (relative to
+      their median, on the brighter half, so vacancies do not widen it) says how well one
+      column can be read: one chalcogen of two missing lowers it by 0.5, both by 1. Where
+      ``0.5 / s`` is below :data:`MIN_LEVEL_SIGMAS` single vacancies (V_X1) are unresolved,
+      where ``1 / s`` is, double ones (V_X2) too.
+    * **Contradiction.** A cell whose called chalcogen state is more than
+      :data:`MAX_STATE_MISMATCH` away from the intensity measured at its X site, while
+      another state fits it better (e.g. V_X1 called on a column as bright as a full one),
+      is flagged and its chalcogen vacancy not counted; a metal called present at a
+      column below half the level, or missing at one above it, is flagged.
+
+    Cells whose chalcogen vacancy is not counted keep their metal state (Perfect or V_M)
+    and are marked ``x_unresolved``. Updates ``flagged``; returns ``(labels, x_unresolved,
     info)``.
     """
     from .materials import CLASS_VACANCIES
 
     model = frame.model
-    s, c = model.sites, model.cells
+    c = model.cells
     n = len(c)
     x_unres = np.zeros(n, bool)
     info: dict[str, Any] = {}
     if not n:
         return labels, x_unres, info
-    rel = np.zeros(n)
-    for d in model.domains:
-        sel = (c.domain == d.id) & ~c.boundary
-        found_x = s.height[c.x[sel & ~s.placed[c.x]]]
-        if len(found_x):
-            rel[sel] = s.height[c.x[sel]] / max(float(np.median(found_x)), 1e-12)
+    rx, rm = column_ratios(model)
     counted = ~c.boundary
-    spread = _relative_spread(rel[counted] * 1.0) if counted.sum() >= 20 else float("nan")
-    info["chalcogen_spread"] = round(spread, 3) if spread == spread else None
-    if spread != spread:
-        return labels, x_unres, info
-    single = 0.5 / spread >= MIN_LEVEL_SIGMAS
-    double = 1.0 / spread >= MIN_LEVEL_SIGMAS
-    info["single_chalcogen_vacancies"] = "resolved" if single else "unresolved"
-    info["double_chalcogen_vacancies"] = "resolved" if double else "unresolved"
-    if single and double:
-        return labels, x_unres, info
     vac = np.asarray(CLASS_VACANCIES)
     lab = labels.copy()
     ok = lab >= 0
     nx = np.where(ok, vac[np.clip(lab, 0, N_CLASSES - 1), 0], 0)
     nm = np.where(ok, vac[np.clip(lab, 0, N_CLASSES - 1), 1], 0)
-    drop = ok & (((nx == 1) & (not single)) | ((nx == 2) & (not double)))
-    # keep the metal state, no chalcogen vacancy: Perfect (0) or V_M (3)
-    lab[drop] = np.where(nm[drop] == 1, 3, 0)
-    x_unres[ok & counted] = True
+    spread = _relative_spread(rx[counted]) if counted.sum() >= 20 else float("nan")
+    info["chalcogen_spread"] = round(spread, 3) if spread == spread else None
+    single = double = True
+    if spread == spread:
+        single = 0.5 / spread >= MIN_LEVEL_SIGMAS
+        double = 1.0 / spread >= MIN_LEVEL_SIGMAS
+    info["single_chalcogen_vacancies"] = "resolved" if single else "unresolved"
+    info["double_chalcogen_vacancies"] = "resolved" if double else "unresolved"
+    # the classifier's chalcogen state against the intensity at the site
+    x1 = X1_LEVEL
+    levels = np.array([1.0, x1, 0.0])
+    expect = levels[np.clip(nx, 0, 2)]
+    nearest = np.argmin(np.abs(rx[:, None] - levels[None]), axis=1)
+    x_contra = ok & counted & (np.abs(rx - expect) > MAX_STATE_MISMATCH) & (nearest != nx)
+    m_contra = ok & counted & (((nm == 0) & (rm < 0.5)) | ((nm == 1) & (rm > 0.5 + MAX_STATE_MISMATCH)))
+    unres = ok & (((nx == 1) & (not single)) | ((nx == 2) & (not double)))
+    drop = (unres | x_contra) & (nx > 0)
+    lab[drop] = np.where(nm[drop] == 1, 3, 0)  # keep the metal state, no chalcogen vacancy
+    x_unres[drop] = True
+    if not (single and double):
+        x_unres[ok & counted] = True
+    flagged |= (x_contra | m_contra) & ok
+    info["cells_contradicting_image"] = int(np.sum((x_contra | m_contra) & ok))
     mat = get_material(frame.material)
-    what = f"single {mat.chalcogen} vacancies (V_{mat.chalcogen}1)" if double else f"{mat.chalcogen} vacancies"
-    frame.warnings.append(
-        f"the {mat.chalcogen} columns are too noisy to read one by one (their intensities spread by "
-        f"{100 * spread:.0f} %): {what} are reported as unresolved, not counted ({int(drop.sum())} cells called so "
-        "by the classifier)")
-    info["cells_unresolved"] = int(drop.sum())
+    if not (single and double):
+        what = f"single {mat.chalcogen} vacancies (V_{mat.chalcogen}1)" if double else f"{mat.chalcogen} vacancies"
+        frame.warnings.append(
+            f"the {mat.chalcogen} columns are too noisy to read one by one (their intensities spread by "
+            f"{100 * spread:.0f} %): {what} are reported as unresolved, not counted ({int(np.sum(unres))} cells "
+            "called so by the classifier)")
+        info["cells_unresolved"] = int(np.sum(unres))
+    if x_contra.any() or m_contra.any():
+        frame.warnings.append(
+            f"{int(np.sum(x_contra | m_contra))} cells' classes contradict the column intensities measured at "
+            f"their sites ({int(x_contra.sum())} {mat.chalcogen}, {int(m_contra.sum())} {mat.metal}): flagged for "
+            "review; their chalcogen vacancies are not counted")
     return lab, x_unres, info
 
 
@@ -512,10 +550,10 @@ def make_result(frame: Frame, labels: np.ndarray, confidence: np.ndarray, probab
     confidence = np.where(cells.boundary, 0.0, confidence) if n else np.zeros(0)
     checks = dict(checks or {})
     x_unresolved = np.zeros(n, bool)
-    if n and np.any(labels >= 0):
-        labels, x_unresolved, info = resolve_states(frame, labels)
-        checks.update(info)
     flagged = (confidence < low_confidence) & (labels >= 0)
+    if n and np.any(labels >= 0):
+        labels, x_unresolved, info = check_states(frame, labels, flagged)
+        checks.update(info)
     if n:
         checks.update(check_plausibility(frame, labels, flagged))
     else:

@@ -40,7 +40,7 @@ def test_run_makes_layers_with_features(analysed):
     v_mo = int(np.flatnonzero(res.labels == 3)[0])
     assert np.allclose(pts.face_color[v_mo, :3], CLASS_COLORS[3])
     shapes = viewer.layers[names["cells"]]
-    assert shapes.nshapes == res.n_cells and set(shapes.shape_type) == {"rectangle"}
+    assert shapes.nshapes == res.n_cells and set(shapes.shape_type) == {"polygon"}
     assert np.allclose(shapes.edge_color[v_mo, :3], CLASS_COLORS[3])
     # rectangle corners are the cell box in (row, col) px
     x0, y0, x1, y1 = res.boxes[v_mo]

@@ -8,7 +8,7 @@ from qtpy.QtCore import QPoint, Qt
 from napari_tmd_defects._widgets import _layers as L
 from napari_tmd_defects._widgets import _selection as S
 from napari_tmd_defects._widgets._correction import training_image
-from napari_tmd_defects.corrections import crop_box, load_corrections
+from napari_tmd_defects.corrections import crop_frame, load_corrections
 
 from .conftest import PLUGIN
 
@@ -56,7 +56,8 @@ def test_click_and_keys_correct_cells_and_fill_database(analysed, qtbot, correct
     assert np.allclose([r["x_min"], r["y_min"], r["x_max"], r["y_max"]], res.boxes[k], atol=1e-3)
     image, normalized = training_image(viewer.layers["MoTe2 sample (simulated)"].data, res)
     assert r["normalized"] == int(normalized)
-    assert np.allclose(crops[0], crop_box(image, res.boxes[k]))
+    # the crop is the cell cut out in its own frame (canonical way up)
+    assert np.allclose(crops[0], crop_frame(image, res.frames[k]))
 
     # correcting the same cell again (drop-down) updates its row instead of adding one
     widget._class.value = "V_Te1"

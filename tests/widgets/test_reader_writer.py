@@ -64,7 +64,7 @@ def test_writers(analysed, tmp_path):
     assert out.endswith("shapes.csv")
     lines = open(out).read().splitlines()
     assert lines[0] == "index,shape-type,vertex-index,axis-0,axis-1,class,confidence"
-    assert len(lines) == 4 * res.n_cells + 1 and lines[1].split(",")[1] == "rectangle"
+    assert len(lines) == 4 * res.n_cells + 1 and lines[1].split(",")[1] == "polygon"
     assert lines[1].split(",")[5] == res.label_names()[0]
 
     image = viewer.layers["MoTe2 sample (simulated)"]

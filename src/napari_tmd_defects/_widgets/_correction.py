@@ -92,6 +92,7 @@ def correct_cells(viewer, result, indices, label: int) -> tuple[list[dict], str]
                     img, result.boxes[idx], np.full(len(idx), int(label)), material=result.material,
                     pixel_size=result.pixel_size, source=image_source(layer),
                     confidence_before=before_conf, label_before=before_lab, normalized=normalized,
+                    frames=result.frames[idx],
                 )
                 msg += f"; saved to {db.path}" + ("" if normalized else " (raw crops: classifier not installed)")
             except (OSError, ValueError) as exc:

@@ -4,13 +4,18 @@ the dock widgets.
 For an image layer ``NAME`` the analysis makes (and later updates in place, by name):
 
 * ``NAME [hexagons]``   Shapes: detected hexagon boxes (thin cyan);
-* ``NAME [unit cells]`` Shapes: cell boxes, edge colour = class;
+* ``NAME [unit cells]`` Shapes: cell outlines (each in its own lattice frame), edge
+  colour = class (orange: on a domain boundary);
 * ``NAME [cell classes]`` Points at cell centres, face colour = class; ``features`` hold
   ``class``, ``class_id``, ``confidence``, ``flagged``, ``corrected`` (+ ``i``, ``j``,
   ``support``);
 * ``NAME [cell labels]`` Labels (optional): each cell box filled with class id + 1;
 * ``NAME [vacuum]`` Labels, only when the analysis found vacuum (a hole, the film's
-  edge): 1 where cells were left out.
+  edge): 1 where cells were left out;
+* ``NAME [boundaries]`` Shapes (paths), only when there are several domains: the domain
+  boundaries (grain, twin, inversion, translation);
+* ``NAME [sites]`` Points (hidden at first): every metal (blue) and chalcogen (red) site,
+  filled where a column was found, open where the site was placed from its neighbours.
 
 All layer data are in px of the image (rows, cols) and carry the image's ``scale`` and
 ``translate``, so they line up with it. Each of these layers holds the same ``Result``
@@ -37,7 +42,13 @@ ROLES = ("labels", "hexagons", "cells", "centres")
 _SUFFIX = {"labels": "cell labels", "hexagons": "hexagons", "cells": "unit cells", "centres": "cell classes"}
 #: Colour of cells without a class (RGBA).
 UNCLASSIFIED_RGBA = (1.0, 1.0, 1.0, 1.0)
+#: Colour of cells on a domain boundary (class ``boundary``).
+BOUNDARY_RGBA = (1.0, 0.55, 0.0, 1.0)
+#: Colour of the domain boundary lines.
+BOUNDARY_LINE_RGBA = (0.0, 1.0, 0.47, 1.0)
 HEXAGON_RGBA = (0.0, 0.85, 0.95, 1.0)
+#: Colours of the X (chalcogen) and M (metal) sites.
+SITE_RGBA = ((1.0, 0.3, 0.3, 1.0), (0.3, 0.6, 1.0, 1.0))
 
 
 class _Events:
@@ -92,10 +103,11 @@ def layer_name(image_name: str, role: str) -> str:
 
 
 def class_rgba(labels: np.ndarray) -> np.ndarray:
-    """(N, 4) RGBA colours of class ids (paper colours; white for unclassified)."""
+    """(N, 4) RGBA colours of class ids (paper colours; orange for boundary cells, white for
+    unclassified ones)."""
     lab = np.asarray(labels, dtype=int).reshape(-1)
-    table = np.array([(*c, 1.0) for c in CLASS_COLORS] + [UNCLASSIFIED_RGBA], dtype=float)
-    return table[np.where((lab >= 0) & (lab < N_CLASSES), lab, N_CLASSES)]
+    table = np.array([(*c, 1.0) for c in CLASS_COLORS] + [UNCLASSIFIED_RGBA, BOUNDARY_RGBA], dtype=float)
+    return table[np.where((lab >= 0) & (lab < N_CLASSES), lab, np.where(lab == -2, N_CLASSES + 1, N_CLASSES))]
 
 
 def cell_features(result) -> pd.DataFrame:
@@ -103,7 +115,7 @@ def cell_features(result) -> pd.DataFrame:
     names = result.label_names()
     return pd.DataFrame(
         {
-            "class": pd.Categorical(names, categories=[*result.class_names, "unclassified"]),
+            "class": pd.Categorical(names, categories=[*result.class_names, "unclassified", "boundary"]),
             "class_id": np.asarray(result.labels, dtype=int),
             "confidence": np.asarray(result.confidence, dtype=float),
             "flagged": np.asarray(result.flagged, dtype=bool),
@@ -111,6 +123,8 @@ def cell_features(result) -> pd.DataFrame:
             "i": np.asarray(result.ij[:, 0], dtype=int),
             "j": np.asarray(result.ij[:, 1], dtype=int),
             "support": np.asarray(result.support, dtype=int),
+            "domain": np.asarray(result.domain, dtype=int),
+            "placed": np.asarray(result.placed, dtype=int),
         }
     )
 
@@ -121,6 +135,11 @@ def _rectangles(boxes: np.ndarray) -> list[np.ndarray]:
     return [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]]) for x0, y0, x1, y1 in b]
 
 
+def _polygons(corners: np.ndarray) -> list[np.ndarray]:
+    """Corners ``(N, K, 2)`` (x, y) -> napari polygons ((row, col) vertices)."""
+    return [np.asarray(c, float)[:, ::-1].copy() for c in np.asarray(corners, float).reshape(len(corners), -1, 2)]
+
+
 def cell_centres(result) -> np.ndarray:
     """(N, 2) cell-box centres as (row, col) px."""
     b = np.asarray(result.boxes, dtype=float).reshape(-1, 4)
@@ -128,14 +147,14 @@ def cell_centres(result) -> np.ndarray:
 
 
 def label_image(result) -> np.ndarray:
-    """(rows, cols) uint8 image: class id + 1 inside each cell box (0 elsewhere, 7 =
-    unclassified)."""
+    """(rows, cols) uint8 image: class id + 1 inside each cell outline (0 elsewhere, 7 =
+    unclassified, 8 = boundary)."""
+    from skimage.draw import polygon
+
     out = np.zeros(result.image_shape, dtype=np.uint8)
-    h, w = out.shape
-    for (x0, y0, x1, y1), lab in zip(result.boxes, result.labels):
-        c0, r0 = max(0, int(np.ceil(x0))), max(0, int(np.ceil(y0)))
-        c1, r1 = min(w - 1, int(np.floor(x1))), min(h - 1, int(np.floor(y1)))
-        out[r0 : r1 + 1, c0 : c1 + 1] = lab + 1 if 0 <= lab < N_CLASSES else N_CLASSES + 1
+    for q, lab in zip(result.cell_outlines(), result.labels):
+        rr, cc = polygon(q[:, 1], q[:, 0], shape=out.shape)
+        out[rr, cc] = lab + 1 if 0 <= lab < N_CLASSES else (N_CLASSES + 2 if lab == -2 else N_CLASSES + 1)
     return out
 
 
@@ -146,6 +165,7 @@ def _labels_colormap():
     for k, c in enumerate(CLASS_COLORS):
         colors[k + 1] = (*c, 1.0)
     colors[N_CLASSES + 1] = UNCLASSIFIED_RGBA
+    colors[N_CLASSES + 2] = BOUNDARY_RGBA
     return DirectLabelColormap(color_dict=colors)
 
 
@@ -218,10 +238,12 @@ def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict
         else:
             viewer.add_labels(data, name=vac_name, opacity=0.25, **geo)
 
+    _show_structure(viewer, result, image_layer.name, geo, a_px)
+
     hexes = _rectangles(result.hexagon_boxes)
     if names["hexagons"] in layers:
         lay = layers[names["hexagons"]]
-        _set_shapes(lay, hexes, np.tile(HEXAGON_RGBA, (len(hexes), 1)), max(0.5, 0.02 * a_px))
+        _set_shapes(lay, hexes, np.tile(HEXAGON_RGBA, (len(hexes), 1)), max(0.5, 0.02 * a_px), "rectangle")
     else:
         lay = viewer.add_shapes(
             hexes or None, shape_type="rectangle", name=names["hexagons"],
@@ -230,14 +252,14 @@ def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict
         )
     out["hexagons"] = lay
 
-    rects = _rectangles(result.boxes)
+    rects = _polygons(result.cell_outlines()) if result.n_cells else []
     colors = class_rgba(result.labels)
     if names["cells"] in layers:
         lay = layers[names["cells"]]
         _set_shapes(lay, rects, colors, _edge_widths(result))
     else:
         lay = viewer.add_shapes(
-            rects or None, shape_type="rectangle", name=names["cells"], edge_color=colors if rects else "white",
+            rects or None, shape_type="polygon", name=names["cells"], edge_color=colors if rects else "white",
             face_color="transparent", edge_width=_edge_widths(result) if rects else 1.0, **geo,
         )
         _sel.connect_selection(lay)
@@ -272,12 +294,52 @@ def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict
     return out
 
 
-def _set_shapes(layer, rects: list[np.ndarray], colors: np.ndarray, widths) -> None:
-    """Replace all shapes of a Shapes layer by rectangles with given edge colours/widths."""
+def _show_structure(viewer, result, image_name: str, geo: dict[str, Any], a_px: float) -> None:
+    """The ``[boundaries]`` (when there are several domains) and ``[sites]`` layers, updated by name."""
+    layers = viewer.layers
+    model = result.sites
+    b_name, s_name = f"{image_name} [boundaries]", f"{image_name} [sites]"
+    lines = [np.asarray(ln, float)[:, ::-1].copy() for ln in (model.boundary_lines if model is not None else [])
+             if len(ln) >= 2]
+    width = max(1.0, 0.06 * a_px)
+    if lines or b_name in layers:
+        if b_name in layers:
+            _set_shapes(layers[b_name], lines, np.tile(BOUNDARY_LINE_RGBA, (len(lines), 1)), width, "path")
+        else:
+            viewer.add_shapes(lines, shape_type="path", name=b_name, edge_color=BOUNDARY_LINE_RGBA,
+                              edge_width=width, **geo)
+    if model is None:
+        return
+    s = model.sites
+    pts = s.xy[:, ::-1].copy() if len(s) else np.zeros((0, 2))
+    face = np.array([SITE_RGBA[int(r)] if r in (0, 1) else UNCLASSIFIED_RGBA for r in s.role]).reshape(-1, 4)
+    border = face.copy()
+    face[s.placed, 3] = 0.0  # placed sites: open circles
+    feats = pd.DataFrame({"role": np.where(s.role == 0, "X", "M"), "domain": s.domain, "placed": s.placed,
+                          "boundary": s.boundary, "height": s.height})
+    if s_name in layers:
+        lay = layers[s_name]
+        lay.data = pts
+        lay.features = feats
+    else:
+        lay = viewer.add_points(pts, name=s_name, size=max(2.0, 0.15 * a_px), border_width=0.25,
+                                border_width_is_relative=True, visible=False, features=feats, **geo)
+    if len(pts):
+        lay.face_color = face
+        lay.border_color = border
+
+
+def _set_shapes(layer, shapes: list[np.ndarray], colors: np.ndarray, widths, shape_type: str = "polygon") -> None:
+    """Replace all shapes of a Shapes layer by polygons (or rectangles, paths) with given
+    edge colours/widths."""
     layer.selected_data = set()
     layer.data = []
-    if rects:
-        layer.add_rectangles(rects, edge_width=widths, edge_color=colors, face_color="transparent")
+    if shapes:
+        add = {"polygon": layer.add_polygons, "rectangle": layer.add_rectangles, "path": layer.add_paths}[shape_type]
+        if shape_type == "path":
+            add(shapes, edge_width=widths, edge_color=colors)
+        else:
+            add(shapes, edge_width=widths, edge_color=colors, face_color="transparent")
 
 
 def refresh(viewer, result) -> None:

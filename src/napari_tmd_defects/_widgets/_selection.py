@@ -136,11 +136,9 @@ def install_click_selection(viewer) -> None:
         if pts is None:
             return
         row, col = np.asarray(pts.world_to_data(event.position))[-2:]
-        b = res.boxes
-        inside = (b[:, 0] <= col) & (col <= b[:, 2]) & (b[:, 1] <= row) & (row <= b[:, 3])
-        if not inside.any():
+        cand = res.cells_at(col, row)
+        if not len(cand):
             return
-        cand = np.flatnonzero(inside)
         cen = cell_centres(res)[cand]
         k = int(cand[np.argmin(np.hypot(cen[:, 0] - row, cen[:, 1] - col))])
         sel = set(selected_cells(v, res).tolist()) if "Shift" in event.modifiers else set()

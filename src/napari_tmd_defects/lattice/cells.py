@@ -195,16 +195,17 @@ def build_sites(
         boundary[bl.ravel()] = True
     boundary[:n_found] |= (graph.misfit[idx] > MAX_MISFIT) & inner[:n_found]
     tree = cKDTree(xy)
+    # a dislocation core takes the sites right next to it along
+    core = np.flatnonzero(boundary)
+    if len(core):
+        for lst in tree.query_ball_point(xy[core], 0.65 * a_px):
+            boundary[lst] = True
+    # sites facing another domain's
     if len(domains) > 1:
         pairs = tree.query_pairs(BOUNDARY_RADIUS_A * a_px, output_type="ndarray")
         if len(pairs):
             cross = dom[pairs[:, 0]] != dom[pairs[:, 1]]
             boundary[pairs[cross].ravel()] = True
-    # conflicts spread to the sites right next to them
-    core = np.flatnonzero(boundary[:n_found])
-    if len(core):
-        for lst in tree.query_ball_point(xy[core], 0.65 * a_px):
-            boundary[lst] = True
     # bright columns that fit no domain (or sit on a hollow): boundary atoms, adatoms
     lone = (domain < 0) | (role == 2)
     strays = np.zeros((0, 2))

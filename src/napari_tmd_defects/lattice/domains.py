@@ -32,6 +32,10 @@ __all__ = ["apply_hollow_votes", "assign_domains", "hollow_votes", "neighbourhoo
 
 #: Domains with fewer columns are not kept (their columns count as boundary).
 MIN_DOMAIN_COLUMNS = 10
+#: Orientations this far apart (degrees) within one lattice patch are different grains.
+MIN_GRAIN_TWIST_DEG = 5.0
+#: Regions of another order with fewer columns, inside a patch, join their neighbour.
+MIN_ISLAND_COLUMNS = 20
 #: Local orders closer than this (fraction of the bright-hollow span) defer to the patch's.
 MIN_MARGIN = 0.12
 #: A metal/chalcogen swap needs the two occupied classes this far apart (fraction of the span).
@@ -134,33 +138,57 @@ def assign_domains(
     norm = np.asarray(w.sum(axis=1)).reshape(-1, 1)
     smooth = (w @ levels) / norm
     hollow, bright, m_bright, m_hollow = _order(smooth)
-    # each patch's own order where the local one is not clear: the hollow must stand out
-    # of the occupied classes; a metal/chalcogen swap (an inversion domain) needs the two
-    # occupied classes clearly apart both locally and over the patch
+    # where the local order is not clear, the patch's: the bright class needs the two
+    # occupied classes clearly apart (else a noisy alloy would split into inversion
+    # domains; a patch of two inversion domains is balanced overall); the hollow needs to stand out of the dimmer class
+    # (where that class is not seen, the hollow keeps the patch's place relative to the
+    # bright class: a guess the hexagons can correct)
     for p in np.unique(patch):
         sel = patch == p
-        ph, pb, pm_b, _ = _order(np.median(levels[sel], axis=0)[None])
-        weak = sel & (m_hollow < MIN_MARGIN)
-        hollow[weak], bright[weak] = ph[0], pb[0]
-        keep_b = sel & ~weak & ((m_bright < MIN_SWAP_MARGIN) | (pm_b[0] < MIN_SWAP_MARGIN))
-        # keep the patch's bright class where it is occupied locally, else the local order
-        mid_local = 3 - hollow - bright
-        use_patch = keep_b & ((mid_local == pb[0]) | (bright == pb[0]))
-        bright[use_patch] = pb[0]
+        ph, pb, _, _ = _order(np.median(levels[sel], axis=0)[None])
+        weak_b = sel & (m_bright < MIN_SWAP_MARGIN)
+        bright[weak_b] = pb[0]
+        weak_h = sel & ((m_hollow < MIN_MARGIN) | (hollow == bright))
+        hollow[weak_h] = (bright[weak_h] + (ph[0] - pb[0])) % 3
     pattern = hollow * 3 + bright
     # majority of the neighbourhood (removes single noisy columns)
     votes = np.stack([np.asarray(w @ (pattern == k).astype(float)).reshape(-1) for k in range(9)], axis=1)
     pattern = np.argmax(votes, axis=1)
+    # grains of clearly different orientations that the graph linked through a boundary
+    if graph.orientation is not None:
+        pattern = pattern + 9 * _orientation_groups(np.degrees(graph.orientation[idx]), patch, w)
     # domains: linked columns of one patch and one pattern
+    patch_contrast = {p: _order(np.median(levels[patch == p], axis=0)[None])[2][0] for p in np.unique(patch)}
+    island_size = np.array([MIN_ISLAND_COLUMNS * (3 if patch_contrast[p] < MIN_SWAP_MARGIN else 1) for p in patch])
     pos = np.full(n, -1, np.int64)
     pos[idx] = np.arange(len(idx))
     lp, lq = pos[graph.links[:, 0]], pos[graph.links[:, 1]]
     keep = (lp >= 0) & (lq >= 0)
     lp, lq = lp[keep], lq[keep]
-    keep = pattern[lp] == pattern[lq]
-    adj = sparse.coo_matrix((np.ones(int(keep.sum())), (lp[keep], lq[keep])), shape=(len(idx),) * 2)
-    n_comp, comp = csgraph.connected_components(adj, directed=False)
-    sizes = np.bincount(comp, minlength=n_comp)
+    for _ in range(3):
+        keep = pattern[lp] == pattern[lq]
+        adj = sparse.coo_matrix((np.ones(int(keep.sum())), (lp[keep], lq[keep])), shape=(len(idx),) * 2)
+        n_comp, comp = csgraph.connected_components(adj, directed=False)
+        sizes = np.bincount(comp, minlength=n_comp)
+        # a small island of another order inside a patch is noise: it takes the order of the
+        # largest region it is linked to (larger islands count as noise in patches whose
+        # two column classes are hard to tell apart overall)
+        small = sizes[comp] < island_size
+        cross = ~keep & (small[lp] != small[lq])
+        if not cross.any():
+            break
+        a, b = np.where(small[lp[cross]], lp[cross], lq[cross]), np.where(small[lp[cross]], lq[cross], lp[cross])
+        best = {}
+        for i, j in zip(comp[a], b):
+            if i not in best or sizes[comp[j]] > sizes[comp[best[i]]]:
+                best[i] = j
+        for i, j in best.items():
+            pattern[comp == i] = pattern[j]
+    # a domain is one patch with one order (and orientation group): pieces of it that
+    # other domains or gaps separate are the same crystal variant
+    key = patch * 1000 + pattern
+    keys, comp, sizes = np.unique(key, return_inverse=True, return_counts=True)
+    comp = comp.reshape(-1)
     order = np.argsort(-sizes, kind="stable")
     domains: list[Domain] = []
     cls = graph.sublattice()[idx]
@@ -168,7 +196,7 @@ def assign_domains(
         if sizes[c] < min_columns:
             break
         sel = comp == c
-        pat = int(np.bincount(pattern[sel]).argmax())
+        pat = int(pattern[sel][0]) % 9
         h_cls = pat // 3
         lev = np.median(levels[sel], axis=0)
         basis = graph.basis[idx[sel]].mean(axis=0)
@@ -179,6 +207,39 @@ def assign_domains(
         domain[idx[sel]] = d.id
         role[idx[sel]] = _roles_of(cls[sel], d)
     return domain, role, domains
+
+
+def _orientation_groups(theta_deg: np.ndarray, patch: np.ndarray, w: sparse.csr_matrix) -> np.ndarray:
+    """Group of every column by the lattice orientation around it: where a patch's
+    orientations fall into separate peaks (at least :data:`MIN_GRAIN_TWIST_DEG` apart, each
+    with a sixth of the columns), the columns take the nearest peak, then the majority of
+    their neighbourhood. A bent lattice has one broad peak and stays one group."""
+    group = np.zeros(len(theta_deg), np.int64)
+    for p in np.unique(patch):
+        sel = np.flatnonzero(patch == p)
+        th = theta_deg[sel]
+        if len(th) < 3 * MIN_ISLAND_COLUMNS:
+            continue
+        lo, hi = np.floor(th.min()), np.ceil(th.max()) + 1
+        hist, edges = np.histogram(th, bins=np.arange(lo, hi + 1.0))
+        hist = np.convolve(hist, np.ones(3) / 3, mode="same")
+        centres = 0.5 * (edges[:-1] + edges[1:])
+        peaks = [k for k in range(len(hist)) if hist[k] > 0 and hist[k] == hist[max(0, k - 3):k + 4].max()]
+        big = sorted(k for k in peaks if hist[max(0, k - 2):k + 3].sum() >= len(th) / 6)
+        keep = big[:1]
+        for k in big[1:]:
+            # a separate grain: far enough, with a clear dip between the two peaks
+            dip = hist[keep[-1]:k + 1].min()
+            if centres[k] - centres[keep[-1]] >= MIN_GRAIN_TWIST_DEG and dip < 0.3 * min(hist[k], hist[keep[-1]]):
+                keep.append(k)
+        keep = [centres[k] for k in keep]
+        if len(keep) < 2:
+            continue
+        g = np.argmin(np.abs(th[:, None] - np.array(keep)[None]), axis=1)
+        sub = w[sel][:, sel]
+        votes = np.stack([np.asarray(sub @ (g == k).astype(float)).reshape(-1) for k in range(len(keep))], axis=1)
+        group[sel] = np.argmax(votes, axis=1)
+    return group
 
 
 def _roles_of(cls: np.ndarray, d: Domain) -> np.ndarray:

@@ -49,6 +49,12 @@ ROT60 = np.array([[0, -1], [1, 1]], dtype=np.int64)
 LINK_RADIUS = 1.2 * SQRT3
 #: Neighbours whose orientations differ by more than this (degrees) are not linked.
 MAX_TWIST_DEG = 8.0
+#: Links that fit within this many fine spacings hold a region together on their own ...
+STRONG_FIT = 0.15
+#: ... looser ones join two such regions only when at least this many agree.
+MIN_BRIDGE = 3
+#: ... unless one of the two regions holds fewer columns than this (a noisy fragment).
+MIN_BRIDGED_REGION = 25
 
 
 def _basis(theta: np.ndarray, a_f: np.ndarray) -> np.ndarray:
@@ -133,6 +139,8 @@ class LatticeGraph:
         Each column's position averaged with where its linked neighbours put it (px).
     bad_links : (B, 2) int
         Column pairs of one patch whose separation contradicts their indices.
+    orientation : (N,) float
+        Local lattice orientation (rad), continuous within a patch.
     """
 
     xy: np.ndarray
@@ -145,6 +153,7 @@ class LatticeGraph:
     a_fine: float
     fitted: np.ndarray | None = None
     bad_links: np.ndarray | None = None
+    orientation: np.ndarray | None = None
 
     @property
     def n_patches(self) -> int:
@@ -228,9 +237,22 @@ def index_columns(
     norm2 = step[:, 0] ** 2 + step[:, 1] ** 2 + step[:, 0] * step[:, 1]
     a_loc = 0.5 * (spacing[p] + spacing[q])
     ok = (np.abs(twist) < math.radians(MAX_TWIST_DEG)) & np.isin(norm2, (1, 3, 4)) & (res < tolerance * a_loc)
-    p, q, v, step, res = p[ok], q[ok], v[ok], step[ok], res[ok]
+    p, q, v, step, res, a_loc = p[ok], q[ok], v[ok], step[ok], res[ok], a_loc[ok]
     if len(p) == 0:
         return empty
+    # a loose link joins two regions that close links already hold together only when
+    # MIN_BRIDGE of them agree: one chance near-fit across a boundary does not merge domains
+    strong = res < STRONG_FIT * a_loc
+    g0 = sparse.coo_matrix((np.ones(int(strong.sum())), (p[strong], q[strong])), shape=(n, n))
+    _, core = csgraph.connected_components(g0, directed=False)
+    core_size = np.bincount(core)
+    cp, cq = np.minimum(core[p], core[q]), np.maximum(core[p], core[q])
+    pair = cp.astype(np.int64) * n + cq
+    uniq, inv, cnt = np.unique(pair, return_inverse=True, return_counts=True)
+    # (fragments of a noisy region always join: only two large regions need the quorum)
+    small = np.minimum(core_size[cp], core_size[cq]) < MIN_BRIDGED_REGION
+    keep = strong | (cp == cq) | (cnt[inv] >= MIN_BRIDGE) | small
+    p, q, v, step, res = p[keep], q[keep], v[keep], step[keep], res[keep]
     # patches and a spanning tree through the best links
     w = sparse.coo_matrix((res / a_f + 1e-3, (p, q)), shape=(n, n)).tocsr()
     n_comp, comp = csgraph.connected_components(w, directed=False)
@@ -304,4 +326,4 @@ def index_columns(
     a_med = float(np.median(spacing[inpatch])) if len(inpatch) else a_f
     return LatticeGraph(xy=pts, patch=patch, nm=nm, basis=basis, conflicts=conflicts.astype(np.int64),
                         links=np.stack([p, q], axis=1), misfit=misfit, a_fine=a_med, fitted=fitted,
-                        bad_links=bad_links)
+                        bad_links=bad_links, orientation=theta_u)
