@@ -267,3 +267,33 @@ def test_cli_train_errors_are_one_line(tmp_path, capsys):
     rc = main(["train-classifier", "--out", str(tmp_path / "x.pt"), "--n-per-class", "0"])
     assert rc == 1
     assert "no training data" in capsys.readouterr().err
+
+
+def test_frame_crops_equal_box_crops_at_rotation_0_and_follow_a_turned_lattice():
+    from napari_tmd_defects.classification import extract_crops, extract_frame_crops, normalize_image
+    from napari_tmd_defects.lattice.cells import cell_frames
+    from napari_tmd_defects.simulation import Noise, simulate
+    from napari_tmd_defects.sites import CANONICAL_HOLLOW, CANONICAL_PARTNER
+
+    def frames(t):
+        n = t.n_cells
+        th = np.radians(t.rotation_deg)
+        r = np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]])
+        p = np.tile(r @ CANONICAL_PARTNER * t.a_px, (n, 1))
+        h = np.tile(r @ CANONICAL_HOLLOW * t.a_px, (n, 1))
+        return cell_frames(t.cell_x_site, t.cell_m_site, p, h)
+
+    for ps in (0.08, 0.03):
+        sim = simulate("MoTe2", 320, pixel_size=ps, noise=Noise(None, 0), seed=1)
+        img = normalize_image(sim.image, ps)
+        a = extract_crops(img, sim.truth.cell_box)
+        b = extract_frame_crops(img, frames(sim.truth))
+        assert np.abs(a - b).max() < 1e-3
+    # the same cells in a lattice turned by 40°: the frame crops look canonical again
+    plain = simulate("MoTe2", 320, pixel_size=0.1, defect_fraction=0.0, noise=Noise(None, 0), seed=2)
+    turned = simulate("MoTe2", 320, pixel_size=0.1, rotation_deg=40, defect_fraction=0.0, noise=Noise(None, 0), seed=2)
+    ca = extract_frame_crops(normalize_image(plain.image, 0.1), frames(plain.truth)).mean(axis=0)
+    cb = extract_frame_crops(normalize_image(turned.image, 0.1), frames(turned.truth)).mean(axis=0)
+    assert np.corrcoef(ca.ravel(), cb.ravel())[0, 1] > 0.98
+    with pytest.raises(ValueError, match="NaN"):
+        extract_frame_crops(np.zeros((50, 50)), np.full((1, 2, 3), np.nan))

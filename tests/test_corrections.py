@@ -88,3 +88,19 @@ def test_missing_and_malformed_databases(tmp_path, image):
     (tmp_path / "index.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="missing columns"):
         read_index(tmp_path)
+
+
+def test_crop_frame_cuts_a_turned_cell_the_canonical_way_up():
+    from napari_tmd_defects.corrections import crop_frame
+
+    img = np.zeros((100, 100), np.float32)
+    img[40:60, 30:35] = 1.0  # a vertical bar
+    # a frame turned by 90°: its canonical x axis runs down the image
+    frame = np.array([[0.0, -10.0, 32.0], [10.0, 0.0, 45.0]])
+    crop = crop_frame(img, frame, box=(0.0, -0.5, 1.0, 0.5))
+    assert crop.shape == (10, 10)
+    assert crop[5].mean() > 0.9 and crop[0].mean() < 0.1  # the bar lies along the crop's rows
+    with pytest.raises(ValueError, match="outside"):
+        crop_frame(img, np.array([[10.0, 0, 500], [0, 10.0, 500]]))
+    with pytest.raises(ValueError, match="frame"):
+        crop_frame(img, np.zeros((3, 3)))

@@ -26,3 +26,27 @@ def test_scores_and_report():
     assert acc[0] == 1 and acc[1] == 0 and np.isnan(acc[2])
     md = format_report("t", {"m": tot}, command="tmd-defects evaluate")
     assert "| m | 2 | 20 | 90.00 %" in md and "V_Te1" in md
+
+
+def test_structure_scores_sites_boundaries_and_fake_clusters():
+    from conftest import TruthClassifier
+
+    from napari_tmd_defects.evaluation import score_result
+    from napari_tmd_defects.pipeline import analyze
+    from napari_tmd_defects.simulation import Boundary, Noise, simulate
+
+    sim = simulate("MoTe2", 384, pixel_size=0.1, defect_fraction=0.15, noise=Noise(30, 5), seed=12,
+                   boundaries=[Boundary("grain", angle_deg=45, misorientation_deg=20)])
+    t = sim.truth
+    res = analyze(sim.image, 0.1, use_detector=False, classifier=TruthClassifier(t))
+    s = score_result(res, t)
+    assert s.boundary_points > 0 and s.boundary_recall > 0.9
+    assert np.all(s.site_recall() > 0.9) and np.all(s.site_precision() > 0.9)
+    assert s.largest_fake_cluster <= 2
+    # a result that calls a block of fake V_M is caught by the cluster measure
+    lab = res.labels.copy()
+    centre = 0.5 * (res.x_sites + res.m_sites)
+    block = np.linalg.norm(centre - centre.mean(axis=0), axis=1) < 3.5 * t.a_px
+    res.labels = np.where(block & (lab >= 0), 3, lab)
+    s2 = score_result(res, t)
+    assert s2.largest_fake_cluster >= 10 and s2.site_precision()[0] < s.site_precision()[0]

@@ -89,3 +89,15 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_tiff_with_a_compression_tifffile_cannot_decode_is_read(tmp_path):
+    from PIL import Image
+
+    from napari_tmd_defects.io import read_image
+
+    a = (np.arange(64 * 64) % 251).reshape(64, 64).astype(np.uint8)
+    p = tmp_path / "lzw.tif"
+    Image.fromarray(a).save(p, compression="tiff_lzw")
+    img, meta = read_image(p)
+    assert img.shape == (64, 64) and np.array_equal(img, a.astype(np.float32))

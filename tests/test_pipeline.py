@@ -221,3 +221,38 @@ def test_shipped_networks_classify_mote2_end_to_end():
     assert s.class_accuracy > 0.98
     assert res.checks["detector_consistent"]
     assert np.all(s.site_recall() > 0.9) and np.all(s.site_precision() > 0.9)
+
+
+def test_chalcogens_the_frame_cannot_resolve_are_unresolved_not_vacancies():
+    # WS2 at a low dose: the S columns sit in the noise
+    sim = simulate("WS2", 384, pixel_size=0.1, defect_fraction=0.2, noise=Noise(3, 10), seed=7)
+    t = sim.truth
+    res = analyze(sim.image, 0.1, "WS2", use_detector=False, classifier=TruthClassifier(t))
+    assert res.checks["single_chalcogen_vacancies"] == "unresolved"
+    assert res.x_unresolved.any()
+    assert res.counts()["V_S1"] == 0 and res.counts()["V_S1+V_W"] == 0
+    assert any("too noisy to read" in w for w in res.warnings)
+    assert "unresolved" in res.table()["x_state"]
+    # a clean MoTe2 frame resolves everything
+    clean = simulate("MoTe2", 320, pixel_size=0.1, defect_fraction=0.2, noise=Noise(30, 5), seed=7)
+    ok = analyze(clean.image, 0.1, use_detector=False, classifier=TruthClassifier(clean.truth))
+    assert ok.checks["single_chalcogen_vacancies"] == "resolved" and not ok.x_unresolved.any()
+
+
+def test_classes_that_contradict_the_column_intensities_are_flagged():
+    sim = simulate("MoTe2", 320, pixel_size=0.1, defect_fraction=0.0, noise=Noise(30, 5), seed=8)
+    t = sim.truth
+
+    class Liar(TruthClassifier):
+        """Calls every tenth cell V_Te1 (one chalcogen missing) though all are perfect."""
+
+        def predict(self, *a, **k):
+            p = super().predict(*a, **k)
+            p[::10] = [0.02, 0.9, 0.02, 0.02, 0.02, 0.02]
+            return p
+
+    res = analyze(sim.image, 0.1, use_detector=False, classifier=Liar(t))
+    assert res.counts()["V_Te1"] == 0  # not counted: the columns are full
+    assert res.checks["cells_contradicting_image"] >= res.n_cells // 10 - 2
+    assert res.flagged[::10].mean() > 0.8
+    assert any("contradict the column intensities" in w for w in res.warnings)

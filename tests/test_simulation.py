@@ -248,3 +248,82 @@ def test_vacuum_removes_whole_cells_and_nothing_else():
         Vacuum("crack")
     with pytest.raises(ValueError):
         Vacuum("hole", fraction=0.0)
+
+
+# --------------------------------------------------------------------------- boundaries
+@pytest.mark.parametrize("kind", ["grain", "mirror", "inversion", "translation"])
+def test_boundaries_make_two_domains_without_overlapping_columns(kind):
+    from scipy.spatial import cKDTree
+
+    from napari_tmd_defects.simulation import Boundary, Noise, simulate
+
+    sim = simulate("MoSe2", 320, pixel_size=0.1, rotation_deg=7, defect_fraction=0.0, noise=Noise(None, 0),
+                   boundaries=[Boundary(kind, angle_deg=30, misorientation_deg=22, shift=(0.5, 0.0))], seed=3)
+    t = sim.truth
+    assert set(np.unique(t.cell_domain)) == {0, 1}
+    assert t.cell_boundary.any() and not t.cell_boundary.all()
+    assert len(t.boundary_lines) == 1 and t.boundary_length_px > 200
+    # boundary cells are the ones near the line
+    line = t.boundary_lines[0]
+    centre = 0.5 * (t.cell_x_site + t.cell_m_site)
+    dist = cKDTree(line).query(centre)[0]
+    assert np.all(dist[t.cell_boundary] < 1.1 * t.a_px) and np.all(dist[~t.cell_boundary] > 0.9 * t.a_px)
+    # columns of the two domains never sit on top of each other unless they are one column
+    cols = np.concatenate([t.cell_x_site, t.cell_m_site])
+    pairs = cKDTree(cols).query_pairs(0.5 * t.a_px / np.sqrt(3), output_type="ndarray")
+    dom = np.r_[t.cell_domain, t.cell_domain]
+    d = np.linalg.norm(cols[pairs[:, 0]] - cols[pairs[:, 1]], axis=1)
+    assert np.all(d[dom[pairs[:, 0]] != dom[pairs[:, 1]]] < 0.05)  # shared columns only
+    # the truth round-trips through JSON with its domains
+    from napari_tmd_defects.simulation import GroundTruth
+
+    again = GroundTruth.from_dict(t.to_dict())
+    assert np.array_equal(again.cell_domain, t.cell_domain) and np.array_equal(again.cell_boundary, t.cell_boundary)
+    assert len(again.boundary_lines) == 1 and again.boundary_length_px == pytest.approx(t.boundary_length_px, rel=1e-3)
+
+
+def test_mirror_twin_swaps_metal_and_hollow_across_a_zigzag_line():
+    from napari_tmd_defects import geometry as geo
+    from napari_tmd_defects.simulation import Boundary, Noise, simulate
+
+    sim = simulate("MoTe2", 320, pixel_size=0.1, defect_fraction=0.0, noise=Noise(None, 0),
+                   boundaries=[Boundary("mirror", angle_deg=3, variant="X")], seed=1)
+    t = sim.truth
+    a1, a2 = geo.lattice_vectors(t.a_px)
+    basis = np.stack([a1, a2], axis=1)
+    x0 = t.cell_x_site[t.cell_domain == 0][0]
+
+    def frac(p):
+        return np.linalg.solve(basis, (p - x0).T).T % 1.0
+
+    # X columns of both domains on one lattice (the mirror line runs through an X row) ...
+    fx = frac(t.cell_x_site[t.cell_domain == 1])
+    assert np.allclose(np.minimum(fx, 1 - fx), 0, atol=0.02)
+    # ... the second domain's metals sit on the first's hollow sites
+    fm = frac(t.cell_m_site[t.cell_domain == 1])
+    assert np.allclose(fm, [1 / 3, 1 / 3], atol=0.03)
+
+
+def test_nonlinear_scan_distortion_moves_columns_and_the_truth_follows():
+    from scipy import ndimage as ndi
+
+    from napari_tmd_defects.simulation import Distortion, Noise, simulate
+
+    plain = simulate("MoTe2", 320, pixel_size=0.1, defect_fraction=0.0, noise=Noise(None, 0), seed=2)
+    bent = simulate("MoTe2", 320, pixel_size=0.1, defect_fraction=0.0, noise=Noise(None, 0), seed=2,
+                    distortion=Distortion(bend_px=6.0, flyback_px=10.0))
+    shift = np.linalg.norm(bent.truth.cell_x_site[:50] - plain.truth.cell_x_site[:50], axis=1)
+    assert shift.max() > 2.0
+    # the clean image peaks where the truth says
+    v = ndi.map_coordinates(bent.clean, bent.truth.cell_x_site.T[::-1], order=1)
+    assert np.median(v) > 0.9
+
+
+def test_background_subtracted_export():
+    from napari_tmd_defects.simulation import Noise, simulate
+
+    sim = simulate("WSe2", 256, pixel_size=0.1, noise=Noise(20, 5, background=0.3, subtract_background=True,
+                                                           quantize_8bit=True), seed=4)
+    img = sim.image
+    assert img.min() >= 0 and img.max() <= 255 and np.all(img == np.round(img))
+    assert np.percentile(img, 10) < 10  # the background is gone

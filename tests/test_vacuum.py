@@ -60,3 +60,18 @@ def test_analyze_leaves_vacuum_cells_out():
     # switched off: the vacuum is not masked
     off = analyze(sim.image, 0.09, device="cpu", exclude_vacuum=False)
     assert off.vacuum_mask is None and off.vacuum_fraction == 0.0
+
+
+def test_a_second_grain_is_not_vacuum():
+    from napari_tmd_defects.lattice import find_sites
+    from napari_tmd_defects.simulation import Boundary, Noise, simulate
+    from napari_tmd_defects.vacuum import domain_lattices, vacuum_mask
+
+    sim = simulate("MoTe2", 384, pixel_size=0.1, defect_fraction=0.0, noise=Noise(20, 10), seed=3,
+                   boundaries=[Boundary("grain", angle_deg=90, misorientation_deg=24)])
+    model = find_sites(sim.image, sim.truth.a_px, "MoTe2")
+    lats = domain_lattices(model)
+    assert len(lats) == 2
+    # with the first grain's lattice only, the second grain would read as vacuum
+    assert vacuum_mask(sim.image, lats[:1]).mean() > 0.2
+    assert vacuum_mask(sim.image, lats).mean() < 0.01

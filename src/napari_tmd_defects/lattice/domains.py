@@ -206,7 +206,41 @@ def assign_domains(
         domains.append(d)
         domain[idx[sel]] = d.id
         role[idx[sel]] = _roles_of(cls[sel], d)
+    _sharpen_borders(graph, domain, role, domains, idx, patch, levels, cls)
     return domain, role, domains
+
+
+def _sharpen_borders(graph, domain, role, domains, idx, patch, levels, cls) -> None:
+    """Columns near another domain of their patch take the order their closer surroundings
+    (one lattice constant) show, when it is that of one of the two domains: the wider
+    smoothing that keeps domains whole would put the boundary a column or two off."""
+    if len(domains) < 2:
+        return
+    a_px = graph.a_fine * math.sqrt(3.0)
+    dom = domain[idx]
+    near = neighbourhood_matrix(graph.xy[idx], patch, 1.5 * a_px, 1.0 * a_px).tocoo()
+    border = np.zeros(len(idx), bool)
+    other = (dom[near.row] >= 0) & (dom[near.col] >= 0) & (dom[near.row] != dom[near.col])
+    border[near.row[other]] = True
+    if not border.any():
+        return
+    w1 = neighbourhood_matrix(graph.xy[idx], patch, 1.0 * a_px, 0.5 * a_px)
+    fine = (w1 @ levels) / np.asarray(w1.sum(axis=1)).reshape(-1, 1)
+    h_f, b_f, mb, mh = _order(fine)
+    pattern_of = {d.id: (3 - d.x_class - d.m_class, max((d.x_class, d.m_class), key=lambda k: d.class_levels[k]))
+                  for d in domains}
+    cand = {}
+    for i, j in zip(near.row[other], near.col[other]):
+        cand.setdefault(int(i), {int(dom[i])}).add(int(dom[j]))
+    for i, ks in cand.items():
+        if mh[i] < 2 * MIN_MARGIN or mb[i] < MIN_MARGIN:
+            continue
+        for k in ks:
+            ph, pb = pattern_of[k]
+            if h_f[i] == ph and b_f[i] == pb and k != dom[i]:
+                domain[idx[i]] = k
+                role[idx[i]] = _roles_of(cls[i:i + 1], domains[k])[0]
+                break
 
 
 def _orientation_groups(theta_deg: np.ndarray, patch: np.ndarray, w: sparse.csr_matrix) -> np.ndarray:

@@ -49,6 +49,8 @@ ROT60 = np.array([[0, -1], [1, 1]], dtype=np.int64)
 LINK_RADIUS = 1.2 * SQRT3
 #: Neighbours whose orientations differ by more than this (degrees) are not linked.
 MAX_TWIST_DEG = 8.0
+#: Patches whose columns have fewer links on average are chance alignments, not a lattice.
+MIN_MEAN_LINKS = 3.5
 #: Links that fit within this many fine spacings hold a region together on their own ...
 STRONG_FIT = 0.15
 #: ... looser ones join two such regions only when at least this many agree.
@@ -262,7 +264,11 @@ def index_columns(
     patch = np.full(n, -1, np.int64)
     nm = np.zeros((n, 2), np.int64)
     theta_u = theta.copy()
-    big = np.flatnonzero(sizes >= min_patch)
+    # a lattice links each column to several neighbours; chance alignments of noise peaks
+    # (vacuum, contamination) make thin chains
+    degree = np.bincount(p, minlength=n) + np.bincount(q, minlength=n)
+    mean_degree = np.bincount(comp, weights=degree[:n], minlength=n_comp) / np.maximum(sizes, 1)
+    big = np.flatnonzero((sizes >= min_patch) & (mean_degree >= MIN_MEAN_LINKS))
     for new_id, c in enumerate(big[np.argsort(-sizes[big], kind="stable")]):
         root = int(np.flatnonzero(comp == c)[0])
         order, pred = csgraph.breadth_first_order(mst, root, directed=False, return_predecessors=True)
