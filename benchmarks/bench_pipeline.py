@@ -44,7 +44,7 @@ def _worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from napari_tmd_defects.analysis import analyze
+    from napari_tmd_defects.pipeline import analyze
     from napari_tmd_defects.classification import load_classifier
     from napari_tmd_defects.detection import load_detector
     from napari_tmd_defects.io import read_image

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from napari_tmd_defects.analysis import analyze
+    from napari_tmd_defects.pipeline import analyze
     from napari_tmd_defects.classification import load_classifier
     from napari_tmd_defects.datasets import load_dataset
     from napari_tmd_defects.detection import load_detector

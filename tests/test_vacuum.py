@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_tmd_defects.analysis import analyze
+from napari_tmd_defects.pipeline import analyze
 from napari_tmd_defects.evaluation import score_result
 from napari_tmd_defects.geometry import estimate_lattice
 from napari_tmd_defects.simulation import Noise, Vacuum, simulate

@@ -1,6 +1,6 @@
 """Find and classify point defects in HAADF-STEM images of 2D TMD monolayers."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .materials import CLASS_COLORS, CLASS_KEYS, MATERIALS, Material, get_material
 from .simulation import GroundTruth, SimulatedImage, simulate

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .io import atomic_write
 from .materials import N_CLASSES, get_material
 from .sites import SiteModel
@@ -393,11 +393,3 @@ def prepare_image(image: np.ndarray) -> tuple[np.ndarray, list[str]]:
 
 
 
-
-def __getattr__(name: str):
-    # ``analysis.analyze`` (the pipeline moved to :mod:`.pipeline`) keeps working
-    if name == "analyze":
-        from .pipeline import analyze
-
-        return analyze
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

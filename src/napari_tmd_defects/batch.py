@@ -22,7 +22,7 @@ __all__ = ["BatchOptions", "FileOutcome", "expand_inputs", "run_batch"]
 
 @dataclass(frozen=True)
 class BatchOptions:
-    """Settings shared by every file of a batch (see :func:`analysis.analyze`)."""
+    """Settings shared by every file of a batch (see :func:`pipeline.analyze`)."""
 
     out_dir: str
     pixel_size: float | None = None

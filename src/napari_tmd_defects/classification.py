@@ -658,7 +658,7 @@ def simulate_crops(
         Replace the preset's noise with Poisson lambda uniform in the range (None: no
         shot noise) and Gaussian std mu (grey levels); optics are the paper's.
     match_to : str, optional
-        Show ``material`` images as this material, as :func:`~.analysis.analyze` does
+        Show ``material`` images as this material, as :func:`~.pipeline.analyze` does
         for a classifier trained on another material (:func:`~.contrast.match_contrast`):
         crops of the contrast-matched image, for training such a classifier.
 

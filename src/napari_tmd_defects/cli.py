@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__
+from ._version import __version__
 
 __all__ = ["main", "progress_printer"]
 

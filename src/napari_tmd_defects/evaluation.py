@@ -253,10 +253,10 @@ def score_result(result, truth) -> CellScore:
         xu_all = np.zeros(len(pc), bool)
     for k, (t_has, p_has) in enumerate(((tm, pm), (tx == 1, px == 1), (tx == 2, px == 2))):
         sel = t_deep & interior
-        if k > 0:  # chalcogen sites the result reports as unresolved are neither found nor missed
+        if k > 0 and len(xu_all):  # chalcogen sites the result reports as unresolved are neither found nor missed
             sel = sel & ~((match_t >= 0) & xu_all[np.maximum(match_t, 0)])
         j = match_t[sel]
-        called = np.where(j >= 0, p_has[np.maximum(j, 0)], False)
+        called = np.where(j >= 0, p_has[np.maximum(j, 0)], False) if len(p_has) else np.zeros(len(j), bool)
         s.site_tp[k] += int(np.sum(t_has[sel] & called))
         s.site_fn[k] += int(np.sum(t_has[sel] & ~called))
         s.site_fp[k] += int(np.sum(~t_has[sel] & called))

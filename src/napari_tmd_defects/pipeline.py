@@ -89,6 +89,12 @@ class Frame:
     models: dict[str, Any] = field(default_factory=dict)
 
 
+#: Weaker lattice reflections accepted when the lattice constant fits the given pixel size.
+MIN_LATTICE_STRENGTH_AT_HINT = 3.0
+#: ... within this relative tolerance.
+HINT_TOLERANCE = 0.1
+
+
 # --------------------------------------------------------------------------- stages
 def check_image(frame: Frame) -> bool:
     """Lattice constant from the image and the pixel size; False when there is no lattice."""
@@ -99,8 +105,15 @@ def check_image(frame: Frame) -> bool:
     if min(img.shape) < 32 or np.ptp(img) == 0:
         frame.warnings.append("image too small or constant: no lattice to analyse")
         return False
-    lat = estimate_lattice(img, a_hint=None if frame.pixel_size is None else mat.a / frame.pixel_size)
-    has_lattice = lat is not None and lat.strength >= MIN_LATTICE_STRENGTH
+    a_hint = None if frame.pixel_size is None else mat.a / frame.pixel_size
+    lat = estimate_lattice(img, a_hint=a_hint)
+    # several grains or heavy noise spread the reflections: a weaker lattice is taken when
+    # it has the lattice constant the pixel size predicts (noise rarely does both)
+    has_lattice = lat is not None and (
+        lat.strength >= MIN_LATTICE_STRENGTH
+        or (a_hint is not None and lat.strength >= MIN_LATTICE_STRENGTH_AT_HINT
+            and abs(lat.a_px / a_hint - 1.0) < HINT_TOLERANCE)
+    )
     frame.lattice = lat if has_lattice else None
     if not has_lattice:
         frame.warnings.append("no crystal lattice found in the image" if frame.pixel_size is not None else

@@ -6,7 +6,7 @@ window about one lattice constant wide (as in geometric phase analysis). Over th
 crystal it is nearly uniform (a missing cell lowers it by ~15 %); over vacuum it falls to
 the noise floor whatever the background, contamination or brightness. Regions where it
 stays below a fraction of the crystal's level, and that are larger than a few unit
-cells, are vacuum: :func:`~.analysis.analyze` leaves the cells there out of the counts,
+cells, are vacuum: :func:`~.pipeline.analyze` leaves the cells there out of the counts,
 the classification and the analysed area.
 """
 

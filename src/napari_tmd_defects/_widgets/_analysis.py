@@ -1,6 +1,6 @@
 """**Defect analysis** dock widget: image layer, material, pixel size, device -> Run.
 
-The analysis (:func:`napari_tmd_defects.analysis.analyze`) runs in a napari thread
+The analysis (:func:`napari_tmd_defects.pipeline.analyze`) runs in a napari thread
 worker with a progress bar and a Cancel button; results become layers (see
 :mod:`._layers`). Errors (missing models or weights, bad input) are shown as a short
 message in the widget. ``detector`` / ``classifier`` attributes take model objects
@@ -133,7 +133,7 @@ class AnalysisWidget(Container):
     def run(self, **overrides: Any):
         """Analyse synchronously (scripts); shows the layers and returns the ``Result``.
 
-        ``overrides`` are passed on to :func:`~napari_tmd_defects.analysis.analyze`
+        ``overrides`` are passed on to :func:`~napari_tmd_defects.pipeline.analyze`
         (e.g. ``alpha=0.7``). Raises what ``analyze`` raises.
         """
         from ..pipeline import analyze
