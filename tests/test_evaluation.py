@@ -50,3 +50,36 @@ def test_structure_scores_sites_boundaries_and_fake_clusters():
     res.labels = np.where(block & (lab >= 0), 3, lab)
     s2 = score_result(res, t)
     assert s2.largest_fake_cluster >= 10 and s2.site_precision()[0] < s.site_precision()[0]
+
+
+def test_cells_paired_with_another_metal_neighbour_still_match():
+    """The X -> M partner is a convention: a result that pairs every X with the metal
+    neighbour 120° away is scored against the truth's site states in its own pairing."""
+    from types import SimpleNamespace
+
+    from napari_tmd_defects.evaluation import score_result
+    from napari_tmd_defects.simulation import Noise, simulate
+
+    t = simulate("MoTe2", 320, pixel_size=0.1, rotation_deg=10, defect_fraction=0.3, noise=Noise(None, 0),
+                 seed=4).truth
+    bond = t.cell_m_site - t.cell_x_site
+    c, s = np.cos(np.radians(120)), np.sin(np.radians(120))
+    turned = np.stack([c * bond[:, 0] - s * bond[:, 1], s * bond[:, 0] + c * bond[:, 1]], axis=1)
+    want = t.cell_x_site + turned
+    d = np.linalg.norm(t.cell_m_site[None] - want[:, None], axis=2)
+    k = d.argmin(axis=1)
+    ok = d[np.arange(len(k)), k] < 0.1 * t.a_px  # X sites whose turned partner is in the frame
+    tx = np.asarray(t.cell_label) % 3
+    tm = np.asarray(t.cell_label) >= 3
+    labels = (tx + 3 * tm[k])[ok]
+    shift = (want - 0.5 * bond - t.cell_x_site)[ok]  # centre of the turned cell minus the truth's
+    boxes = t.cell_box[ok] + np.c_[shift, shift]
+    res = SimpleNamespace(n_cells=int(ok.sum()), labels=labels, boxes=boxes, x_sites=t.cell_x_site[ok],
+                          m_sites=t.cell_m_site[k[ok]], x_unresolved=np.zeros(int(ok.sum()), bool), sites=None,
+                          timings={})
+    sc = score_result(res, t)
+    assert sc.n_matched == ok.sum() and sc.class_accuracy == 1.0
+    # every vacancy on a site the result covers is found, and nothing else is called
+    assert sc.site_tp.tolist() == [int(tm[k[ok]].sum()), int(np.sum(tx[ok] == 1)), int(np.sum(tx[ok] == 2))]
+    assert np.all(sc.site_precision() == 1.0)
+    assert sc.largest_fake_cluster == 0

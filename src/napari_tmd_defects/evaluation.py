@@ -3,6 +3,12 @@
 Cells are matched one-to-one by the distance between box centres (below 0.3 a; the
 nearest other cell centre is a away), which works at any lattice rotation. For each match
 the box IoU is also recorded, giving the paper's "unit cells with IoU > 0.5" accuracy.
+
+Which of its three metal neighbours an X column is paired with is a convention (the
+partner bond closest to 30°, :data:`.sites.CANONICAL_PARTNER`); a domain turned close to
+±60° may be paired the other way than the simulator paired it. Such cells still match
+when their X and M sites are the truth's (:func:`match_sites`), and are scored against
+the truth's site states in that pairing. Vacancy sites are scored site by site.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 from .geometry import box_iou
 from .materials import CLASS_VACANCIES, N_CLASSES, get_material
 
-__all__ = ["CellScore", "match_cells", "score_result", "aggregate", "format_report"]
+__all__ = ["CellScore", "match_cells", "match_sites", "score_result", "aggregate", "format_report"]
 
 
 def match_cells(pred_boxes: np.ndarray, gt_boxes: np.ndarray, a_px: float, max_dist: float = 0.3):
@@ -62,6 +68,23 @@ def match_cells(pred_boxes: np.ndarray, gt_boxes: np.ndarray, a_px: float, max_d
     near = np.array([len(js) > 0 for js in pairs])
     n_dup = int(np.sum(near & ~matched_pred))
     return ri, ci, n_dup
+
+
+def match_sites(pred: np.ndarray, true: np.ndarray, a_px: float, max_dist: float = 0.3) -> np.ndarray:
+    """Index of the true site each predicted site ``(N, 2)`` stands on (within ``max_dist * a_px``
+    px, mutual nearest neighbours), or -1."""
+    from scipy.spatial import cKDTree
+
+    p = np.asarray(pred, float).reshape(-1, 2)
+    t = np.asarray(true, float).reshape(-1, 2)
+    out = np.full(len(p), -1)
+    if len(p) == 0 or len(t) == 0:
+        return out
+    d, j = cKDTree(t).query(p)
+    back = cKDTree(p).query(t)[1]
+    ok = (d <= max_dist * a_px) & (back[j] == np.arange(len(p)))
+    out[ok] = j[ok]
+    return out
 
 
 @dataclass
@@ -202,10 +225,11 @@ def _site_states(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def score_result(result, truth) -> CellScore:
     """Compare one :class:`analysis.Result` with its :class:`simulation.GroundTruth`.
 
-    Cells are matched by box centres; classes are scored on true cells off the domain
+    Cells are matched by box centres, or, when paired the other way, by their X and M
+    sites (see the module doc); classes are scored on true cells off the domain
     boundaries (boundary cells are not point defects). Vacancy sites (V_M, V_X1, V_X2)
-    are scored in domain interiors (farther than :data:`INTERIOR_MARGIN_A` a from a true
-    boundary), reported cells that match no true cell counting as false calls there;
+    are scored site by site in domain interiors (farther than :data:`INTERIOR_MARGIN_A` a
+    from a true boundary), calls on sites that are not there counting as false;
     boundaries by the share of their length found within one lattice constant.
     """
     from scipy.spatial import cKDTree
@@ -216,7 +240,28 @@ def score_result(result, truth) -> CellScore:
     s.true_counts = np.bincount(truth.cell_label[interior], minlength=N_CLASSES)
     lab = np.asarray(result.labels)
     s.pred_counts = np.bincount(lab[lab >= 0], minlength=N_CLASSES)
-    pi, gi, dup = match_cells(result.boxes, truth.cell_box, truth.a_px)
+    a = float(truth.a_px)
+    n_p = int(result.n_cells)
+    xu = np.asarray(getattr(result, "x_unresolved", np.zeros(n_p, bool)), bool)
+    if len(xu) != n_p:
+        xu = np.zeros(n_p, bool)
+    tx, tm = _site_states(truth.cell_label)
+    px, pm = _site_states(lab)
+    on_x = match_sites(result.x_sites, truth.cell_x_site, a) if n_p else np.zeros(0, int)
+    on_m = match_sites(result.m_sites, truth.cell_m_site, a) if n_p else np.zeros(0, int)
+    pi, gi, dup = match_cells(result.boxes, truth.cell_box, a)
+    # cells paired with another metal neighbour than the truth's: both sites on true sites
+    free_p = np.ones(n_p, bool)
+    free_p[pi] = False
+    free_t = np.ones(truth.n_cells, bool)
+    free_t[gi] = False
+    extra = np.flatnonzero(free_p & (on_x >= 0) & (on_m >= 0))
+    extra = extra[free_t[on_x[extra]]]
+    pi, gi = np.r_[pi, extra].astype(int), np.r_[gi, on_x[extra]].astype(int)
+    # the truth in the result's pairing: the state of the true X and of the true M
+    t_lab = truth.cell_label[gi].copy()
+    both = (on_x[pi] >= 0) & (on_m[pi] >= 0) if len(pi) else np.zeros(0, bool)
+    t_lab[both] = tx[on_x[pi][both]] + 3 * tm[on_m[pi][both]].astype(int)
     s.n_matched = len(pi)
     s.n_duplicates = dup
     s.n_boundary_cells = int(np.sum(lab == -2))
@@ -224,44 +269,38 @@ def score_result(result, truth) -> CellScore:
         iou = box_iou(result.boxes[pi], truth.cell_box[gi])[np.arange(len(pi)), np.arange(len(pi))]
         s.iou_sum = float(iou.sum())
         s.n_iou50 = int(np.sum(iou > 0.5))
-        xu = np.asarray(getattr(result, "x_unresolved", np.zeros(result.n_cells, bool)), bool)
-        if len(xu) != result.n_cells:
-            xu = np.zeros(result.n_cells, bool)
         s.n_unresolved = int(np.sum(xu[pi] & interior[gi]))
         # classes are scored where the result resolves them
         ok = (lab[pi] >= 0) & interior[gi] & ~xu[pi]
-        np.add.at(s.confusion, (truth.cell_label[gi][ok], lab[pi][ok]), 1)
-    # ---- vacancy sites in domain interiors
-    a = float(truth.a_px)
-    tc = 0.5 * (truth.cell_x_site + truth.cell_m_site)
-    pc = 0.5 * (result.x_sites + result.m_sites) if result.n_cells else np.zeros((0, 2))
+        np.add.at(s.confusion, (t_lab[ok], lab[pi][ok]), 1)
+    # ---- vacancy sites in domain interiors, site by site
     tline = _line_points(truth.boundary_lines, 0.25 * a)
-    if len(tline):
-        line_tree = cKDTree(tline)
-        t_deep = line_tree.query(tc)[0] > INTERIOR_MARGIN_A * a if len(tc) else np.zeros(0, bool)
-        p_deep = line_tree.query(pc)[0] > INTERIOR_MARGIN_A * a if len(pc) else np.zeros(0, bool)
-    else:
-        t_deep, p_deep = np.ones(len(tc), bool), np.ones(len(pc), bool)
-    tx, tm = _site_states(truth.cell_label)
-    px, pm = _site_states(lab)
-    match_t = np.full(len(tc), -1)
-    match_t[gi] = pi
-    matched_p = np.zeros(len(pc), bool)
-    matched_p[pi] = True
-    xu_all = np.asarray(getattr(result, "x_unresolved", np.zeros(len(pc), bool)), bool)
-    if len(xu_all) != len(pc):
-        xu_all = np.zeros(len(pc), bool)
-    for k, (t_has, p_has) in enumerate(((tm, pm), (tx == 1, px == 1), (tx == 2, px == 2))):
-        sel = t_deep & interior
-        if k > 0 and len(xu_all):  # chalcogen sites the result reports as unresolved are neither found nor missed
-            sel = sel & ~((match_t >= 0) & xu_all[np.maximum(match_t, 0)])
-        j = match_t[sel]
-        called = np.where(j >= 0, p_has[np.maximum(j, 0)], False) if len(p_has) else np.zeros(len(j), bool)
-        s.site_tp[k] += int(np.sum(t_has[sel] & called))
-        s.site_fn[k] += int(np.sum(t_has[sel] & ~called))
-        s.site_fp[k] += int(np.sum(~t_has[sel] & called))
-        s.site_fp[k] += int(np.sum(p_has & ~matched_p & p_deep))  # cells that are not there
+    line_tree = cKDTree(tline) if len(tline) else None
+
+    def deep(pts: np.ndarray) -> np.ndarray:
+        pts = np.asarray(pts, float).reshape(-1, 2)
+        if line_tree is None or len(pts) == 0:
+            return np.ones(len(pts), bool)
+        return line_tree.query(pts)[0] > INTERIOR_MARGIN_A * a
+
+    for k, (t_xy, p_xy, on, t_has, p_has) in enumerate((
+        (truth.cell_m_site, result.m_sites, on_m, tm, pm),
+        (truth.cell_x_site, result.x_sites, on_x, tx == 1, px == 1),
+        (truth.cell_x_site, result.x_sites, on_x, tx == 2, px == 2),
+    )):
+        calls = p_has & ~xu if k > 0 else p_has.copy()
+        found = np.full(len(t_xy), -1)
+        found[on[on >= 0]] = np.flatnonzero(on >= 0)
+        sel = deep(t_xy) & interior
+        if k > 0:  # chalcogen sites the result reports as unresolved are neither found nor missed
+            sel &= ~((found >= 0) & xu[np.maximum(found, 0)])
+        called = (found >= 0) & calls[np.maximum(found, 0)] if n_p else np.zeros(len(t_xy), bool)
+        s.site_tp[k] += int(np.sum(t_has & called & sel))
+        s.site_fn[k] += int(np.sum(t_has & ~called & sel))
+        s.site_fp[k] += int(np.sum(~t_has & called & sel))
+        s.site_fp[k] += int(np.sum(calls & (on < 0) & deep(p_xy)))  # sites that are not there
     # ---- boundaries
+    pc = 0.5 * (result.x_sites + result.m_sites) if n_p else np.zeros((0, 2))
     rep = result.sites.boundary_lines if getattr(result, "sites", None) is not None else []
     rline = _line_points(rep, 0.25 * a)
     evidence = np.concatenate([rline, pc[lab == -2]]) if len(pc) else rline
@@ -277,7 +316,7 @@ def score_result(result, truth) -> CellScore:
     wrong = np.zeros(len(pc), bool)
     if len(pc):
         truth_lab = np.full(len(pc), -1)
-        truth_lab[pi] = truth.cell_label[gi]
+        truth_lab[pi] = t_lab
         wrong = (lab > 0) & (lab != truth_lab)
     best = 0
     for k in range(1, N_CLASSES):

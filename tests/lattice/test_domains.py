@@ -67,3 +67,28 @@ def test_hexagon_votes_decide_an_ambiguous_hollow():
                           np.where(st.graph.sublattice() == d.m_class, ROLE_M, 2))
     notes = st.check_hollows(sim.truth.hex_center)
     assert (d.x_class, d.m_class) == good and d.roles_from_hexagons and notes
+
+
+def test_a_weak_contrast_inversion_domain_is_still_found():
+    # metal and chalcogen columns within ~15 % of each other, and the two domains balance
+    # the patch's overall order: only the significance of the local order tells them apart
+    from napari_tmd_defects.simulation import Optics
+
+    sim = simulate("MoSe2", 384, pixel_size=0.1, rotation_deg=5, defect_fraction=0.05, noise=Noise(30, 5), seed=6,
+                   optics=Optics(z_exponent=2.4), boundaries=[Boundary("inversion", angle_deg=40, shift=(0.5, 0.0))])
+    st = find_domains(sim.image, sim.truth.a_px, "MoSe2")
+    assert len(st.domains) == 2 and max(d.contrast for d in st.domains) < 0.2
+    acc, n = _role_accuracy(st, sim.truth)
+    assert n > 150 and acc > 0.98
+
+
+def test_two_regions_needs_two_clearly_signed_groups():
+    from napari_tmd_defects.lattice.domains import _two_regions
+
+    rng = np.random.default_rng(0)
+    assert _two_regions(np.r_[rng.normal(-5, 1, 100), rng.normal(5, 1, 200)])
+    # one population with a long low tail (an alloy's fluctuations): no split
+    assert not _two_regions(np.r_[rng.normal(5, 2.5, 300), rng.normal(0, 1.5, 60)])
+    # clearly two groups, but both on the same side of zero: no swap
+    assert not _two_regions(np.r_[rng.normal(1, 0.5, 100), rng.normal(8, 0.5, 100)])
+    assert not _two_regions(np.r_[rng.normal(-5, 1, 10), rng.normal(5, 1, 200)])  # too few to be a domain

@@ -11,7 +11,9 @@ image decides where it is which). A change of that order inside a patch is a mir
 inversion or translation boundary; a different patch is a different grain.
 
 Where the two occupied classes are about equally bright, the local order is not trusted
-and the patch's overall order is used instead.
+and the patch's overall order is used instead, unless the patch splits cleanly into two
+regions in which one or the other class is brighter by several standard errors (a
+weak-contrast inversion or twin domain; an alloy's fluctuations only give a tail).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ MIN_ISLAND_COLUMNS = 20
 MIN_MARGIN = 0.12
 #: A metal/chalcogen swap needs the two occupied classes this far apart (fraction of the span).
 MIN_SWAP_MARGIN = 0.2
+#: ... or, where the whole patch's two classes are closer than that, a local difference of
+#: the other sign this many standard errors from zero.
+MIN_SWAP_Z = 3.0
 
 _NORM2 = FINE_OFFSETS[:, 0] ** 2 + FINE_OFFSETS[:, 1] ** 2 + FINE_OFFSETS[:, 0] * FINE_OFFSETS[:, 1]
 SHELL1 = FINE_OFFSETS[_NORM2 == 1]
@@ -86,6 +91,42 @@ def _order(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     srt = np.sort(levels, axis=1)
     span = np.maximum(srt[:, 2] - srt[:, 0], 1e-12)
     return hollow, bright, (srt[:, 2] - srt[:, 1]) / span, (srt[:, 1] - srt[:, 0]) / span
+
+
+def _swap_significance(levels: np.ndarray, w: sparse.csr_matrix, sel: np.ndarray, bright: int,
+                       other: int) -> np.ndarray:
+    """Smoothed difference of two classes' levels at each column, in standard errors.
+
+    ``levels`` (n, 3) per column, ``w`` the neighbourhood weights, ``sel`` the columns of
+    one patch; the error comes from the columns' scatter about their smoothed value
+    (median absolute deviation, so a swapped region does not inflate it) and the number
+    of columns the smoothing averages.
+    """
+    d = levels[sel, bright] - levels[sel, other]
+    ws = w[sel][:, sel]
+    tot = np.asarray(ws.sum(axis=1)).reshape(-1)
+    smooth = (ws @ d) / tot
+    n_eff = tot**2 / np.asarray(ws.multiply(ws).sum(axis=1)).reshape(-1)
+    sd = 1.4826 * np.median(np.abs(d - smooth)) * math.sqrt(1.0 + 1.0 / max(float(np.median(n_eff)), 1.0))
+    return smooth / max(sd, 1e-12) * np.sqrt(n_eff)
+
+
+def _two_regions(z: np.ndarray) -> bool:
+    """True when values ``z`` (standard errors) split into a clearly negative and a clearly
+    positive group: the best two-group split has means beyond -/+ :data:`MIN_SWAP_Z`, at
+    least :data:`MIN_ISLAND_COLUMNS` values each, and is bimodal (Ashman's D >= 3)."""
+    zs = np.sort(np.asarray(z, float))
+    n = len(zs)
+    if n < 2 * MIN_ISLAND_COLUMNS:
+        return False
+    k = np.arange(MIN_ISLAND_COLUMNS, n - MIN_ISLAND_COLUMNS + 1)
+    c1, c2 = np.cumsum(zs), np.cumsum(zs**2)
+    m_lo, m_hi = c1[k - 1] / k, (c1[-1] - c1[k - 1]) / (n - k)
+    v_lo = c2[k - 1] / k - m_lo**2
+    v_hi = (c2[-1] - c2[k - 1]) / (n - k) - m_hi**2
+    b = int(np.argmin(k * v_lo + (n - k) * v_hi))
+    d = abs(m_hi[b] - m_lo[b]) * math.sqrt(2.0 / max(v_lo[b] + v_hi[b], 1e-12))
+    return bool(m_lo[b] < -MIN_SWAP_Z and m_hi[b] > MIN_SWAP_Z and d >= 3.0)
 
 
 def _screen_angle(v: np.ndarray) -> np.ndarray:
@@ -145,11 +186,17 @@ def assign_domains(
     # bright class: a guess the hexagons can correct)
     for p in np.unique(patch):
         sel = patch == p
-        ph, pb, _, _ = _order(np.median(levels[sel], axis=0)[None])
+        ph, pb, mb, _ = _order(np.median(levels[sel], axis=0)[None])
         weak_b = sel & (m_bright < MIN_SWAP_MARGIN)
         bright[weak_b] = pb[0]
-        weak_h = sel & ((m_hollow < MIN_MARGIN) | (hollow == bright))
-        hollow[weak_h] = (bright[weak_h] + (ph[0] - pb[0])) % 3
+        if mb[0] < MIN_SWAP_MARGIN:
+            # two occupied classes hard to tell apart column by column: a region where the
+            # other one is significantly brighter is still a swapped (inversion, twin) domain
+            # when the patch splits cleanly into two such regions (a noisy or alloyed patch
+            # only has a tail of low values); the sign then places the boundary
+            z = _swap_significance(levels, w, sel, int(pb[0]), int(3 - ph[0] - pb[0]))
+            if _two_regions(z):
+                bright[np.flatnonzero(sel)[z < 0.0]] = 3 - ph[0] - pb[0]
     pattern = hollow * 3 + bright
     # majority of the neighbourhood (removes single noisy columns)
     votes = np.stack([np.asarray(w @ (pattern == k).astype(float)).reshape(-1) for k in range(9)], axis=1)
