@@ -5,9 +5,10 @@
   (a vacancy, or a column too faint to stand out) gets a *placed* site when its own
   neighbours in the domain vouch for it: all three nearest sites of the other
   sublattice present, or at least six of its nine nearest sites. It is put where those
-  neighbours put it (their position plus the local lattice step). Two rounds, so small
+  neighbours put it (their position plus the local lattice step). Four rounds, so small
   vacancy clusters close, but a hole in the film or the space beyond the flake's edge
-  is never filled.
+  is never filled, nor a position on the far side of a boundary (nearer to another
+  domain's columns than to its own).
 * **Dim columns**: a position of the M or X sublattice next to present sites whose
   intensity reaches half its sublattice's level holds a column even where that column is
   no local maximum (a dim column on the shoulders of bright ones, e.g. with defocus).
@@ -54,6 +55,22 @@ DIM_COLUMN_LEVEL = 0.5
 #: An unindexed column brighter than this fraction of its domain's dimmer sublattice is a stray atom.
 STRAY_LEVEL = 0.6
 _NEIGHBOUR_STEPS = np.concatenate([SHELL1, SHELL3])
+
+
+def _foreign(pos: np.ndarray, dom: np.ndarray, col_xy: np.ndarray, col_dom: np.ndarray, tree: cKDTree,
+             a_fine: float) -> np.ndarray:
+    """Positions ``(N, 2)`` of domain ``dom`` that lie nearer (by a tenth of a fine spacing)
+    to a column of another domain than to any of their own, within 1.5 fine spacings."""
+    if len(pos) == 0 or len(col_xy) == 0:
+        return np.zeros(len(pos), bool)
+    k = min(8, len(col_xy))
+    d, j = tree.query(pos, k=k, distance_upper_bound=1.5 * a_fine)
+    d, j = d.reshape(len(pos), k), j.reshape(len(pos), k)
+    ok = np.isfinite(d)
+    cd = np.where(ok, col_dom[np.minimum(j, len(col_xy) - 1)], -1)
+    d_own = np.where(ok & (cd == dom[:, None]), d, np.inf).min(axis=1)
+    d_other = np.where(ok & (cd >= 0) & (cd != dom[:, None]), d, np.inf).min(axis=1)
+    return d_other < d_own - 0.1 * a_fine
 
 
 def _keys(domain: np.ndarray, nm: np.ndarray) -> np.ndarray:
@@ -108,6 +125,8 @@ def build_sites(
         return Sites.empty(), np.zeros((0, 2))
     a_px = graph.a_fine * math.sqrt(3.0)
     col_tree = cKDTree(graph.xy)
+    found_cols = np.flatnonzero(domain >= 0)
+    col_tree_dom = cKDTree(graph.xy[found_cols])
     lvl_x = np.array([d.levels["X"] for d in domains])
     lvl_m = np.array([d.levels["M"] for d in domains])
     for _ in range(rounds):
@@ -164,6 +183,8 @@ def build_sites(
         other_dom = (domain[k_col] >= 0) & (domain[k_col] != cand_dom)
         bright_lone = (domain[k_col] < 0) & (columns.height[k_col] >= STRAY_LEVEL * np.minimum(lvl_x, lvl_m)[cand_dom])
         taken = np.isfinite(d_col) & (other_dom | bright_lone)
+        # nor on the far side of a boundary: nearer to another domain's columns than to its own
+        taken |= _foreign(pos, cand_dom, graph.xy[found_cols], domain[found_cols], col_tree_dom, graph.a_fine)
         seen &= ~taken
         fill = (seen | (has & vouched)) & ~taken
         inside = fill & (pos[:, 0] >= 0) & (pos[:, 0] <= w - 1) & (pos[:, 1] >= 0) & (pos[:, 1] <= h - 1)

@@ -203,7 +203,8 @@ def assign_domains(
     pattern = np.argmax(votes, axis=1)
     # grains of clearly different orientations that the graph linked through a boundary
     if graph.orientation is not None:
-        pattern = pattern + 9 * _orientation_groups(np.degrees(graph.orientation[idx]), patch, w)
+        pattern = pattern + 9 * _orientation_groups(np.degrees(graph.orientation[idx]), patch, w,
+                                                    graph.xy[idx], graph.a_fine)
     # domains: linked columns of one patch and one pattern
     patch_contrast = {p: _order(np.median(levels[patch == p], axis=0)[None])[2][0] for p in np.unique(patch)}
     island_size = np.array([MIN_ISLAND_COLUMNS * (3 if patch_contrast[p] < MIN_SWAP_MARGIN else 1) for p in patch])
@@ -290,11 +291,14 @@ def _sharpen_borders(graph, domain, role, domains, idx, patch, levels, cls) -> N
                 break
 
 
-def _orientation_groups(theta_deg: np.ndarray, patch: np.ndarray, w: sparse.csr_matrix) -> np.ndarray:
+def _orientation_groups(theta_deg: np.ndarray, patch: np.ndarray, w: sparse.csr_matrix, xy: np.ndarray,
+                        a_fine: float) -> np.ndarray:
     """Group of every column by the lattice orientation around it: where a patch's
     orientations fall into separate peaks (at least :data:`MIN_GRAIN_TWIST_DEG` apart, each
     with a sixth of the columns), the columns take the nearest peak, then the majority of
-    their neighbourhood. A bent lattice has one broad peak and stays one group."""
+    their neighbourhood, then, next to the other grain, the grain whose lattice their
+    position fits (:func:`_fit_groups`). A bent lattice has one broad peak and stays one
+    group."""
     group = np.zeros(len(theta_deg), np.int64)
     for p in np.unique(patch):
         sel = np.flatnonzero(patch == p)
@@ -319,7 +323,50 @@ def _orientation_groups(theta_deg: np.ndarray, patch: np.ndarray, w: sparse.csr_
         g = np.argmin(np.abs(th[:, None] - np.array(keep)[None]), axis=1)
         sub = w[sel][:, sel]
         votes = np.stack([np.asarray(sub @ (g == k).astype(float)).reshape(-1) for k in range(len(keep))], axis=1)
-        group[sel] = np.argmax(votes, axis=1)
+        group[sel] = _fit_groups(xy[sel], np.argmax(votes, axis=1), np.radians(keep), a_fine)
+    return group
+
+
+def _fit_groups(xy: np.ndarray, group: np.ndarray, theta: np.ndarray, a_fine: float, rounds: int = 3) -> np.ndarray:
+    """Columns next to another orientation group join the group whose lattice their position fits.
+
+    The smoothed orientation blurs a grain boundary over a lattice constant or two; the
+    positions do not: seen from a grain's columns within 1.2 a, a column of that grain
+    sits on its fine lattice (orientation ``theta[g]`` rad, spacing ``a_fine`` px), a
+    column of the other grain mostly does not. A column moves when its median distance to
+    the other grain's lattice is under a quarter spacing and under 0.6 times that to its
+    own group's.
+    """
+    from .graph import _basis
+
+    n = len(xy)
+    k = min(13, n)
+    if k < 4:
+        return group
+    dist, nb = cKDTree(xy).query(xy, k=k)
+    dist, nb = dist[:, 1:], nb[:, 1:]
+    near = dist < 1.2 * math.sqrt(3.0) * a_fine
+    group = group.copy()
+    for _ in range(rounds):
+        resid = np.full((n, len(theta)), np.inf)
+        for g, th in enumerate(theta):
+            b = _basis(np.array([th]), a_fine)[0]
+            v = xy[:, None, :] - xy[nb]  # (n, k-1, 2)
+            f = v @ np.linalg.inv(b).T
+            r = (f - np.round(f)) @ b.T
+            d = np.hypot(r[..., 0], r[..., 1]) / a_fine
+            use = near & (group[nb] == g)
+            cnt = use.sum(axis=1)
+            dm = np.where(use, d, np.nan)
+            with np.errstate(all="ignore"):
+                med = np.nanmedian(dm, axis=1)
+            resid[:, g] = np.where(cnt >= 2, med, np.inf)
+        best = np.argmin(resid, axis=1)
+        own = resid[np.arange(n), group]
+        move = (best != group) & (resid[np.arange(n), best] < 0.25) & (resid[np.arange(n), best] < 0.6 * own)
+        if not move.any():
+            break
+        group[move] = best[move]
     return group
 
 
