@@ -256,3 +256,27 @@ def test_classes_that_contradict_the_column_intensities_are_flagged():
     assert res.checks["cells_contradicting_image"] >= res.n_cells // 10 - 2
     assert res.flagged[::10].mean() > 0.8
     assert any("contradict the column intensities" in w for w in res.warnings)
+
+
+def test_a_metal_vacancy_called_on_a_standing_metal_column_is_not_counted():
+    sim = simulate("MoTe2", 320, pixel_size=0.1, defect_fraction=0.0, noise=Noise(30, 5), seed=8)
+    t = sim.truth
+
+    class Liar(TruthClassifier):
+        """Calls every tenth cell V_Te1+V_Mo though all are perfect."""
+
+        def predict(self, *a, **k):
+            p = super().predict(*a, **k)
+            p[::10] = [0.02, 0.02, 0.02, 0.02, 0.9, 0.02]
+            return p
+
+    res = analyze(sim.image, 0.1, use_detector=False, classifier=Liar(t))
+    counts = res.counts()
+    assert counts["V_Mo"] == counts["V_Te1+V_Mo"] == counts["V_Te1"] == 0
+    assert res.flagged[::10].mean() > 0.8
+    assert any("Mo vacancies called on a standing Mo column" in w for w in res.warnings)
+    # true metal vacancies stay
+    sim = simulate("MoTe2", 320, pixel_size=0.1, defect_fraction=0.3, class_weights=[0, 0, 1, 0, 0],
+                   noise=Noise(30, 5), seed=9)
+    res = analyze(sim.image, 0.1, use_detector=False, classifier=TruthClassifier(sim.truth))
+    assert res.counts()["V_Mo"] >= 0.95 * sim.truth.counts()["V_Mo"]

@@ -398,8 +398,10 @@ def check_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> tuple
     * **Contradiction.** A cell whose called chalcogen state is more than
       :data:`MAX_STATE_MISMATCH` away from the intensity measured at its X site, while
       another state fits it better (e.g. V_X1 called on a column as bright as a full one),
-      is flagged and its chalcogen vacancy not counted; a metal called present at a
-      column below half the level, or missing at one above it, is flagged.
+      is flagged and its chalcogen vacancy not counted; a metal called missing where its
+      column stands at more than ``0.5 + MAX_STATE_MISMATCH`` of the metal level is
+      flagged and not counted as missing; one called present at a column below half the
+      level is flagged.
 
     Cells whose chalcogen vacancy is not counted keep their metal state (Perfect or V_M)
     and are marked ``x_unresolved``. Updates ``flagged``; returns ``(labels, x_unresolved,
@@ -435,10 +437,13 @@ def check_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> tuple
     expect = levels[np.clip(nx, 0, 2)]
     nearest = np.argmin(np.abs(rx[:, None] - levels[None]), axis=1)
     x_contra = ok & counted & (np.abs(rx - expect) > MAX_STATE_MISMATCH) & (nearest != nx)
-    m_contra = ok & counted & (((nm == 0) & (rm < 0.5)) | ((nm == 1) & (rm > 0.5 + MAX_STATE_MISMATCH)))
+    m_present = ok & counted & (nm == 1) & (rm > 0.5 + MAX_STATE_MISMATCH)  # a column stands there
+    m_contra = (ok & counted & (nm == 0) & (rm < 0.5)) | m_present
     unres = ok & (((nx == 1) & (not single)) | ((nx == 2) & (not double)))
     drop = (unres | x_contra) & (nx > 0)
-    lab[drop] = np.where(nm[drop] == 1, 3, 0)  # keep the metal state, no chalcogen vacancy
+    nx_out = np.where(drop, 0, nx)  # no chalcogen vacancy where it is not resolved or contradicted
+    nm_out = np.where(m_present, 0, nm)  # no metal vacancy on a metal column
+    lab = np.where(ok, nx_out + 3 * nm_out, lab)
     x_unres[drop] = True
     if not (single and double):
         x_unres[ok & counted] = True
@@ -456,7 +461,9 @@ def check_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> tuple
         frame.warnings.append(
             f"{int(np.sum(x_contra | m_contra))} cells' classes contradict the column intensities measured at "
             f"their sites ({int(x_contra.sum())} {mat.chalcogen}, {int(m_contra.sum())} {mat.metal}): flagged for "
-            "review; their chalcogen vacancies are not counted")
+            "review; their chalcogen vacancies are not counted"
+            + (f", nor {int(m_present.sum())} {mat.metal} vacancies called on a standing {mat.metal} column"
+               if m_present.any() else ""))
     return lab, x_unres, info
 
 
