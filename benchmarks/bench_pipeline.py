@@ -165,7 +165,8 @@ def main() -> None:
         "# End-to-end pipeline benchmark",
         "",
         f"Command: `python benchmarks/bench_pipeline.py{' --atomap-python ATOMAP_ENV/bin/python' if args.atomap_python else ''}` "
-        f"· device {args.device}, {args.threads} torch threads, {platform.machine()}, {os.cpu_count()} logical CPUs, "
+        f"· device {args.device}{' (' + torch.cuda.get_device_name(0) + ')' if args.device.startswith('cuda') and torch.cuda.is_available() else ''}, "
+        f"{args.threads} torch threads, {platform.machine()}, {os.cpu_count()} logical CPUs, "
         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.",
         "",
         "Simulated MoTe2 frames (paper noise, 10 % defects); one warm-up run, then one timed run "

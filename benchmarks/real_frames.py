@@ -157,6 +157,27 @@ def main(argv=None) -> int:
     return 0
 
 
+def frame_sources(folders) -> dict[str, tuple[str, str]]:
+    """``{file: (source, material)}`` from Markdown tables ``| file | source | material | ...``
+    in the folders' README.md (a source ``same @ ...`` repeats the previous row's repository)."""
+    out: dict[str, tuple[str, str]] = {}
+    for folder in folders:
+        readme = Path(folder) / "README.md"
+        if not readme.is_file():
+            continue
+        repo = ""
+        for line in readme.read_text(errors="replace").splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) < 3 or not line.lstrip().startswith("|") or cells[0] in ("file", "") or set(cells[0]) <= set("-: "):
+                continue
+            src = cells[1]
+            if src.startswith("same") and repo:
+                src = repo + src[len("same"):]
+            repo = src.split("@")[0].strip() or repo
+            out[cells[0]] = (src, cells[2])
+    return out
+
+
 def write_report(args, rows) -> None:
     cmd = "python benchmarks/real_frames.py " + " ".join(
         ["FOLDER"] * len(args.folders) + (["--variants", *args.variants] if args.variants != ["full"] else []))
@@ -191,6 +212,14 @@ def write_report(args, rows) -> None:
         pure_fail = sum(1 for r in sel if r["defect_fraction"] > 0.2 or r["cluster"] > 12)
         lines += ["", f"{n} frames; {pure_fail} over 20 % defective or with a same-class cluster of more than "
                   "12 cells. (* pixel size estimated from the lattice.)", ""]
+    sources = frame_sources(args.folders)
+    if sources:
+        lines += ["## Frames", "", "From the folders' README tables (owner/repository @ commit : path).", "",
+                  "| frame | source | material |", "|---|---|---|"]
+        for name in dict.fromkeys(r["frame"] for r in rows):
+            if name in sources:
+                lines.append(f"| {name} | {sources[name][0]} | {sources[name][1]} |")
+        lines.append("")
     lines += ["## Warnings (first variant)", ""]
     for r in [r for r in rows if r["variant"] == args.variants[0]]:
         lines.append(f"* **{r['frame']}**: " + ("; ".join(r["warnings"]) if r["warnings"] else "none"))

@@ -83,3 +83,15 @@ def test_cells_paired_with_another_metal_neighbour_still_match():
     assert sc.site_tp.tolist() == [int(tm[k[ok]].sum()), int(np.sum(tx[ok] == 1)), int(np.sum(tx[ok] == 2))]
     assert np.all(sc.site_precision() == 1.0)
     assert sc.largest_fake_cluster == 0
+
+
+def test_a_result_without_cells_scores_as_all_missed():
+    from napari_tmd_defects.analysis import empty_result
+    from napari_tmd_defects.evaluation import score_result
+    from napari_tmd_defects.simulation import Boundary, Noise, simulate
+
+    t = simulate("MoTe2", 256, pixel_size=0.1, defect_fraction=0.3, noise=Noise(None, 0), seed=3,
+                 boundaries=[Boundary("mirror", angle_deg=30)]).truth
+    sc = score_result(empty_result((256, 256), "MoTe2", 0.1, "given", 0.65, 0.5, [], 0.6), t)
+    assert sc.n_matched == 0 and sc.recall == 0 and sc.site_tp.sum() == 0
+    assert sc.site_fn.sum() > 0 and sc.boundary_recall == 0

@@ -292,7 +292,7 @@ def score_result(result, truth) -> CellScore:
         found = np.full(len(t_xy), -1)
         found[on[on >= 0]] = np.flatnonzero(on >= 0)
         sel = deep(t_xy) & interior
-        if k > 0:  # chalcogen sites the result reports as unresolved are neither found nor missed
+        if k > 0 and n_p:  # chalcogen sites the result reports as unresolved are neither found nor missed
             sel &= ~((found >= 0) & xu[np.maximum(found, 0)])
         called = (found >= 0) & calls[np.maximum(found, 0)] if n_p else np.zeros(len(t_xy), bool)
         s.site_tp[k] += int(np.sum(t_has & called & sel))

@@ -357,9 +357,12 @@ def _fit_groups(xy: np.ndarray, group: np.ndarray, theta: np.ndarray, a_fine: fl
             d = np.hypot(r[..., 0], r[..., 1]) / a_fine
             use = near & (group[nb] == g)
             cnt = use.sum(axis=1)
-            dm = np.where(use, d, np.nan)
-            with np.errstate(all="ignore"):
-                med = np.nanmedian(dm, axis=1)
+            dm = np.where(use, d, np.inf)
+            # median of the used entries (inf elsewhere sorts last)
+            srt = np.sort(dm, axis=1)
+            lo = np.take_along_axis(srt, np.maximum((cnt - 1) // 2, 0)[:, None], axis=1)[:, 0]
+            hi = np.take_along_axis(srt, np.maximum(cnt // 2, 0)[:, None], axis=1)[:, 0]
+            med = 0.5 * (lo + hi)
             resid[:, g] = np.where(cnt >= 2, med, np.inf)
         best = np.argmin(resid, axis=1)
         own = resid[np.arange(n), group]
