@@ -17,7 +17,7 @@ Per frame the report gives what a microscopist would check first:
   FFT lattice implies (image minus vacuum, minus half a cell at the border);
 * **defect fraction** of the classified cells and the **largest cluster** of adjacent
   cells of one defect class (a whole region of invented vacancies shows here);
-* **brighter sublattice**: the share of cells, both columns found, in which the column of
+* **brighter sublattice**: the share of Perfect cells, both columns found, in which the column of
   the sublattice that is physically brighter (Z^1.7: Te2 > Mo, Se2 > Mo; W > Se2, Mo > S2,
   W > S2) is the brighter one at the reported sites;
 * domains, boundary length, cells placed from their neighbours, time, warnings.
@@ -76,15 +76,16 @@ def frames_in(folder: Path) -> list[tuple[Path, str, float | None]]:
 
 
 def brighter_share(res) -> float:
-    """Share of cells (both columns found, off boundaries) where the physically brighter
-    sublattice's column is the brighter one at the reported sites."""
+    """Share of the cells called Perfect (both columns found, off boundaries) where the
+    physically brighter sublattice's column is the brighter one at the reported sites
+    (in a cell with a vacancy the physically brighter column may have lost atoms)."""
     from napari_tmd_defects.lattice import x_brighter
 
     s = res.sites.sites if res.sites is not None else None
     if s is None or res.n_cells == 0:
         return float("nan")
     c = res.sites.cells
-    ok = ~s.placed[c.x] & ~s.placed[c.m] & ~c.boundary
+    ok = ~s.placed[c.x] & ~s.placed[c.m] & ~c.boundary & (np.asarray(res.labels) == 0)
     if not ok.any():
         return float("nan")
     hx, hm = s.height[c.x[ok]], s.height[c.m[ok]]
@@ -189,7 +190,7 @@ def write_report(args, rows) -> None:
         f"written {time.strftime('%Y-%m-%d')}.", "",
         "Coverage: analysed area over the crystal area the FFT lattice implies. Defect fraction: defective "
         "cells over classified cells. Cluster: largest group of adjacent cells of one defect class (> 12 is "
-        "flagged). Brighter: share of cells whose physically brighter column is brighter at the reported "
+        "flagged). Brighter: share of Perfect cells whose physically brighter column is brighter at the reported "
         "sites (≥ 0.9 expected where the two sublattices differ). Placed: cells with a site placed from its "
         "neighbours (no column found there).", "",
     ]
