@@ -210,7 +210,7 @@ def write_report(args, sim_rows, real_rows) -> None:
         lines.append("")
     if real_rows:
         lines += ["## Real frames (no ground truth)", "",
-                  "Defect fraction of the classified cells, largest same-class cluster, share of cells whose "
+                  "Defect fraction of the classified cells, largest same-class cluster, share of Perfect cells whose "
                   "physically brighter column is brighter at the reported sites (see "
                   "[real_frames.md](real_frames.md)).", "",
                   "| frame | variant | cells | coverage | defect fraction | cluster | brighter | detector consistent |",
