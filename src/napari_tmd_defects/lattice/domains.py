@@ -307,6 +307,8 @@ def _orientation_groups(theta_deg: np.ndarray, patch: np.ndarray, w: sparse.csr_
             continue
         lo, hi = np.floor(th.min()), np.ceil(th.max()) + 1
         hist, edges = np.histogram(th, bins=np.arange(lo, hi + 1.0))
+        if len(hist) < 3:  # all within a degree or two: one orientation
+            continue
         hist = np.convolve(hist, np.ones(3) / 3, mode="same")
         centres = 0.5 * (edges[:-1] + edges[1:])
         peaks = [k for k in range(len(hist)) if hist[k] > 0 and hist[k] == hist[max(0, k - 3):k + 4].max()]
