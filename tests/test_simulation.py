@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from napari_tmd_defects.materials import get_material
+from napari_tmd_defects.materials import CLASS_VACANCIES, get_material
 from napari_tmd_defects.simulation import (
     GroundTruth,
     Noise,
@@ -327,3 +327,29 @@ def test_background_subtracted_export():
     img = sim.image
     assert img.min() >= 0 and img.max() <= 255 and np.all(img == np.round(img))
     assert np.percentile(img, 10) < 10  # the background is gone
+
+
+def test_alloys_and_dopants_are_simulated_with_their_atoms():
+    from napari_tmd_defects.simulation import GroundTruth, place_species
+
+    sim = simulate("Mo0.7W0.3Te2", 256, 0.1, defect_fraction=0.1, seed=4)
+    t = sim.truth
+    assert t.material == "Mo0.7W0.3Te2"
+    present = t.cell_m_z > 0
+    assert 0.15 < np.mean(t.cell_m_z[present] == 74) < 0.45
+    vac = np.asarray(CLASS_VACANCIES)[t.cell_label]
+    assert np.array_equal(t.cell_m_z == 0, vac[:, 1] == 1)
+    assert np.array_equal((t.cell_x_z > 0).sum(axis=1), 2 - vac[:, 0])
+    back = GroundTruth.from_dict(t.to_dict())
+    assert np.array_equal(back.cell_m_z, t.cell_m_z) and np.array_equal(back.cell_x_z, t.cell_x_z)
+    # a W column is brighter than a Mo column in the noise-free image
+    xy = np.round(t.cell_m_site).astype(int)
+    inside = (xy >= 2).all(1) & (xy[:, 0] < 254) & (xy[:, 1] < 254)
+    peak = sim.clean[xy[inside, 1], xy[inside, 0]]
+    z = t.cell_m_z[inside]
+    assert peak[z == 74].mean() > 1.5 * peak[z == 42].mean()
+    # a binary draws no random numbers for its atoms, and open fractions cannot be simulated
+    m_z, x_z = place_species("MoTe2", np.array([0, 1, 3]))
+    assert m_z.tolist() == [42, 42, 0] and x_z.tolist() == [[52, 52], [52, 0], [52, 52]]
+    with pytest.raises(ValueError, match="fractions"):
+        simulate("WS2(1-x)Se2x", 64, 0.1)

@@ -56,7 +56,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .materials import CLASS_VACANCIES, Material
+from .materials import CHALCOGENS, CLASS_VACANCIES, METALS, Material
 from .runtime import check_cancel
 from .simulation import (
     Boundary,
@@ -73,6 +73,7 @@ from .simulation import (
     apply_noise,
     electron_wavelength,
     place_defects,
+    place_species,
     probe_kernel,
 )
 
@@ -182,6 +183,18 @@ def _cell_atoms(
         labels[extra] = place_defects(int(extra.sum()), defect_fraction, class_weights, rng)
     else:
         labels[extra] = 0
+    # the atoms of an alloy or doped layer: the scene's where it has them, drawn for the rest
+    comp = scene.composition
+    species = None
+    if comp is not None and not comp.is_binary:
+        known_sp = {(int(d), *ij): (int(mz), tuple(int(z) for z in xz)) for d, ij, mz, xz in
+                    zip(dom, scene.lattice.ij.tolist(), scene.m_z, scene.x_z)}
+        m_z, x_z = place_species(comp, labels, rng)
+        for k, (d, ij) in enumerate(zip(ext_dom, ext.ij.tolist())):
+            got = known_sp.get((int(d), *ij))
+            if got is not None:
+                m_z[k], x_z[k] = got[0], got[1]
+        species = (m_z, x_z)
 
     def to_cell(p):
         return (np.asarray(p, float) + 0.5) * ps + margin
@@ -216,6 +229,18 @@ def _cell_atoms(
             pos.extend([(x, y, z_in), (x, y, z_out)] if is_x[k] else [(x, y, z_mid)])
             num.extend([mat.z_chalcogen] * 2 if is_x[k] else [mat.z_metal])
             continue
+        if species is not None:  # alloy or doped: the atoms drawn for this cell
+            if is_x[k]:
+                for z, zl in zip(species[1][c], (z_in, z_out)):
+                    if z > 0:
+                        pos.append((x, y, zl))
+                        num.append(int(z))
+                if vac[c, 0] == 1:
+                    x1.append([int(ext.ij[c, 0]), int(ext.ij[c, 1]), "entrance" if species[1][c][0] == 0 else "exit"])
+            elif species[0][c] > 0:
+                pos.append((x, y, z_mid))
+                num.append(int(species[0][c]))
+            continue
         if is_x[k]:
             missing = vac[c, 0]
             if missing == 0:
@@ -239,7 +264,11 @@ def _thermal_sigmas(mat: Material, numbers: np.ndarray, thermal_sigma_a: float |
     if thermal_sigma_a is not None:
         return np.full(len(numbers), float(thermal_sigma_a))
     sig = {mat.z_metal: THERMAL_SIGMA_A[mat.metal], mat.z_chalcogen: THERMAL_SIGMA_A[mat.chalcogen]}
-    return np.array([sig[int(z)] for z in numbers], float)
+    sym = {z: e for e, z in {**METALS, **CHALCOGENS}.items()}
+    # other species: their own value where known, else the host's of their sublattice
+    return np.array([sig.get(int(z), THERMAL_SIGMA_A.get(sym.get(int(z), ""),
+                    sig[mat.z_chalcogen] if int(z) in CHALCOGENS.values() else sig[mat.z_metal]))
+                     for z in numbers], float)
 
 
 def _configurations(positions, sigmas, n_configs, t, rng) -> list[np.ndarray]:

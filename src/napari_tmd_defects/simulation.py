@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 from scipy import signal
 
 from . import geometry as geo
-from .materials import CLASS_VACANCIES, N_CLASSES, Material, get_material
+from .materials import CHALCOGENS, CLASS_VACANCIES, METALS, N_CLASSES, Composition, Material, get_material, parse_composition
 
 __all__ = [
     "Boundary",
@@ -517,6 +517,73 @@ def column_weights(
     return x_w.astype(float), m_w.astype(float)
 
 
+#: Share of the metal sites a dopant takes when the formula gives no fraction (``MoS2:Re``).
+DEFAULT_DOPANT_FRACTION = 0.03
+
+
+def place_species(
+    composition: str | Composition, labels: np.ndarray, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Atomic numbers of what stands on every cell's sites: ``m_z (n,)`` of the metal and
+    ``x_z (n, 2)`` of the two chalcogens of the X column (beam entrance, exit); 0 where the
+    cell's class removes the atom.
+
+    Metals are drawn with the alloy's site fractions (dopants take their share, default
+    :data:`DEFAULT_DOPANT_FRACTION`), each chalcogen atom independently with the
+    chalcogen fractions. A binary needs no random numbers (its frames stay as they were).
+
+    Raises
+    ------
+    ValueError
+        If a fraction is left open (``x``, ``(Mo,W)``): a simulation needs numbers.
+    """
+    comp = composition if isinstance(composition, Composition) else parse_composition(str(composition))
+    labels = np.asarray(labels, np.int64)
+    n = len(labels)
+    vac = np.asarray(CLASS_VACANCIES)[labels] if n else np.zeros((0, 2), np.int64)
+    if any(f is None for _, f in comp.metals + comp.chalcogens):
+        raise ValueError(f"{comp.formula}: give the alloy fractions to simulate it (e.g. Mo0.8W0.2Te2, "
+                         "WS1.4Se0.6); open fractions are for analysis")
+    dop = [(d, DEFAULT_DOPANT_FRACTION if f is None else float(f)) for d, f in comp.dopants]
+    d_tot = sum(f for _, f in dop)
+    if d_tot >= 1.0:
+        raise ValueError(f"{comp.formula}: the dopants take {d_tot:.2f} of the metal sites")
+    m_sp = [(m, f * (1.0 - d_tot)) for m, f in comp.metals] + dop
+    if comp.is_binary:
+        m_z = np.full(n, METALS[comp.metals[0][0]], np.int64)
+        x_z = np.full((n, 2), CHALCOGENS[comp.chalcogens[0][0]], np.int64)
+    else:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        mz = np.array([METALS[m] for m, _ in m_sp])
+        mp = np.array([f for _, f in m_sp], float)
+        m_z = mz[rng.choice(len(mz), size=n, p=mp / mp.sum())]
+        xz = np.array([CHALCOGENS[x] for x, _ in comp.chalcogens])
+        xp = np.array([f for _, f in comp.chalcogens], float)
+        x_z = xz[rng.choice(len(xz), size=(n, 2), p=xp / xp.sum())]
+    m_z = np.where(vac[:, 1] == 1, 0, m_z)
+    x_z = x_z.copy()
+    one = vac[:, 0] == 1
+    if one.any():  # one of the two chalcogens missing: the entrance or the exit one
+        side = np.ones(int(one.sum()), np.int64) if comp.is_binary else \
+            (rng.random(int(one.sum())) < 0.5).astype(np.int64)
+        x_z[np.flatnonzero(one), side] = 0
+    x_z[vac[:, 0] == 2] = 0
+    return m_z, x_z
+
+
+def species_weights(
+    m_z: np.ndarray, x_z: np.ndarray, z_exponent: float = 1.7, x1_fraction: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Incoherent weights of X and M columns from their atoms (:func:`place_species`):
+    ``sum Z**n``, a one-atom chalcogen column ``2 x1_fraction Z**n`` (channelling, as in
+    :func:`column_weights`, which this equals for a binary)."""
+    zx = np.asarray(x_z, float) ** z_exponent * (np.asarray(x_z) > 0)
+    k = (np.asarray(x_z) > 0).sum(axis=1)
+    x_w = np.where(k == 1, 2.0 * x1_fraction * zx.sum(axis=1), zx.sum(axis=1))
+    m_w = np.asarray(m_z, float) ** z_exponent * (np.asarray(m_z) > 0)
+    return x_w.astype(float), m_w.astype(float)
+
+
 # --------------------------------------------------------------------------- imaging
 def render_columns(
     xy: np.ndarray,
@@ -657,6 +724,10 @@ class GroundTruth:
     cell_boundary: np.ndarray | None = None
     #: domain boundaries as polylines ``(K, 2)`` (x, y px, as imaged)
     boundary_lines: list = field(default_factory=list)
+    #: atomic number on every cell's metal site (0: vacant) and of the two chalcogens of its
+    #: X column (beam entrance, exit; 0: missing); from the host and the class if not given
+    cell_m_z: np.ndarray | None = None
+    cell_x_z: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.cell_label)
@@ -664,6 +735,11 @@ class GroundTruth:
             self.cell_domain = np.zeros(n, np.int64)
         if self.cell_boundary is None or len(self.cell_boundary) != n:
             self.cell_boundary = np.zeros(n, bool)
+        if self.cell_m_z is None or len(self.cell_m_z) != n or self.cell_x_z is None or len(self.cell_x_z) != n:
+            host = get_material(self.material)
+            self.cell_m_z, self.cell_x_z = place_species(host.name, self.cell_label)
+        self.cell_m_z = np.asarray(self.cell_m_z, np.int64)
+        self.cell_x_z = np.asarray(self.cell_x_z, np.int64).reshape(-1, 2)
 
     @property
     def n_cells(self) -> int:
@@ -739,6 +815,10 @@ class GroundTruth:
                 "cell_boundary": np.asarray(self.cell_boundary, int).tolist(),
                 "boundary_lines": [r(ln) for ln in self.boundary_lines],
             },
+            "species": {
+                "m_z": np.asarray(self.cell_m_z, int).tolist(),
+                "x_z": np.asarray(self.cell_x_z, int).tolist(),
+            },
             "params": self.params,
         }
 
@@ -770,6 +850,8 @@ class GroundTruth:
             cell_domain=arr(d["domains"]["cell_domain"], 0, np.int64) if "domains" in d else None,
             cell_boundary=arr(d["domains"]["cell_boundary"], 0, bool) if "domains" in d else None,
             boundary_lines=[arr(ln, 2) for ln in d["domains"]["boundary_lines"]] if "domains" in d else [],
+            cell_m_z=arr(d["species"]["m_z"], 0, np.int64) if "species" in d else None,
+            cell_x_z=arr(d["species"]["x_z"], 2, np.int64) if "species" in d else None,
         )
 
     def save(self, path: str | Path) -> Path:
@@ -1064,6 +1146,10 @@ class _Scene:
     cell_domain: np.ndarray | None = None
     boundaries: tuple = ()
     lines: list = field(default_factory=list)
+    #: the formula simulated and the atoms on every cell's sites (see :func:`place_species`)
+    composition: Composition | None = None
+    m_z: np.ndarray | None = None
+    x_z: np.ndarray | None = None
 
     @property
     def render_labels(self) -> np.ndarray:
@@ -1121,6 +1207,11 @@ def _prepare_scene(
         rng_vac = np.random.default_rng(np.random.SeedSequence(seed_seq.entropy, spawn_key=(7919,)))
         inside = vacuum_region(vacuum, shape, rng_vac)
         in_vacuum = inside(0.5 * (lat.x_site + lat.m_site))
+    comp = material if isinstance(material, Composition) else parse_composition(
+        material.name if isinstance(material, Material) else str(material))
+    # its own stream, so that a binary's frames do not change
+    rng_sp = np.random.default_rng(np.random.SeedSequence(seed_seq.entropy, spawn_key=(104729,)))
+    m_z, x_z = place_species(comp, labels, rng_sp)
     return _Scene(
         material=mat,
         shape=shape,
@@ -1138,6 +1229,9 @@ def _prepare_scene(
         cell_domain=cell_domain,
         boundaries=boundaries,
         lines=lines,
+        composition=comp,
+        m_z=m_z,
+        x_z=x_z,
     )
 
 
@@ -1177,7 +1271,7 @@ def _ground_truth(scene: _Scene, params: dict[str, Any]) -> GroundTruth:
             near |= ln.distance(centre) < BOUNDARY_HALF_WIDTH_A * lat.a_px
             lines.append(_imaged_line(scene, ln))
     return GroundTruth(
-        material=scene.material.name,
+        material=scene.composition.formula if scene.composition is not None else scene.material.name,
         pixel_size=scene.pixel_size,
         shape=shape,
         rotation_deg=scene.rotation_deg,
@@ -1194,6 +1288,8 @@ def _ground_truth(scene: _Scene, params: dict[str, Any]) -> GroundTruth:
         cell_domain=dom[inside],
         cell_boundary=near[inside],
         boundary_lines=[ln for ln in lines if len(ln) > 1],
+        cell_m_z=None if scene.m_z is None else scene.m_z[inside],
+        cell_x_z=None if scene.x_z is None else scene.x_z[inside],
     )
 
 
@@ -1232,7 +1328,10 @@ def simulate(
     Parameters
     ----------
     material : str
-        ``"MoTe2"`` (default), ``"MoS2"``, ``"MoSe2"``, ``"WS2"`` or ``"WSe2"``.
+        ``"MoTe2"`` (default), ``"MoS2"``, ``"MoSe2"``, ``"WS2"``, ``"WSe2"``, or an alloy or
+        doped formula with its fractions (``"Mo0.8W0.2Te2"``, ``"WS1.4Se0.6"``,
+        ``"MoS2:Re0.02"``; see :func:`~.materials.parse_composition` and
+        :func:`place_species`); the truth records the atoms on every site.
     shape : int or (rows, cols)
         Image size in px.
     pixel_size : float
@@ -1275,7 +1374,10 @@ def simulate(
     )
     mat, shape, lat, offsets = scene.material, scene.shape, scene.lattice, scene.row_offsets
 
-    x_w, m_w = column_weights(mat, scene.render_labels, optics.z_exponent, optics.x1_fraction)
+    x_w, m_w = species_weights(scene.m_z, scene.x_z, optics.z_exponent, optics.x1_fraction)
+    if scene.vacuum is not None:
+        x_w[scene.vacuum] = 0.0
+        m_w[scene.vacuum] = 0.0
     if lat.shared is not None:
         x_w[lat.shared[:, 0]] = 0.0
         m_w[lat.shared[:, 1]] = 0.0

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..materials import get_material
+from ..materials import CHALCOGENS, METALS, get_material, parse_composition
 from ..sites import Domain, SiteModel
 from .cells import boundary_lines, build_cells, build_sites
 from .columns import Columns, WorkImage, find_columns, work_image
@@ -39,9 +39,18 @@ PRIOR_Z_EXPONENT = 1.7
 
 
 def x_brighter(material: str) -> bool:
-    """True when a full chalcogen column of ``material`` outshines its metal column (Z^1.7)."""
-    mat = get_material(material)
-    return 2.0 * mat.z_chalcogen**PRIOR_Z_EXPONENT > mat.z_metal**PRIOR_Z_EXPONENT
+    """True when a full chalcogen column of ``material`` outshines its metal column (Z^1.7,
+    averaged over an alloy's species; open fractions as equal shares)."""
+    comp = parse_composition(material if isinstance(material, str) else get_material(material).name)
+
+    def mean_z(group):
+        known = sum(f for _, f in group if f is not None)
+        n_open = sum(f is None for _, f in group)
+        shares = [(s, f if f is not None else max(1.0 - known, 0.0) / n_open) for s, f in group]
+        return sum(f * table[s] ** PRIOR_Z_EXPONENT for s, f in shares)
+
+    table = {**METALS, **CHALCOGENS}
+    return 2.0 * mean_z(comp.chalcogens) > mean_z(comp.metals)
 
 
 def measured_a(sites) -> float | None:
