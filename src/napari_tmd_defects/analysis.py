@@ -8,6 +8,7 @@ writes ``cells.csv``, ``summary.json`` and an overlay PNG. Pure numpy: no Qt her
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,8 @@ class Result:
     models: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: every site's state read from its column (:class:`~.states.SiteStates`), or None
+    site_states: Any = None
 
     def __post_init__(self):
         n = len(self.boxes)
@@ -194,8 +197,44 @@ class Result:
         area_cm2 = self.area_nm2 * 1e-14
         return {k: (v / area_cm2 if area_cm2 > 0 else 0.0) for k, v in self.counts().items()}
 
+    def counts_uncertainty(self) -> dict[str, float]:
+        """One-sigma uncertainty of every class count: counting statistics (√n) and the
+        classification's own doubt (``sqrt(Σ p (1 - p))`` over the cells, from the class
+        probabilities) added in quadrature."""
+        counts = self.counts()
+        lab = np.asarray(self.labels)
+        out = {}
+        for k, (name, c) in enumerate(counts.items()):
+            var = float(c)
+            if self.probabilities is not None and len(self.probabilities) == len(lab):
+                p = self.probabilities[lab >= 0, k]
+                var += float(np.sum(p * (1.0 - p)))
+            out[name] = math.sqrt(var)
+        return out
+
+    def _cell_sites(self) -> tuple[np.ndarray, np.ndarray] | None:
+        st, model = self.site_states, self.sites
+        if st is None or model is None or len(model.cells) != self.n_cells:
+            return None
+        return model.cells.x, model.cells.m
+
+    def site_state_counts(self) -> dict[str, dict[str, int]]:
+        """Sites of every state per sublattice (cells off the boundaries): ``{"M": {"W": 812,
+        "Mo": 90, "vacant": 3, "unresolved": 4}, "X": {"SeSe": ...}}``."""
+        idx = self._cell_sites()
+        if idx is None:
+            return {}
+        keep = np.asarray(self.labels) != BOUNDARY
+        out = {}
+        for role, k in (("M", idx[1]), ("X", idx[0])):
+            names, cnt = np.unique(self.site_states.state[k[keep]].astype(str), return_counts=True)
+            out[role] = {str(a): int(b) for a, b in sorted(zip(names, cnt), key=lambda t: -t[1])}
+        return out
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (what ``summary.json`` holds)."""
+        area_cm2 = self.area_nm2 * 1e-14
+        unc = self.counts_uncertainty()
         return {
             "software": f"napari-tmd-defects {__version__}",
             "material": self.material,
@@ -215,6 +254,11 @@ class Result:
             "counts": self.counts(),
             "area_nm2": round(self.area_nm2, 4),
             "concentration_cm2": {k: float(f"{v:.4g}") for k, v in self.concentrations_cm2().items()},
+            "counts_uncertainty": {k: round(v, 2) for k, v in unc.items()},
+            "concentration_uncertainty_cm2": {k: float(f"{(v / area_cm2 if area_cm2 > 0 else 0.0):.3g}")
+                                              for k, v in unc.items()},
+            "site_states": self.site_state_counts(),
+            "site_reading": self.site_states.to_dict() if self.site_states is not None else {},
             "n_domains": len(self.domains),
             "domains": self.domains,
             "boundary_length_nm": round(self.boundary_length_nm, 3),
@@ -289,6 +333,15 @@ class Result:
             "x_placed": (self.placed & 1).astype(int), "m_placed": ((self.placed & 2) > 0).astype(int),
             "x_state": np.where(self.x_unresolved, "unresolved", "resolved").tolist(),
         }
+        idx = self._cell_sites()
+        if idx is not None:
+            st = self.site_states
+            cols["m_state"] = st.state[idx[1]].astype(str).tolist()
+            cols["m_z_eff"] = np.round(st.z_eff[idx[1]], 1)
+            cols["m_probability"] = np.round(st.probability[idx[1]], 4)
+            cols["x_column"] = st.state[idx[0]].astype(str).tolist()
+            cols["x_atoms"] = st.atoms[idx[0]]
+            cols["x_probability"] = np.round(st.probability[idx[0]], 4)
         if self.probabilities is not None:
             for k, name in enumerate(self.class_names):
                 cols[f"p_{name}"] = self.probabilities[:, k]
@@ -320,7 +373,28 @@ class Result:
 
         lines = self.sites.boundary_lines if self.sites is not None else None
         return overlay_rgb(image, quads=self.cell_outlines(), labels=self.labels, lines=lines,
-                           material=self.material)
+                           material=self.material, rings=self.state_rings())
+
+    def state_rings(self) -> dict[str, tuple[np.ndarray, tuple[int, int, int]]]:
+        """Sites (off the boundaries) whose state is read and is not the host's, by sublattice
+        and state: ``{"M W": (xy px, RGB)}`` for the overlay (the napari ``[site states]``
+        colours; ``unresolved`` sites are left out of the picture, the summary counts them)."""
+        st, model = self.site_states, self.sites
+        if st is None or model is None or len(st.state) != len(model.sites):
+            return {}
+        s = model.sites
+        host = np.where(s.role == 0, st.host.get("X", ""), st.host.get("M", ""))
+        show = (st.state.astype(str) != host) & (st.state.astype(str) != "unresolved") & ~s.boundary
+        from .visualization import state_colors
+
+        names = st.state[show].astype(str)
+        roles = np.where(s.role[show] == 1, "M", "X")
+        cols = state_colors(names)
+        out = {}
+        for role, name in dict.fromkeys(zip(roles.tolist(), names.tolist())):
+            sel = (names == name) & (roles == role)
+            out[f"{role} {name}"] = (s.xy[show][sel], tuple(int(255 * c) for c in cols[np.flatnonzero(sel)[0], :3]))
+        return out
 
     def save(self, out_dir: str | Path, image: np.ndarray | None = None, stem: str = "") -> dict[str, Path]:
         """Write ``cells.csv``, ``summary.json`` and (with ``image``) ``overlay.png``.

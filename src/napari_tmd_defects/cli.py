@@ -60,7 +60,9 @@ def _add_simulate(sub) -> None:
     p.add_argument("--n", type=int, default=10, help="number of images (default 10)")
     p.add_argument("--size", type=int, nargs="+", default=[512], help="image size in px: N or ROWS COLS")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--material", default="MoTe2", help="MoTe2 (default), MoS2, MoSe2, WS2, WSe2")
+    p.add_argument("--material", default="MoTe2",
+                   help="MoTe2 (default), MoS2, MoSe2, WS2, WSe2, or an alloy / doped formula: "
+                   "Mo0.8W0.2Te2, WS2(1-x)Se2x, (Mo,W)(S,Se)2, MoS2:Re0.02")
     p.add_argument("--preset", default="paper", choices=list(PRESETS),
                    help="imaging conditions: paper (default), realistic (randomised, like real frames), clean, "
                         "structure (realistic + domain boundaries, non-linear scan distortion, weak chalcogens)")
@@ -177,7 +179,9 @@ def _add_analyze(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--pixel-size", type=float, default=None, metavar="A_PER_PX",
                    help="Å/px; default: from the file's metadata, else estimated from the lattice")
-    p.add_argument("--material", default="MoTe2", help="MoTe2 (default), MoS2, MoSe2, WS2, WSe2")
+    p.add_argument("--material", default="MoTe2",
+                   help="MoTe2 (default), MoS2, MoSe2, WS2, WSe2, or an alloy / doped formula: "
+                   "Mo0.8W0.2Te2, WS2(1-x)Se2x, (Mo,W)(S,Se)2, MoS2:Re0.02")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--alpha", type=float, default=0.65, help="casting width ratio (default 0.65)")
     p.add_argument("--beta", type=float, default=0.5, help="casting height ratio (default 0.5)")

@@ -11,7 +11,11 @@ The stages, in order (each a function below, on the data model of :mod:`.sites`)
 5. :func:`detect_hexagons`  CNN-1 hexagons, checked against the sites (support, votes);
 6. :func:`classify_cells`   CNN-2 on every cell, cropped in its own frame (other
                             materials contrast-matched to the networks' one);
-7. :func:`check_plausibility` warnings and flags where the output does not fit the image.
+7. :func:`read_states`      every site's state from its column intensity (vacant, host,
+                            substituent with its effective Z, chalcogen atoms and species,
+                            or ``unresolved``) and the frame's detection limits
+                            (:mod:`.states`); the cell classes become a view of them;
+8. :func:`check_plausibility` warnings and flags where the output does not fit the image.
 
 Pure numpy/torch: no Qt here; the napari widgets and the CLI call :func:`analyze`.
 """
@@ -37,7 +41,7 @@ from .analysis import (
     empty_result,
     prepare_image,
 )
-from .materials import N_CLASSES, get_material
+from .materials import N_CLASSES, get_material, parse_composition
 from .runtime import CancelCallback, ProgressCallback, check_cancel
 from .sites import ROLE_M, ROLE_X, SiteModel
 
@@ -69,7 +73,8 @@ X1_LEVEL = 0.47
 
 @dataclass
 class Frame:
-    """What the stages know about one image (filled in as they run)."""
+    """What the stages know about one image (filled in as they run). ``material`` is a
+    binary's name or an alloy's formula (:func:`~.materials.get_material` gives its host)."""
 
     image: np.ndarray
     material: str
@@ -87,6 +92,8 @@ class Frame:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)
+    #: the site states (:class:`~.states.SiteStates`), once read
+    states: Any = None
 
 
 #: Weaker lattice reflections accepted when the lattice constant fits the given pixel size.
@@ -504,6 +511,80 @@ def check_plausibility(frame: Frame, labels: np.ndarray, flagged: np.ndarray) ->
     return checks
 
 
+def _formula(material: str) -> str:
+    """The material as it is reported: a binary's canonical name, an alloy's formula."""
+    comp = parse_composition(str(material))
+    return comp.host.name if comp.is_binary else comp.formula
+
+
+def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Stage 7: read every site's state (:func:`.states.read_site_states`) and make the cell
+    classes a view of them where the classifier cannot know.
+
+    * An alloy or doped layer (the classifier learnt binaries): the classes come from the
+      sites. A metal vacancy is counted only where the metal site reads ``vacant`` (a
+      column of a lighter or heavier metal is a substituent, not a vacancy); the chalcogen
+      vacancies are the atoms the X column misses (``2 - atoms``).
+    * A binary: a metal vacancy called where the column reads as another metal (an
+      unlisted lighter or heavier substituent) is a substituent, one called where it reads
+      as the host metal is not counted, nor a chalcogen vacancy called on a column that
+      reads full; the cells are flagged.
+    * An ``unresolved`` chalcogen column does not count as a vacancy, nor (in an alloy) an
+      ``unresolved`` metal site; the cell is flagged if the classifier called one there
+      (in a binary the classifier's metal vacancy stands, flagged).
+
+    Returns the labels and the numbers for ``checks``.
+    """
+    from .materials import CLASS_VACANCIES
+    from .states import MIN_POSTERIOR, read_site_states
+
+    model = frame.model
+    c, n = model.cells, len(model.cells)
+    st = read_site_states(model, frame.material)
+    frame.states = st
+    info: dict[str, Any] = {}
+    if not n:
+        return labels, info
+    comp = parse_composition(frame.material)
+    vac = np.asarray(CLASS_VACANCIES)
+    ok = labels >= 0
+    lab = np.clip(labels, 0, N_CLASSES - 1)
+    nx, nm = np.where(ok, vac[lab, 0], 0), np.where(ok, vac[lab, 1], 0)
+    ms, xs = st.state[c.m], st.state[c.x]
+    m_unres, x_unres = ms == "unresolved", xs == "unresolved"
+    sub = np.isin(ms, ["heavier", "lighter"]) | (~np.isin(ms, ["vacant", "unresolved", st.host.get("M", "")]))
+    if not comp.is_binary:
+        nm_new = np.where(ms == "vacant", 1, 0)
+        nx_new = np.where(x_unres, 0, np.clip(2 - st.atoms[c.x], 0, 2))
+    else:
+        m_full = (ms == st.host.get("M", "")) & (st.probability[c.m] >= MIN_POSTERIOR)
+        nm_new = np.where(sub | m_full, 0, nm)
+        # a chalcogen vacancy is counted where the column reading agrees: not on a column
+        # that reads full, not where the column cannot be read
+        x_full = (xs == st.host.get("X", "")) & (st.probability[c.x] >= MIN_POSTERIOR)
+        nx_new = np.where((nx > 0) & (x_full | x_unres), 0, nx)
+    nm_new = np.where(m_unres & (nm == 1) & ~comp.is_binary, 0, nm_new)
+    changed = ok & ((nm_new != nm) | (nx_new != nx))
+    doubt = ok & ((m_unres & (nm == 1)) | (x_unres & (nx > 0)))
+    flagged |= (changed & comp.is_binary) | doubt
+    out = np.where(ok, nx_new + 3 * nm_new, labels)
+    info["_changed"] = changed
+    info["cells_changed_by_site_states"] = int(np.sum(changed))
+    info["metal_substituent_sites"] = int(np.sum(sub & ~c.boundary))
+    mat = get_material(frame.material)
+    if comp.is_binary and np.any(changed & sub):
+        frame.warnings.append(
+            f"{int(np.sum(changed & sub))} {mat.metal} vacancies called on columns that read as another metal "
+            f"(effective Z from the column intensity): counted as substituents, flagged for review")
+    n_sub = int(np.sum(sub & ~c.boundary))
+    if comp.is_binary and n_sub > 0.02 * max(n, 1):
+        frame.warnings.append(
+            f"{n_sub} metal columns read as another element than {mat.metal} ({100 * n_sub / n:.1f} % of the "
+            "cells): an alloy or dopant? give the composition (e.g. Mo0.8W0.2S2, MoS2:Re) to count them")
+    frame.warnings.extend(st.notes)
+    return out, info
+
+
 # --------------------------------------------------------------------------- shared runs
 def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exclude_vacuum: bool = True,
                  timings: dict[str, float] | None = None, hexagons=None) -> Frame:
@@ -521,7 +602,7 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
         if not math.isfinite(pixel_size) or pixel_size <= 0:
             raise ValueError(f"pixel_size must be a positive number of Å/px, got {pixel_size}")
     img, warnings = prepare_image(image)
-    frame = Frame(image=img, material=get_material(material).name, pixel_size=pixel_size,
+    frame = Frame(image=img, material=_formula(material), pixel_size=pixel_size,
                   pixel_size_source="given" if pixel_size is not None else "unknown", warnings=warnings)
     if timings is not None:
         frame.timings = timings
@@ -571,9 +652,26 @@ def make_result(frame: Frame, labels: np.ndarray, confidence: np.ndarray, probab
     checks = dict(checks or {})
     x_unresolved = np.zeros(n, bool)
     flagged = (confidence < low_confidence) & (labels >= 0)
-    if n and np.any(labels >= 0):
+    binary = parse_composition(frame.material).is_binary
+    if n and np.any(labels >= 0) and binary:  # alloys: the site states decide (read_states)
         labels, x_unresolved, info = check_states(frame, labels, flagged)
         checks.update(info)
+    if n:
+        t0 = time.perf_counter()
+        labels, info = read_states(frame, labels, flagged)
+        changed = info.pop("_changed", np.zeros(n, bool))
+        checks.update(info)
+        st = frame.states
+        if probabilities is not None and changed.any():
+            # a class the column reading set: the reading's confidence
+            confidence = np.where(changed, np.minimum(st.probability[cells.x], st.probability[cells.m]), confidence)
+        x_unresolved |= st.state[cells.x] == "unresolved"
+        if not binary and np.any(labels >= 0):
+            # the classifier learnt binaries: here the confidence is the site reading's
+            confidence = np.where(labels >= 0, np.minimum(st.probability[cells.x], st.probability[cells.m]), 0.0)
+            flagged[:] = (labels >= 0) & ((confidence < low_confidence) | (st.state[cells.m] == "unresolved")
+                                          | (st.state[cells.x] == "unresolved"))
+        frame.timings["states"] = time.perf_counter() - t0
     if n:
         checks.update(check_plausibility(frame, labels, flagged))
     else:
@@ -596,6 +694,7 @@ def make_result(frame: Frame, labels: np.ndarray, confidence: np.ndarray, probab
         low_confidence=low_confidence,
         lattice_rotation_deg=rotation, noise=frame.noise, vacuum_mask=frame.vacuum, n_excluded_vacuum=frame.n_vacuum,
         checks=checks, models=frame.models, timings=frame.timings, warnings=frame.warnings,
+        site_states=frame.states,
     )
 
 
@@ -672,7 +771,10 @@ def analyze(
         Å/px. When None it is estimated from the lattice found in the image and the
         material's lattice constant, and the result says so.
     material : str
-        ``"MoTe2"`` (default), ``"MoS2"``, ``"MoSe2"``, ``"WS2"``, ``"WSe2"``.
+        ``"MoTe2"`` (default), ``"MoS2"``, ``"MoSe2"``, ``"WS2"``, ``"WSe2"``, or an alloy or
+        doped formula (``"Mo0.8W0.2Te2"``, ``"WS2(1-x)Se2x"``, ``"MoS2:Re"``; see
+        :func:`~.materials.parse_composition`): the networks run on the host binary, the
+        site states tell the species apart.
     alpha, beta : float
         Hexagonal-net casting crop ratios (paper: 0.65, 0.5): the crop of each cell.
     device : str
@@ -731,7 +833,7 @@ def analyze(
         found["hexagons"] = (boxes, scores, centres)
         return centres
 
-    frame = locate_cells(image, pixel_size, mat.name, exclude_vacuum, hexagons=hexagons if use_detector else None)
+    frame = locate_cells(image, pixel_size, material, exclude_vacuum, hexagons=hexagons if use_detector else None)
     img = frame.image
 
     def timed(name, fn, *args, **kw):

@@ -33,6 +33,21 @@ BOUNDARY_RGB = (255, 140, 0)
 BOUNDARY_LINE_RGB = (0, 255, 120)
 
 
+#: Colours of site states (napari ``[site states]`` layer, overlay rings); other species take STATE_CYCLE.
+STATE_RGBA = {"vacant": (1.0, 1.0, 1.0, 1.0), "unresolved": (0.55, 0.55, 0.55, 1.0),
+              "heavier": (1.0, 0.0, 1.0, 1.0), "lighter": (0.0, 0.9, 0.3, 1.0)}
+STATE_CYCLE = ((1.0, 0.55, 0.0, 1.0), (0.0, 0.75, 1.0, 1.0), (0.95, 0.9, 0.1, 1.0), (0.6, 0.3, 1.0, 1.0),
+               (0.9, 0.3, 0.3, 1.0), (0.3, 0.9, 0.9, 1.0))
+
+
+def state_colors(states: np.ndarray) -> np.ndarray:
+    """RGBA ``(N, 4)`` of site states: fixed colours for vacant / unresolved / heavier /
+    lighter, a cycle over the other species in order of first appearance."""
+    others = [v for v in dict.fromkeys(states.tolist()) if v not in STATE_RGBA]
+    lut = {**STATE_RGBA, **{v: STATE_CYCLE[k % len(STATE_CYCLE)] for k, v in enumerate(others)}}
+    return np.array([lut[v] for v in states.tolist()], float).reshape(-1, 4)
+
+
 def overlay_rgb(
     image: np.ndarray,
     boxes: np.ndarray | None = None,
@@ -45,6 +60,7 @@ def overlay_rgb(
     show_perfect: bool = True,
     quads: np.ndarray | None = None,
     lines: list[np.ndarray] | None = None,
+    rings: dict[str, tuple[np.ndarray, tuple[int, int, int]]] | None = None,
 ) -> np.ndarray:
     """RGB picture of ``image`` with cells coloured by class (paper colours).
 
@@ -71,6 +87,9 @@ def overlay_rgb(
         lattice frame, so rotated domains do not turn into overlapping boxes.
     lines : list of (K, 2) arrays, optional
         Polylines (x, y px), e.g. domain boundaries, drawn in bright green.
+    rings : dict name -> ((K, 2) array, RGB), optional
+        Sites (x, y px) drawn as rings of a colour and listed in the legend with their
+        number, e.g. site states other than the host's (``{"W": (xy, (255, 140, 0))}``).
     """
     img8 = to_uint8(image)
     h, w = img8.shape
@@ -126,6 +145,13 @@ def overlay_rgb(
             for x, y in np.asarray(pts).reshape(-1, 2):
                 cx, cy = (x + 0.5) * scale, (y + 0.5) * scale
                 draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=col)
+    if rings:
+        r = max(2.0, scale * 1.6)
+        for name, (pts, col) in rings.items():
+            for x, y in np.asarray(pts).reshape(-1, 2):
+                cx, cy = (x + 0.5) * scale, (y + 0.5) * scale
+                draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=tuple(int(c) for c in col),
+                             width=max(1, lw))
     if legend and labels is not None:
         names = get_material(material).class_names
         lab = np.asarray(labels, int).reshape(-1)
@@ -136,6 +162,8 @@ def overlay_rgb(
             rows.append((BOUNDARY_RGB, f"boundary: {n_bnd}"))
         if lines:
             rows.append((BOUNDARY_LINE_RGB, "domain boundary"))
+        for name, (pts, col) in (rings or {}).items():
+            rows.append((tuple(int(c) for c in col), f"site {name}: {len(np.asarray(pts).reshape(-1, 2))}"))
         y = 4
         for col, text in rows:
             draw.rectangle([4, y, 16, y + 10], fill=col, outline=(0, 0, 0))

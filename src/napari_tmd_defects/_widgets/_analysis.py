@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 import napari
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, ProgressBar, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, ProgressBar, PushButton
 from qtpy.QtCore import QObject, Signal
 
 from ..materials import MATERIALS, get_material
@@ -86,6 +86,10 @@ class AnalysisWidget(Container):
 
         self._image = ComboBox(label="image", choices=self._image_choices)
         self._material = ComboBox(label="material", choices=list(MATERIALS), value="MoTe2")
+        self._composition = LineEdit(label="alloy / dopants", value="",
+                                     tooltip="optional formula that replaces the material, e.g. Mo0.8W0.2Te2, "
+                                             "WS2(1-x)Se2x, (Mo,W)(S,Se)2, MoS2:Re: metal sites are then read as "
+                                             "host, substituent or vacancy, chalcogen columns by their atoms")
         self._pixel = FloatSpinBox(label="pixel size (Å/px)", value=0.0, min=0.0, max=100.0, step=0.001,
                                    tooltip="0 = estimate from the lattice and the material's lattice constant")
         self._pixel.native.setDecimals(4)
@@ -98,7 +102,8 @@ class AnalysisWidget(Container):
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(value=0, min=0, max=4)
         self._status = L.text_label("")
-        form = Container(widgets=[self._image, self._material, self._pixel, self._device, self._low], labels=True)
+        form = Container(widgets=[self._image, self._material, self._composition, self._pixel, self._device,
+                                  self._low], labels=True)
         buttons = Container(widgets=[self._run_btn, self._cancel_btn], layout="horizontal", labels=False)
         for c in (form, buttons):
             c.margins = (0, 0, 0, 0)
@@ -195,6 +200,23 @@ class AnalysisWidget(Container):
         mat = layer.metadata.get("material")
         if mat in MATERIALS:
             self._material.value = mat
+            self._composition.value = ""
+        elif mat:
+            try:
+                self._material.value = get_material(mat).name
+                self._composition.value = mat
+            except ValueError:
+                pass
+
+    def _material_text(self) -> str:
+        """The composition typed (checked: a clear error if it cannot be read), else the material."""
+        from ..materials import parse_composition
+
+        text = self._composition.value.strip()
+        if not text:
+            return self._material.value
+        parse_composition(text)  # raises ValueError with the reason
+        return text
 
     def _params(self) -> tuple[Any, dict[str, Any]]:
         layer = self._image.value
@@ -202,7 +224,7 @@ class AnalysisWidget(Container):
             raise ValueError("no image layer: open an image (or File > Open Sample) first")
         return layer, {
             "pixel_size": self._pixel.value or None,
-            "material": self._material.value,
+            "material": self._material_text(),
             "device": self._device.value,
             "detector": self.detector,
             "classifier": self.classifier,

@@ -15,7 +15,13 @@ For an image layer ``NAME`` the analysis makes (and later updates in place, by n
 * ``NAME [boundaries]`` Shapes (paths), only when there are several domains: the domain
   boundaries (grain, twin, inversion, translation);
 * ``NAME [sites]`` Points (hidden at first): every metal (blue) and chalcogen (red) site,
-  filled where a column was found, open where the site was placed from its neighbours.
+  filled where a column was found, open where the site was placed from its neighbours;
+  ``features`` hold each site's state read from its column (``state``, ``z_eff``,
+  ``probability``);
+* ``NAME [site states]`` Points at every site whose state is not the host's: vacant,
+  another metal (alloy partner, dopant, an unlisted ``heavier`` / ``lighter`` one), a
+  chalcogen column of one atom or other species, ``unresolved`` (grey); shown when there
+  are any.
 
 All layer data are in px of the image (rows, cols) and carry the image's ``scale`` and
 ``translate``, so they line up with it. Each of these layers holds the same ``Result``
@@ -317,6 +323,11 @@ def _show_structure(viewer, result, image_name: str, geo: dict[str, Any], a_px: 
     face[s.placed, 3] = 0.0  # placed sites: open circles
     feats = pd.DataFrame({"role": np.where(s.role == 0, "X", "M"), "domain": s.domain, "placed": s.placed,
                           "boundary": s.boundary, "height": s.height})
+    st = result.site_states
+    if st is not None and len(st.state) == len(s):
+        feats["state"] = st.state.astype(str)
+        feats["z_eff"] = st.z_eff
+        feats["probability"] = st.probability
     if s_name in layers:
         lay = layers[s_name]
         lay.data = pts
@@ -327,6 +338,38 @@ def _show_structure(viewer, result, image_name: str, geo: dict[str, Any], a_px: 
     if len(pts):
         lay.face_color = face
         lay.border_color = border
+    _show_states(viewer, result, image_name, geo, a_px)
+
+
+def _show_states(viewer, result, image_name: str, geo: dict[str, Any], a_px: float) -> None:
+    """The ``[site states]`` layer: sites whose state is not the host's, coloured by state."""
+    layers = viewer.layers
+    name = f"{image_name} [site states]"
+    st, model = result.site_states, result.sites
+    if st is None or model is None or len(st.state) != len(model.sites):
+        return
+    s = model.sites
+    host = np.where(s.role == 0, st.host.get("X", ""), st.host.get("M", ""))
+    show = (st.state.astype(str) != host) & ~s.boundary
+    if not show.any() and name not in layers:
+        return
+    states = st.state[show].astype(str)
+    pts = s.xy[show][:, ::-1].copy() if show.any() else np.zeros((0, 2))
+    feats = pd.DataFrame({"role": np.where(s.role[show] == 0, "X", "M"), "state": states,
+                          "z_eff": st.z_eff[show], "probability": st.probability[show]})
+    if name in layers:
+        lay = layers[name]
+        lay.data = pts
+        lay.features = feats
+    else:
+        lay = viewer.add_points(pts, name=name, size=max(3.0, 0.3 * a_px), symbol="ring", border_width=0.2,
+                                border_width_is_relative=True, features=feats, **geo)
+    if len(pts):
+        from ..visualization import state_colors
+
+        col = state_colors(states)
+        lay.face_color = col
+        lay.border_color = col
 
 
 def _set_shapes(layer, shapes: list[np.ndarray], colors: np.ndarray, widths, shape_type: str = "polygon") -> None:

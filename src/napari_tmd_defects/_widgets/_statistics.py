@@ -59,6 +59,26 @@ class ClassLegend(QWidget):
             lab.setText(name)
 
 
+def _site_state_text(res) -> str:
+    """One line per sublattice: the site states read from the columns, and the detection
+    limit of a metal vacancy in this frame."""
+    counts = res.site_state_counts()
+    if not counts:
+        return ""
+    parts = []
+    for role, name in (("M", "metal sites"), ("X", "chalcogen columns")):
+        c = counts.get(role, {})
+        if c:
+            parts.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    lim = (res.site_states.detection_limits.get("M", {}) if res.site_states is not None else {}).get("vacant")
+    if isinstance(lim, dict) and lim.get("min_detectable_cm2"):
+        parts.append(f"metal vacancies detectable from {lim['min_detectable_cm2']:.2g} cm⁻² "
+                     f"({100 * lim['min_detectable_fraction']:.2g} % of the sites)")
+    elif lim == "undetectable":
+        parts.append("metal vacancies: not detectable in this frame")
+    return "<br>" + "<br>".join(parts)
+
+
 class StatisticsWidget(QWidget):
     """Live statistics of the current analysis and the Export button."""
 
@@ -147,6 +167,7 @@ class StatisticsWidget(QWidget):
             + (f" · vacuum {100 * res.vacuum_fraction:.0f} % of the image, "
                f"{res.n_excluded_vacuum} cells there left out" if res.vacuum_mask is not None else "")
             + f"<br>{res.noise_text()}"
+            + _site_state_text(res)
         )
         self._table.setRowCount(len(counts))
         for k, (name, n) in enumerate(counts.items()):

@@ -1,0 +1,437 @@
+"""Per-site states read from column intensities: vacant, host, substituent, or unresolved.
+
+Every metal (M) site is read as *vacant*, one of the composition's metals (host, alloy
+partner, dopant), or an unexpected *heavier* / *lighter* substituent with an effective Z;
+every chalcogen (X) column as its atoms: how many (0, 1, 2) and which (``SeSe``, ``SSe``,
+``S`` ...). The reading compares the column's intensity (:attr:`~.sites.Sites.height`,
+above the hollow background) with the levels the states would give:
+
+1. **Levels.** A state's level is ``k · S(state)`` with ``S`` the calibrated HAADF signal of
+   the column's atoms relative to the host's (:mod:`.zcontrast`, from multislice: not a
+   fixed Z²) and ``k`` the host column's intensity, one per sublattice and domain.
+2. **Fit.** ``k``, the state fractions and the noise (the spread of the frame's own
+   columns) are fitted by EM to the
+   column intensities, started from every candidate for the dominant level, the best
+   likelihood kept; the composition's fractions are a prior, open ones (``x``) are fitted
+   and reported. The noise grows with the signal (:data:`FLAT_NOISE_SHARE`).
+3. **Decision.** A site gets the most probable state if its posterior is at least
+   :data:`MIN_POSTERIOR`, else ``unresolved``. A site whose intensity fits no candidate
+   (beyond :data:`OUTLIER_SIGMAS`) is an unexpected substituent, its effective Z from the
+   calibrated signal.
+4. **Detection limits.** For every state, the chance that a host site is read as it (false
+   positives) and that one of it is read correctly give, with Currie's limit
+   ``L_D = 2.71 + 4.65 sqrt(B)`` over the frame's host sites, the minimum detectable
+   number, fraction and concentration (cm⁻²) of that state in this frame; a state that the
+   noise cannot separate from the host at all is ``undetectable``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .materials import CHALCOGENS, METALS, Composition, get_material, parse_composition
+from .sites import ROLE_M, ROLE_X, SiteModel
+
+__all__ = [
+    "MIN_POSTERIOR",
+    "OUTLIER_SIGMAS",
+    "SiteStates",
+    "read_site_states",
+]
+
+#: A site's state is called only at this posterior probability or above.
+MIN_POSTERIOR = 0.95
+#: A column this many noise sigmas from every candidate level fits no listed species.
+OUTLIER_SIGMAS = 5.0
+#: Range of the fitted contrast exponent on the species' signal ratios.
+GAMMA_RANGE = (0.5, 2.0)
+#: An empty column's level is fitted (within this range, host units) once this many sites
+#: read as empty.
+MIN_EMPTY_SITES = 3
+EMPTY_LEVEL_RANGE = (-0.25, 0.3)
+#: Prior share of columns that fit no state (a flat component of the mixture).
+OUTLIER_SHARE = 0.01
+#: Fewer sites than this in a domain: it shares the fit of the whole frame.
+MIN_SITES_PER_FIT = 30
+_ZSYM = {z: e for e, z in {**METALS, **CHALCOGENS}.items()}
+
+
+@dataclass
+class SiteStates:
+    """The state of every site of a :class:`~.sites.SiteModel` (arrays aligned with its sites).
+
+    Attributes
+    ----------
+    state : (S,) object
+        State name: metal sites the element (``"W"``), ``"vacant"``, ``"heavier"`` or
+        ``"lighter"`` (an unlisted substituent); chalcogen sites the column's atoms
+        (``"SeSe"``, ``"SSe"``, ``"Se"`` one atom, ``"vacant"``); ``"unresolved"`` where the
+        noise does not allow a call.
+    atoms : (S,) int
+        Atoms in the column (M: 0/1, X: 0/1/2); -1 where unresolved.
+    z_eff : (S,) float
+        Effective atomic number of a metal column from its intensity (NaN on X sites and
+        where not measurable).
+    probability : (S,) float
+        Posterior probability of the most probable listed state.
+    level : (S,) float
+        Intensity relative to the host column of the site's sublattice and domain.
+    host : dict
+        Host species per role (``{"M": "W", "X": "SeSe"}``).
+    sigma : dict
+        Fitted relative noise of a host column per role.
+    fractions : dict
+        Fitted share of each state per role over the sites read (the composition the
+        image shows).
+    detection_limits : dict
+        Per role and state: minimum detectable number, fraction of sites and
+        concentration (cm⁻²) in this frame, or ``"undetectable"``.
+    notes : list of str
+        Plain-language findings (e.g. the M/X ratio does not fit the material).
+    """
+
+    state: np.ndarray
+    atoms: np.ndarray
+    z_eff: np.ndarray
+    probability: np.ndarray
+    level: np.ndarray
+    host: dict[str, str] = field(default_factory=dict)
+    sigma: dict[str, float] = field(default_factory=dict)
+    fractions: dict[str, dict[str, float]] = field(default_factory=dict)
+    detection_limits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    #: per role: the grey level one W atom would give on that sublattice (k / host signal);
+    #: the two agree when the material (or its composition) fits the image
+    w_atom_level: dict[str, float] = field(default_factory=dict)
+    #: fitted exponent on the calibrated metal signal ratios (1: as calibrated)
+    contrast_exponent: float = 1.0
+
+    @classmethod
+    def empty(cls, n: int = 0) -> "SiteStates":
+        return cls(np.full(n, "unresolved", object), np.full(n, -1), np.full(n, np.nan), np.zeros(n),
+                   np.full(n, np.nan))
+
+    @property
+    def unresolved(self) -> np.ndarray:
+        return self.state == "unresolved"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "noise_relative": {k: round(v, 4) for k, v in self.sigma.items()},
+                "contrast_exponent": self.contrast_exponent,
+                "fractions": self.fractions, "detection_limits": self.detection_limits}
+
+
+@dataclass
+class _Candidates:
+    names: list[str]
+    signal: np.ndarray  # relative to the host column
+    atoms: np.ndarray
+    prior: np.ndarray  # expected share (composition), sums to 1
+
+
+def _metal_candidates(comp: Composition, host_z: int, kv: float) -> _Candidates:
+    from .zcontrast import metal_signal
+
+    names, zs, prior = ["vacant"], [0], [0.02]
+    d_tot = sum((0.03 if f is None else f) for _, f in comp.dopants)
+    open_m = [m for m, f in comp.metals if f is None]
+    for m, f in comp.metals:
+        names.append(m)
+        zs.append(METALS[m])
+        prior.append((1.0 / len(comp.metals) if f is None else f) * (1.0 - d_tot))
+    for d, f in comp.dopants:
+        if d in names:
+            continue
+        names.append(d)
+        zs.append(METALS[d])
+        prior.append(0.03 if f is None else f)
+    del open_m
+    sig = np.array([0.0 if z == 0 else float(metal_signal(z, kv)) for z in zs]) / float(metal_signal(host_z, kv))
+    p = np.maximum(np.array(prior, float), 1e-3)
+    return _Candidates(names, sig, np.array([0] + [1] * (len(zs) - 1)), p / p.sum())
+
+
+def _chalcogen_candidates(comp: Composition, host_z: int, kv: float) -> _Candidates:
+    from .zcontrast import chalcogen_signal
+
+    species = [(x, CHALCOGENS[x], (1.0 / len(comp.chalcogens) if f is None else f)) for x, f in comp.chalcogens]
+    species.sort(key=lambda t: t[1])
+    names, sig, atoms, prior = ["vacant"], [0.0], [0], [0.01]
+    for x, z, f in species:  # one atom left
+        names.append(x)
+        sig.append(float(chalcogen_signal(0, z, kv)))
+        atoms.append(1)
+        prior.append(0.03 * f)
+    for i, (x1, z1, f1) in enumerate(species):
+        for x2, z2, f2 in species[i:]:
+            names.append(x1 + x2)
+            sig.append(float(chalcogen_signal(z1, z2, kv)))
+            atoms.append(2)
+            prior.append(f1 * f2 * (1 if x1 == x2 else 2))
+    ref = float(chalcogen_signal(host_z, host_z, kv))
+    p = np.maximum(np.array(prior, float), 1e-3)
+    return _Candidates(names, np.array(sig) / ref, np.array(atoms), p / p.sum())
+
+
+def _gauss_logpdf(h: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
+    return -0.5 * ((h[:, None] - mu[None]) ** 2 / var[None] + np.log(2 * math.pi * var[None]))
+
+
+#: Noise of a column relative to the host's: ``σ²(S) = σ_host² (f + (1 - f) S)``, with
+#: ``f`` the share that does not grow with the signal (read-out, background, scan noise).
+FLAT_NOISE_SHARE = 0.3
+
+
+def _var(k: float, sd_host: float, signal: np.ndarray) -> np.ndarray:
+    """Variance of every candidate level (grey levels²), see :data:`FLAT_NOISE_SHARE`."""
+    return (sd_host * k) ** 2 * (FLAT_NOISE_SHARE + (1.0 - FLAT_NOISE_SHARE) * np.maximum(signal, 0.0))
+
+
+def _levels(k: float, sd: float, cand: _Candidates, vac: tuple[float, float] | None = None):
+    """Mean and variance (grey levels) of every candidate state. ``vac = (level, sd)`` of an
+    empty column relative to the host (fitted from the frame: blur, contamination and the
+    background leave it off zero); None: 0 and the flat noise."""
+    mu, var = k * cand.signal, _var(k, sd, cand.signal)
+    if vac is not None:
+        empty = cand.signal <= 0
+        mu = np.where(empty, k * vac[0], mu)
+        var = np.where(empty, (k * vac[1]) ** 2, var)
+    return mu, var
+
+
+def _with_gamma(cand: _Candidates, gamma: float) -> _Candidates:
+    sig = np.where(cand.signal > 0, np.maximum(cand.signal, 1e-12) ** gamma, 0.0)
+    return _Candidates(cand.names, sig, cand.atoms, cand.prior)
+
+
+def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fit_gamma: bool = False,
+         n_iter: int = 40):
+    """EM fit of ``k`` (host level), the state fractions, the host column's relative noise
+    and (``fit_gamma``) a contrast exponent ``γ`` on the species' signal ratios.
+
+    ``γ`` (:data:`GAMMA_RANGE`) absorbs a detector or voltage whose Z-contrast differs
+    from the calibration; it is fitted (by the marginal likelihood, gently held at 1) only
+    where the composition lists two present species on the sublattice. Returns ``(k, sd_host, weights, loglik,
+    γ)``; every candidate (non-vacant) state is tried as the frame's most common level, the
+    best likelihood kept.
+    """
+    h = np.asarray(h, float)
+    if len(h) == 0:
+        return 1.0, 0.1, cand0.prior.copy(), -np.inf, 1.0, (0.0, 0.05)
+    # the most common level (a histogram peak of the upper 90 %)
+    top = h[h > np.percentile(h, 10)]
+    hist, edges = np.histogram(top, bins=max(10, min(60, len(top) // 10)))
+    mode = float(0.5 * (edges[hist.argmax()] + edges[hist.argmax() + 1]))
+    mode = mode if mode > 0 else float(np.median(h))
+    near = np.abs(h - mode) < 0.25 * abs(mode)
+    width = 1.4826 * float(np.median(np.abs(h[near] - mode))) if near.sum() > 5 else 0.1 * abs(mode)
+    span = float(np.ptp(h)) or 1.0
+    log_flat = math.log(OUTLIER_SHARE / span)
+    best = None
+    for s in range(len(cand0.names)):
+        if cand0.signal[s] <= 0:
+            continue
+        gamma, cand = 1.0, cand0
+        k = mode / cand.signal[s]
+        if k <= 0:
+            continue
+        w = cand.prior.copy()
+        sd = max(width / k / math.sqrt(FLAT_NOISE_SHARE + (1 - FLAT_NOISE_SHARE) * cand.signal[s]), 0.01)
+        vac = (0.0, sd * math.sqrt(FLAT_NOISE_SHARE))
+        ll = -np.inf
+        for _ in range(n_iter):
+            mu, var = _levels(k, sd, cand, vac)
+            lp = _gauss_logpdf(h, mu, var) + np.log(np.maximum(w, 1e-12))[None]
+            # a flat component takes what fits no state (contamination, a stray column)
+            lp = np.concatenate([lp, np.full((len(h), 1), log_flat)], axis=1)
+            m = lp.max(axis=1, keepdims=True)
+            post = np.exp(lp - m)
+            tot = post.sum(axis=1, keepdims=True)
+            ll = float(np.sum(m[:, 0] + np.log(tot[:, 0])))
+            post = (post / tot)[:, :-1]
+            # M step: k by weighted least squares, the fractions, the noise (robust: the
+            # spread of the sites read as the host)
+            wt = post / var[None]
+            den = float(np.sum(wt * cand.signal[None] ** 2))
+            if den > 0:
+                k = max(float(np.sum(wt * h[:, None] * cand.signal[None])) / den, 1e-9)
+            if not fixed_fractions:
+                w = (post.sum(axis=0) + 2.0 * cand.prior) / (post.sum() + 2.0)
+                w /= w.sum()
+            empty = cand.signal <= 0
+            pv = post[:, empty].sum(axis=1)
+            if pv.sum() >= MIN_EMPTY_SITES:  # the empty column's own level and spread
+                m_v = float(np.sum(pv * h) / pv.sum()) / k
+                s_v = math.sqrt(float(np.sum(pv * (h - m_v * k) ** 2) / pv.sum())) / k
+                vac = (float(np.clip(m_v, *EMPTY_LEVEL_RANGE)),
+                       float(np.clip(s_v, 0.5 * sd * math.sqrt(FLAT_NOISE_SHARE), 0.25)))
+            else:
+                vac = (0.0, sd * math.sqrt(FLAT_NOISE_SHARE))
+            best_state = post.argmax(axis=1)
+            at = best_state == int(np.argmax(w * (cand.signal > 0)))
+            if at.sum() > 5:
+                s_main = cand.signal[int(np.argmax(w * (cand.signal > 0)))]
+                shape = FLAT_NOISE_SHARE + (1.0 - FLAT_NOISE_SHARE) * s_main
+                sd = max(1.4826 * float(np.median(np.abs(h[at] - k * s_main))) / (k * math.sqrt(shape)), 0.01)
+            if fit_gamma and np.sum(cand0.signal > 0) >= 2:
+                # the marginal likelihood over γ (a species the current γ misplaces sits in
+                # the flat component, so the complete-data one would not move it)
+                gammas = np.linspace(*GAMMA_RANGE, 61)
+                q = []
+                for g in gammas:
+                    cg = _with_gamma(cand0, g)
+                    lg = _gauss_logpdf(h, *_levels(k, sd, cg, vac)) + np.log(np.maximum(w, 1e-12))[None]
+                    lg = np.concatenate([lg, np.full((len(h), 1), log_flat)], axis=1)
+                    mg = lg.max(axis=1)
+                    q.append(float(np.sum(mg + np.log(np.exp(lg - mg[:, None]).sum(axis=1)))) - 5.0 * (g - 1.0) ** 2)
+                gamma = float(gammas[int(np.argmax(q))])
+                cand = _with_gamma(cand0, gamma)
+        score = ll + (len(h) * math.log(max(w[host], 1e-3)) if w[host] < 0.05 else 0.0)
+        if best is None or score > best[3]:
+            best = (k, sd, w, score, gamma, vac)
+    return best
+
+
+def _posterior(h: np.ndarray, k: float, sd: float, w: np.ndarray, cand: _Candidates, vac=None):
+    mu, var = _levels(k, sd, cand, vac)
+    lp = _gauss_logpdf(h, mu, var) + np.log(np.maximum(w, 1e-12))[None]
+    lp -= lp.max(axis=1, keepdims=True)
+    post = np.exp(lp)
+    post /= post.sum(axis=1, keepdims=True)
+    z = np.abs(h[:, None] - mu[None]) / np.sqrt(var)[None]
+    return post, z.min(axis=1)
+
+
+def _detection_limits(k, sd_host, w, cand: _Candidates, host: int, n_host: int, area_cm2: float,
+                      n_sites: int, vac=None) -> dict[str, Any]:
+    """Per state: Currie's minimum detectable number among ``n_host`` host sites."""
+    mu, var = _levels(k, sd_host, cand, vac)
+    sd = np.sqrt(var)
+    lo, hi = float(mu.min() - 6 * sd.max()), float(mu.max() + 6 * sd.max())
+    grid = np.linspace(lo, hi, 4001)
+    post, _ = _posterior(grid, k, sd_host, w, cand, vac)
+    dx = grid[1] - grid[0]
+    out: dict[str, Any] = {}
+    for s, name in enumerate(cand.names):
+        if s == host:
+            continue
+        called = post[:, s] >= MIN_POSTERIOR
+        pdf_h = np.exp(-0.5 * (grid - mu[host]) ** 2 / var[host]) / math.sqrt(2 * math.pi * var[host])
+        pdf_s = np.exp(-0.5 * (grid - mu[s]) ** 2 / var[s]) / math.sqrt(2 * math.pi * var[s])
+        p_fp = float(np.sum(pdf_h[called]) * dx)
+        p_d = float(np.sum(pdf_s[called]) * dx)
+        if p_d < 0.5:
+            out[name] = "undetectable"
+            continue
+        b = n_host * p_fp
+        ld = (2.71 + 4.65 * math.sqrt(b)) / p_d
+        out[name] = {"min_detectable_sites": round(ld, 2),
+                     "min_detectable_fraction": round(ld / max(n_sites, 1), 5),
+                     "min_detectable_cm2": float(f"{ld / area_cm2:.3g}") if area_cm2 > 0 else None,
+                     "detection_probability": round(p_d, 4), "false_positive_rate": float(f"{p_fp:.3g}")}
+    return out
+
+
+def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | None = None,
+                     voltage_kv: float = 80.0) -> SiteStates:
+    """Read every site's state from its column intensity (see the module docstring).
+
+    Parameters
+    ----------
+    model : SiteModel
+        Sites, domains and cells of the frame (heights above the hollow background).
+    material : str
+        Binary, alloy or doped formula (:func:`~.materials.parse_composition`).
+    cell_area_nm2 : float, optional
+        Unit-cell area for the detection limits in cm⁻² (default: the material's).
+    voltage_kv : float
+        Beam energy for the calibrated Z-contrast (80 kV unless known).
+    """
+    from .zcontrast import chalcogen_signal, effective_z, metal_signal
+
+    s = model.sites
+    n = len(s)
+    out = SiteStates.empty(n)
+    if n == 0:
+        return out
+    comp = parse_composition(material)
+    host = get_material(material)
+    area_nm2 = cell_area_nm2 if cell_area_nm2 is not None else host.cell_area_nm2
+    counted = ~s.boundary
+    cands = {ROLE_M: _metal_candidates(comp, host.z_metal, voltage_kv),
+             ROLE_X: _chalcogen_candidates(comp, host.z_chalcogen, voltage_kv)}
+    hosts = {ROLE_M: host.metal, ROLE_X: host.chalcogen * 2}
+    host_abs = {ROLE_M: float(metal_signal(host.z_metal, voltage_kv)),
+                ROLE_X: float(chalcogen_signal(host.z_chalcogen, host.z_chalcogen, voltage_kv))}
+    fixed = all(f is not None for _, f in comp.metals + comp.chalcogens) and all(
+        f is not None for _, f in comp.dopants)
+    for role, rname in ((ROLE_M, "M"), (ROLE_X, "X")):
+        cand0 = cand = cands[role]
+        hi = cand.names.index(hosts[role])
+        sel_role = s.role == role
+        # one fit per domain with enough sites, the rest share the frame's fit
+        groups = []
+        frame_sel = sel_role & counted
+        for d in sorted(set(s.domain[sel_role].tolist())):
+            sel = sel_role & (s.domain == d)
+            if np.sum(sel & counted) >= MIN_SITES_PER_FIT:
+                groups.append((sel, sel & counted))
+        rest = sel_role.copy()
+        for sel, _ in groups:
+            rest &= ~sel
+        if rest.any():
+            groups.append((rest, frame_sel if np.sum(rest & counted) < MIN_SITES_PER_FIT else rest & counted))
+        fits = []
+        for sel, fit_sel in groups:
+            if not fit_sel.any():
+                continue
+            k, sd_host, w, _, gamma, vac = _fit(s.height[fit_sel], cand0, hi, fixed_fractions=fixed,
+                                                fit_gamma=role == ROLE_M)
+            cand = _with_gamma(cand0, gamma)
+            post, zmin = _posterior(s.height[sel], k, sd_host, w, cand, vac)
+            idx = np.flatnonzero(sel)
+            best = post.argmax(axis=1)
+            p = post[np.arange(len(idx)), best]
+            level = s.height[sel] / k
+            names = np.array(cand.names, object)[best]
+            atoms = cand.atoms[best].copy()
+            ok = p >= MIN_POSTERIOR
+            state = np.where(ok, names, "unresolved").astype(object)
+            atoms = np.where(ok, atoms, -1)
+            floor = vac[0] + 3.0 * vac[1]  # above an empty column's level
+            if role == ROLE_M:
+                zeff = effective_z(np.maximum(level, 1e-6) ** (1.0 / gamma), host.z_metal, voltage_kv)
+                out.z_eff[idx] = np.where(level > floor, zeff, np.nan)
+                odd = zmin > OUTLIER_SIGMAS
+                state = np.where(odd & (level > cand.signal[hi]), "heavier", state)
+                state = np.where(odd & (level < cand.signal[hi]) & (level > floor), "lighter", state)
+                atoms = np.where(odd, 1, atoms)
+            else:
+                odd = zmin > OUTLIER_SIGMAS
+                state = np.where(odd, "unresolved", state)
+                atoms = np.where(odd, -1, atoms)
+            out.state[idx], out.atoms[idx], out.probability[idx], out.level[idx] = state, atoms, p, level
+            fits.append((k, sd_host, w, int(fit_sel.sum()), cand, gamma, vac))
+        if not fits:
+            continue
+        # the frame's figures: the largest group's fit
+        k, sd_host, w, n_fit, cand, gamma, vac = max(fits, key=lambda f: f[3])
+        if role == ROLE_M:
+            out.contrast_exponent = round(gamma, 3)
+        out.host[rname] = hosts[role]
+        out.sigma[rname] = sd_host
+        out.w_atom_level[rname] = k / host_abs[role]
+        read = sel_role & counted & (out.state != "unresolved")
+        names_read = out.state[read]
+        out.fractions[rname] = {nm: round(float(np.mean(names_read == nm)), 4) for nm in
+                                list(cand.names) + (["heavier", "lighter"] if role == ROLE_M else [])
+                                if np.any(names_read == nm)}
+        n_sites = int(np.sum(sel_role & counted))
+        n_host = int(np.sum(out.state[sel_role & counted] == hosts[role])) or n_sites
+        out.detection_limits[rname] = _detection_limits(k, sd_host, w, cand, hi, n_host,
+                                                        n_sites * area_nm2 * 1e-14, n_sites, vac)
+    return out

@@ -1,0 +1,99 @@
+"""Site states read from column intensities (:mod:`napari_tmd_defects.states`)."""
+
+import numpy as np
+import pytest
+
+from napari_tmd_defects.evaluation import match_sites
+from napari_tmd_defects.materials import get_material
+from napari_tmd_defects.pipeline import analyze, locate_cells
+from napari_tmd_defects.simulation import Noise, simulate
+from napari_tmd_defects.sites import ROLE_M, ROLE_X
+from napari_tmd_defects.states import read_site_states
+
+
+def _read(formula, seed=0, noise=Noise(12, 20)):
+    sim = simulate(formula, 320, 0.1, defect_fraction=0.15, class_weights=(1, 1, 3, 1, 1), seed=seed,
+                   noise=noise, rotation_deg=7.0)
+    frame = locate_cells(sim.image, 0.1, formula)
+    return sim.truth, frame.model, read_site_states(frame.model, formula)
+
+
+def _matched(model, truth, role):
+    s = model.sites
+    idx = np.flatnonzero((s.role == role) & ~s.boundary)
+    true_xy = truth.cell_m_site if role == ROLE_M else truth.cell_x_site
+    j = match_sites(s.xy[idx], true_xy, truth.a_px)
+    return idx[j >= 0], j[j >= 0]
+
+
+@pytest.mark.parametrize("formula, sub", [("Mo0.8W0.2Te2", 74), ("MoS2:Re0.06", 75), ("WSe2:Cr0.06", 24)])
+def test_vacancies_and_substituents_are_told_apart(formula, sub):
+    truth, model, st = _read(formula, seed=2)
+    idx, j = _matched(model, truth, ROLE_M)
+    z = truth.cell_m_z[j]
+    assert np.sum(z == sub) >= 5 and np.sum(z == 0) >= 3
+    state = st.state[idx]
+    host = get_material(formula).metal
+    called_sub = ~np.isin(state, ["vacant", "unresolved", host])
+    # vacancy vs substitution at >= 97 % of the sites that are either
+    either = (z == 0) | (z == sub)
+    right = np.where(z == 0, state == "vacant", called_sub)
+    assert right[either].mean() >= 0.97
+    assert np.mean(state[z == get_material(formula).z_metal] == host) >= 0.98
+    # the substituent's effective Z within 15 %
+    zeff = st.z_eff[idx][z == sub]
+    assert np.nanmedian(np.abs(zeff - sub) / sub) <= 0.15
+
+
+def test_chalcogen_columns_count_their_atoms_and_species():
+    truth, model, st = _read("MoS1.2Se0.8", seed=1, noise=Noise(40, 8))
+    idx, j = _matched(model, truth, ROLE_X)
+    n_true = (truth.cell_x_z[j] > 0).sum(axis=1)
+    atoms = st.atoms[idx]
+    read = atoms >= 0
+    assert read.mean() >= 0.9
+    assert np.mean(atoms[read] == n_true[read]) >= 0.97
+    full = read & (n_true == 2)
+    zs = np.sort(truth.cell_x_z[j][full], axis=1)
+    want = np.array([{16: "S", 34: "Se"}[a] + {16: "S", 34: "Se"}[b] for a, b in zs])
+    assert np.mean(st.state[idx][full] == want) >= 0.9
+    assert set(st.fractions["X"]) >= {"SS", "SSe", "SeSe"}
+
+
+def test_noise_makes_states_unresolved_not_vacancies():
+    """A frame too noisy to read single chalcogen atoms: unresolved and a detection limit,
+    not a harvest of vacancies."""
+    truth, model, st = _read("WS2", seed=3, noise=Noise(2.0, 30))
+    idx, j = _matched(model, truth, ROLE_X)
+    n_true = (truth.cell_x_z[j] > 0).sum(axis=1)
+    called_v = np.isin(st.state[idx], ["vacant", "S"])
+    if called_v.any():
+        assert np.mean(n_true[called_v] < 2) >= 0.9  # what is called is right
+    limits = st.detection_limits["X"]
+    assert limits["S"] == "undetectable" or limits["S"]["min_detectable_sites"] > 3
+
+
+def test_detection_limits_are_reported():
+    _, _, st = _read("MoTe2", seed=4)
+    lim = st.detection_limits["M"]["vacant"]
+    assert 2.71 <= lim["min_detectable_sites"] < 20
+    assert lim["min_detectable_cm2"] > 1e11
+    assert 0.5 <= lim["detection_probability"] <= 1.0
+
+
+def test_alloy_in_the_pipeline_counts_substituents_not_vacancies(tmp_path):
+    sim = simulate("Mo0.7W0.3Te2", 320, 0.1, defect_fraction=0.08, seed=5, noise=Noise(12, 20))
+    res = analyze(sim.image, 0.1, "Mo0.7W0.3Te2", detector=None, use_detector=False)
+    truth_vm = int(np.sum(sim.truth.cell_m_z[sim.truth.interior] == 0))
+    got_vm = res.counts()["V_Mo"] + res.counts()["V_Te1+V_Mo"] + res.counts()["V_Te2+V_Mo"]
+    assert abs(got_vm - truth_vm) <= 2
+    sites = res.site_state_counts()["M"]
+    n_w = int(np.sum(sim.truth.cell_m_z[sim.truth.interior] == 74))
+    assert abs(sites.get("W", 0) - n_w) <= max(3, 0.05 * n_w)
+    summary = res.summary()
+    assert summary["material"] == "Mo0.7W0.3Te2"
+    assert "vacant" in summary["site_reading"]["detection_limits"]["M"]
+    table = res.table()
+    assert {"m_state", "m_z_eff", "x_column", "x_atoms"} <= set(table)
+    path = res.write_csv(tmp_path / "cells.csv")
+    assert "m_state" in path.read_text().splitlines()[0]
