@@ -95,3 +95,31 @@ def test_a_result_without_cells_scores_as_all_missed():
     sc = score_result(empty_result((256, 256), "MoTe2", 0.1, "given", 0.65, 0.5, [], 0.6), t)
     assert sc.n_matched == 0 and sc.recall == 0 and sc.site_tp.sum() == 0
     assert sc.site_fn.sum() > 0 and sc.boundary_recall == 0
+
+
+def test_calibration_error_and_reliability():
+    s = CellScore()
+    # 100 cells at confidence 0.95, 90 right: ECE 0.05; 100 at 0.55, 55 right: gap 0
+    s.calib_n[9], s.calib_conf[9], s.calib_right[9] = 100, 95.0, 90
+    s.calib_n[5], s.calib_conf[5], s.calib_right[5] = 100, 55.0, 55
+    assert s.ece == pytest.approx(0.025)
+    rel = s.reliability()
+    assert [r[2] for r in rel] == [100, 100] and rel[1][4] == pytest.approx(0.9)
+    other = CellScore()
+    other.add(s)
+    assert other.ece == pytest.approx(0.025)
+    assert "Reliability" in format_report("t", {"m": s})
+    assert CellScore().ece != CellScore().ece  # NaN without cells
+
+
+def test_temperature_scaling_recovers_a_known_temperature():
+    from napari_tmd_defects.classification import fit_temperature
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(4000, 6))
+    y = np.array([rng.choice(6, p=np.exp(row) / np.exp(row).sum()) for row in logits])  # calibrated at T = 1
+    p_sharp = np.exp(2.0 * logits)  # the network's softmax twice too sharp: T = 2 undoes it
+    p_sharp /= p_sharp.sum(1, keepdims=True)
+    assert fit_temperature(p_sharp, y) == pytest.approx(2.0, rel=0.1)
+    with pytest.raises(ValueError):
+        fit_temperature(np.zeros((0, 6)), np.zeros(0))

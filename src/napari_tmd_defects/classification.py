@@ -80,6 +80,7 @@ __all__ = [
     "crops_from_dataset",
     "evaluate_dataset",
     "extract_crops",
+    "fit_temperature",
     "jitter_boxes",
     "load_classifier",
     "normalize_image",
@@ -395,6 +396,8 @@ class CellClassifier:
         self.input_size = int(card.get("input_size", DEFAULT_INPUT_SIZE))
         self.channels = int(card.get("in_channels", DEFAULT_CHANNELS))
         self.material = str(card.get("material", "MoTe2"))
+        #: softmax temperature fitted on held-apart validation frames (card ``calibration``)
+        self.temperature = float(card.get("calibration", {}).get("temperature", 1.0))
         self.half = self.device.type == "cuda"
         model = model.to(self.device).eval()
         if self.half:
@@ -487,7 +490,7 @@ class CellClassifier:
                 check_cancel(cancel)
                 crops = crop(img_t, i, i + self.batch_size)
                 crops = crops.to(dtype).contiguous(memory_format=torch.channels_last)
-                logits = self.model(crops).float()
+                logits = self.model(crops).float() / self.temperature
                 out[i : i + len(crops)] = torch.softmax(logits, 1).cpu().numpy()
                 if progress:
                     progress(min(i + self.batch_size, n), n)
@@ -1047,6 +1050,26 @@ def make_card(model_channels: int, input_size: int, stem: str, material: str = "
 
 
 # --------------------------------------------------------------------------- evaluation
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.2, 5.0)) -> float:
+    """Softmax temperature ``T`` that minimises the negative log-likelihood of the true
+    ``labels`` under probabilities rescaled as ``p^(1/T)`` (temperature scaling of the
+    logits; ``probabilities`` (N, C) are the softmax at ``T = 1``)."""
+    from scipy.optimize import minimize_scalar
+
+    p = np.clip(np.asarray(probabilities, float), 1e-12, 1.0)
+    y = np.asarray(labels, int)
+    if len(y) == 0:
+        raise ValueError("no cells to fit the temperature on")
+    logp = np.log(p)
+
+    def nll(t):
+        z = logp / t
+        z -= z.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]))
+
+    return float(minimize_scalar(nll, bounds=bounds, method="bounded").x)
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
     """``(n, n)`` counts; rows = true class, columns = predicted class."""
     t = np.asarray(y_true, dtype=np.int64).ravel()

@@ -87,6 +87,10 @@ def match_sites(pred: np.ndarray, true: np.ndarray, a_px: float, max_dist: float
     return out
 
 
+#: Equal-width confidence bins of the reliability table and the calibration error.
+CALIBRATION_BINS = 10
+
+
 @dataclass
 class CellScore:
     """Counts accumulated over one or more images."""
@@ -121,6 +125,11 @@ class CellScore:
     n_fake_clusters: int = 0
     #: matched cells whose chalcogen state the result reports as unresolved
     n_unresolved: int = 0
+    #: reliability bins (:data:`CALIBRATION_BINS` of the reported confidence): scored cells,
+    #: their summed confidence, and how many were right
+    calib_n: np.ndarray = field(default_factory=lambda: np.zeros(CALIBRATION_BINS, int))
+    calib_conf: np.ndarray = field(default_factory=lambda: np.zeros(CALIBRATION_BINS))
+    calib_right: np.ndarray = field(default_factory=lambda: np.zeros(CALIBRATION_BINS, int))
 
     def add(self, other: "CellScore") -> None:
         for k in ("n_true", "n_pred", "n_matched", "n_duplicates", "n_iou50", "iou_sum", "seconds", "n_images",
@@ -133,6 +142,9 @@ class CellScore:
         self.site_tp += other.site_tp
         self.site_fn += other.site_fn
         self.site_fp += other.site_fp
+        self.calib_n += other.calib_n
+        self.calib_conf += other.calib_conf
+        self.calib_right += other.calib_right
         self.largest_fake_cluster = max(self.largest_fake_cluster, other.largest_fake_cluster)
 
     def site_recall(self) -> np.ndarray:
@@ -184,6 +196,23 @@ class CellScore:
     def class_accuracy(self) -> float:
         tot = self.confusion.sum()
         return float(np.trace(self.confusion) / tot) if tot else float("nan")
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error of the reported confidence: the cell-weighted mean
+        gap between confidence and accuracy over :data:`CALIBRATION_BINS` equal bins."""
+        n = self.calib_n.sum()
+        if not n:
+            return float("nan")
+        nz = self.calib_n > 0
+        gap = np.abs(self.calib_right[nz] / self.calib_n[nz] - self.calib_conf[nz] / self.calib_n[nz])
+        return float(np.sum(self.calib_n[nz] * gap) / n)
+
+    def reliability(self) -> list[tuple[float, float, int, float, float]]:
+        """Per non-empty bin: ``(low, high, cells, mean confidence, accuracy)``."""
+        edges = np.linspace(0.0, 1.0, CALIBRATION_BINS + 1)
+        return [(edges[b], edges[b + 1], int(self.calib_n[b]), self.calib_conf[b] / self.calib_n[b],
+                 self.calib_right[b] / self.calib_n[b]) for b in range(CALIBRATION_BINS) if self.calib_n[b]]
 
     def per_class_accuracy(self) -> np.ndarray:
         """Recall of each true class among matched cells (NaN where absent)."""
@@ -273,6 +302,11 @@ def score_result(result, truth) -> CellScore:
         # classes are scored where the result resolves them
         ok = (lab[pi] >= 0) & interior[gi] & ~xu[pi]
         np.add.at(s.confusion, (t_lab[ok], lab[pi][ok]), 1)
+        conf = np.asarray(getattr(result, "confidence", np.ones(n_p)), float)[pi][ok]
+        b = np.clip((conf * CALIBRATION_BINS).astype(int), 0, CALIBRATION_BINS - 1)
+        np.add.at(s.calib_n, b, 1)
+        np.add.at(s.calib_conf, b, conf)
+        np.add.at(s.calib_right, b, (t_lab[ok] == lab[pi][ok]).astype(int))
     # ---- vacancy sites in domain interiors, site by site
     tline = _line_points(truth.boundary_lines, 0.25 * a)
     line_tree = cKDTree(tline) if len(tline) else None
@@ -368,14 +402,15 @@ def format_report(
     if notes:
         lines += [notes, ""]
     lines += [
-        "| method | images | true cells | recall | precision | duplicates | IoU>0.5 accuracy | mean IoU | class accuracy | s / image |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | images | true cells | recall | precision | duplicates | IoU>0.5 accuracy | mean IoU | class accuracy "
+        "| ECE | s / image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in scores.items():
         lines.append(
             f"| {name} | {s.n_images} | {s.n_true} | {_pct(s.recall)} | {_pct(s.precision)} | "
             f"{_pct(s.duplicate_rate)} | {_pct(s.accuracy_iou50)} | {s.mean_iou:.3f} | "
-            f"{_pct(s.class_accuracy)} | {s.seconds / max(s.n_images, 1):.2f} |"
+            f"{_pct(s.class_accuracy)} | {s.ece:.4f} | {s.seconds / max(s.n_images, 1):.2f} |"
         )
     lines += ["", "Per-class accuracy (recall of each true class among matched cells):", ""]
     lines += ["| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
@@ -405,6 +440,12 @@ def format_report(
         for name, s in scores.items():
             lines.append(f"| {name} | {_pct(s.boundary_recall)} | {_pct(s.boundary_precision)} | "
                          f"{s.n_boundary_cells} |")
+    lines += ["", "Reliability of the reported confidence (cells scored for their class; ECE = cell-weighted mean "
+              "|accuracy − confidence| over the bins):", ""]
+    lines += ["| method | confidence bin | cells | mean confidence | accuracy |", "|---|---|---:|---:|---:|"]
+    for name, s in scores.items():
+        for lo, hi, n, conf, acc in s.reliability():
+            lines.append(f"| {name} | {lo:.1f}–{hi:.1f} | {n} | {conf:.4f} | {acc:.4f} |")
     for name, s in scores.items():
         lines += ["", f"Confusion matrix, {name} (rows: truth, columns: prediction):", ""]
         lines += ["| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
