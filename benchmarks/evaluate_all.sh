@@ -16,6 +16,9 @@ for m in MoSe2 WSe2 MoS2 WS2; do
   sim "mat_$m" --n 10 --size 512 --material "$m" --preset realistic --pixel-size 0.06 0.15 --rotation random \
       --defect-fraction 0.05 0.2 --seed 8201
 done
+# low dose and poor optics (the "hard" preset)
+sim hard --n 20 --size 384 --preset hard --pixel-size 0.06 0.15 --rotation random --defect-fraction 0.1 0.2 \
+    --seed 9701
 sim ms_realistic --n 10 --size 256 --model multislice --frozen-phonons 2 --preset realistic --pixel-size 0.09 0.12 \
     --rotation random --defect-fraction 0.1 0.2 --seed 9301
 # domain boundaries, non-linear scan distortion, weak chalcogens (the "structure" preset)
@@ -31,6 +34,8 @@ ev() { tmd-defects evaluate --data "$D/$1" --title "$2" --report "$R/$1.md" --me
 ev paper "Paper conditions (MoTe2)" networks classical fcn
 ev realistic "Realistic conditions (MoTe2)" networks classical fcn
 ev ms_realistic "Multislice (abTEM), realistic conditions, rotated and distorted (MoTe2)" networks classical fcn
+ev hard "Low dose and aberrations (MoTe2): λ 3–10, defocus and astigmatism 15–30 Å, contamination, 8-bit/JPEG" \
+    networks classical
 ev vacuum "Vacuum holes and film edges (MoTe2, realistic, rotated)" networks classical
 for m in MoSe2 WSe2 MoS2 WS2; do ev "mat_$m" "$m (realistic, rotated)" networks classical; done
 ev structure "Structure (MoTe2): grain, mirror twin, inversion and translation boundaries, non-linear scan distortion, weak chalcogens" networks classical

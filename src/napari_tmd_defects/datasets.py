@@ -54,7 +54,7 @@ __all__ = [
 DATASET_FORMAT = "napari-tmd-defects.dataset"
 
 #: Names of the imaging-condition presets accepted by :func:`sample_conditions`.
-PRESETS = ("paper", "realistic", "clean", "structure")
+PRESETS = ("paper", "realistic", "clean", "structure", "hard")
 #: Image models accepted by :func:`generate_dataset`: the fast incoherent simulator and
 #: the multislice backend (abTEM, optional extra ``[multislice]``).
 MODELS = ("fast", "multislice")
@@ -89,6 +89,10 @@ def sample_conditions(
         to ~4°, stretch up to ~4 %), 8-bit exports, some JPEG-compressed.
     ``clean``
         Paper optics, no noise.
+    ``hard``
+        Low dose and poor optics: ``realistic``, but lambda 3-10 counts at the brightest
+        column, residual defocus and astigmatism of 15-30 Å each, contamination always,
+        8-bit exports, half of them JPEG-compressed (quality 60-90).
     ``structure``
         ``realistic``, plus one or two domain boundaries (tilt grain boundaries of any
         angle, mirror twin, inversion and translation boundaries; :class:`Boundary`),
@@ -148,6 +152,13 @@ def sample_conditions(
         )
     if preset == "structure":
         _add_structure(kw, rng, size)
+    if preset == "hard":
+        sign = lambda: 1.0 if rng.random() < 0.5 else -1.0  # noqa: E731
+        kw["optics"] = replace(kw["optics"], defocus_a=sign() * rng.uniform(15.0, 30.0),
+                               astigmatism_a=rng.uniform(15.0, 30.0))
+        kw["noise"] = replace(kw["noise"], poisson_lambda=rng.uniform(3.0, 10.0),
+                              contamination=rng.uniform(0.1, 0.3), quantize_8bit=True,
+                              jpeg_quality=int(rng.integers(60, 91)) if rng.random() < 0.5 else None)
     if not 0.0 <= vacuum <= 1.0:
         raise ValueError(f"vacuum is a probability in [0, 1], got {vacuum}")
     if vacuum > 0 and rng.random() < vacuum:
