@@ -169,3 +169,26 @@ def test_vacuum_is_shown_and_its_cells_left_out(make_napari_viewer):
     vac = viewer.layers["edge [vacuum]"]
     assert vac.data.any() and np.allclose(vac.scale, [0.09, 0.09])
     assert abs(res.n_cells - sim.truth.n_cells) <= 0.03 * sim.truth.n_cells
+
+
+def test_an_alloy_shows_its_site_states(make_napari_viewer):
+    from napari_tmd_defects.simulation import Noise, simulate
+
+    sim = simulate("Mo0.7W0.3Te2", shape=320, pixel_size=0.1, noise=Noise(12, 20), seed=6)
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.image, name="alloy", scale=(0.1, 0.1), metadata={"pixel_size_A": 0.1})
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    widget._device.value = "cpu"
+    widget._composition.value = "Mo0.7W0.3Te2"
+    res = widget.run()
+    assert res.material == "Mo0.7W0.3Te2"
+    lay = viewer.layers["alloy [site states]"]
+    states = set(lay.features["state"])
+    assert "W" in states and "Mo" not in states  # the host is not marked
+    n_w = res.site_state_counts()["M"]["W"]  # on the cells' sites (the layer also marks the rest)
+    true_w = int(np.sum(sim.truth.cell_m_z == 74))
+    assert abs(n_w - true_w) <= max(3, 0.1 * true_w)
+    assert np.sum(lay.features["state"] == "W") >= n_w
+    widget._composition.value = "Mo0.7Q0.3Te2"
+    widget.start()
+    assert "unknown element" in widget.status

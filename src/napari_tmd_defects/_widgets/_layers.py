@@ -362,13 +362,15 @@ def _show_states(viewer, result, image_name: str, geo: dict[str, Any], a_px: flo
         lay.data = pts
         lay.features = feats
     else:
-        lay = viewer.add_points(pts, name=name, size=max(3.0, 0.3 * a_px), symbol="ring", border_width=0.2,
+        lay = viewer.add_points(pts, name=name, size=max(3.0, 0.3 * a_px), border_width=0.15,
                                 border_width_is_relative=True, features=feats, **geo)
     if len(pts):
         from ..visualization import state_colors
 
         col = state_colors(states)
-        lay.face_color = col
+        face = col.copy()
+        face[:, 3] = 0.0  # open circles: the column stays visible
+        lay.face_color = face
         lay.border_color = col
 
 
