@@ -557,11 +557,11 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> tuple[
         nm_new = np.where(ms == "vacant", 1, 0)
         nx_new = np.where(x_unres, 0, np.clip(2 - st.atoms[c.x], 0, 2))
     else:
-        m_full = (ms == st.host.get("M", "")) & (st.probability[c.m] >= MIN_POSTERIOR)
+        m_full = (st.atoms[c.m] == 1) & (st.count_probability[c.m] >= MIN_POSTERIOR)
         nm_new = np.where(sub | m_full, 0, nm)
         # a chalcogen vacancy is counted where the column reading agrees: not on a column
         # that reads full, not where the column cannot be read
-        x_full = (xs == st.host.get("X", "")) & (st.probability[c.x] >= MIN_POSTERIOR)
+        x_full = (st.atoms[c.x] == 2) & (st.count_probability[c.x] >= MIN_POSTERIOR)
         nx_new = np.where((nx > 0) & (x_full | x_unres), 0, nx)
     nm_new = np.where(m_unres & (nm == 1) & ~comp.is_binary, 0, nm_new)
     changed = ok & ((nm_new != nm) | (nx_new != nx))
@@ -664,11 +664,11 @@ def make_result(frame: Frame, labels: np.ndarray, confidence: np.ndarray, probab
         st = frame.states
         if probabilities is not None and changed.any():
             # a class the column reading set: the reading's confidence
-            confidence = np.where(changed, np.minimum(st.probability[cells.x], st.probability[cells.m]), confidence)
+            confidence = np.where(changed, st.count_probability[cells.x] * st.count_probability[cells.m], confidence)
         x_unresolved |= st.state[cells.x] == "unresolved"
         if not binary and np.any(labels >= 0):
             # the classifier learnt binaries: here the confidence is the site reading's
-            confidence = np.where(labels >= 0, np.minimum(st.probability[cells.x], st.probability[cells.m]), 0.0)
+            confidence = np.where(labels >= 0, st.count_probability[cells.x] * st.count_probability[cells.m], 0.0)
             flagged[:] = (labels >= 0) & ((confidence < low_confidence) | (st.state[cells.m] == "unresolved")
                                           | (st.state[cells.x] == "unresolved"))
         frame.timings["states"] = time.perf_counter() - t0

@@ -77,7 +77,11 @@ class SiteStates:
         Effective atomic number of a metal column from its intensity (NaN on X sites and
         where not measurable).
     probability : (S,) float
-        Posterior probability of the most probable listed state.
+        Posterior probability of the most probable listed state (species included: Nb and
+        Mo columns cannot be told apart, so neither gets a high one).
+    count_probability : (S,) float
+        Posterior probability of the site's number of atoms (what the cell classes need);
+        a site is ``unresolved`` where it is below :data:`MIN_POSTERIOR`.
     level : (S,) float
         Intensity relative to the host column of the site's sublattice and domain.
     host : dict
@@ -99,6 +103,7 @@ class SiteStates:
     z_eff: np.ndarray
     probability: np.ndarray
     level: np.ndarray
+    count_probability: np.ndarray = field(default_factory=lambda: np.zeros(0))
     host: dict[str, str] = field(default_factory=dict)
     sigma: dict[str, float] = field(default_factory=dict)
     fractions: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -113,7 +118,7 @@ class SiteStates:
     @classmethod
     def empty(cls, n: int = 0) -> "SiteStates":
         return cls(np.full(n, "unresolved", object), np.full(n, -1), np.full(n, np.nan), np.zeros(n),
-                   np.full(n, np.nan))
+                   np.full(n, np.nan), np.zeros(n))
 
     @property
     def unresolved(self) -> np.ndarray:
@@ -259,9 +264,15 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
             den = float(np.sum(wt * cand.signal[None] ** 2))
             if den > 0:
                 k = max(float(np.sum(wt * h[:, None] * cand.signal[None])) / den, 1e-9)
-            if not fixed_fractions:
-                w = (post.sum(axis=0) + 2.0 * cand.prior) / (post.sum() + 2.0)
-                w /= w.sum()
+            free = (post.sum(axis=0) + 2.0 * cand.prior) / (post.sum() + 2.0)
+            if fixed_fractions:
+                # the composition fixes the species' shares among full columns; how many
+                # columns miss atoms is the frame's to say
+                full = cand.atoms == cand.atoms.max()
+                w = np.where(full, cand.prior / max(cand.prior[full].sum(), 1e-12) * free[full].sum(), free)
+            else:
+                w = free
+            w = w / w.sum()
             empty = cand.signal <= 0
             pv = post[:, empty].sum(axis=1)
             if pv.sum() >= MIN_EMPTY_SITES:  # the empty column's own level and spread
@@ -397,9 +408,14 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             best = post.argmax(axis=1)
             p = post[np.arange(len(idx)), best]
             level = s.height[sel] / k
-            names = np.array(cand.names, object)[best]
-            atoms = cand.atoms[best].copy()
-            ok = p >= MIN_POSTERIOR
+            # how many atoms first (what the classes need), then which species
+            counts = np.unique(cand.atoms)
+            p_count = np.stack([post[:, cand.atoms == a].sum(axis=1) for a in counts], axis=1)
+            atoms = counts[p_count.argmax(axis=1)]
+            p_atoms = p_count.max(axis=1)
+            in_count = np.where(cand.atoms[None] == atoms[:, None], post, -1.0)
+            names = np.array(cand.names, object)[in_count.argmax(axis=1)]
+            ok = p_atoms >= MIN_POSTERIOR
             state = np.where(ok, names, "unresolved").astype(object)
             atoms = np.where(ok, atoms, -1)
             floor = vac[0] + 3.0 * vac[1]  # above an empty column's level
@@ -415,6 +431,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 state = np.where(odd, "unresolved", state)
                 atoms = np.where(odd, -1, atoms)
             out.state[idx], out.atoms[idx], out.probability[idx], out.level[idx] = state, atoms, p, level
+            out.count_probability[idx] = p_atoms
             fits.append((k, sd_host, w, int(fit_sel.sum()), cand, gamma, vac))
         if not fits:
             continue
