@@ -15,10 +15,12 @@ def test_statistics_and_export(analysed, tmp_path):
     conc = res.concentrations_cm2()
     for row, (name, n) in enumerate(res.counts().items()):
         assert stats._table.item(row, 1).text() == name
-        assert stats._table.item(row, 2).text() == str(n)
+        count, sigma = stats._table.item(row, 2).text().split(" ± ")
+        assert int(count) == n and float(sigma) >= np.sqrt(n) - 0.05  # counting statistics at least
         assert float(stats._table.item(row, 3).text()) == pytest.approx(conc[name], rel=1e-2)
     assert f"{res.n_cells}</b> cells" in stats._summary.text()
     assert "noise:" in stats._summary.text()
+    assert "metal sites:" in stats._summary.text() and "chalcogen columns:" in stats._summary.text()
     ax = stats._fig.axes[0]
     assert sum(p.get_height() for p in ax.patches) == pytest.approx(np.sum(res.labels >= 0))
 

@@ -1,5 +1,6 @@
-"""**Statistics** panel: counts, analysed area, concentrations (cm⁻²) and a confidence
-histogram of the current result, updated live; **Export** writes the cell table (CSV),
+"""**Statistics** panel: counts (± one sigma: counting statistics and the classification's
+doubt), analysed area, concentrations (cm⁻²), the site states and a confidence histogram
+of the current result, updated live; **Export** writes the cell table (CSV),
 an overlay PNG and a summary JSON."""
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class StatisticsWidget(QWidget):
             self._summary.setText("No analysis yet: run Defect analysis first.")
             self._canvas.draw_idle()
             return
-        counts, conc = res.counts(), res.concentrations_cm2()
+        counts, conc, unc = res.counts(), res.concentrations_cm2(), res.counts_uncertainty()
         n_uncl = int(np.sum(res.labels < 0))
         self._summary.setText(
             f"<b>{res.n_cells}</b> cells, area <b>{res.area_nm2:.2f} nm²</b> "
@@ -175,7 +176,7 @@ class StatisticsWidget(QWidget):
             sw.setBackground(_qcolor(CLASS_COLORS[k]))
             self._table.setItem(k, 0, sw)
             self._table.setItem(k, 1, QTableWidgetItem(name))
-            for col, text in ((2, str(n)), (3, f"{conc[name]:.3g}")):
+            for col, text in ((2, f"{n} ± {unc[name]:.1f}"), (3, f"{conc[name]:.3g}")):
                 it = QTableWidgetItem(text)
                 it.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 self._table.setItem(k, col, it)
