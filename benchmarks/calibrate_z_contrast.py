@@ -92,21 +92,22 @@ def backend_sampling(optics: Optics) -> float:
                0.95 * 2.0 / 3.0 * electron_wavelength(optics.voltage_kv) / (2.0 * optics.detector_mrad[1] * 1e-3))
 
 
-def calibration_sampling(optics: Optics, requested: float) -> tuple[float, str]:
-    """Sampling (Å) of the calibration and a note on the anti-aliasing limits.
+def calibration_sampling(optics: Optics, requested: float) -> tuple[float, str, str | None]:
+    """Sampling (Å) of the calibration, the backend's default there, and a note if adapted.
 
     abTEM keeps scattering up to 2/3 of the Nyquist angle; where ``requested`` would cut
-    the detector's outer angle, the sampling is made finer (never the detector clipped).
+    the detector's outer angle, the sampling is made finer (never the detector clipped)
+    and the third value says so (else None).
     """
     outer = optics.detector_mrad[1]
     kv = optics.voltage_kv
     bdx = backend_sampling(optics)
-    note = f"{bdx:.4g} Å (keeps {ms._max_detector_angle(kv, bdx):.0f} mrad)"
-    dx = float(requested)
+    backend = f"{bdx:.4g} Å (keeps {ms._max_detector_angle(kv, bdx):.0f} mrad)"
+    dx, adapted = float(requested), None
     if ms._max_detector_angle(kv, dx) < outer:
         dx = float(f"{0.95 * 2.0 / 3.0 * electron_wavelength(kv) / (2.0 * outer * 1e-3):.4g}")
-        note += f"; {requested} Å would keep less than {outer} mrad: sampled at {dx} Å"
-    return dx, note
+        adapted = f"{requested} Å would keep less than {outer} mrad: sampled at {dx} Å"
+    return dx, backend, adapted
 
 
 # --------------------------------------------------------------------------- multislice
@@ -231,7 +232,7 @@ def calibrate_voltage(abtem, kv: float, sampling: float, phonons: tuple[int, int
                       log) -> tuple[dict, dict]:
     """Table entry of one voltage and its diagnostics (absolute signals, runs, seconds)."""
     optics = replace(Optics(), voltage_kv=float(kv))
-    dx, note = calibration_sampling(optics, sampling)
+    dx, backend, adapted = calibration_sampling(optics, sampling)
     calc = Calculator(abtem, optics, dx, phonons, seed)
     t0 = time.perf_counter()
     metal_abs = {z: calc.metal(z) for z in METALS}
@@ -252,7 +253,8 @@ def calibrate_voltage(abtem, kv: float, sampling: float, phonons: tuple[int, int
                    if k not in ("z_exponent", "x1_fraction")},
         "potential_sampling_A": dx,
         "max_angle_mrad": round(ms._max_detector_angle(kv, dx), 1),
-        "sampling_note": note,
+        "backend_default_sampling": backend,
+        **({"sampling_adapted": adapted} if adapted else {}),
         "box_A": round(calc.box, 4),
         "gpts": calc.g,
         "reference_signal": _r(ref),
@@ -466,7 +468,8 @@ def write_report(path: Path, table: dict, diags: dict, check: list, meta: dict) 
         e = E[k]
         lines.append(
             f"| {float(k):g} kV | {100 * electron_wavelength(float(k)):.3f} | {e['potential_sampling_A']} | "
-            f"{e['gpts']} | {e['max_angle_mrad']:.0f} | {e['sampling_note']} | {e['reference_signal']:.5f} | "
+            f"{e['gpts']} | {e['max_angle_mrad']:.0f} | "
+            f"{e['backend_default_sampling']}{'; ' + e['sampling_adapted'] if 'sampling_adapted' in e else ''} | {e['reference_signal']:.5f} | "
             f"{diags[k]['runs']} | {diags[k]['seconds']:.0f} |"
         )
     lines += [
@@ -625,10 +628,9 @@ def write_report(path: Path, table: dict, diags: dict, check: list, meta: dict) 
     lines += [
         "Phonon sampling: largest spread of single configurations / √N over the columns, "
         "relative to the column's mean. That is the standard error of pseudo-random draws; "
-        "the quasi-random draws do better (16 configurations of an isolated S2 column at 80 kV: "
-        "0.8 % spread of the mean over six scrambles, against 1.7 % over pseudo-random blocks "
-        "of 16), and ratios between one-atom columns, which share the draws, scatter far less "
-        "still — compare the row with 4× the configurations and another seed above:",
+        "the quasi-random draws converge faster, and ratios between one-atom columns, which "
+        "share the draws, scatter far less still — the row with 4× the configurations and "
+        "another seed above shows the actual scatter of the ratios:",
         "",
         f"| columns | {kv_head} |",
         "|---|" + "---:|" * len(volts),
@@ -642,7 +644,7 @@ def write_report(path: Path, table: dict, diags: dict, check: list, meta: dict) 
         "",
         "* Single heavy atoms are strong phase objects near the nucleus at these voltages "
         "(projected-potential phase of W at 80 kV: 1.4 rad at 0.1 Å from the nucleus, 2.5 rad "
-        "at 0.05 Å, > π within 0.03 Å; Mo: 1.0, 1.6 rad), so their high-angle scattering "
+        "at 0.05 Å, > π within 0.035 Å; Mo: 1.0, 1.6 rad), so their high-angle scattering "
         "grows more slowly with Z than the first-Born |f_e|² — the multislice W/Mo at 80 kV "
         "is well below the kinematic value; the gap shrinks with voltage (smaller interaction "
         "constant). Fixed Z^1.7–Z^2 laws, which come from the kinematic picture, therefore "
