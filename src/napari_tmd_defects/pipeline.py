@@ -526,9 +526,9 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> tuple[
       column of a lighter or heavier metal is a substituent, not a vacancy); the chalcogen
       vacancies are the atoms the X column misses (``2 - atoms``).
     * A binary: a metal vacancy called where the column reads as another metal (an
-      unlisted lighter or heavier substituent) is a substituent, one called where it reads
-      as the host metal is not counted, nor a chalcogen vacancy called on a column that
-      reads full; the cells are flagged.
+      unlisted lighter or heavier substituent) is a substituent, one called where the
+      reading finds the site more likely occupied than empty is not counted, nor a
+      chalcogen vacancy called on a column that reads full; the cells are flagged.
     * An ``unresolved`` chalcogen column does not count as a vacancy, nor (in an alloy) an
       ``unresolved`` metal site; the cell is flagged if the classifier called one there
       (in a binary the classifier's metal vacancy stands, flagged).
@@ -557,7 +557,8 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> tuple[
         nm_new = np.where(ms == "vacant", 1, 0)
         nx_new = np.where(x_unres, 0, np.clip(2 - st.atoms[c.x], 0, 2))
     else:
-        m_full = (st.atoms[c.m] == 1) & (st.count_probability[c.m] >= MIN_POSTERIOR)
+        # a metal vacancy needs the column reading to find the site more likely empty than not
+        m_full = st.empty_probability[c.m] < 0.5
         nm_new = np.where(sub | m_full, 0, nm)
         # a chalcogen vacancy is counted where the column reading agrees: not on a column
         # that reads full, not where the column cannot be read

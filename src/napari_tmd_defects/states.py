@@ -47,6 +47,12 @@ __all__ = [
 MIN_POSTERIOR = 0.95
 #: A column this many noise sigmas from every candidate level fits no listed species.
 OUTLIER_SIGMAS = 5.0
+#: For an alloy or doped layer the posteriors widen every level's variance by this factor:
+#: its many levels come from a calibration and a fit, not from the frame's exact physics
+#: (channelling, probe tails, the entrance/exit order of mixed columns), and an
+#: overconfident call is worse than an unresolved one. (A binary's two or three levels are
+#: far apart and the classifier reads its cells; there the factor is 1.)
+POSTERIOR_VARIANCE_FACTOR = 1.5
 #: Range of the fitted contrast exponent on the species' signal ratios.
 GAMMA_RANGE = (0.5, 2.0)
 #: An empty column's level is fitted (within this range, host units) once this many sites
@@ -82,6 +88,9 @@ class SiteStates:
     count_probability : (S,) float
         Posterior probability of the site's number of atoms (what the cell classes need);
         a site is ``unresolved`` where it is below :data:`MIN_POSTERIOR`.
+    empty_probability : (S,) float
+        Posterior probability that the column is empty (a vacant metal site, a chalcogen
+        column with no atom).
     level : (S,) float
         Intensity relative to the host column of the site's sublattice and domain.
     host : dict
@@ -104,6 +113,7 @@ class SiteStates:
     probability: np.ndarray
     level: np.ndarray
     count_probability: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    empty_probability: np.ndarray = field(default_factory=lambda: np.zeros(0))
     host: dict[str, str] = field(default_factory=dict)
     sigma: dict[str, float] = field(default_factory=dict)
     fractions: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -118,7 +128,7 @@ class SiteStates:
     @classmethod
     def empty(cls, n: int = 0) -> "SiteStates":
         return cls(np.full(n, "unresolved", object), np.full(n, -1), np.full(n, np.nan), np.zeros(n),
-                   np.full(n, np.nan), np.zeros(n))
+                   np.full(n, np.nan), np.zeros(n), np.zeros(n))
 
     @property
     def unresolved(self) -> np.ndarray:
@@ -307,8 +317,10 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
     return best
 
 
-def _posterior(h: np.ndarray, k: float, sd: float, w: np.ndarray, cand: _Candidates, vac=None):
+def _posterior(h: np.ndarray, k: float, sd: float, w: np.ndarray, cand: _Candidates, vac=None,
+               widen: float = 1.0):
     mu, var = _levels(k, sd, cand, vac)
+    var = var * widen
     lp = _gauss_logpdf(h, mu, var) + np.log(np.maximum(w, 1e-12))[None]
     lp -= lp.max(axis=1, keepdims=True)
     post = np.exp(lp)
@@ -318,13 +330,13 @@ def _posterior(h: np.ndarray, k: float, sd: float, w: np.ndarray, cand: _Candida
 
 
 def _detection_limits(k, sd_host, w, cand: _Candidates, host: int, n_host: int, area_cm2: float,
-                      n_sites: int, vac=None) -> dict[str, Any]:
+                      n_sites: int, vac=None, widen: float = 1.0) -> dict[str, Any]:
     """Per state: Currie's minimum detectable number among ``n_host`` host sites."""
     mu, var = _levels(k, sd_host, cand, vac)
     sd = np.sqrt(var)
     lo, hi = float(mu.min() - 6 * sd.max()), float(mu.max() + 6 * sd.max())
     grid = np.linspace(lo, hi, 4001)
-    post, _ = _posterior(grid, k, sd_host, w, cand, vac)
+    post, _ = _posterior(grid, k, sd_host, w, cand, vac, widen)
     dx = grid[1] - grid[0]
     out: dict[str, Any] = {}
     for s, name in enumerate(cand.names):
@@ -373,6 +385,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
     host = get_material(material)
     area_nm2 = cell_area_nm2 if cell_area_nm2 is not None else host.cell_area_nm2
     counted = ~s.boundary
+    widen = 1.0 if comp.is_binary else POSTERIOR_VARIANCE_FACTOR
     cands = {ROLE_M: _metal_candidates(comp, host.z_metal, voltage_kv),
              ROLE_X: _chalcogen_candidates(comp, host.z_chalcogen, voltage_kv)}
     hosts = {ROLE_M: host.metal, ROLE_X: host.chalcogen * 2}
@@ -403,7 +416,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             k, sd_host, w, _, gamma, vac = _fit(s.height[fit_sel], cand0, hi, fixed_fractions=fixed,
                                                 fit_gamma=role == ROLE_M)
             cand = _with_gamma(cand0, gamma)
-            post, zmin = _posterior(s.height[sel], k, sd_host, w, cand, vac)
+            post, zmin = _posterior(s.height[sel], k, sd_host, w, cand, vac, widen)
             idx = np.flatnonzero(sel)
             best = post.argmax(axis=1)
             p = post[np.arange(len(idx)), best]
@@ -432,6 +445,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 atoms = np.where(odd, -1, atoms)
             out.state[idx], out.atoms[idx], out.probability[idx], out.level[idx] = state, atoms, p, level
             out.count_probability[idx] = p_atoms
+            out.empty_probability[idx] = post[:, cand.atoms == 0].sum(axis=1)
             fits.append((k, sd_host, w, int(fit_sel.sum()), cand, gamma, vac))
         if not fits:
             continue
@@ -450,5 +464,5 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         n_sites = int(np.sum(sel_role & counted))
         n_host = int(np.sum(out.state[sel_role & counted] == hosts[role])) or n_sites
         out.detection_limits[rname] = _detection_limits(k, sd_host, w, cand, hi, n_host,
-                                                        n_sites * area_nm2 * 1e-14, n_sites, vac)
+                                                        n_sites * area_nm2 * 1e-14, n_sites, vac, widen)
     return out
