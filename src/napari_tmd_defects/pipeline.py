@@ -552,7 +552,8 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> tuple[
     nx, nm = np.where(ok, vac[lab, 0], 0), np.where(ok, vac[lab, 1], 0)
     ms, xs = st.state[c.m], st.state[c.x]
     m_unres, x_unres = ms == "unresolved", xs == "unresolved"
-    sub = np.isin(ms, ["heavier", "lighter"]) | (~np.isin(ms, ["vacant", "unresolved", st.host.get("M", "")]))
+    sub = np.isin(ms, ["heavier", "lighter"]) | (~np.isin(ms, ["vacant", "unresolved", "metal?",
+                                                               st.host.get("M", "")]))
     if not comp.is_binary:
         nm_new = np.where(ms == "vacant", 1, 0)
         nx_new = np.where(x_unres, 0, np.clip(2 - st.atoms[c.x], 0, 2))

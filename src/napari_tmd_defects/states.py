@@ -76,7 +76,9 @@ class SiteStates:
         State name: metal sites the element (``"W"``), ``"vacant"``, ``"heavier"`` or
         ``"lighter"`` (an unlisted substituent); chalcogen sites the column's atoms
         (``"SeSe"``, ``"SSe"``, ``"Se"`` one atom, ``"vacant"``); ``"unresolved"`` where the
-        noise does not allow a call.
+        noise does not allow a call of how many atoms stand there; ``"metal?"``,
+        ``"1 atom?"``, ``"2 atoms?"`` where the number is clear but the species is not
+        (e.g. Nb and Mo, Z 41 and 42).
     atoms : (S,) int
         Atoms in the column (M: 0/1, X: 0/1/2); -1 where unresolved.
     z_eff : (S,) float
@@ -428,6 +430,12 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             p_atoms = p_count.max(axis=1)
             in_count = np.where(cand.atoms[None] == atoms[:, None], post, -1.0)
             names = np.array(cand.names, object)[in_count.argmax(axis=1)]
+            # the species within that count: where the posterior cannot choose (Nb and Mo,
+            # overlapping mixed columns) the state says how many atoms, not which
+            p_species = in_count.max(axis=1) / np.maximum(p_atoms, 1e-12)
+            several = np.array([np.sum(cand.atoms == a) > 1 for a in atoms])
+            vague = np.where(role == ROLE_M, "metal?", np.where(atoms == 2, "2 atoms?", "1 atom?"))
+            names = np.where(several & (p_species < MIN_POSTERIOR), vague, names).astype(object)
             ok = p_atoms >= MIN_POSTERIOR
             state = np.where(ok, names, "unresolved").astype(object)
             atoms = np.where(ok, atoms, -1)
