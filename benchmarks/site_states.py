@@ -132,7 +132,7 @@ def run_set(formula: str, preset: str, n: int, size: int, seed: int, multislice:
         res = analyze(sim.image, ps, formula)
         seconds += time.perf_counter() - t0
         rows.append(_score(res, sim.truth))
-        limits.append(res.site_states.detection_limits)
+        limits.append(res.site_states.detection_limits if res.site_states is not None else {})
         cells.add(score_result(res, sim.truth))
     return rows, limits, seconds / max(n, 1), cells
 
