@@ -66,6 +66,11 @@ MIN_LEVEL_SIGMAS = 3.0
 #: A called column state this far (fraction of a full column) from the measured intensity,
 #: with another state nearer, contradicts the image.
 MAX_STATE_MISMATCH = 0.3
+#: A binary's metal vacancy is counted only where the column reading gives the site at
+#: least this probability of being empty (else the classifier's call is flagged, not counted).
+MIN_EMPTY_PROBABILITY = 0.5
+#: ... unless the classifier gives the metal vacancy at least this probability.
+SURE_METAL_VACANCY = 0.98
 #: Intensity of a chalcogen column with one atom of two left (incoherent 0.5; multislice
 #: channelling ~0.44, docs/multislice.md).
 X1_LEVEL = 0.47
@@ -517,7 +522,8 @@ def _formula(material: str) -> str:
     return comp.host.name if comp.is_binary else comp.formula
 
 
-def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
+                probabilities: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Stage 7: read every site's state (:func:`.states.read_site_states`) and make the cell
     classes a view of them where the classifier cannot know.
 
@@ -526,9 +532,10 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> tuple[
       column of a lighter or heavier metal is a substituent, not a vacancy); the chalcogen
       vacancies are the atoms the X column misses (``2 - atoms``).
     * A binary: a metal vacancy called where the column reads as another metal (an
-      unlisted lighter or heavier substituent) is a substituent, one called where the
-      reading finds the site more likely occupied than empty is not counted, nor a
-      chalcogen vacancy called on a column that reads full; the cells are flagged.
+      unlisted lighter or heavier substituent) is a substituent; one the classifier is not
+      sure of (< :data:`SURE_METAL_VACANCY`) where the reading finds the site more likely
+      occupied than empty is not counted, nor a chalcogen vacancy called on a column that
+      reads full; the cells are flagged.
     * An ``unresolved`` chalcogen column does not count as a vacancy, nor (in an alloy) an
       ``unresolved`` metal site; the cell is flagged if the classifier called one there
       (in a binary the classifier's metal vacancy stands, flagged).
@@ -558,8 +565,12 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> tuple[
         nm_new = np.where(ms == "vacant", 1, 0)
         nx_new = np.where(x_unres, 0, np.clip(2 - st.atoms[c.x], 0, 2))
     else:
-        # a metal vacancy needs the column reading to find the site more likely empty than not
-        m_full = st.empty_probability[c.m] < 0.5
+        # a metal vacancy the classifier is not sure of needs the column reading to give the
+        # site a fair chance of being empty
+        sure = np.zeros(n, bool)
+        if probabilities is not None and len(probabilities) == n:
+            sure = probabilities[:, vac[:, 1] == 1].sum(axis=1) >= SURE_METAL_VACANCY
+        m_full = (st.empty_probability[c.m] < MIN_EMPTY_PROBABILITY) & ~sure
         nm_new = np.where(sub | m_full, 0, nm)
         # a chalcogen vacancy is counted where the column reading agrees: not on a column
         # that reads full, not where the column cannot be read
@@ -660,7 +671,7 @@ def make_result(frame: Frame, labels: np.ndarray, confidence: np.ndarray, probab
         checks.update(info)
     if n:
         t0 = time.perf_counter()
-        labels, info = read_states(frame, labels, flagged)
+        labels, info = read_states(frame, labels, flagged, probabilities)
         changed = info.pop("_changed", np.zeros(n, bool))
         checks.update(info)
         st = frame.states

@@ -361,6 +361,44 @@ def _detection_limits(k, sd_host, w, cand: _Candidates, host: int, n_host: int, 
     return out
 
 
+#: Radius (lattice constants) of the neighbourhood whose columns set a site's local scale.
+LOCAL_RADIUS_A = 3.0
+
+
+def _local_heights(model: SiteModel) -> np.ndarray:
+    """Site intensities divided by their neighbourhood's: the median found column of the
+    same sublattice and domain within :data:`LOCAL_RADIUS_A` over that of the whole domain
+    (thickness, contamination and scan gradients scale whole regions; a column is read
+    against its neighbours, as a microscopist reads it)."""
+    from scipy.spatial import cKDTree
+
+    s = model.sites
+    out = s.height.astype(float).copy()
+    r = LOCAL_RADIUS_A * max(model.a_px, 1e-6)
+    for d in np.unique(s.domain):
+        for role in (ROLE_M, ROLE_X):
+            sel = np.flatnonzero((s.domain == d) & (s.role == role))
+            ref = sel[~s.placed[sel] & ~s.boundary[sel]]
+            if len(ref) < 12:
+                continue
+            h_ref = s.height[ref]
+            med = float(np.median(h_ref))
+            if med <= 0:
+                continue
+            near = cKDTree(s.xy[ref]).query_ball_point(s.xy[sel], r)
+            n_nb = np.array([len(nb) for nb in near])
+            gain = np.array([np.median(h_ref[nb]) / med if len(nb) >= 6 else 1.0 for nb in near])
+            # shrink towards 1 by how much of the gains' spread the noise of a local median
+            # explains (a noisy sublattice has no gradient to correct that its noise would not fake)
+            spread = 1.4826 * float(np.median(np.abs(h_ref / med - 1.0)))
+            se2 = (1.2533 * spread) ** 2 / np.maximum(n_nb, 1)
+            var_g = float(np.var(gain[n_nb >= 6])) if np.sum(n_nb >= 6) > 2 else 0.0
+            keep = max(0.0, 1.0 - float(np.mean(se2[n_nb >= 6])) / var_g) if var_g > 0 else 0.0
+            gain = 1.0 + keep * (gain - 1.0)
+            out[sel] = s.height[sel] / np.clip(gain, 0.5, 2.0)
+    return out
+
+
 def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | None = None,
                      voltage_kv: float = 80.0) -> SiteStates:
     """Read every site's state from its column intensity (see the module docstring).
@@ -395,6 +433,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 ROLE_X: float(chalcogen_signal(host.z_chalcogen, host.z_chalcogen, voltage_kv))}
     fixed = all(f is not None for _, f in comp.metals + comp.chalcogens) and all(
         f is not None for _, f in comp.dopants)
+    height = _local_heights(model)
     for role, rname in ((ROLE_M, "M"), (ROLE_X, "X")):
         cand0 = cand = cands[role]
         hi = cand.names.index(hosts[role])
@@ -415,14 +454,14 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         for sel, fit_sel in groups:
             if not fit_sel.any():
                 continue
-            k, sd_host, w, _, gamma, vac = _fit(s.height[fit_sel], cand0, hi, fixed_fractions=fixed,
+            k, sd_host, w, _, gamma, vac = _fit(height[fit_sel], cand0, hi, fixed_fractions=fixed,
                                                 fit_gamma=role == ROLE_M)
             cand = _with_gamma(cand0, gamma)
-            post, zmin = _posterior(s.height[sel], k, sd_host, w, cand, vac, widen)
+            post, zmin = _posterior(height[sel], k, sd_host, w, cand, vac, widen)
             idx = np.flatnonzero(sel)
             best = post.argmax(axis=1)
             p = post[np.arange(len(idx)), best]
-            level = s.height[sel] / k
+            level = height[sel] / k
             # how many atoms first (what the classes need), then which species
             counts = np.unique(cand.atoms)
             p_count = np.stack([post[:, cand.atoms == a].sum(axis=1) for a in counts], axis=1)
