@@ -433,7 +433,9 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 ROLE_X: float(chalcogen_signal(host.z_chalcogen, host.z_chalcogen, voltage_kv))}
     fixed = all(f is not None for _, f in comp.metals + comp.chalcogens) and all(
         f is not None for _, f in comp.dopants)
-    height = _local_heights(model)
+    # a column against its neighbourhood where the neighbourhood's median is the host
+    # (a binary); an alloy's local median follows its local composition
+    height = _local_heights(model) if comp.is_binary else s.height.astype(float)
     for role, rname in ((ROLE_M, "M"), (ROLE_X, "X")):
         cand0 = cand = cands[role]
         hi = cand.names.index(hosts[role])
