@@ -192,7 +192,10 @@ def main() -> None:
               f"X atoms {_pct(chalc[-1]['atoms_right'])}, class accuracy {_pct(cells.class_accuracy)}, "
               f"ECE {cells.ece:.4f} ({sec:.1f} s/frame)", flush=True)
 
-    cmd = "python benchmarks/site_states.py " + " ".join(sys.argv[1:])
+    # the command as run, frames named by their file names only (they live outside the project)
+    args_shown = [(Path(a.split(":", 1)[0]).name + ":" + a.split(":", 1)[1]) if ":" in a and "/" in a else a
+                  for a in sys.argv[1:]]
+    cmd = "python benchmarks/site_states.py " + " ".join(f'"{a}"' if ";" in a else a for a in args_shown)
     lines = [
         "# Site states: vacancies, substituents, chalcogen atoms, detection limits",
         "",
