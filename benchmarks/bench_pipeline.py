@@ -180,17 +180,19 @@ def main() -> None:
         "",
         "Stages (s): *lattice* the FFT lattice and noise; *sites* columns, graph, domains, sites, cells "
         "and vacuum; *detection* CNN-1 hexagons; *classification* CNN-2 with contrast matching and the "
-        "state checks.",
+        "state checks; *site states* every column read as vacant / host / substituent / unresolved with the "
+        "detection limits.",
         "",
-        "| frame | total s | lattice | sites | detection | classification | cells | cells/s | peak RSS MB | recall | precision | class accuracy | site accuracy | site RMS Å |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| frame | total s | lattice | sites | detection | classification | site states | cells | cells/s | peak RSS MB "
+        "| recall | precision | class accuracy | site accuracy | site RMS Å |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, r, sc, acc, rms in rows:
         t = r["timings"]
         lines.append(
             f"| {label} | {r['wall_s']:.2f} | {t.get('lattice', 0) + t.get('noise', 0):.2f} | "
             f"{t.get('sites', 0) + t.get('vacuum', 0):.2f} | {t.get('detection', 0):.2f} | "
-            f"{t.get('classification', 0) + t.get('contrast', 0):.2f} | {r['n_cells']} | "
+            f"{t.get('classification', 0) + t.get('contrast', 0):.2f} | {t.get('states', 0):.2f} | {r['n_cells']} | "
             f"{r['n_cells'] / r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} | {100 * sc.recall:.2f} % | "
             f"{100 * sc.precision:.2f} % | {100 * sc.class_accuracy:.2f} % | {100 * acc:.1f} % | {rms:.3f} |"
         )
