@@ -383,8 +383,7 @@ class Result:
         if st is None or model is None or len(st.state) != len(model.sites):
             return {}
         s = model.sites
-        host = np.where(s.role == 0, st.host.get("X", ""), st.host.get("M", ""))
-        show = (st.state.astype(str) != host) & (st.state.astype(str) != "unresolved") & ~s.boundary
+        show = st.off_host(s.role) & ~st.unresolved & ~s.boundary
         from .visualization import state_colors
 
         names = st.state[show].astype(str)

@@ -185,16 +185,19 @@ class Composition:
         """One metal, one chalcogen, no dopant."""
         return len(self.metals) == 1 and len(self.chalcogens) == 1 and not self.dopants
 
+    @staticmethod
+    def shares(group: tuple[tuple[str, float | None], ...]) -> dict[str, float]:
+        """Site fractions of ``metals`` or ``chalcogens`` with open fractions as equal shares
+        of what the given ones leave."""
+        known = sum(f for _, f in group if f is not None)
+        n_open = sum(f is None for _, f in group)
+        return {s: (f if f is not None else max(1.0 - known, 0.0) / n_open) for s, f in group}
+
     @property
     def lattice_constant(self) -> float:
         """In-plane lattice constant by Vegard's law over the end members, Å (open fractions
         count as equal shares)."""
-        def shares(group):
-            known = sum(f for _, f in group if f is not None)
-            n_open = sum(f is None for _, f in group)
-            return {s: (f if f is not None else max(1.0 - known, 0.0) / n_open) for s, f in group}
-
-        ms, xs = shares(self.metals), shares(self.chalcogens)
+        ms, xs = self.shares(self.metals), self.shares(self.chalcogens)
         a = w = 0.0
         for m, fm in ms.items():
             for x, fx in xs.items():

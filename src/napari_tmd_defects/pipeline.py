@@ -523,7 +523,7 @@ def _formula(material: str) -> str:
 
 
 def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
-                probabilities: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                probabilities: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Stage 7: read every site's state (:func:`.states.read_site_states`) and make the cell
     classes a view of them where the classifier cannot know.
 
@@ -540,7 +540,8 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
       ``unresolved`` metal site; the cell is flagged if the classifier called one there
       (in a binary the classifier's metal vacancy stands, flagged).
 
-    Returns the labels and the numbers for ``checks``.
+    Returns the labels, the cells whose class the reading changed, and the numbers for
+    ``checks``.
     """
     from .materials import CLASS_VACANCIES
     from .states import MIN_POSTERIOR, read_site_states
@@ -551,7 +552,7 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
     frame.states = st
     info: dict[str, Any] = {}
     if not n:
-        return labels, info
+        return labels, np.zeros(0, bool), info
     comp = parse_composition(frame.material)
     vac = np.asarray(CLASS_VACANCIES)
     ok = labels >= 0
@@ -576,12 +577,10 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
         # that reads full, not where the column cannot be read
         x_full = (st.atoms[c.x] == 2) & (st.count_probability[c.x] >= MIN_POSTERIOR)
         nx_new = np.where((nx > 0) & (x_full | x_unres), 0, nx)
-    nm_new = np.where(m_unres & (nm == 1) & ~comp.is_binary, 0, nm_new)
     changed = ok & ((nm_new != nm) | (nx_new != nx))
     doubt = ok & ((m_unres & (nm == 1)) | (x_unres & (nx > 0)))
     flagged |= (changed & comp.is_binary) | doubt
     out = np.where(ok, nx_new + 3 * nm_new, labels)
-    info["_changed"] = changed
     info["cells_changed_by_site_states"] = int(np.sum(changed))
     info["metal_substituent_sites"] = int(np.sum(sub & ~c.boundary))
     mat = get_material(frame.material)
@@ -595,7 +594,7 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
             f"{n_sub} metal columns read as another element than {mat.metal} ({100 * n_sub / n:.1f} % of the "
             "cells): an alloy or dopant? give the composition (e.g. Mo0.8W0.2S2, MoS2:Re) to count them")
     frame.warnings.extend(st.notes)
-    return out, info
+    return out, changed, info
 
 
 # --------------------------------------------------------------------------- shared runs
@@ -671,8 +670,7 @@ def make_result(frame: Frame, labels: np.ndarray, confidence: np.ndarray, probab
         checks.update(info)
     if n:
         t0 = time.perf_counter()
-        labels, info = read_states(frame, labels, flagged, probabilities)
-        changed = info.pop("_changed", np.zeros(n, bool))
+        labels, changed, info = read_states(frame, labels, flagged, probabilities)
         checks.update(info)
         st = frame.states
         if probabilities is not None and changed.any():

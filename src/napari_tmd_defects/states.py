@@ -136,6 +136,11 @@ class SiteStates:
     def unresolved(self) -> np.ndarray:
         return self.state == "unresolved"
 
+    def off_host(self, role: np.ndarray) -> np.ndarray:
+        """Sites whose state is not the host's of their sublattice (``role`` per site)."""
+        host = np.where(np.asarray(role) == ROLE_X, self.host.get("X", ""), self.host.get("M", ""))
+        return self.state.astype(str) != host
+
     def to_dict(self) -> dict[str, Any]:
         return {"host": self.host, "noise_relative": {k: round(v, 4) for k, v in self.sigma.items()},
                 "contrast_exponent": self.contrast_exponent,
@@ -155,18 +160,16 @@ def _metal_candidates(comp: Composition, host_z: int, kv: float) -> _Candidates:
 
     names, zs, prior = ["vacant"], [0], [0.02]
     d_tot = sum((0.03 if f is None else f) for _, f in comp.dopants)
-    open_m = [m for m, f in comp.metals if f is None]
-    for m, f in comp.metals:
+    for m, f in comp.shares(comp.metals).items():
         names.append(m)
         zs.append(METALS[m])
-        prior.append((1.0 / len(comp.metals) if f is None else f) * (1.0 - d_tot))
+        prior.append(f * (1.0 - d_tot))
     for d, f in comp.dopants:
         if d in names:
             continue
         names.append(d)
         zs.append(METALS[d])
         prior.append(0.03 if f is None else f)
-    del open_m
     sig = np.array([0.0 if z == 0 else float(metal_signal(z, kv)) for z in zs]) / float(metal_signal(host_z, kv))
     p = np.maximum(np.array(prior, float), 1e-3)
     return _Candidates(names, sig, np.array([0] + [1] * (len(zs) - 1)), p / p.sum())
@@ -175,7 +178,7 @@ def _metal_candidates(comp: Composition, host_z: int, kv: float) -> _Candidates:
 def _chalcogen_candidates(comp: Composition, host_z: int, kv: float) -> _Candidates:
     from .zcontrast import chalcogen_signal
 
-    species = [(x, CHALCOGENS[x], (1.0 / len(comp.chalcogens) if f is None else f)) for x, f in comp.chalcogens]
+    species = [(x, CHALCOGENS[x], f) for x, f in comp.shares(comp.chalcogens).items()]
     species.sort(key=lambda t: t[1])
     names, sig, atoms, prior = ["vacant"], [0.0], [0], [0.01]
     for x, z, f in species:  # one atom left

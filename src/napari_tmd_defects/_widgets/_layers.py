@@ -328,17 +328,24 @@ def _show_structure(viewer, result, image_name: str, geo: dict[str, Any], a_px: 
         feats["state"] = st.state.astype(str)
         feats["z_eff"] = st.z_eff
         feats["probability"] = st.probability
-    if s_name in layers:
-        lay = layers[s_name]
+    _set_points(viewer, s_name, pts, feats, face, border, size=max(2.0, 0.15 * a_px), border_width=0.25,
+                visible=False, **geo)
+    _show_states(viewer, result, image_name, geo, a_px)
+
+
+def _set_points(viewer, name: str, pts: np.ndarray, feats: pd.DataFrame, face: np.ndarray, border: np.ndarray,
+                **add_kw) -> None:
+    """Update the Points layer ``name`` in place (data, features, colours), or add it with
+    ``add_kw`` (size, border width, visibility, geometry) when there is none."""
+    if name in viewer.layers:
+        lay = viewer.layers[name]
         lay.data = pts
         lay.features = feats
     else:
-        lay = viewer.add_points(pts, name=s_name, size=max(2.0, 0.15 * a_px), border_width=0.25,
-                                border_width_is_relative=True, visible=False, features=feats, **geo)
+        lay = viewer.add_points(pts, name=name, border_width_is_relative=True, features=feats, **add_kw)
     if len(pts):
         lay.face_color = face
         lay.border_color = border
-    _show_states(viewer, result, image_name, geo, a_px)
 
 
 def _show_states(viewer, result, image_name: str, geo: dict[str, Any], a_px: float) -> None:
@@ -349,29 +356,19 @@ def _show_states(viewer, result, image_name: str, geo: dict[str, Any], a_px: flo
     if st is None or model is None or len(st.state) != len(model.sites):
         return
     s = model.sites
-    host = np.where(s.role == 0, st.host.get("X", ""), st.host.get("M", ""))
-    show = (st.state.astype(str) != host) & ~s.boundary
+    show = st.off_host(s.role) & ~s.boundary
     if not show.any() and name not in layers:
         return
     states = st.state[show].astype(str)
     pts = s.xy[show][:, ::-1].copy() if show.any() else np.zeros((0, 2))
     feats = pd.DataFrame({"role": np.where(s.role[show] == 0, "X", "M"), "state": states,
                           "z_eff": st.z_eff[show], "probability": st.probability[show]})
-    if name in layers:
-        lay = layers[name]
-        lay.data = pts
-        lay.features = feats
-    else:
-        lay = viewer.add_points(pts, name=name, size=max(3.0, 0.3 * a_px), border_width=0.15,
-                                border_width_is_relative=True, features=feats, **geo)
-    if len(pts):
-        from ..visualization import state_colors
+    from ..visualization import state_colors
 
-        col = state_colors(states)
-        face = col.copy()
-        face[:, 3] = 0.0  # open circles: the column stays visible
-        lay.face_color = face
-        lay.border_color = col
+    col = state_colors(states)
+    face = col.copy()
+    face[:, 3] = 0.0  # open circles: the column stays visible
+    _set_points(viewer, name, pts, feats, face, col, size=max(3.0, 0.3 * a_px), border_width=0.15, **geo)
 
 
 def _set_shapes(layer, shapes: list[np.ndarray], colors: np.ndarray, widths, shape_type: str = "polygon") -> None:

@@ -44,10 +44,7 @@ def x_brighter(material: str) -> bool:
     comp = parse_composition(material if isinstance(material, str) else get_material(material).name)
 
     def mean_z(group):
-        known = sum(f for _, f in group if f is not None)
-        n_open = sum(f is None for _, f in group)
-        shares = [(s, f if f is not None else max(1.0 - known, 0.0) / n_open) for s, f in group]
-        return sum(f * table[s] ** PRIOR_Z_EXPONENT for s, f in shares)
+        return sum(f * table[s] ** PRIOR_Z_EXPONENT for s, f in comp.shares(group).items())
 
     table = {**METALS, **CHALCOGENS}
     return 2.0 * mean_z(comp.chalcogens) > mean_z(comp.metals)
