@@ -97,3 +97,15 @@ def test_alloy_in_the_pipeline_counts_substituents_not_vacancies(tmp_path):
     assert {"m_state", "m_z_eff", "x_column", "x_atoms"} <= set(table)
     path = res.write_csv(tmp_path / "cells.csv")
     assert "m_state" in path.read_text().splitlines()[0]
+
+
+def test_an_open_alloy_reads_the_same_whatever_the_formula_order():
+    """Open fractions name no host: (Mo,W) and (W,Mo) give the same sites, and the host is
+    the species the image shows most of (here W, with a few Mo columns)."""
+    sim = simulate("Mo0.04W0.96Se2", 320, 0.1, defect_fraction=0.05, seed=6, noise=Noise(20, 10))
+    a, b = (analyze(sim.image, 0.1, f, use_detector=False) for f in ("(Mo,W)Se2", "(W,Mo)Se2"))
+    ma, mb = a.site_state_counts()["M"], b.site_state_counts()["M"]
+    assert ma == mb
+    assert a.site_states.host["M"] == b.site_states.host["M"] == "W"
+    n_mo = int(np.sum(sim.truth.cell_m_z[sim.truth.interior] == 42))
+    assert abs(ma.get("Mo", 0) - n_mo) <= max(3, 0.1 * n_mo)

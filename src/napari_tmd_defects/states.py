@@ -223,8 +223,10 @@ def _levels(k: float, sd: float, cand: _Candidates, vac: tuple[float, float] | N
     return mu, var
 
 
-def _with_gamma(cand: _Candidates, gamma: float) -> _Candidates:
-    sig = np.where(cand.signal > 0, np.maximum(cand.signal, 1e-12) ** gamma, 0.0)
+def _with_gamma(cand: _Candidates, gamma: float, ref: float = 1.0) -> _Candidates:
+    """The candidates with their signal ratios to ``ref`` (the frame's most common level)
+    raised to ``γ``: that level stays where the data put it, the others move."""
+    sig = np.where(cand.signal > 0, ref * (np.maximum(cand.signal, 1e-12) / ref) ** gamma, 0.0)
     return _Candidates(cand.names, sig, cand.atoms, cand.prior)
 
 
@@ -235,13 +237,14 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
 
     ``γ`` (:data:`GAMMA_RANGE`) absorbs a detector or voltage whose Z-contrast differs
     from the calibration; it is fitted (by the marginal likelihood, gently held at 1) only
-    where the composition lists two present species on the sublattice. Returns ``(k, sd_host, weights, loglik,
-    γ)``; every candidate (non-vacant) state is tried as the frame's most common level, the
-    best likelihood kept.
+    where the composition lists two present species on the sublattice, on the ratios to the
+    most common level. Returns ``(k, sd_host, weights, loglik, γ, vacant level, candidates
+    with γ applied)``; every candidate (non-vacant) state is tried as the frame's most common
+    level, the best likelihood kept.
     """
     h = np.asarray(h, float)
     if len(h) == 0:
-        return 1.0, 0.1, cand0.prior.copy(), -np.inf, 1.0, (0.0, 0.05)
+        return 1.0, 0.1, cand0.prior.copy(), -np.inf, 1.0, (0.0, 0.05), cand0
     # the most common level (a histogram peak of the upper 90 %)
     top = h[h > np.percentile(h, 10)]
     hist, edges = np.histogram(top, bins=max(10, min(60, len(top) // 10)))
@@ -309,16 +312,16 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
                 gammas = np.linspace(*GAMMA_RANGE, 61)
                 q = []
                 for g in gammas:
-                    cg = _with_gamma(cand0, g)
+                    cg = _with_gamma(cand0, g, cand0.signal[s])
                     lg = _gauss_logpdf(h, *_levels(k, sd, cg, vac)) + np.log(np.maximum(w, 1e-12))[None]
                     lg = np.concatenate([lg, np.full((len(h), 1), log_flat)], axis=1)
                     mg = lg.max(axis=1)
                     q.append(float(np.sum(mg + np.log(np.exp(lg - mg[:, None]).sum(axis=1)))) - 5.0 * (g - 1.0) ** 2)
                 gamma = float(gammas[int(np.argmax(q))])
-                cand = _with_gamma(cand0, gamma)
-        score = ll + (len(h) * math.log(max(w[host], 1e-3)) if w[host] < 0.05 else 0.0)
+                cand = _with_gamma(cand0, gamma, cand0.signal[s])
+        score = ll + (len(h) * math.log(max(w[host], 1e-3)) if host >= 0 and w[host] < 0.05 else 0.0)
         if best is None or score > best[3]:
-            best = (k, sd, w, score, gamma, vac)
+            best = (k, sd, w, score, gamma, vac, cand)
     return best
 
 
@@ -439,6 +442,10 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
     # a column against its neighbourhood where the neighbourhood's median is the host
     # (a binary); an alloy's local median follows its local composition
     height = _local_heights(model) if comp.is_binary else s.height.astype(float)
+    # several species with open fractions on a sublattice: none of them is the host by
+    # the formula's order, the image says which is most common
+    open_alloy = {role: len(g) > 1 and any(f is None for _, f in g)
+                  for role, g in ((ROLE_M, comp.metals), (ROLE_X, comp.chalcogens))}
     for role, rname in ((ROLE_M, "M"), (ROLE_X, "X")):
         cand0 = cand = cands[role]
         hi = cand.names.index(hosts[role])
@@ -459,9 +466,8 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         for sel, fit_sel in groups:
             if not fit_sel.any():
                 continue
-            k, sd_host, w, _, gamma, vac = _fit(height[fit_sel], cand0, hi, fixed_fractions=fixed,
-                                                fit_gamma=role == ROLE_M)
-            cand = _with_gamma(cand0, gamma)
+            k, sd_host, w, _, gamma, vac, cand = _fit(height[fit_sel], cand0, -1 if open_alloy[role] else hi,
+                                                      fixed_fractions=fixed, fit_gamma=role == ROLE_M)
             post, zmin = _posterior(height[sel], k, sd_host, w, cand, vac, widen)
             idx = np.flatnonzero(sel)
             best = post.argmax(axis=1)
@@ -505,7 +511,9 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         k, sd_host, w, n_fit, cand, gamma, vac = max(fits, key=lambda f: f[3])
         if role == ROLE_M:
             out.contrast_exponent = round(gamma, 3)
-        out.host[rname] = hosts[role]
+        # an open alloy's host is its most common full column, the formula's first otherwise
+        out.host[rname] = (str(cand.names[int(np.argmax(w * (cand.atoms == cand.atoms.max())))])
+                           if open_alloy[role] else hosts[role])
         out.sigma[rname] = sd_host
         out.w_atom_level[rname] = k / host_abs[role]
         read = sel_role & counted & (out.state != "unresolved")
