@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from napari_tmd_defects import batch
@@ -35,15 +36,41 @@ def test_bad_file_is_skipped_and_others_finish(files, tmp_path):
     res = run_batch([d], BatchOptions(out_dir=str(out)), on_result=seen.append)
     assert [o.ok for o in res] == [True, True, False]
     assert "broken.tif" in res[2].path and res[2].message
-    assert res[0].pixel_size_source == "file metadata"
+    assert res[0].pixel_size_source == "metadata"
     assert "estimated" in res[1].pixel_size_source and res[1].pixel_size == pytest.approx(0.1, rel=0.02)
     for stem in ("a", "b"):
         assert (out / f"{stem}_cells.csv").exists() and (out / f"{stem}_overlay.png").exists()
     assert not (out / "broken_cells.csv").exists()
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
     summary = (out / "batch_summary.csv").read_text().splitlines()
-    assert len(summary) == 4 and ",skipped," in summary[3]
+    assert len(summary) == 4 and ",failed," in summary[3]
+    assert [o.status for o in res] == ["ok", "ok", "failed"]
+    assert abs(res[0].n_cells - sim.truth.n_cells) <= 2 and res[1].n_cells == res[0].n_cells
+    true = sim.truth.counts()
+    assert sum(abs(res[0].counts[k] - n) for k, n in true.items()) <= 3  # stand-ins: cell 0 is made uncertain
     assert len(seen) == 3
+
+
+def test_frames_that_yield_nothing_fail_with_the_reason(files, tmp_path):
+    d, _ = files
+    write_tiff(d / "blank.tif", np.zeros((200, 200), np.float32), 0.1)
+    write_tiff(d / "noise.tif", np.random.default_rng(3).normal(0, 1, (200, 200)).astype(np.float32), 0.1)
+    out = tmp_path / "out"
+    res = {o.stem: o for o in run_batch([d / "a.tif", d / "blank.tif", d / "noise.tif"], BatchOptions(out_dir=str(out)))}
+    assert res["a"].ok and res["a"].status == "ok"
+    assert not res["blank"].ok and res["blank"].status == "failed" and "constant" in res["blank"].message
+    assert not res["noise"].ok and "no crystal lattice" in res["noise"].message
+    assert res["blank"].n_cells == 0 and not (out / "blank_cells.csv").exists() and not (out / "blank_overlay.png").exists()
+    rows = (out / "batch_summary.csv").read_text().splitlines()
+    assert [r.split(",")[1] for r in rows[1:]] == ["ok", "failed", "failed"]
+    assert "nothing to analyse" in rows[2]
+
+
+def test_unknown_palette_fails_before_any_work(files, tmp_path):
+    d, _ = files
+    with pytest.raises(ValueError, match="palette"):
+        run_batch([d / "a.tif"], BatchOptions(out_dir=str(tmp_path / "o"), palette="rainbow"))
+    assert not (tmp_path / "o").exists()
 
 
 def test_no_inputs(tmp_path):

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -22,3 +24,19 @@ def test_no_shot_noise_and_bad_input():
         estimate_noise(np.ones((64, 64)))
     with pytest.raises(ValueError):
         estimate_noise(np.zeros((3, 64, 64)))
+
+
+def test_a_frame_without_shot_noise_is_not_poisson_limited_and_lambda_stays_finite():
+    # a 2048² frame with read noise only gave λ = inf (invalid JSON in summary.json)
+    sim = simulate(shape=2048, pixel_size=0.1, noise=Noise(poisson_lambda=None, gaussian_mu=20), seed=1)
+    est = estimate_noise(sim.image)
+    assert np.isfinite(est.poisson_lambda) and np.isfinite(est.snr)
+    assert not est.poisson_limited and est.poisson_lambda > 1000  # a lower bound, far above any dose trained
+    assert "not Poisson-limited" in est.describe() and "inf" not in est.describe()
+    json.dumps({"lambda": est.poisson_lambda, "snr": est.snr}, allow_nan=False)
+    assert est.gaussian_mu == pytest.approx(20, rel=0.1)
+    # a shot-noise-limited frame of the same size is reported as such
+    shot = simulate(shape=384, pixel_size=0.1, noise=Noise(poisson_lambda=12, gaussian_mu=20), seed=2)
+    e2 = estimate_noise(shot.image)
+    assert e2.poisson_limited and e2.poisson_lambda == pytest.approx(12, rel=0.3)
+    assert "not Poisson-limited" not in e2.describe()

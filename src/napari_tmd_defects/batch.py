@@ -1,6 +1,7 @@
 """Analyse many image files: in this process, in worker processes, or on a dask cluster.
 
-One bad file is reported and skipped; the others finish. Every output file is written
+A file that cannot be read or holds nothing to analyse (no lattice, no cells) is reported
+as failed, with the reason; the others finish. Every output file is written
 atomically (temporary file, then rename), so an interrupted run leaves no half-written
 results. A ``batch_summary.csv`` lists every input with its status and counts.
 """
@@ -26,6 +27,8 @@ class BatchOptions:
 
     out_dir: str
     pixel_size: float | None = None
+    #: keep the given / file pixel size when it disagrees with the lattice (else the lattice's is used)
+    trust_pixel_size: bool = False
     material: str = "MoTe2"
     alpha: float = 0.65
     beta: float = 0.5
@@ -34,11 +37,15 @@ class BatchOptions:
     detector: str | None = None
     classifier: str | None = None
     overlay: bool = True
+    #: overlay colours (:data:`.visualization.PALETTES`: "paper" or "colorblind") and cell style
+    palette: str = "paper"
+    cell_style: str = "outline"
 
 
 @dataclass
 class FileOutcome:
-    """What happened to one input file."""
+    """What happened to one input file: ``ok`` (cells found and written) or failed
+    (unreadable, or nothing to analyse: no lattice, no cells), ``message`` says why."""
 
     path: str
     stem: str
@@ -51,6 +58,11 @@ class FileOutcome:
     counts: dict[str, int] = field(default_factory=dict)
     concentration_cm2: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``"ok"`` or ``"failed"`` (as in ``batch_summary.csv``)."""
+        return "ok" if self.ok else "failed"
 
 
 def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
@@ -116,10 +128,22 @@ def analyze_file(path: str | Path, stem: str, opts: BatchOptions) -> FileOutcome
         res = analyze(
             image, pixel_size=ps, material=opts.material, alpha=opts.alpha, beta=opts.beta,
             detector=det, classifier=clf, classify=opts.classify,
+            pixel_size_source="given" if opts.pixel_size is not None else "metadata",
+            trust_pixel_size=opts.trust_pixel_size,
         )
-        if ps is not None and opts.pixel_size is None:
-            res.pixel_size_source = "file metadata"
-        res.save(opts.out_dir, image=image if opts.overlay else None, stem=stem)
+        if res.n_cells == 0:
+            # nothing to count: a failure, not an empty success (no files are written)
+            why = "; ".join(res.warnings) or "no unit cells found"
+            ps_out = res.pixel_size if res.pixel_size == res.pixel_size else None
+            return FileOutcome(path=str(path), stem=stem, ok=False, message=f"nothing to analyse: {why}",
+                               pixel_size=ps_out, pixel_size_source=res.pixel_size_source,
+                               warnings=list(res.warnings))
+        res.save(opts.out_dir, image=None, stem=stem)
+        if opts.overlay:
+            from .visualization import save_result_overlay
+
+            save_result_overlay(Path(opts.out_dir) / f"{stem}_overlay.png", res, image, name=path.name,
+                                palette=opts.palette, cell_style=opts.cell_style)
         return FileOutcome(
             path=str(path), stem=stem, ok=True, n_cells=res.n_cells, pixel_size=res.pixel_size,
             pixel_size_source=res.pixel_size_source, area_nm2=res.area_nm2, counts=res.counts(),
@@ -137,7 +161,7 @@ def _write_summary(out_dir: Path, outcomes: list[FileOutcome], material: str) ->
         cols += [f"n_{n}" for n in names] + [f"conc_cm2_{n}" for n in names] + ["message"]
         fh.write(",".join(cols) + "\n")
         for o in outcomes:
-            row = [o.path, "ok" if o.ok else "skipped", str(o.n_cells),
+            row = [o.path, o.status, str(o.n_cells),
                    "" if o.pixel_size is None else f"{o.pixel_size:.5f}", o.pixel_size_source,
                    f"{o.area_nm2:.4f}"]
             row += [str(o.counts.get(n, 0)) for n in names]
@@ -175,6 +199,12 @@ def run_batch(
     if not paths:
         raise ValueError("no image files found in the given inputs")
     get_material(opts.material)
+    if opts.overlay:
+        from .visualization import class_colors
+
+        class_colors(opts.palette)  # a clear error before any work
+        if opts.cell_style not in ("outline", "marker"):
+            raise ValueError(f"cell_style must be 'outline' or 'marker', got {opts.cell_style!r}")
     out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stems = _stems(paths)

@@ -19,25 +19,47 @@ __all__ = ["main", "progress_printer"]
 
 
 def progress_printer(label: str, stream=None) -> Callable[[int, int], None]:
-    """A ``progress(done, total)`` callback that draws a one-line bar on stderr."""
+    """A ``progress(done, total)`` callback on ``stream`` (default stderr).
+
+    On a terminal: a tqdm bar. Otherwise (a log file, a pipe, a batch system): one plain
+    line per step, ``label: 3/10 (2.1 s)``, without carriage returns or escape codes.
+    """
     stream = stream or sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    tty = bool(isatty()) if callable(isatty) else False
     t0 = time.perf_counter()
+    bar = None
+    last: int | None = None
     finished = False
 
     def cb(done: int, total: int) -> None:
-        nonlocal finished
-        if finished:
+        nonlocal bar, last, finished
+        if finished or done == last:
             return
-        frac = done / total if total else 1.0
-        bar = "#" * int(30 * frac)
-        el = time.perf_counter() - t0
-        stream.write(f"\r{label} [{bar:<30}] {done}/{total} {el:6.1f} s")
+        last = done
+        if tty:
+            from tqdm import tqdm
+
+            if bar is None:
+                bar = tqdm(total=total, desc=label, file=stream, leave=True, dynamic_ncols=True)
+            bar.total = total
+            bar.update(max(0, done - bar.n))
+        else:
+            stream.write(f"{label}: {done}/{total} ({time.perf_counter() - t0:.1f} s)\n")
+            stream.flush()
         if done >= total:
             finished = True
-            stream.write("\n")
-        stream.flush()
+            if bar is not None:
+                bar.close()
 
     return cb
+
+
+def _say(message: str, err: bool = False) -> None:
+    """Print a line without breaking a progress bar (tqdm.write)."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr if err else sys.stdout)
 
 
 def _range_or_value(values: Sequence[float] | None):
@@ -128,7 +150,15 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    _add_picture_options(p)
     p.set_defaults(func=_run_demo)
+
+
+def _add_picture_options(p) -> None:
+    p.add_argument("--palette", default="paper", choices=["paper", "colorblind"],
+                   help="overlay colours: paper (default, the 2DIP-Net paper's) or colorblind (Okabe-Ito)")
+    p.add_argument("--cells", default="outline", choices=["outline", "marker"], dest="cell_style",
+                   help="overlay cells as outlines in their lattice frame (default) or as markers")
 
 
 def _run_demo(args) -> int:
@@ -136,7 +166,7 @@ def _run_demo(args) -> int:
     from .datasets import sample_image
     from .evaluation import score_result
     from .io import write_tiff
-    from .visualization import save_overlay
+    from .visualization import save_result_overlay, save_truth_overlay
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -144,14 +174,17 @@ def _run_demo(args) -> int:
     t = sim.truth
     write_tiff(out / "sample.tif", sim.image, t.pixel_size)
     t.save(out / "sample_truth.json")
-    save_overlay(
-        out / "sample_truth.png", sim.image, boxes=t.cell_box, labels=t.cell_label,
-        points={"X": t.cell_x_site, "M": t.cell_m_site}, material=t.material,
-    )
+    save_truth_overlay(out / "sample_truth.png", sim.image, t, palette=args.palette, cell_style=args.cell_style)
     print(f"sample: {t.shape[1]}x{t.shape[0]} px at {t.pixel_size} Å/px, MoTe2, {t.n_cells} unit cells (simulated)")
     res = analyze(sim.image, t.pixel_size, material=t.material, device=args.device,
                   progress=progress_printer("analyze"))
-    res.save(out, image=sim.image, stem="sample")
+    if res.n_cells == 0:
+        why = "; ".join(res.warnings) or "no unit cells found"
+        print(f"tmd-defects demo: failed: no unit cells found in the sample: {why}", file=sys.stderr)
+        return 1
+    res.save(out, stem="sample")
+    save_result_overlay(out / "sample_overlay.png", res, sim.image, name="sample.tif", palette=args.palette,
+                        cell_style=args.cell_style)
     s = score_result(res, t)
     width = max(len(n) for n in res.class_names)
     print(f"{'class':<{width}}  found  true  concentration (cm⁻²)")
@@ -173,12 +206,19 @@ def _add_analyze(sub) -> None:
         help="find and classify the unit cells of images (one file, a folder, a glob, a batch)",
         description="Detect hexagons, cast unit cells and classify them. For each image write "
         "<name>_cells.csv, <name>_summary.json and <name>_overlay.png to OUT, plus "
-        "batch_summary.csv. A file that cannot be analysed is reported and skipped.",
+        "batch_summary.csv with every image's status. An image that cannot be read or "
+        "yields nothing (no crystal lattice, no unit cells: blank, constant or pure-noise "
+        "frames) is reported as 'failed' with the reason and gets no result files; the "
+        "others finish. Exit status: 0 when every image was analysed, 1 when any image "
+        "failed (or on an error).",
     )
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns (TIFF, PNG/JPEG, DM3/DM4, EMD, ...)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--pixel-size", type=float, default=None, metavar="A_PER_PX",
-                   help="Å/px; default: from the file's metadata, else estimated from the lattice")
+                   help="Å/px; default: from the file's metadata, else estimated from the lattice. A value "
+                   "more than 10 %% off the lattice's is replaced by it (with a warning)")
+    p.add_argument("--trust-pixel-size", action="store_true",
+                   help="keep the given or file pixel size even where it disagrees with the lattice")
     p.add_argument("--material", default="MoTe2",
                    help="MoTe2 (default), MoS2, MoSe2, WS2, WSe2, or an alloy / doped formula: "
                    "Mo0.8W0.2Te2, WS2(1-x)Se2x, (Mo,W)(S,Se)2, MoS2:Re0.02")
@@ -187,6 +227,7 @@ def _add_analyze(sub) -> None:
     p.add_argument("--beta", type=float, default=0.5, help="casting height ratio (default 0.5)")
     p.add_argument("--no-classify", action="store_true", help="detect cells only (defect = unclassified)")
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
+    _add_picture_options(p)
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="dask.distributed scheduler address (tcp://host:8786) for large archives")
@@ -203,28 +244,31 @@ def _run_analyze(args) -> int:
 
         resolve_device(args.device)  # fail fast with a clear message
     opts = BatchOptions(
-        out_dir=str(args.out), pixel_size=args.pixel_size, material=args.material, alpha=args.alpha,
+        out_dir=str(args.out), pixel_size=args.pixel_size, trust_pixel_size=args.trust_pixel_size,
+        material=args.material, alpha=args.alpha,
         beta=args.beta, device=args.device, classify=not args.no_classify, detector=args.detector,
-        classifier=args.classifier, overlay=not args.no_overlay,
+        classifier=args.classifier, overlay=not args.no_overlay, palette=args.palette,
+        cell_style=args.cell_style,
     )
     bar = progress_printer("analyze")
 
     def report(o) -> None:
-        sys.stderr.write("\r\033[K")
         if o.ok:
             counts = ", ".join(f"{n} {c}" for n, c in o.counts.items() if c) or "no classified cells"
-            print(f"{Path(o.path).name}: {o.n_cells} cells, {o.area_nm2:.1f} nm² at {o.pixel_size:.4f} Å/px "
-                  f"({o.pixel_size_source}); {counts}")
+            _say(f"{Path(o.path).name}: {o.n_cells} cells, {o.area_nm2:.1f} nm² at {o.pixel_size:.4f} Å/px "
+                 f"({o.pixel_size_source}); {counts}")
             for w in o.warnings:
-                print(f"  note: {w}")
+                _say(f"  note: {w}")
         else:
-            print(f"{o.path}: skipped: {o.message}", file=sys.stderr)
+            _say(f"{o.path}: failed: {o.message}", err=True)
 
     outcomes = run_batch(args.images, opts, workers=args.workers, scheduler=args.scheduler,
                          progress=bar, on_result=report)
     n_ok = sum(o.ok for o in outcomes)
-    print(f"analysed {n_ok} of {len(outcomes)} images; results in {args.out} (batch_summary.csv)")
-    return 0 if n_ok else 1
+    n_failed = len(outcomes) - n_ok
+    failed = f"; {n_failed} failed (see the status column)" if n_failed else ""
+    print(f"analysed {n_ok} of {len(outcomes)} images{failed}; results in {args.out} (batch_summary.csv)")
+    return 0 if n_failed == 0 else 1
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -38,7 +38,7 @@ from .simulation import (
     Vacuum,
     simulate,
 )
-from .visualization import save_overlay
+from .visualization import save_truth_overlay
 
 __all__ = [
     "MODELS",
@@ -241,16 +241,7 @@ def _write_one(out: Path, k: int, sim: SimulatedImage, preview: bool) -> dict[st
     write_tiff(img_path, sim.image, sim.truth.pixel_size)
     sim.truth.save(gt_path)
     if preview:
-        t = sim.truth
-        save_overlay(
-            out / "preview" / f"{name}.png",
-            sim.image,
-            boxes=t.cell_box,
-            labels=np.where(t.cell_boundary, -2, t.cell_label),
-            points={"X": t.cell_x_site, "M": t.cell_m_site},
-            lines=t.boundary_lines,
-            material=t.material,
-        )
+        save_truth_overlay(out / "preview" / f"{name}.png", sim.image, sim.truth)
     return {"image": f"images/{name}.tif", "truth": f"truth/{name}.json"}
 
 

@@ -9,6 +9,12 @@ zero counts (true for the simulator, approximately for raw frames), this gives
 * ``poisson_lambda``: counts at the brightest column peak, ``peak / g``;
 * ``gaussian_mu``: read-noise std in grey levels on the scale where that peak is 255,
   ``sqrt(c) * 255 / peak`` — the units of :class:`~.simulation.Noise`.
+
+When the slope ``g`` is not measurably above zero (read noise, smoothing or a very high
+dose hide the shot noise), the frame is *not Poisson-limited*: ``poisson_limited`` is
+False and ``poisson_lambda`` is the finite lower bound ``peak / (g + 2 σ_g)`` (σ_g: the
+fit's standard error), capped at :data:`MAX_POISSON_LAMBDA`. λ is never infinite, so
+it survives JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ class NoiseEstimate:
     Attributes
     ----------
     poisson_lambda : float
-        Electron counts at the brightest column peak (inf: no shot noise measurable).
+        Electron counts at the brightest column peak; always finite. When
+        ``poisson_limited`` is False, a lower bound (the shot noise is not measurable).
     gaussian_mu : float
         Std of signal-independent noise, grey levels with the peak at 255.
     gain : float
@@ -37,6 +44,9 @@ class NoiseEstimate:
         Brightest-column level in the image's own units.
     snr : float
         Peak over the total noise std at the peak.
+    poisson_limited : bool
+        Whether shot noise was measured (the variance grows with the signal); False: the
+        frame is not Poisson-limited and λ is only a lower bound.
     """
 
     poisson_lambda: float
@@ -44,10 +54,15 @@ class NoiseEstimate:
     gain: float
     peak: float
     snr: float
+    poisson_limited: bool = True
 
     def describe(self) -> str:
-        lam = "no shot noise" if not np.isfinite(self.poisson_lambda) else f"λ ≈ {self.poisson_lambda:.1f} counts"
-        return f"{lam} at the brightest column, read noise μ ≈ {self.gaussian_mu:.1f} (peak = 255), SNR ≈ {self.snr:.1f}"
+        if self.poisson_limited:
+            lam = f"λ ≈ {self.poisson_lambda:.1f} counts at the brightest column"
+        else:
+            lam = (f"not Poisson-limited (no measurable shot noise; λ ≥ {self.poisson_lambda:.3g} counts "
+                   "at the brightest column)")
+        return f"{lam}, read noise μ ≈ {self.gaussian_mu:.1f} (peak = 255), SNR ≈ {self.snr:.1f}"
 
 
 def _quadratic_kernel(half: int = 2) -> np.ndarray:
@@ -62,6 +77,8 @@ def _quadratic_kernel(half: int = 2) -> np.ndarray:
 
 #: Larger images are estimated on their central square of this size (px): plenty of pixels.
 NOISE_CROP_PX = 1024
+#: Largest λ reported (counts): a frame without measurable shot noise gets at most this bound.
+MAX_POISSON_LAMBDA = 1e6
 
 
 def estimate_noise(image: np.ndarray, a_px: float | None = None, bins: int = 16) -> NoiseEstimate:
@@ -110,17 +127,24 @@ def estimate_noise(image: np.ndarray, a_px: float | None = None, bins: int = 16)
         ys.append(r[sel].var() / factor)
         ws.append(sel.sum())
     xs, ys, ws = map(np.asarray, (xs, ys, ws))
-    if len(xs) < 3:
+    if len(xs) < 4:
         raise ValueError("image too small or too flat to estimate its noise")
-    g, c = np.polyfit(xs, ys, 1, w=np.sqrt(ws))
+    (g, c), cov = np.polyfit(xs, ys, 1, w=np.sqrt(ws), cov=True)
+    sigma_g = float(np.sqrt(max(cov[0, 0], 0.0))) if np.isfinite(cov[0, 0]) else 0.0
     g = max(float(g), 0.0)
     c = max(float(c), 0.0)
     peak = _column_peak(img, m, a_px)
     peak = max(peak, 1e-12)
-    lam = peak / g if g > 1e-9 * max(abs(hi), 1.0) else float("inf")
+    # shot noise is measured when the slope stands clear of its own error and of round-off
+    tiny = 1e-9 * max(abs(hi), 1.0)
+    limited = g > max(2.0 * sigma_g, tiny)
+    bound = g if limited else g + 2.0 * sigma_g
+    lam = min(peak / bound, MAX_POISSON_LAMBDA) if bound > tiny else MAX_POISSON_LAMBDA
     mu = float(np.sqrt(c) * 255.0 / peak)
-    snr = peak / float(np.sqrt(g * peak + c)) if (g * peak + c) > 0 else float("inf")
-    return NoiseEstimate(poisson_lambda=float(lam), gaussian_mu=mu, gain=g, peak=peak, snr=float(snr))
+    var = g * peak + c
+    snr = peak / float(np.sqrt(var)) if var > 0 else MAX_POISSON_LAMBDA
+    return NoiseEstimate(poisson_lambda=float(lam), gaussian_mu=mu, gain=g, peak=peak,
+                         snr=float(min(snr, MAX_POISSON_LAMBDA)), poisson_limited=bool(limited))
 
 
 def _column_peak(img: np.ndarray, local_mean: np.ndarray, a_px: float | None) -> float:
