@@ -280,3 +280,50 @@ def test_a_metal_vacancy_called_on_a_standing_metal_column_is_not_counted():
                    noise=Noise(30, 5), seed=9)
     res = analyze(sim.image, 0.1, use_detector=False, classifier=TruthClassifier(sim.truth))
     assert res.counts()["V_Mo"] >= 0.95 * sim.truth.counts()["V_Mo"]
+
+
+def test_a_sure_metal_vacancy_on_a_clearly_full_column_is_not_counted():
+    """A classifier sure (0.995) of a metal vacancy in every cell of a low-dose frame is
+    overruled where the columns read full; the true vacancies keep their call."""
+    sim = simulate("MoTe2", 320, pixel_size=0.1, defect_fraction=0.3, class_weights=[0, 0, 1, 0, 0],
+                   noise=Noise(6, 20), seed=9)
+    t = sim.truth
+
+    class SureLiar(TruthClassifier):
+        """Calls every cell V_Mo with probability 0.995, vacant or not."""
+
+        def predict(self, *a, **k):
+            p = super().predict(*a, **k)
+            p[:] = [0.001, 0.001, 0.001, 0.995, 0.001, 0.001]
+            return p
+
+    res = analyze(sim.image, 0.1, use_detector=False, classifier=SureLiar(t))
+    n_true = t.counts()["V_Mo"]
+    assert n_true >= 5
+    assert n_true * 0.9 <= res.counts()["V_Mo"] <= n_true * 1.1 + 1  # not every cell
+
+
+def test_a_pixel_size_off_the_lattice_is_replaced_unless_trusted(sim):
+    from napari_tmd_defects.pipeline import PIXEL_SIZE_TOLERANCE, check_pixel_size
+
+    assert PIXEL_SIZE_TOLERANCE == 0.10
+    chk = check_pixel_size(sim.image, "MoTe2", 1.0)
+    assert chk.disagrees and chk.lattice == pytest.approx(0.1, rel=0.01) and chk.deviation == pytest.approx(9, rel=0.02)
+    assert not check_pixel_size(sim.image, "MoTe2", 0.105).disagrees
+    wrong = analyze(sim.image, 1.0, use_detector=False, classify=False)  # 10x off: the lattice wins
+    assert wrong.pixel_size == pytest.approx(0.1, rel=0.01) and wrong.pixel_size_source == "lattice"
+    loud = [w for w in wrong.warnings if w.startswith("PIXEL SIZE REPLACED")]
+    assert len(loud) == 1 and "1 Å/px" in loud[0] and "0.1 Å/px" in loud[0] and "--trust-pixel-size" in loud[0]
+    assert wrong.checks["pixel_size_given_A"] == 1.0
+    assert wrong.checks["pixel_size_lattice_A"] == pytest.approx(0.1, rel=0.01)
+    kept = analyze(sim.image, 1.0, use_detector=False, classify=False, trust_pixel_size=True)
+    assert kept.pixel_size == 1.0 and kept.pixel_size_source == "given"
+    assert any("disagrees with the lattice" in w and "trust_pixel_size" in w for w in kept.warnings)
+    assert kept.n_cells == wrong.n_cells  # the sites follow the image either way
+    # within 10 %: the value is used as it is, from wherever it came
+    near = analyze(sim.image, 0.105, use_detector=False, classify=False, pixel_size_source="metadata")
+    assert near.pixel_size == 0.105 and near.pixel_size_source == "metadata"
+    assert not any("PIXEL SIZE" in w for w in near.warnings)
+    with pytest.raises(ValueError, match="pixel_size_source"):
+        analyze(sim.image, 0.1, pixel_size_source="lattice")
+

@@ -45,10 +45,15 @@ from .materials import N_CLASSES, get_material, parse_composition
 from .runtime import CancelCallback, ProgressCallback, check_cancel
 from .sites import ROLE_M, ROLE_X, SiteModel
 
-__all__ = ["analyze", "Frame"]
+__all__ = ["analyze", "check_pixel_size", "Frame", "PixelSizeCheck"]
 
-#: A given pixel size that disagrees with the lattice by more than this is warned about.
-PIXEL_SIZE_TOLERANCE = 0.15
+#: A given (typed or file metadata) pixel size that disagrees with the one the image's
+#: lattice implies by more than this (relative) is replaced by the lattice's, unless trusted.
+PIXEL_SIZE_TOLERANCE = 0.10
+#: Where a result's pixel size came from: typed by the user or passed in, the file's
+#: metadata, the lattice (a given value that disagreed with it was replaced), or estimated
+#: from the lattice (none was given).
+PIXEL_SIZE_SOURCES = ("given", "metadata", "lattice", "estimated")
 #: Domains turned by more than this (degrees) are shown to the detector turned canonical
 #: (it finds hexagons up to ~10° off its training orientation).
 ROTATION_TOLERANCE_DEG = 8.0
@@ -69,7 +74,8 @@ MAX_STATE_MISMATCH = 0.3
 #: A binary's metal vacancy is counted only where the column reading gives the site at
 #: least this probability of being empty (else the classifier's call is flagged, not counted).
 MIN_EMPTY_PROBABILITY = 0.5
-#: ... unless the classifier gives the metal vacancy at least this probability.
+#: ... unless the classifier gives the metal vacancy at least this probability and its odds
+#: times the reading's odds of an empty site still favour the vacancy.
 SURE_METAL_VACANCY = 0.98
 #: Intensity of a chalcogen column with one atom of two left (incoherent 0.5; multislice
 #: channelling ~0.44, docs/multislice.md).
@@ -99,6 +105,12 @@ class Frame:
     models: dict[str, Any] = field(default_factory=dict)
     #: the site states (:class:`~.states.SiteStates`), once read
     states: Any = None
+    #: keep a given pixel size that disagrees with the lattice (else the lattice's is used)
+    trust_pixel_size: bool = False
+    #: the pixel size (Å/px) the lattice implies for the material; None before / without a lattice
+    pixel_size_lattice: float | None = None
+    #: the pixel size (Å/px) given by the caller (typed or file metadata), None when none was
+    pixel_size_given: float | None = None
 
 
 #: Weaker lattice reflections accepted when the lattice constant fits the given pixel size.
@@ -107,17 +119,44 @@ MIN_LATTICE_STRENGTH_AT_HINT = 3.0
 HINT_TOLERANCE = 0.1
 
 
-# --------------------------------------------------------------------------- stages
-def check_image(frame: Frame) -> bool:
-    """Lattice constant from the image and the pixel size; False when there is no lattice."""
+@dataclass(frozen=True)
+class PixelSizeCheck:
+    """A given pixel size (Å/px) against the one the image's lattice implies for a material.
+
+    ``source`` says where ``given`` came from (``"given"``: typed or passed in,
+    ``"metadata"``: the file's); ``lattice`` is None when the image shows no lattice.
+    """
+
+    material: str
+    given: float | None
+    lattice: float | None
+    source: str = "given"
+
+    @property
+    def deviation(self) -> float:
+        """given / lattice - 1 (nan when either is missing)."""
+        if self.given is None or self.lattice is None:
+            return float("nan")
+        return self.given / self.lattice - 1.0
+
+    @property
+    def disagrees(self) -> bool:
+        """The two differ by more than :data:`PIXEL_SIZE_TOLERANCE`."""
+        return bool(abs(self.deviation) > PIXEL_SIZE_TOLERANCE)
+
+    def describe(self) -> str:
+        """One sentence naming both values, e.g. for a warning or a question to the user."""
+        what = "the file's" if self.source == "metadata" else "the given"
+        return (f"{what} pixel size {self.given:.4g} Å/px disagrees with the lattice in the image, which implies "
+                f"{self.lattice:.4g} Å/px for {self.material} ({100 * self.deviation:+.0f} %)")
+
+
+def _find_lattice(img: np.ndarray, material: str, pixel_size: float | None):
+    """The image's lattice (:func:`.geometry.estimate_lattice`, hinted by the pixel size),
+    or None when there is none clear enough."""
     from .geometry import estimate_lattice
 
-    img = frame.image
-    mat = get_material(frame.material)
-    if min(img.shape) < 32 or np.ptp(img) == 0:
-        frame.warnings.append("image too small or constant: no lattice to analyse")
-        return False
-    a_hint = None if frame.pixel_size is None else mat.a / frame.pixel_size
+    a_hint = None if pixel_size is None else get_material(material).a / pixel_size
     lat = estimate_lattice(img, a_hint=a_hint)
     # several grains or heavy noise spread the reflections: a weaker lattice is taken when
     # it has the lattice constant the pixel size predicts (noise rarely does both)
@@ -126,19 +165,58 @@ def check_image(frame: Frame) -> bool:
         or (a_hint is not None and lat.strength >= MIN_LATTICE_STRENGTH_AT_HINT
             and abs(lat.a_px / a_hint - 1.0) < HINT_TOLERANCE)
     )
-    frame.lattice = lat if has_lattice else None
-    if not has_lattice:
+    return lat if has_lattice else None
+
+
+def check_pixel_size(image: np.ndarray, material: str = "MoTe2", pixel_size: float | None = None,
+                     source: str = "given") -> PixelSizeCheck:
+    """Compare ``pixel_size`` (Å/px) with the one the image's lattice implies for
+    ``material`` (the lattice search :func:`analyze` makes first; ~0.1–0.2 s)."""
+    img = prepare_image(image)[0]
+    mat = get_material(_formula(material))
+    lat = _find_lattice(img, mat.name, pixel_size) if min(img.shape) >= 32 and np.ptp(img) > 0 else None
+    return PixelSizeCheck(mat.name, None if pixel_size is None else float(pixel_size),
+                          None if lat is None else float(mat.a / lat.a_px), source)
+
+
+def pixel_size_checks(frame: Frame) -> dict[str, float]:
+    """The given and the lattice-implied pixel sizes (Å/px) for ``Result.checks``."""
+    out = {"pixel_size_given_A": frame.pixel_size_given, "pixel_size_lattice_A": frame.pixel_size_lattice}
+    return {k: round(float(v), 6) for k, v in out.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- stages
+def check_image(frame: Frame) -> bool:
+    """Lattice constant from the image and the pixel size; False when there is no lattice.
+
+    A given pixel size that disagrees with the lattice by more than
+    :data:`PIXEL_SIZE_TOLERANCE` is replaced by the lattice's (source ``"lattice"``, with a
+    warning naming both) unless ``frame.trust_pixel_size``; the sites are found on the
+    image's own lattice either way.
+    """
+    img = frame.image
+    mat = get_material(frame.material)
+    if min(img.shape) < 32 or np.ptp(img) == 0:
+        frame.warnings.append("image too small or constant: no lattice to analyse")
+        return False
+    lat = _find_lattice(img, frame.material, frame.pixel_size)
+    frame.lattice = lat
+    if lat is None:
         frame.warnings.append("no crystal lattice found in the image" if frame.pixel_size is not None else
                               "no crystal lattice found, so the pixel size cannot be estimated")
         return False
     frame.a_px = float(lat.a_px)
+    frame.pixel_size_lattice = float(mat.a / lat.a_px)
     if frame.pixel_size is not None:
-        ratio = (mat.a / frame.pixel_size) / lat.a_px
-        if abs(ratio - 1.0) > PIXEL_SIZE_TOLERANCE:
+        chk = PixelSizeCheck(mat.name, frame.pixel_size, frame.pixel_size_lattice, frame.pixel_size_source)
+        if chk.disagrees and frame.trust_pixel_size:
+            frame.warnings.append(f"{chk.describe()}; kept as asked (trust_pixel_size): lengths in Å use it, "
+                                  "the sites follow the image's own lattice")
+        elif chk.disagrees:
             frame.warnings.append(
-                f"the given pixel size {frame.pixel_size:.4g} Å/px disagrees with the lattice, which "
-                f"suggests {mat.a / lat.a_px:.4g} Å/px for {mat.name}; sites are found on the image's own "
-                "lattice: check the pixel size or the material")
+                f"PIXEL SIZE REPLACED: {chk.describe()}; the lattice value is used. Check the material, "
+                "or keep the given value with trust_pixel_size=True (CLI: --trust-pixel-size)")
+            frame.pixel_size, frame.pixel_size_source = frame.pixel_size_lattice, "lattice"
     if min(img.shape) < 2.5 * frame.a_px:
         frame.warnings.append(f"image ({img.shape[1]}x{img.shape[0]} px) holds fewer than 2.5 lattice constants")
         return False
@@ -154,7 +232,7 @@ def estimate_noise(frame: Frame) -> None:
     except ValueError:
         return
     frame.noise = {"poisson_lambda": round(est.poisson_lambda, 2), "gaussian_mu": round(est.gaussian_mu, 2),
-                   "snr": round(est.snr, 2)}
+                   "snr": round(est.snr, 2), "poisson_limited": bool(est.poisson_limited)}
     if est.poisson_lambda < NOISE_LAMBDA_RANGE[0] or est.snr < 1.5:
         frame.warnings.append(f"very noisy image ({est.describe()}); the models were trained down to "
                               f"λ = {NOISE_LAMBDA_RANGE[0]} counts: check flagged cells")
@@ -180,10 +258,13 @@ def complete_sites(frame: Frame) -> None:
     model = frame.model
     if model.a_px > 0 and len(model.sites) >= 12:
         frame.a_px = float(model.a_px)
+    frame.pixel_size_lattice = mat.a / frame.a_px  # from the sites: finer than the FFT's
     if frame.pixel_size is None:
-        frame.pixel_size = mat.a / frame.a_px
-        frame.pixel_size_source = "estimated from the lattice"
+        frame.pixel_size = frame.pixel_size_lattice
+        frame.pixel_size_source = "estimated"
         frame.warnings.append(f"pixel size estimated from the {mat.name} lattice: {frame.pixel_size:.4f} Å/px")
+    elif frame.pixel_size_source == "lattice":
+        frame.pixel_size = frame.pixel_size_lattice
     if not TRAINED_PIXEL_SIZES[0] <= frame.pixel_size <= TRAINED_PIXEL_SIZES[1]:
         frame.warnings.append(
             f"pixel size {frame.pixel_size:.4g} Å/px is outside the range the models were trained for "
@@ -534,7 +615,8 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
     * A binary: a metal vacancy called where the column reads as another metal (an
       unlisted lighter or heavier substituent) is a substituent; one the classifier is not
       sure of (< :data:`SURE_METAL_VACANCY`) where the reading finds the site more likely
-      occupied than empty is not counted, nor a chalcogen vacancy called on a column that
+      occupied than empty is not counted, nor one it is sure of where the classifier's odds
+      times the reading's odds of an empty site fall below one, nor a chalcogen vacancy called on a column that
       reads full; the cells are flagged.
     * An ``unresolved`` chalcogen column does not count as a vacancy, nor (in an alloy) an
       ``unresolved`` metal site; the cell is flagged if the classifier called one there
@@ -568,10 +650,12 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
     else:
         # a metal vacancy the classifier is not sure of needs the column reading to give the
         # site a fair chance of being empty
-        sure = np.zeros(n, bool)
+        p_vm = np.zeros(n)
         if probabilities is not None and len(probabilities) == n:
-            sure = probabilities[:, vac[:, 1] == 1].sum(axis=1) >= SURE_METAL_VACANCY
-        m_full = (st.empty_probability[c.m] < MIN_EMPTY_PROBABILITY) & ~sure
+            p_vm = np.clip(probabilities[:, vac[:, 1] == 1].sum(axis=1), 1e-9, 1 - 1e-9)
+        p_empty = np.clip(st.empty_probability[c.m], 1e-12, 1 - 1e-12)
+        odds = p_vm / (1 - p_vm) * p_empty / (1 - p_empty)
+        m_full = (p_empty < MIN_EMPTY_PROBABILITY) & ((p_vm < SURE_METAL_VACANCY) | (odds < 1.0))
         nm_new = np.where(sub | m_full, 0, nm)
         # a chalcogen vacancy is counted where the column reading agrees: not on a column
         # that reads full, not where the column cannot be read
@@ -599,7 +683,9 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
 
 # --------------------------------------------------------------------------- shared runs
 def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exclude_vacuum: bool = True,
-                 timings: dict[str, float] | None = None, hexagons=None) -> Frame:
+                 timings: dict[str, float] | None = None, hexagons=None, *, pixel_size_source: str = "given",
+                 trust_pixel_size: bool = False, progress: ProgressCallback | None = None,
+                 cancel: CancelCallback | None = None) -> Frame:
     """Stages 1-5 (image, noise, domains, sites, vacuum): the cells of an image, unclassified.
 
     The network pipeline (:func:`analyze`) and the baselines (:mod:`.classical`,
@@ -608,27 +694,38 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
     (:meth:`.lattice.LatticeState.check_hollows`). ``frame.model`` is None when the image
     has no lattice (the warnings say why); cells whose centre lies in the vacuum are
     dropped.
+
+    ``pixel_size_source`` (``"given"`` or ``"metadata"``) says where ``pixel_size`` came
+    from; ``trust_pixel_size`` keeps it when it disagrees with the lattice (see
+    :func:`check_image`). ``progress(done, 100)`` reports the stages in :func:`analyze`'s
+    percent (lattice 5, noise 8, domains 18); ``cancel()`` is checked between them.
     """
     if pixel_size is not None:
         pixel_size = float(pixel_size)
         if not math.isfinite(pixel_size) or pixel_size <= 0:
             raise ValueError(f"pixel_size must be a positive number of Å/px, got {pixel_size}")
+    if pixel_size_source not in ("given", "metadata"):
+        raise ValueError(f"pixel_size_source must be 'given' or 'metadata', got {pixel_size_source!r}")
     img, warnings = prepare_image(image)
     frame = Frame(image=img, material=_formula(material), pixel_size=pixel_size,
-                  pixel_size_source="given" if pixel_size is not None else "unknown", warnings=warnings)
+                  pixel_size_source=pixel_size_source if pixel_size is not None else "unknown", warnings=warnings,
+                  trust_pixel_size=bool(trust_pixel_size), pixel_size_given=pixel_size)
     if timings is not None:
         frame.timings = timings
 
-    def timed(name, fn, *args):
+    def timed(name, fn, *args, done=None):
         t0 = time.perf_counter()
         out = fn(*args)
         frame.timings[name] = frame.timings.get(name, 0.0) + time.perf_counter() - t0
+        if progress is not None and done is not None:
+            progress(done, 100)
+        check_cancel(cancel)
         return out
 
-    if not timed("lattice", check_image, frame):
+    if not timed("lattice", check_image, frame, done=5):
         return frame
-    timed("noise", estimate_noise, frame)
-    timed("sites", find_domains, frame)
+    timed("noise", estimate_noise, frame, done=8)
+    timed("sites", find_domains, frame, done=18)
     if hexagons is not None:
         centres = hexagons(frame)
         if centres is not None and len(centres):
@@ -771,6 +868,8 @@ def analyze(
     use_detector: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
+    pixel_size_source: str = "given",
+    trust_pixel_size: bool = False,
 ) -> Result:
     """Find and classify every unit cell of a HAADF-STEM image.
 
@@ -780,7 +879,10 @@ def analyze(
         Any numeric dtype; RGB is converted to grey.
     pixel_size : float, optional
         Å/px. When None it is estimated from the lattice found in the image and the
-        material's lattice constant, and the result says so.
+        material's lattice constant (``Result.pixel_size_source == "estimated"``). A given
+        value that disagrees with the lattice by more than :data:`PIXEL_SIZE_TOLERANCE`
+        (10 %) is replaced by the lattice's (source ``"lattice"``), with a warning naming
+        both, unless ``trust_pixel_size``.
     material : str
         ``"MoTe2"`` (default), ``"MoS2"``, ``"MoSe2"``, ``"WS2"``, ``"WSe2"``, or an alloy or
         doped formula (``"Mo0.8W0.2Te2"``, ``"WS2(1-x)Se2x"``, ``"MoS2:Re"``; see
@@ -803,8 +905,15 @@ def analyze(
         Run CNN-1 (hexagons). The cells come from the sites either way; the hexagons give
         each cell its support and are checked against the sites.
     progress : callable(done, total), optional
+        Percent done: lattice and sites 0–20, hexagons (CNN-1, per tile) 20–60, classes
+        (CNN-2, per batch) 60–100.
     cancel : callable() -> bool, optional
         Checked between stages; raises :class:`~.runtime.Cancelled`.
+    pixel_size_source : str
+        Where ``pixel_size`` came from: ``"given"`` (typed, passed in) or ``"metadata"``
+        (the file's); the result reports it, or ``"lattice"`` when it was replaced.
+    trust_pixel_size : bool
+        Keep a given pixel size that disagrees with the lattice (a warning says so).
 
     Returns
     -------
@@ -844,7 +953,9 @@ def analyze(
         found["hexagons"] = (boxes, scores, centres)
         return centres
 
-    frame = locate_cells(image, pixel_size, material, exclude_vacuum, hexagons=hexagons if use_detector else None)
+    frame = locate_cells(image, pixel_size, material, exclude_vacuum, hexagons=hexagons if use_detector else None,
+                         pixel_size_source=pixel_size_source, trust_pixel_size=trust_pixel_size,
+                         progress=progress, cancel=cancel)
     img = frame.image
 
     def timed(name, fn, *args, **kw):
@@ -870,7 +981,7 @@ def analyze(
     n = len(cells)
     hexagons_out = None
     support = np.zeros(n, np.int64)
-    checks: dict[str, Any] = {}
+    checks: dict[str, Any] = pixel_size_checks(frame)
     if use_detector and "hexagons" in found:
         det = found["det"]
         hex_boxes, hex_scores, centres = found["hexagons"]

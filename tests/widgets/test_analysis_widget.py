@@ -147,14 +147,18 @@ def test_real_models_on_the_sample(viewer, qtbot):
     assert len(viewer.layers[L.layer_name(NAME, "centres")].data) == res.n_cells
 
 
-def test_image_without_lattice_gives_empty_layers(make_napari_viewer):
+def test_image_without_lattice_adds_no_layers(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.add_image(np.random.default_rng(0).normal(size=(128, 128)), name="noise")
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
     res = widget.run()  # pixel size 0: estimated, which fails before any model is needed
-    assert res.n_cells == 0 and "no crystal lattice" in widget.status
-    pts = viewer.layers[L.layer_name("noise", "centres")]
-    assert len(pts.data) == 0 and viewer.layers[L.layer_name("noise", "cells")].nshapes == 0
+    assert res.n_cells == 0 and widget.result is None
+    assert [lay.name for lay in viewer.layers] == ["noise"]  # no empty layers
+    assert widget.status.startswith("no unit cells found, so no layers were added")
+    assert "no crystal lattice" in widget.status
+    for text in (widget.status, widget.pixel_info):
+        assert "nan" not in text and "(given)" not in text
+    assert "typed —" in widget.pixel_info and "file —" in widget.pixel_info
 
 
 def test_vacuum_is_shown_and_its_cells_left_out(make_napari_viewer):
@@ -192,3 +196,131 @@ def test_an_alloy_shows_its_site_states(make_napari_viewer):
     widget._composition.value = "Mo0.7Q0.3Te2"
     widget.start()
     assert "unknown element" in widget.status
+
+
+def _answers(*keys):
+    """An ``ask`` hook that answers ``keys`` in turn and records the questions."""
+    asked = []
+
+    def ask(title, text, options):
+        asked.append((title, text, dict(options)))
+        return keys[len(asked) - 1]
+
+    ask.asked = asked
+    return ask
+
+
+def test_pixel_size_off_by_10x_asks_and_no_keeps_the_old_result(analysed, qtbot):
+    viewer, widget = analysed
+    good = widget.result
+    image = viewer.layers[NAME]
+    n_layers = len(viewer.layers)
+    assert good.pixel_size_source == "metadata" and widget.pixel_info.startswith("file 0.09 · typed — · lattice ")
+    assert float(widget.pixel_info.split("lattice ")[1].split()[0]) == pytest.approx(0.09, rel=0.01)
+
+    widget.set_pixel_size(0.9)  # a typo: 10x the file's value
+    assert "typed 0.9" in widget.pixel_info
+    widget.ask = _answers(None)  # the user cancels the question
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30000)
+    (title, text, options), = widget.ask.asked
+    assert "disagrees with the lattice" in title and "given pixel size 0.9 Å/px" in text
+    assert set(options) == {"lattice", "given"}
+    assert float(options["lattice"].split()[1]) == pytest.approx(0.09, rel=0.01)
+    assert f"implies {options['lattice'].split()[1]} Å/px" in text
+    assert widget.result is good and "not run" in widget.status
+    assert viewer.layers[L.layer_name(NAME, "centres")].metadata[L.RESULT_KEY] is good
+    assert len(viewer.layers) == n_layers and widget._progress.value == 0
+
+    widget.ask = _answers("lattice")  # the lattice wins; a plain re-run replaces without asking
+    res = widget.run()
+    assert len(widget.ask.asked) == 1
+    assert res.pixel_size_source == "lattice" and res.pixel_size == pytest.approx(0.09, rel=0.01)
+    assert any(w.startswith("PIXEL SIZE REPLACED") for w in widget.warnings)
+    assert "from the lattice" in widget.status and np.allclose(image.scale, res.pixel_size)
+
+    widget.set_pixel_size(0.9)  # typed again: asked again
+    widget.ask = _answers("given", "discard")  # keep 0.9, then refuse to replace the result
+    current = widget.result
+    assert widget.run().pixel_size == pytest.approx(0.9)
+    assert [q[0] for q in widget.ask.asked] == ["Pixel size disagrees with the lattice", "Replace the previous result?"]
+    assert widget.result is current and "discarded" in widget.status
+    assert np.allclose(image.scale, current.pixel_size)  # the scale of the result shown
+    assert viewer.layers[L.layer_name(NAME, "centres")].metadata[L.RESULT_KEY] is current
+
+    widget.ask = _answers("keep")  # the answer "given" is remembered; keep both results
+    new = widget.run()
+    assert len(widget.ask.asked) == 1 and widget.result is new and new.pixel_size_source == "given"
+    assert viewer.layers[L.layer_name(NAME, "centres")].metadata[L.RESULT_KEY] is new
+    old = [lay for lay in viewer.layers if lay.name.endswith("(run 1)")]
+    assert len(old) == n_layers - 1 and all(lay.metadata.get(L.RESULT_KEY, current) is current for lay in old)
+
+
+def test_layers_get_the_physical_scale_and_units(make_napari_viewer):
+    from conftest import TruthClassifier, TruthDetector
+
+    from napari_tmd_defects.datasets import sample_image
+
+    sim = sample_image()
+    viewer = make_napari_viewer()
+    image = viewer.add_image(sim.image, name="raw")  # no metadata, no scale
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    widget.detector, widget.classifier = TruthDetector(sim.truth), TruthClassifier(sim.truth)
+    assert np.allclose(image.scale, 1.0) and widget._pixel.value == 0.0
+    res = widget.run()
+    assert res.pixel_size_source == "estimated" and res.pixel_size == pytest.approx(0.09, rel=0.01)
+    assert "estimated from the lattice" in widget.status and "(given)" not in widget.status
+    assert "typed —" in widget.pixel_info and "estimated" in widget.pixel_info
+    assert widget._pixel.value == 0.0  # the next run estimates again (not "given")
+    assert viewer.scale_bar.visible
+    pts = viewer.layers[L.layer_name("raw", "centres")]
+    for lay in [image, *(lay for lay in viewer.layers if lay.name.startswith("raw ["))]:
+        assert np.allclose(lay.scale, res.pixel_size), lay.name
+        assert [str(u) for u in lay.units] == ["angstrom", "angstrom"], lay.name
+    # a cell centre (px) and the image pixel under it are the same point of the world (Å)
+    r, c = pts.data[5]
+    assert np.allclose(pts.data_to_world(pts.data[5]), image.data_to_world([r, c]))
+    assert np.allclose(pts.data_to_world(pts.data[5]), np.array([r, c]) * res.pixel_size)
+    # a typed pixel size scales the image (and its result layers) at once
+    widget.set_pixel_size(0.1)
+    assert np.allclose(image.scale, 0.1) and np.allclose(pts.scale, 0.1)
+    assert image.metadata["tmd_defects_typed_pixel_size_A"] == 0.1 and "typed 0.1" in widget.pixel_info
+
+
+def test_progress_in_the_activity_dock_and_cancel_resets(analysed, qtbot):
+    from napari.utils import progress
+
+    viewer, widget = analysed
+    before = widget.result
+    base = widget.detector
+    gate = threading.Event()
+    seen = []
+
+    class TiledDetector:
+        card = {"name": "tiles"}
+
+        def detect(self, image, pixel_size, material="MoTe2", progress=None, cancel=None):
+            for k in range(4):
+                progress(k + 1, 4)
+                gate.wait(5)
+                gate.clear()
+                if cancel():
+                    raise Cancelled("cancelled by the user")
+            return base.detect(image, pixel_size, material)
+
+    widget.detector = TiledDetector()
+    widget.start()
+    qtbot.waitUntil(lambda: widget._pbar is not None and widget._pbar.n >= 30, timeout=10000)
+    bar = widget._pbar
+    assert bar in progress._all_instances and "hexagons" in bar.desc
+    seen.append(widget._progress.value)
+    gate.set()
+    qtbot.waitUntil(lambda: bar.n >= 40, timeout=10000)
+    widget.cancel()
+    gate.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=10000)
+    assert 20 < seen[0] < 60
+    assert bar not in progress._all_instances and widget._pbar is None
+    assert widget._progress.value == 0 and "cancelled" in widget.status
+    assert widget.result is before
+    assert viewer.layers[L.layer_name(NAME, "centres")].metadata[L.RESULT_KEY] is before

@@ -15,6 +15,7 @@ from ..materials import MATERIALS, get_material
 from . import _layers as L
 from . import _selection as S
 from ._analysis import pixel_size_of
+from ._statistics import scroll_area
 
 PREVIEW_NAME = "noise preview (simulated)"
 
@@ -46,7 +47,7 @@ class PreviewWidget(Container):
         form = Container(widgets=[self._material, self._class, self._lam, self._mu, self._blur, self._pixel,
                                   self._size, self._seed], labels=True)
         form.margins = (0, 0, 0, 0)
-        self.extend([form, self._live, self._sim_btn, self._cmp_btn, self._status])
+        body = Container(widgets=[form, self._live, self._sim_btn, self._cmp_btn, self._status], labels=False)
 
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
@@ -58,7 +59,10 @@ class PreviewWidget(Container):
         self._canvas = FigureCanvasQTAgg(self._fig)
         self._canvas.setMinimumHeight(380)
         self._canvas.setVisible(False)
-        self.native.layout().addWidget(self._canvas)
+        body.native.layout().addWidget(self._canvas)
+        body.native.layout().addStretch(1)
+        self.margins = (0, 0, 0, 0)
+        self.native.layout().addWidget(scroll_area(body.native))
 
         self._material.changed.connect(self._on_material)
         for w in (self._class, self._lam, self._mu, self._blur, self._pixel, self._size, self._seed):
@@ -140,8 +144,9 @@ class PreviewWidget(Container):
     def _prefill(self) -> None:
         res = L.current_result(self._viewer)
         if res is not None:
-            self._material.value = res.material
-            self._pixel.value = float(res.pixel_size)
+            self._material.value = get_material(res.material).name
+            if np.isfinite(res.pixel_size) and res.pixel_size > 0:
+                self._pixel.value = float(res.pixel_size)
             return
         for lay in self._viewer.layers:
             if isinstance(lay, napari.layers.Image) and lay.name != PREVIEW_NAME:

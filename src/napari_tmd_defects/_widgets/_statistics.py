@@ -1,7 +1,11 @@
 """**Statistics** panel: counts (± one sigma: counting statistics and the classification's
 doubt), analysed area, concentrations (cm⁻²), the site states and a confidence histogram
 of the current result, updated live; **Export** writes the cell table (CSV),
-an overlay PNG and a summary JSON."""
+an overlay PNG and a summary JSON.
+
+Also the small Qt pieces the docks share: the class legend, a scroll area (every dock
+fits a 1366×768 screen) and the pixel-size text.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +19,13 @@ from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractScrollArea,
     QFileDialog,
+    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
@@ -31,18 +37,52 @@ from ..materials import CLASS_COLORS
 from . import _layers as L
 
 
+#: How the docks name the source of a pixel size (``Result.pixel_size_source``).
+PIXEL_SIZE_SOURCE_TEXT = {
+    "given": "given",
+    "metadata": "file metadata",
+    "lattice": "from the lattice; the given value disagreed",
+    "estimated": "estimated from the lattice",
+}
+#: Rows the class table shows before it scrolls.
+TABLE_ROWS = 8
+
+
 def _qcolor(rgb) -> QColor:
     return QColor(*(int(255 * c) for c in rgb[:3]))
 
 
+def pixel_size_text(pixel_size: float | None, source: str) -> str:
+    """``"0.09 Å/px (file metadata)"``; ``"pixel size unknown"`` when there is none."""
+    if pixel_size is None or not np.isfinite(pixel_size) or pixel_size <= 0:
+        return "pixel size unknown"
+    return f"{pixel_size:.4g} Å/px ({PIXEL_SIZE_SOURCE_TEXT.get(source, source)})"
+
+
+def scroll_area(inner: QWidget) -> QScrollArea:
+    """``inner`` in a frameless vertical scroll area: the dock can be shorter than its
+    content (a laptop screen) and scrolls instead of growing the window."""
+    area = QScrollArea()
+    area.setWidget(inner)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QScrollArea.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    area.setMinimumWidth(inner.minimumSizeHint().width() + 16)
+    return area
+
+
 class ClassLegend(QWidget):
-    """Colour swatches with the class names of a material (the paper's colours)."""
+    """Colour swatches with the class names of a material (the paper's colours), in
+    rows of three (narrow docks)."""
+
+    COLUMNS = 3
 
     def __init__(self, class_names, parent=None):
         super().__init__(parent)
-        lay = QHBoxLayout(self)
+        lay = QGridLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.setSpacing(6)
+        lay.setHorizontalSpacing(6)
+        lay.setVerticalSpacing(2)
         self._labels = []
         for k, name in enumerate(class_names):
             sw = QLabel()
@@ -50,10 +90,11 @@ class ClassLegend(QWidget):
             r, g, b = (int(255 * c) for c in CLASS_COLORS[k])
             sw.setStyleSheet(f"background-color: rgb({r},{g},{b}); border: 1px solid black;")
             lab = QLabel(name)
-            lay.addWidget(sw)
-            lay.addWidget(lab)
+            row, col = divmod(k, self.COLUMNS)
+            lay.addWidget(sw, row, 2 * col)
+            lay.addWidget(lab, row, 2 * col + 1)
             self._labels.append(lab)
-        lay.addStretch(1)
+        lay.setColumnStretch(2 * self.COLUMNS, 1)
 
     def set_names(self, class_names) -> None:
         for lab, name in zip(self._labels, class_names):
@@ -86,7 +127,11 @@ class StatisticsWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
-        lay = QVBoxLayout(self)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        body = QWidget()
+        lay = QVBoxLayout(body)
+        outer.addWidget(scroll_area(body))
         self._summary = QLabel("No analysis yet: run Defect analysis first.")
         self._summary.setWordWrap(True)
         self._summary.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -99,9 +144,9 @@ class StatisticsWidget(QWidget):
         hdr = self._table.horizontalHeader()
         hdr.setSectionResizeMode(QHeaderView.ResizeToContents)
         hdr.setStretchLastSection(True)
-        self._table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self._table.setVerticalScrollBarPolicy(Qt.ScrollBarAsNeeded)
         self._table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        self._table.setSizeAdjustPolicy(QAbstractScrollArea.AdjustToContents)
+        self._table.setSizeAdjustPolicy(QAbstractScrollArea.AdjustIgnored)
         self._table.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
         lay.addWidget(self._table)
 
@@ -155,14 +200,15 @@ class StatisticsWidget(QWidget):
         self._fig.clear()
         if res is None:
             self._summary.setText("No analysis yet: run Defect analysis first.")
+            self._fit_table()
             self._canvas.draw_idle()
             return
         counts, conc, unc = res.counts(), res.concentrations_cm2(), res.counts_uncertainty()
         n_uncl = int(np.sum(res.labels < 0))
         self._summary.setText(
             f"<b>{res.n_cells}</b> cells, area <b>{res.area_nm2:.2f} nm²</b> "
-            f"({res.area_nm2 * 1e-14:.3g} cm²) · {res.material} · {res.pixel_size:.4g} Å/px "
-            f"({res.pixel_size_source}) · α = {res.alpha:.2f}, β = {res.beta:.2f}<br>"
+            f"({res.area_nm2 * 1e-14:.3g} cm²) · {res.material} · "
+            f"{pixel_size_text(res.pixel_size, res.pixel_size_source)} · α = {res.alpha:.2f}, β = {res.beta:.2f}<br>"
             f"{int(res.flagged.sum())} low-confidence, {int(res.corrected.sum())} corrected"
             + (f", {n_uncl} unclassified" if n_uncl else "")
             + (f" · vacuum {100 * res.vacuum_fraction:.0f} % of the image, "
@@ -181,7 +227,7 @@ class StatisticsWidget(QWidget):
                 it.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 self._table.setItem(k, col, it)
         self._table.resizeRowsToContents()
-        self._table.updateGeometry()
+        self._fit_table()
         self._draw_histogram(res)
 
     def export(self, folder: str | Path | None = None) -> dict[str, Path] | None:
@@ -209,6 +255,20 @@ class StatisticsWidget(QWidget):
         return paths
 
     # ------------------------------------------------------------------ internals
+    def _fit_table(self) -> None:
+        """Table height = its header and rows (up to :data:`TABLE_ROWS`; more scroll)."""
+        t = self._table
+        t.resizeRowsToContents()
+        rows = sum(t.rowHeight(k) for k in range(min(t.rowCount(), TABLE_ROWS)))
+        if t.rowCount() == 0:
+            rows = t.verticalHeader().defaultSectionSize()
+        t.setFixedHeight(t.horizontalHeader().sizeHint().height() + rows + 2 * t.frameWidth() + 2)
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt)
+        """Rows get their final height once the style applies: fit the table again."""
+        super().showEvent(event)
+        self._fit_table()
+
     def _browse(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Export folder", self._out.text())
         if d:

@@ -13,6 +13,7 @@ import numpy as np
 from magicgui.widgets import Container, FloatSlider, PushButton
 
 from . import _layers as L
+from ._statistics import scroll_area
 
 PAPER_ALPHA, PAPER_BETA = 0.65, 0.5
 
@@ -49,7 +50,10 @@ class TuningWidget(Container):
         self._status = L.text_label("")
         form = Container(widgets=[self._alpha, self._beta], labels=True)
         form.margins = (0, 0, 0, 0)
-        self.extend([form, self._reset, self._status])
+        body = Container(widgets=[form, self._reset, self._status], labels=False)
+        body.native.layout().addStretch(1)
+        self.margins = (0, 0, 0, 0)
+        self.native.layout().addWidget(scroll_area(body.native))
         self._alpha.changed.connect(self._on_slider)
         self._beta.changed.connect(self._on_slider)
         self._reset.clicked.connect(lambda: self.set_alpha_beta(PAPER_ALPHA, PAPER_BETA))
@@ -104,7 +108,9 @@ class TuningWidget(Container):
     def _report(self, res) -> None:
         w = res.boxes[:, 2] - res.boxes[:, 0]
         h = res.boxes[:, 3] - res.boxes[:, 1]
-        size = f"; median cell {np.median(w) * res.pixel_size:.2f} × {np.median(h) * res.pixel_size:.2f} Å" if res.n_cells else ""
+        px = res.pixel_size
+        size = (f"; median cell {np.median(w) * px:.2f} × {np.median(h) * px:.2f} Å"
+                if res.n_cells and np.isfinite(px) and px > 0 else "")
         n_uncl = int(np.sum(res.labels < 0))
         self._status.value = (
             f"α = {res.alpha:.2f}, β = {res.beta:.2f}: {res.n_cells} cells from {len(res.hexagon_boxes)} hexagons"
