@@ -104,3 +104,26 @@ def test_crop_frame_cuts_a_turned_cell_the_canonical_way_up():
         crop_frame(img, np.array([[10.0, 0, 500], [0, 10.0, 500]]))
     with pytest.raises(ValueError, match="frame"):
         crop_frame(img, np.zeros((3, 3)))
+
+
+def test_revert_undoes_new_updated_and_removed_rows(tmp_path, image):
+    db = CorrectionDatabase(tmp_path / "db")
+    first = db.add(image, [10, 10, 20, 18], 3, source="a.tif", label_before=0)
+    crop = tmp_path / "db" / "crops" / first["crop"]
+    before = crop.read_bytes()
+
+    undo_new, undo_update, undo_remove = [], [], []
+    db.add_many(image, [[30, 30, 40, 38]], [2], source="a.tif", undo=undo_new)
+    db.add_many(image + 1.0, [[10.2, 10, 20.2, 18]], [5], source="a.tif", undo=undo_update)
+    assert sorted(r["label"] for r in db.rows()) == [2, 5] and crop.read_bytes() != before
+    removed = db.remove_matching("a.tif", [[30, 30, 40, 38], [60, 50, 70, 58]], undo=undo_remove)
+    assert [r["label"] for r in removed] == [2] and [r["label"] for r in db.rows()] == [5]
+
+    db.revert(undo_remove)  # the removed row and its crop come back
+    assert sorted(r["label"] for r in db.rows()) == [2, 5]
+    db.revert(undo_update)  # the first correction again, with its crop
+    assert sorted(r["label"] for r in db.rows()) == [2, 3] and crop.read_bytes() == before
+    db.revert(undo_new)  # the added row and its crop are gone
+    rows = db.rows()
+    assert [r["label"] for r in rows] == [3] and rows[0]["label_before"] == 0
+    assert sorted(p.name for p in (tmp_path / "db" / "crops").iterdir()) == [first["crop"]]

@@ -105,9 +105,23 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     #: every site's state read from its column (:class:`~.states.SiteStates`), or None
     site_states: Any = None
+    #: the class and confidence each cell had from the analysis, before corrections
+    #: (setting a cell back to its machine class clears ``corrected``)
+    machine_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    machine_confidence: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    #: Per-cell arrays kept aligned by :meth:`remove_cells` / :meth:`insert_cells`
+    #: (``probabilities`` too, when there are any).
+    CELL_FIELDS = ("boxes", "x_sites", "m_sites", "ij", "support", "labels", "confidence", "flagged",
+                   "corrected", "domain", "placed", "frames", "x_unresolved", "machine_labels",
+                   "machine_confidence")
 
     def __post_init__(self):
         n = len(self.boxes)
+        if len(self.machine_labels) != n:
+            self.machine_labels = np.asarray(self.labels, dtype=np.int64).copy()
+        if len(self.machine_confidence) != n:
+            self.machine_confidence = np.asarray(self.confidence, dtype=float).copy()
         if len(self.domain) != n:
             self.domain = np.zeros(n, np.int64)
         if len(self.placed) != n:
@@ -178,6 +192,9 @@ class Result:
             return "noise: not estimated"
         lam, mu, snr = (self.noise.get(k, float("nan")) for k in ("poisson_lambda", "gaussian_mu", "snr"))
         lo, hi = NOISE_LAMBDA_RANGE
+        if self.noise.get("poisson_limited") is False:
+            return (f"noise: not Poisson-limited (no measurable shot noise; λ ≥ {lam:.3g} counts), Gaussian "
+                    f"μ ≈ {mu:.3g} grey levels (peak = 255), SNR ≈ {snr:.3g}; fine for the models")
         if lam < lo:
             verdict = f"noisier than the training data (λ ≥ {lo:g}): check flagged cells"
         elif lam > hi:
@@ -216,7 +233,7 @@ class Result:
         st, model = self.site_states, self.sites
         if st is None or model is None or len(model.cells) != self.n_cells:
             return None
-        return model.cells.x, model.cells.m
+        return model.cells.x, model.cells.m  # -1: a cell added by hand off the site model
 
     def site_state_counts(self) -> dict[str, dict[str, int]]:
         """Sites of every state per sublattice (cells off the boundaries): ``{"M": {"W": 812,
@@ -227,7 +244,7 @@ class Result:
         keep = np.asarray(self.labels) != BOUNDARY
         out = {}
         for role, k in (("M", idx[1]), ("X", idx[0])):
-            names, cnt = np.unique(self.site_states.state[k[keep]].astype(str), return_counts=True)
+            names, cnt = np.unique(self.site_states.state[k[keep & (k >= 0)]].astype(str), return_counts=True)
             out[role] = {str(a): int(b) for a, b in sorted(zip(names, cnt), key=lambda t: -t[1])}
         return out
 
@@ -274,13 +291,141 @@ class Result:
 
     # ------------------------------------------------------------------ edits
     def set_label(self, index: int | np.ndarray, label: int) -> None:
-        """Set the class of cell(s) by hand (a correction): confidence 1, not flagged."""
+        """Set the class of cell(s) by hand (a correction): confidence 1, not flagged.
+
+        A corrected cell set back to the class the analysis gave it is no longer
+        ``corrected``: it gets the analysis' confidence (and flag) back. Setting a cell
+        that shows its analysis class to that class confirms it (a correction).
+        """
         if not 0 <= int(label) < N_CLASSES:
             raise ValueError(f"label must be a class id 0..{N_CLASSES - 1}, got {label}")
-        self.labels[index] = int(label)
-        self.confidence[index] = 1.0
-        self.flagged[index] = False
-        self.corrected[index] = True
+        idx = np.atleast_1d(np.arange(self.n_cells)[index])
+        back = self.returns_to_machine(idx, label)
+        self.labels[idx] = int(label)
+        self.confidence[idx] = 1.0
+        self.flagged[idx] = False
+        self.corrected[idx] = True
+        self.confidence[back] = self.machine_confidence[back]
+        self.corrected[back] = False
+        self.flagged[back] = self.confidence[back] < self.low_confidence
+
+    def returns_to_machine(self, index, label: int) -> np.ndarray:
+        """Those of cells ``index`` that setting to ``label`` returns to the class the
+        analysis gave them (they show another class now)."""
+        idx = np.atleast_1d(np.arange(self.n_cells)[index])
+        return idx[(self.machine_labels[idx] == int(label)) & (self.labels[idx] != int(label))]
+
+    # ------------------------------------------------------------------ cell edits
+    def _cell_fields(self) -> list[str]:
+        n = self.n_cells
+        extra = ["probabilities"] if self.probabilities is not None and len(self.probabilities) == n else []
+        return [*self.CELL_FIELDS, *extra]
+
+    def _site_cells(self):
+        """The site model's cells when they are aligned with this result's cells, else None."""
+        model = self.sites
+        return model.cells if model is not None and len(model.cells) == self.n_cells else None
+
+    def _recount_domains(self) -> None:
+        if self.sites is None:
+            return
+        for d in self.sites.domains:
+            d.n_cells = int(np.sum((self.domain == d.id) & (self.labels != BOUNDARY)))
+
+    def remove_cells(self, index) -> dict[str, Any]:
+        """Remove cells (indices) from the result and its site model's cells.
+
+        Returns a record of them that :meth:`insert_cells` puts back in place.
+
+        Raises
+        ------
+        IndexError
+            For indices outside ``0..n_cells - 1``.
+        """
+        idx = np.unique(np.atleast_1d(np.asarray(index, dtype=np.int64)))
+        n = self.n_cells
+        if len(idx) and (idx[0] < 0 or idx[-1] >= n):
+            raise IndexError(f"cell indices must lie in 0..{n - 1}, got {idx.tolist()}")
+        fields = self._cell_fields()
+        rec: dict[str, Any] = {"index": idx, "cells": {k: np.asarray(getattr(self, k))[idx].copy() for k in fields}}
+        keep = np.ones(n, bool)
+        keep[idx] = False
+        cells = self._site_cells()
+        if cells is not None:
+            rec["sites"] = cells.subset(idx)
+            self.sites = replace(self.sites, cells=cells.subset(keep))  # the model may be shared (recast)
+        for k in fields:
+            setattr(self, k, np.asarray(getattr(self, k))[keep])
+        self._recount_domains()
+        return rec
+
+    def insert_cells(self, record: dict[str, Any]) -> np.ndarray:
+        """Put cells back (a record of :meth:`remove_cells` or :meth:`new_cell`) at their
+        indices; returns the indices."""
+        idx = np.asarray(record["index"], dtype=np.int64)
+        vals = record["cells"]
+        pos = idx - np.arange(len(idx))  # positions in the array without them
+        if len(idx) and (pos.min() < 0 or pos.max() > self.n_cells):
+            raise IndexError(f"cannot insert cells at {idx.tolist()} into {self.n_cells} cells")
+        cells = self._site_cells()
+        for k in self._cell_fields():
+            v = vals.get(k)
+            if v is None and k == "probabilities":
+                lab = np.asarray(vals["labels"])
+                v = np.full((len(idx), N_CLASSES), np.nan)
+                v[lab >= 0] = np.eye(N_CLASSES)[lab[lab >= 0]]
+            setattr(self, k, np.insert(np.asarray(getattr(self, k)), pos, v, axis=0))
+        if cells is not None and "sites" in record:
+            from .sites import CellSites
+
+            s = record["sites"]
+            self.sites = replace(self.sites, cells=CellSites(*(
+                np.insert(getattr(cells, f), pos, getattr(s, f), axis=0)
+                for f in ("x", "m", "domain", "frame", "boundary", "boxes"))))
+        self._recount_domains()
+        return idx
+
+    def new_cell(self, frame: np.ndarray, probabilities: np.ndarray | None = None, *, domain: int = 0,
+                 x_site: int = -1, m_site: int = -1, ij=(-1, -1)) -> dict[str, Any]:
+        """A record of one new cell (for :meth:`insert_cells`, appended at the end).
+
+        ``frame`` (2, 3) maps the canonical cell (lattice-constant units) to px;
+        ``probabilities`` (6,) the classifier's (None: unclassified); ``x_site``,
+        ``m_site`` the indices of its sites in the site model (-1: none, a placed site).
+        """
+        from .lattice.cells import frame_boxes
+        from .sites import CANONICAL_PARTNER, CellSites, canonical_cell_box
+
+        fr = np.asarray(frame, dtype=float).reshape(1, 2, 3)
+        box = frame_boxes(fr, canonical_cell_box(self.alpha, self.beta))
+        xy = fr[0, :, 2]
+        m_xy = fr[0, :, :2] @ CANONICAL_PARTNER + xy
+        if self.sites is not None and x_site >= 0:
+            xy = self.sites.sites.xy[x_site]
+        if self.sites is not None and m_site >= 0:
+            m_xy = self.sites.sites.xy[m_site]
+        if probabilities is not None:
+            p = np.asarray(probabilities, dtype=float).reshape(N_CLASSES)
+            label, conf = int(np.argmax(p)), float(np.max(p))
+        else:
+            p, label, conf = None, UNCLASSIFIED, 0.0
+        placed = int(x_site < 0 or self.sites.sites.placed[x_site]) + 2 * int(
+            m_site < 0 or self.sites.sites.placed[m_site])
+        cells = {
+            "boxes": box, "x_sites": xy[None], "m_sites": m_xy[None], "ij": np.array([ij], np.int64),
+            "support": np.zeros(1, np.int64), "labels": np.array([label]), "confidence": np.array([conf]),
+            "flagged": np.array([label >= 0 and conf < self.low_confidence]), "corrected": np.zeros(1, bool),
+            "domain": np.array([domain], np.int64), "placed": np.array([placed], np.int64), "frames": fr,
+            "x_unresolved": np.zeros(1, bool), "machine_labels": np.array([label], np.int64),
+            "machine_confidence": np.array([conf]),
+        }
+        if p is not None:
+            cells["probabilities"] = p[None]
+        rec: dict[str, Any] = {"index": np.array([self.n_cells]), "cells": cells}
+        if self._site_cells() is not None:
+            rec["sites"] = CellSites(np.array([x_site]), np.array([m_site]), np.array([domain]), fr,
+                                     np.zeros(1, bool), box)
+        return rec
 
     def recast(self, alpha: float, beta: float, image: np.ndarray | None = None) -> "Result":
         """The same cells with crop boxes cast with new ratios α, β from their hexagons.
@@ -336,12 +481,16 @@ class Result:
         idx = self._cell_sites()
         if idx is not None:
             st = self.site_states
-            cols["m_state"] = st.state[idx[1]].astype(str).tolist()
-            cols["m_z_eff"] = np.round(st.z_eff[idx[1]], 1)
-            cols["m_probability"] = np.round(st.probability[idx[1]], 4)
-            cols["x_column"] = st.state[idx[0]].astype(str).tolist()
-            cols["x_atoms"] = st.atoms[idx[0]]
-            cols["x_probability"] = np.round(st.probability[idx[0]], 4)
+
+            def at(values, k, fill):  # cells added by hand off the site model: fill
+                return np.where(k >= 0, np.asarray(values)[np.maximum(k, 0)], fill)
+
+            cols["m_state"] = at(st.state, idx[1], "unresolved").astype(str).tolist()
+            cols["m_z_eff"] = np.round(at(st.z_eff, idx[1], np.nan).astype(float), 1)
+            cols["m_probability"] = np.round(at(st.probability, idx[1], np.nan).astype(float), 4)
+            cols["x_column"] = at(st.state, idx[0], "unresolved").astype(str).tolist()
+            cols["x_atoms"] = at(st.atoms, idx[0], -1)
+            cols["x_probability"] = np.round(at(st.probability, idx[0], np.nan).astype(float), 4)
         if self.probabilities is not None:
             for k, name in enumerate(self.class_names):
                 cols[f"p_{name}"] = self.probabilities[:, k]
@@ -368,12 +517,11 @@ class Result:
         return Path(path)
 
     def overlay(self, image: np.ndarray) -> np.ndarray:
-        """RGB overlay: cell outlines in their frames coloured by class, boundaries as lines."""
-        from .visualization import overlay_rgb
+        """RGB overlay (:func:`.visualization.result_overlay`): cells in their lattice frames
+        coloured by class, boundaries, site states, legend with counts, scale bar, title."""
+        from .visualization import result_overlay
 
-        lines = self.sites.boundary_lines if self.sites is not None else None
-        return overlay_rgb(image, quads=self.cell_outlines(), labels=self.labels, lines=lines,
-                           material=self.material, rings=self.state_rings())
+        return result_overlay(self, image)
 
     def state_rings(self) -> dict[str, tuple[np.ndarray, tuple[int, int, int]]]:
         """Sites (off the boundaries) whose state is read and is not the host's, by sublattice

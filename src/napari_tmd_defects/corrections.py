@@ -246,6 +246,7 @@ class CorrectionDatabase:
         timestamp: str | None = None,
         normalized: bool = False,
         frames: np.ndarray | None = None,
+        undo: list | None = None,
     ) -> list[dict[str, Any]]:
         """Store corrected cells of one image: crops + index rows, written atomically.
 
@@ -274,6 +275,8 @@ class CorrectionDatabase:
             The cells' affine frames (``Result.frames``): the crops are then cut in each
             cell's own frame (:func:`crop_frame`), the canonical way up whatever the
             domain's orientation; without, the pixels inside each box (:func:`crop_box`).
+        undo : list, optional
+            Filled with what the write replaced, for :meth:`revert`.
 
         Returns
         -------
@@ -314,7 +317,11 @@ class CorrectionDatabase:
             if row is None:
                 row = {"crop": f"{self._crop_id(source, b[k])}.npy"}
                 rows.append(row)
+                if undo is not None:
+                    undo.append((row["crop"], None, None))
             else:  # keep what the classifier said before the first correction
+                if undo is not None:
+                    undo.append((row["crop"], dict(row), self._read_crop(row["crop"])))
                 conf[k], before[k] = row["confidence_before"], row["label_before"]
             row.update(
                 label=int(lab[k]), class_name=mat.class_names[lab[k]], material=mat.name,
@@ -331,11 +338,58 @@ class CorrectionDatabase:
         self._write_index(rows)
         return written
 
+    def remove_matching(self, source: str, boxes: np.ndarray, undo: list | None = None) -> list[dict[str, Any]]:
+        """Remove the rows (and crops) of cells of ``source`` at ``boxes`` (N, 4) px, matched
+        like :meth:`add_many` does; returns the rows removed. ``undo`` is filled for
+        :meth:`revert`."""
+        rows = self.rows()
+        removed = []
+        for bb in np.asarray(boxes, dtype=float).reshape(-1, 4):
+            row = self._match(rows, source, bb)
+            if row is None:
+                continue
+            if undo is not None:
+                undo.append((row["crop"], dict(row), self._read_crop(row["crop"])))
+            rows.remove(row)
+            removed.append(row)
+        if removed:
+            self._write_index(rows)
+            for row in removed:
+                (self.path / "crops" / row["crop"]).unlink(missing_ok=True)
+        return removed
+
+    def revert(self, undo: list) -> None:
+        """Undo writes: put back the rows and crops that ``undo`` (filled by :meth:`add_many`
+        or :meth:`remove_matching`) recorded, and remove the rows those calls added."""
+        if not undo:
+            return
+        rows = self.rows()
+        gone = []
+        for name, old_row, old_crop in reversed(undo):
+            rows = [r for r in rows if r["crop"] != name]
+            if old_row is None:
+                gone.append(name)
+                continue
+            rows.append(old_row)
+            if old_crop is not None:
+                buf = _io.BytesIO()
+                np.save(buf, old_crop, allow_pickle=False)
+                with atomic_write(self.path / "crops" / name) as fh:
+                    fh.write(buf.getvalue())
+        self._write_index(rows)
+        for name in gone:
+            if not any(r["crop"] == name for r in rows):
+                (self.path / "crops" / name).unlink(missing_ok=True)
+
     def load(self) -> tuple[list[np.ndarray], np.ndarray, list[dict[str, Any]]]:
         """All crops, their labels and rows (see :func:`load_corrections`)."""
         return load_corrections(self.path)
 
     # ------------------------------------------------------------------ internals
+    def _read_crop(self, name: str) -> np.ndarray | None:
+        p = self.path / "crops" / name
+        return np.load(p, allow_pickle=False) if p.exists() else None
+
     @staticmethod
     def _match(rows: list[dict[str, Any]], source: str, box: np.ndarray) -> dict[str, Any] | None:
         c = (box[:2] + box[2:]) / 2.0

@@ -28,11 +28,14 @@ All layer data are in px of the image (rows, cols) and carry the image's ``scale
 object in ``metadata["tmd_defects_result"]`` and the image layer's name in
 ``metadata["tmd_defects_image"]``; the other widgets find the result there
 (:func:`current_result`) and announce edits through :data:`EVENTS`. Selecting cells
-(click, keys 0–5) is in :mod:`._selection`.
+(click, keys 0–5) is in :mod:`._selection`; deleting, adding and moving cells on the cell
+layers, and undo, in :mod:`._correction` (:func:`update_cells` brings the layers in line
+after such an edit).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -59,14 +62,34 @@ SITE_RGBA = ((1.0, 0.3, 0.3, 1.0), (0.3, 0.6, 1.0, 1.0))
 
 class _Events:
     """``changed(result)``: classes or cells of a result changed (correction, re-cast,
-    new analysis). ``selection(result)``: the selected cells changed."""
+    new analysis). ``selection(result)``: the selected cells changed. ``message(text)``:
+    a line for the user about an edit (e.g. why a cell could not be added)."""
 
     changed = Signal(object)
     selection = Signal(object)
+    message = Signal(str)
 
 
 #: Process-wide notifications; widgets connect and re-read :func:`current_result`.
 EVENTS = _Events()
+
+
+_SYNCING = [0]
+
+
+@contextmanager
+def syncing():
+    """Mark layer updates made here (not by the user): the edit handlers ignore them."""
+    _SYNCING[0] += 1
+    try:
+        yield
+    finally:
+        _SYNCING[0] -= 1
+
+
+def is_syncing() -> bool:
+    """True while the layers are updated from a result (see :func:`syncing`)."""
+    return _SYNCING[0] > 0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -213,6 +236,12 @@ def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict
     Returns the layers by role (``hexagons``, ``cells``, ``centres`` and, when asked or
     already present, ``labels``).
     """
+    with syncing():
+        return _show_result(viewer, result, image_layer, labels_layer)
+
+
+def _show_result(viewer, result, image_layer, labels_layer: bool) -> dict[str, Any]:
+    from . import _correction as _cor
     from . import _selection as _sel
 
     result = unwrap(result)
@@ -269,6 +298,7 @@ def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict
             face_color="transparent", edge_width=_edge_widths(result) if rects else 1.0, **geo,
         )
         _sel.connect_selection(lay)
+        _cor.connect_edits(viewer, lay)
     lay.features = cell_features(result)
     out["cells"] = lay
 
@@ -283,6 +313,7 @@ def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict
             border_color="black", **geo,
         )
         _sel.connect_selection(lay)
+        _cor.connect_edits(viewer, lay)
     lay.features = cell_features(result)
     if len(pts):
         lay.size = point_sizes(result)
@@ -296,6 +327,7 @@ def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict
             _sel.bind_class_keys(viewer, lay)
         lay.scale, lay.translate = geo["scale"], geo["translate"]
     _sel.install_click_selection(viewer)
+    _cor.install_undo(viewer, list(out.values()))
     EVENTS.changed.emit(result)
     return out
 
@@ -406,6 +438,39 @@ def refresh(viewer, result) -> None:
     if "labels" in layers:
         layers["labels"].data = label_image(result)
     EVENTS.changed.emit(result)
+
+
+def update_cells(viewer, result, removed=None) -> None:
+    """Bring the cell layers of ``result`` in line with its cells after cells were removed
+    (``removed``: their former indices), added or moved; the layer the user edited may
+    already hold the change. Then re-colours them and announces the change."""
+    result = unwrap(result)
+    layers = result_layers(viewer, result)
+    n = result.n_cells
+    centres = cell_centres(result)
+    gone = sorted(int(i) for i in (removed if removed is not None else []))
+    with syncing():
+        pts = layers.get("centres")
+        if pts is not None:
+            if gone and len(pts.data) == n + len(gone):
+                pts.remove(gone)
+            if len(pts.data) != n or (n and not np.allclose(pts.data[:, -2:], centres, atol=1e-3)):
+                keep = {i for i in pts.selected_data if i < n}
+                pts.selected_data = set()
+                pts.data = centres
+                pts.selected_data = keep
+            pts.features = cell_features(result)
+        shp = layers.get("cells")
+        if shp is not None:
+            if gone and shp.nshapes == n + len(gone):
+                shp.remove(gone)
+            moved = shp.nshapes != n or (n and not np.allclose(
+                np.array([np.asarray(d)[:, -2:].mean(axis=0) for d in shp.data]), centres, atol=1e-3))
+            if moved:
+                _set_shapes(shp, _polygons(result.cell_outlines()) if n else [], class_rgba(result.labels),
+                            _edge_widths(result))
+            shp.features = cell_features(result)
+    refresh(viewer, result)
 
 
 # --------------------------------------------------------------------------- lookup
