@@ -523,15 +523,34 @@ class Result:
 
         return result_overlay(self, image)
 
+    def sites_in_cells(self) -> np.ndarray:
+        """(S,) bool: sites of the site model that belong to a cell off the boundaries (the
+        sites the counts speak of; columns cut by the frame's edge or in no cell are not)."""
+        model = self.sites
+        if model is None:
+            return np.zeros(0, bool)
+        out = np.zeros(len(model.sites), bool)
+        idx = self._cell_sites() if self.site_states is not None else None
+        if idx is None:
+            cells = model.cells if len(model.cells) == self.n_cells else None
+            idx = (cells.x, cells.m) if cells is not None else None
+        if idx is None:
+            return ~model.sites.boundary
+        keep = np.asarray(self.labels) != BOUNDARY
+        for k in idx:
+            k = np.asarray(k)
+            out[k[keep & (k >= 0)]] = True
+        return out
+
     def state_rings(self) -> dict[str, tuple[np.ndarray, tuple[int, int, int]]]:
-        """Sites (off the boundaries) whose state is read and is not the host's, by sublattice
+        """Sites of the cells (off the boundaries) whose state is read and is not the host's, by sublattice
         and state: ``{"M W": (xy px, RGB)}`` for the overlay (the napari ``[site states]``
         colours; ``unresolved`` sites are left out of the picture, the summary counts them)."""
         st, model = self.site_states, self.sites
         if st is None or model is None or len(st.state) != len(model.sites):
             return {}
         s = model.sites
-        show = st.off_host(s.role) & ~st.unresolved & ~s.boundary
+        show = st.off_host(s.role) & ~st.unresolved & ~s.boundary & self.sites_in_cells()
         from .visualization import state_colors
 
         names = st.state[show].astype(str)

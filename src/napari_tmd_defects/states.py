@@ -310,15 +310,16 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
                 # the marginal likelihood over γ (a species the current γ misplaces sits in
                 # the flat component, so the complete-data one would not move it)
                 gammas = np.linspace(*GAMMA_RANGE, 61)
+                ref = float(cand0.signal[int(np.argmax(w * (cand0.signal > 0)))])  # the most common level
                 q = []
                 for g in gammas:
-                    cg = _with_gamma(cand0, g, cand0.signal[s])
+                    cg = _with_gamma(cand0, g, ref)
                     lg = _gauss_logpdf(h, *_levels(k, sd, cg, vac)) + np.log(np.maximum(w, 1e-12))[None]
                     lg = np.concatenate([lg, np.full((len(h), 1), log_flat)], axis=1)
                     mg = lg.max(axis=1)
                     q.append(float(np.sum(mg + np.log(np.exp(lg - mg[:, None]).sum(axis=1)))) - 5.0 * (g - 1.0) ** 2)
                 gamma = float(gammas[int(np.argmax(q))])
-                cand = _with_gamma(cand0, gamma, cand0.signal[s])
+                cand = _with_gamma(cand0, gamma, ref)
         score = ll + (len(h) * math.log(max(w[host], 1e-3)) if host >= 0 and w[host] < 0.05 else 0.0)
         if best is None or score > best[3]:
             best = (k, sd, w, score, gamma, vac, cand)

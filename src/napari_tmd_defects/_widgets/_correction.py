@@ -32,6 +32,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from ..materials import get_material
 from . import _layers as L
 from . import _selection as S
+from ._statistics import scroll_area
 
 #: Environment variable that overrides the default database folder.
 DATABASE_ENV = "TMD_DEFECTS_CORRECTIONS"
@@ -640,8 +641,14 @@ class CorrectionWidget(Container):
         forms = [Container(widgets=[w], labels=True) for w in (self._class, self._threshold, self._db)]
         for c in (steps, *forms):
             c.margins = (0, 0, 0, 0)
-        self.extend([self._help, self._info, forms[0], self._apply, undo_row, forms[1], steps, self._flag_info,
-                     self._save, forms[2], self._saved, self._status])
+        body = Container(widgets=[self._help, self._info, forms[0], self._apply, undo_row, forms[1], steps,
+                                  self._flag_info, self._save, forms[2], self._saved, self._status], labels=False)
+        body.native.layout().addStretch(1)
+        # a long database path must not widen the dock: the field elides, its tooltip shows it
+        self._db.line_edit.native.setMinimumWidth(60)
+        self._db.native.setToolTip(str(database_dir()))
+        self.margins = (0, 0, 0, 0)
+        self.native.layout().addWidget(scroll_area(body.native))  # scrolls on a laptop screen
         self._apply.clicked.connect(lambda: self.set_class(self._class.value))
         self._next.clicked.connect(lambda: self.step_low_confidence(+1))
         self._prev.clicked.connect(lambda: self.step_low_confidence(-1))

@@ -388,7 +388,7 @@ def _show_states(viewer, result, image_name: str, geo: dict[str, Any], a_px: flo
     if st is None or model is None or len(st.state) != len(model.sites):
         return
     s = model.sites
-    show = st.off_host(s.role) & ~s.boundary
+    show = st.off_host(s.role) & ~s.boundary & result.sites_in_cells()
     if not show.any() and name not in layers:
         return
     states = st.state[show].astype(str)

@@ -123,7 +123,11 @@ def show_opened(viewer, opened) -> dict[str, Any]:
     else:
         image_layer = _NoImage(name, geo["scale"], geo["units"])
     layers = L.show_result(viewer, res, image_layer)
-    if opened.image is None:
+    if opened.image is not None:
+        from ._analysis import show_in_physical_units
+
+        show_in_physical_units(viewer, image_layer, res.pixel_size)  # result layers in Å, scale bar on
+    else:
         viewer.reset_view()  # the first layer added (empty hexagons) set the camera
     if "centres" in layers:
         viewer.layers.selection.active = layers["centres"]
