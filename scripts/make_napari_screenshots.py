@@ -37,7 +37,7 @@ def _models(layer):
     from napari_tmd_defects.simulation import GroundTruth
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_analysis import TruthClassifier, TruthDetector
+    from conftest import TruthClassifier, TruthDetector
 
     class UncertainTruthClassifier(TruthClassifier):
         """True classes; a fixed random tenth of the cells made uncertain."""
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
 
     qt_main_window.SHOW_QT_WARNING = False  # no "PyQt5 is deprecated" toast over the canvas
     viewer = napari.Viewer(title="napari-tmd-defects")
-    viewer.window._qt_window.resize(1800, 1050)
+    viewer.window._qt_window.resize(1366, 768)  # a laptop screen
     image = viewer.open_sample(PLUGIN, "mote2_defects")[0]
     detector, classifier, label = _models(image)
     viewer.text_overlay.visible = True

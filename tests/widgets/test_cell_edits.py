@@ -163,6 +163,10 @@ def test_class_keys_undo_with_their_database_rows_and_saving_is_opt_in(analysed,
     S.select_cells(viewer, res, [k])
     qtbot.keyClick(canvas, Qt.Key_3)
     assert res.labels[k] == 3 and not corrections_dir.exists()  # off: nothing written
+    assert widget._undo.enabled and not widget._redo.enabled
+    widget.set_class(1, cells=[k])
+    assert res.labels[k] == 1 and widget._undo.enabled
+    C.undo(viewer)
     qtbot.keyClick(canvas, Qt.Key_Z, Qt.ControlModifier)
     assert res.labels[k] == 0 and not res.corrected[k] and res.confidence[k] == conf0
 

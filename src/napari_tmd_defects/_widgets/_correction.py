@@ -296,7 +296,7 @@ def correct_cells(viewer, result, indices, label: int) -> tuple[list[dict], str]
         L.refresh(viewer, result)
 
     history(viewer).push(Edit(result, f"{len(idx)} cell(s) set to {name}", undo_fn, redo_fn))
-    return rows, msg
+    return rows, _say(viewer, msg)
 
 
 # --------------------------------------------------------------------------- cells
@@ -726,11 +726,11 @@ class CorrectionWidget(Container):
     # ------------------------------------------------------------------ internals
     def _say(self, msg: str) -> str:
         self._status.value = msg
+        self._update()  # undo/redo buttons and counts follow every edit
         return msg
 
     def _on_message(self, msg: str) -> None:
         self._say(msg)
-        self._update()
 
     def _on_save(self, value: bool) -> None:
         set_database(self._db.value, save=value)
