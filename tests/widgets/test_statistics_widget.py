@@ -27,10 +27,16 @@ def test_statistics_and_export(analysed, tmp_path):
     stats.export_folder = tmp_path / "out"
     stats._export_btn.click()
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files == ["MoTe2_sample_simulated_cells.csv", "MoTe2_sample_simulated_overlay.png",
-                     "MoTe2_sample_simulated_summary.json"]
-    summary = json.loads((tmp_path / "out" / "MoTe2_sample_simulated_summary.json").read_text())
+    stem = "MoTe2_sample_simulated"
+    # the simulated sample has no file: its pixels are kept beside the result
+    assert files == sorted(f"{stem}{e}" for e in (".tmd.json", "_cells.csv", "_image.tif", "_overlay.png",
+                                                   "_result.npz", "_summary.json"))
+    summary = json.loads((tmp_path / "out" / f"{stem}_summary.json").read_text())
     assert summary["counts"] == res.counts() and summary["n_cells"] == res.n_cells
+    from napari_tmd_defects.results_io import load_result
+
+    back = load_result(tmp_path / "out" / f"{stem}.tmd.json")  # the export reopens whole
+    assert back.result.n_cells == res.n_cells and back.image is not None
 
 
 def test_statistics_without_analysis(make_napari_viewer):

@@ -231,8 +231,10 @@ class StatisticsWidget(QWidget):
         self._draw_histogram(res)
 
     def export(self, folder: str | Path | None = None) -> dict[str, Path] | None:
-        """Write ``<image>_cells.csv``, ``<image>_overlay.png`` and ``<image>_summary.json``
-        of the current result to ``folder`` (default: the folder field)."""
+        """Write ``<image>_cells.csv``, ``<image>_overlay.png``, ``<image>_summary.json`` and
+        the project (``<image>.tmd.json`` with ``<image>_result.npz``, which the reader
+        reopens with every layer) of the current result to ``folder`` (default: the folder
+        field)."""
         res = L.current_result(self._viewer)
         if res is None:
             self._status.setText("nothing to export: run Defect analysis first")
@@ -247,7 +249,15 @@ class StatisticsWidget(QWidget):
             image = prepare_image(L.image_data(layer))[0]
             stem = re.sub(r"[^A-Za-z0-9._-]+", "_", layer.name).strip("_") or stem
         try:
-            paths = res.save(folder, image=image, stem=stem)
+            from ..results_io import save_result
+            from ..visualization import save_result_overlay
+
+            folder.mkdir(parents=True, exist_ok=True)
+            source = (layer.metadata.get("source") or getattr(layer.source, "path", None)) if layer is not None else None
+            paths = save_result(res, folder / stem, image=image, image_source=source,
+                                image_name=layer.name if layer is not None else "")
+            if image is not None:
+                paths["overlay"] = save_result_overlay(folder / f"{stem}_overlay.png", res, image, name=stem)
         except OSError as exc:
             self._status.setText(f"export failed: {exc}")
             return None
