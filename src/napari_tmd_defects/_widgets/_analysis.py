@@ -233,6 +233,7 @@ class AnalysisWidget(Container):
         #: (a message box; replace it to answer from a script or a test).
         self.ask: Ask = self._ask_dialog
         self._worker = None
+        self._prebuilt: dict | None = None  # Shapes layers built in the worker (L.prebuild_shapes)
         self._busy = False
         self._pbar = None
         self._stage = ""
@@ -390,6 +391,7 @@ class AnalysisWidget(Container):
             res = analyze(data, progress=relay.progress.emit, cancel=cancel, **kw)
             if res.n_cells:
                 warm_up_layers()
+                self._prebuilt = L.prebuild_shapes(res)  # the slow part of the layers, off the main thread
             return res
 
         worker = create_worker(job, _start_thread=False, _connect={"errored": self._on_error})
@@ -581,7 +583,8 @@ class AnalysisWidget(Container):
         if self._pbar is not None:
             self._pbar.set_description("Defect analysis: layers")
         show_in_physical_units(self._viewer, layer, res.pixel_size)
-        L.show_result(self._viewer, res, layer, labels_layer=self._labels.value)
+        prebuilt, self._prebuilt = self._prebuilt, None
+        L.show_result(self._viewer, res, layer, labels_layer=self._labels.value, prebuilt=prebuilt)
         show_in_physical_units(self._viewer, layer, res.pixel_size)  # the layers just added
         counts = ", ".join(f"{k} {v}" for k, v in res.counts().items() if v)
         self._say(f"{res.n_cells} cells ({counts or 'none classified'}); {res.area_nm2:.1f} nm² at "

@@ -230,21 +230,60 @@ def lattice_px(result) -> float:
 
 
 # --------------------------------------------------------------------------- building
-def show_result(viewer, result, image_layer, labels_layer: bool = False) -> dict[str, Any]:
+def prebuild_shapes(result) -> dict[str, Any]:
+    """The ``hexagons`` and ``cells`` Shapes layers of ``result``, built without a viewer.
+
+    napari meshes every shape in Python when a Shapes layer is made (~0.3 ms a shape:
+    seconds for a 2048² frame); building them in the analysis' worker thread and handing
+    them to :func:`show_result` keeps the viewer responsive on a first analysis.
+    """
+    from napari.layers import Shapes
+
+    result = unwrap(result)
+    a_px = lattice_px(result) if result.pixel_size == result.pixel_size else 30.0
+    out: dict[str, Any] = {"result": result}
+    hexes = _rectangles(result.hexagon_boxes)
+    out["hexagons"] = Shapes(
+        hexes or None, shape_type="rectangle", edge_color=np.tile(HEXAGON_RGBA, (len(hexes), 1)) if hexes else "cyan",
+        face_color="transparent", edge_width=max(0.5, 0.02 * a_px), opacity=0.6, visible=False)
+    rects = _polygons(result.cell_outlines()) if result.n_cells else []
+    out["cells"] = Shapes(
+        rects or None, shape_type="polygon", edge_color=class_rgba(result.labels) if rects else "white",
+        face_color="transparent", edge_width=_edge_widths(result) if rects else 1.0)
+    return out
+
+
+def show_result(viewer, result, image_layer, labels_layer: bool = False,
+                prebuilt: dict[str, Any] | None = None) -> dict[str, Any]:
     """Create or update (in place, by name) the layers of ``result`` over ``image_layer``.
 
-    Returns the layers by role (``hexagons``, ``cells``, ``centres`` and, when asked or
-    already present, ``labels``).
+    ``prebuilt`` (:func:`prebuild_shapes` of the same result) supplies the Shapes layers
+    that do not exist yet. Returns the layers by role (``hexagons``, ``cells``,
+    ``centres`` and, when asked or already present, ``labels``).
     """
     with syncing():
-        return _show_result(viewer, result, image_layer, labels_layer)
+        return _show_result(viewer, result, image_layer, labels_layer, prebuilt)
 
 
-def _show_result(viewer, result, image_layer, labels_layer: bool) -> dict[str, Any]:
+def _new_shapes(viewer, prebuilt, role: str, name: str, geo: dict[str, Any], **kwargs):
+    """A prebuilt Shapes layer added under ``name``, else one made here."""
+    if prebuilt is not None and role in prebuilt:
+        lay = prebuilt.pop(role)
+        lay.name = name
+        lay.units, lay.scale, lay.translate = geo["units"], geo["scale"], geo["translate"]
+        viewer.add_layer(lay)
+        return lay
+    data = kwargs.pop("data")
+    return viewer.add_shapes(data, name=name, **kwargs, **geo)
+
+
+def _show_result(viewer, result, image_layer, labels_layer: bool, prebuilt=None) -> dict[str, Any]:
     from . import _correction as _cor
     from . import _selection as _sel
 
     result = unwrap(result)
+    if prebuilt is not None and prebuilt.get("result") is not result:
+        prebuilt = None  # built for another result
     geo = _geometry(image_layer)
     meta = {RESULT_KEY: result, IMAGE_KEY: image_layer.name}
     a_px = lattice_px(result) if result.pixel_size == result.pixel_size else 30.0
@@ -280,10 +319,10 @@ def _show_result(viewer, result, image_layer, labels_layer: bool) -> dict[str, A
         lay = layers[names["hexagons"]]
         _set_shapes(lay, hexes, np.tile(HEXAGON_RGBA, (len(hexes), 1)), max(0.5, 0.02 * a_px), "rectangle")
     else:
-        lay = viewer.add_shapes(
-            hexes or None, shape_type="rectangle", name=names["hexagons"],
+        lay = _new_shapes(
+            viewer, prebuilt, "hexagons", names["hexagons"], geo, data=hexes or None, shape_type="rectangle",
             edge_color=np.tile(HEXAGON_RGBA, (len(hexes), 1)) if hexes else "cyan",
-            face_color="transparent", edge_width=max(0.5, 0.02 * a_px), opacity=0.6, visible=False, **geo,
+            face_color="transparent", edge_width=max(0.5, 0.02 * a_px), opacity=0.6, visible=False,
         )
     out["hexagons"] = lay
 
@@ -293,9 +332,10 @@ def _show_result(viewer, result, image_layer, labels_layer: bool) -> dict[str, A
         lay = layers[names["cells"]]
         _set_shapes(lay, rects, colors, _edge_widths(result))
     else:
-        lay = viewer.add_shapes(
-            rects or None, shape_type="polygon", name=names["cells"], edge_color=colors if rects else "white",
-            face_color="transparent", edge_width=_edge_widths(result) if rects else 1.0, **geo,
+        lay = _new_shapes(
+            viewer, prebuilt, "cells", names["cells"], geo, data=rects or None, shape_type="polygon",
+            edge_color=colors if rects else "white", face_color="transparent",
+            edge_width=_edge_widths(result) if rects else 1.0,
         )
         _sel.connect_selection(lay)
         _cor.connect_edits(viewer, lay)
