@@ -297,3 +297,36 @@ def test_frame_crops_equal_box_crops_at_rotation_0_and_follow_a_turned_lattice()
     assert np.corrcoef(ca.ravel(), cb.ravel())[0, 1] > 0.98
     with pytest.raises(ValueError, match="NaN"):
         extract_frame_crops(np.zeros((50, 50)), np.full((1, 2, 3), np.nan))
+
+
+def test_compiled_classifier_gives_the_eager_probabilities(shipped, monkeypatch):
+    from napari_tmd_defects import runtime
+
+    sim = sample_image(seed=0)
+    t = sim.truth
+    assert shipped._inference_model() is not shipped.model  # compiled on the CPU
+    p1 = shipped.predict(sim.image, t.cell_box, t.pixel_size)
+    monkeypatch.setattr(runtime, "OPTIMIZE_CPU_INFERENCE", False)
+    eager = C.CellClassifier(shipped.model, shipped.card, "cpu")
+    assert eager._inference_model() is eager.model
+    p0 = eager.predict(sim.image, t.cell_box, t.pixel_size)
+    np.testing.assert_allclose(p1, p0, atol=1e-4)
+    assert np.array_equal(p1.argmax(1), p0.argmax(1))
+
+
+@pytest.mark.parametrize("stem,size,n_dense", [("standard", 32, 3), ("standard", 16, 5), ("small", 32, 0)])
+def test_small_input_resnet_is_the_same_function(stem, size, n_dense):
+    torch.manual_seed(1)
+    model = C.build_classifier(2, size, stem=stem).eval()
+    for m in model.modules():  # non-trivial batch-norm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    small = C._small_input_resnet(model, 2, size)
+    if n_dense == 0:  # no block on <= 2 x 2 px: nothing to rewrite
+        assert small is None
+        return
+    assert len(small.dense) == n_dense
+    x = torch.randn(5, 2, size, size)
+    with torch.inference_mode():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)

@@ -230,3 +230,21 @@ def test_shipped_detector_cancel(shipped):
 
     with pytest.raises(Cancelled):
         shipped.detect(sample_image(size=128).image, 0.09, cancel=lambda: True)
+
+
+@needs_weights
+def test_compiled_backbone_finds_the_same_hexagons_as_the_eager_model(shipped, monkeypatch):
+    from napari_tmd_defects import runtime
+
+    sim = sample_image(seed=0)
+    fast = det.HexagonDetector(shipped.model, shipped.card, "cpu")
+    assert fast._fast_backbone() is not None  # compiled on the CPU
+    b1, s1 = fast.detect(sim.image, sim.truth.pixel_size)
+    monkeypatch.setattr(runtime, "OPTIMIZE_CPU_INFERENCE", False)
+    eager = det.HexagonDetector(shipped.model, shipped.card, "cpu")
+    assert eager._fast_backbone() is None
+    b0, s0 = eager.detect(sim.image, sim.truth.pixel_size)
+    assert len(b0) > 100 and b1.shape == b0.shape
+    o0, o1 = np.lexsort(b0.T[::-1].round(1)), np.lexsort(b1.T[::-1].round(1))
+    np.testing.assert_allclose(b1[o1], b0[o0], atol=1e-3)
+    np.testing.assert_allclose(s1[o1], s0[o0], atol=1e-4)

@@ -109,3 +109,21 @@ def test_an_open_alloy_reads_the_same_whatever_the_formula_order():
     assert a.site_states.host["M"] == b.site_states.host["M"] == "W"
     n_mo = int(np.sum(sim.truth.cell_m_z[sim.truth.interior] == 42))
     assert abs(ma.get("Mo", 0) - n_mo) <= max(3, 0.1 * n_mo)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ragged_median_equals_numpy_median_per_list(dtype):
+    from napari_tmd_defects.states import _ragged_median
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=300).astype(dtype)
+    lists = [rng.choice(300, size=k, replace=False) for k in rng.integers(0, 30, 400)] + [np.zeros(0, int)]
+    counts = np.array([len(i) for i in lists])
+    got = _ragged_median(v, lists, counts)
+    want = np.array([np.median(v[i]) if len(i) else np.nan for i in lists], dtype)
+    assert got.dtype == dtype
+    assert np.array_equal(got, want, equal_nan=True)  # bit for bit, odd and even counts
+    v[5] = np.nan  # a non-finite value: numpy's own result
+    lists = [np.array([5, 6, 7]), np.array([6, 7])]
+    got = _ragged_median(v, lists, np.array([3, 2]))
+    assert np.isnan(got[0]) and got[1] == np.median(v[[6, 7]])

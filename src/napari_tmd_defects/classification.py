@@ -353,6 +353,89 @@ def build_classifier(
     return model
 
 
+def _dense_conv_bn(conv, bn, in_shape: tuple[int, int, int]):
+    """A convolution and its batch norm on a ``(C, H, W)`` input as one affine map of the
+    flattened input: ``(weight (C'H'W', CHW), bias (C'H'W',), out_shape)``. The weight's
+    entries are the kernel's taps that meet the input (the rest only ever met padding)."""
+    import torch
+
+    c, h, w = in_shape
+    n = c * h * w
+    with torch.no_grad():
+        out = conv(torch.eye(n).reshape(n, c, h, w))  # column j: the response to input pixel j
+        oc, oh, ow = out.shape[1:]
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        weight = out.reshape(n, -1).T * scale.repeat_interleave(oh * ow)[:, None]
+        bias = shift.repeat_interleave(oh * ow)
+    return weight.contiguous(), bias.contiguous(), (int(oc), int(oh), int(ow))
+
+
+def _small_input_resnet(model, channels: int, size: int):
+    """A torchvision ResNet (basic blocks, eval mode) for ``channels x size x size`` inputs
+    with its last blocks as matrix products, or None when it has no such blocks.
+
+    Where a block's input is at most 2 x 2 px (ResNet-18 on 32 px crops: the second block
+    of ``layer3`` and ``layer4``), most taps of its 3 x 3 kernels only meet the zero
+    padding; as dense maps of the flattened features (batch norms folded in) these blocks
+    cost about a third of the multiply-adds. Same function up to float rounding.
+    """
+    import copy
+
+    import torch
+    import torch.nn as nn
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    if not isinstance(model, ResNet):
+        return None
+
+    def linear(weight, bias):
+        lin = nn.Linear(weight.shape[1], weight.shape[0])
+        lin.weight.data, lin.bias.data = weight, bias
+        return lin
+
+    class DenseBlock(nn.Module):
+        def __init__(self, blk, in_shape):
+            super().__init__()
+            w1, b1, mid = _dense_conv_bn(blk.conv1, blk.bn1, in_shape)
+            w2, b2, self.out_shape = _dense_conv_bn(blk.conv2, blk.bn2, mid)
+            self.l1, self.l2 = linear(w1, b1), linear(w2, b2)
+            self.down = nn.Identity()
+            if blk.downsample is not None:
+                self.down = linear(*_dense_conv_bn(blk.downsample[0], blk.downsample[1], in_shape)[:2])
+
+        def forward(self, x):
+            return torch.relu(self.l2(torch.relu(self.l1(x))) + self.down(x))
+
+    class SmallInputResNet(nn.Module):
+        def __init__(self, convs, dense, fc):
+            super().__init__()
+            self.convs, self.dense, self.fc = convs, dense, fc
+            self.c, self.hw = dense[-1].out_shape[0], dense[-1].out_shape[1] * dense[-1].out_shape[2]
+
+        def forward(self, x):
+            x = self.dense(self.convs(x).flatten(1))
+            return self.fc(x.reshape(x.shape[0], self.c, self.hw).mean(2))
+
+    r = copy.deepcopy(model).eval().float().to(memory_format=torch.contiguous_format)
+    convs: list = [r.conv1, r.bn1, r.relu, r.maxpool]
+    dense: list = []
+    with torch.no_grad():
+        x = nn.Sequential(*convs)(torch.zeros(1, channels, size, size))
+        for blk in (b for layer in (r.layer1, r.layer2, r.layer3, r.layer4) for b in layer):
+            if not isinstance(blk, BasicBlock):
+                return None
+            shape = tuple(int(v) for v in x.shape[1:])
+            if dense or shape[1] * shape[2] <= 4:
+                dense.append(DenseBlock(blk, shape))
+            else:
+                convs.append(blk)
+            x = blk(x)
+    if not dense or not isinstance(r.avgpool, nn.AdaptiveAvgPool2d) or tuple(r.avgpool.output_size) != (1, 1):
+        return None
+    return SmallInputResNet(nn.Sequential(*convs), nn.Sequential(*dense), r.fc).eval()
+
+
 def predict_crops(model, crops, batch_size: int = 512, device=None, half: bool = False,
                   cancel: CancelCallback | None = None) -> np.ndarray:
     """Softmax probabilities ``(N, classes)`` float32 of a model on crops ``(N, C, S, S)``."""
@@ -404,6 +487,25 @@ class CellClassifier:
             model = model.half()
         self.model = model.to(memory_format=torch.channels_last)
         self.batch_size = int(batch_size)
+        self._fast = None
+
+    def _inference_model(self):
+        """The model compiled for CPU inference (:func:`~.runtime.optimize_for_cpu`; a ResNet
+        with its last blocks as matrix products, :func:`_small_input_resnet`), or the eager
+        one (other devices, or where compiling fails)."""
+        from .runtime import optimize_for_cpu
+
+        if self.device.type != "cpu" or self.half:
+            return self.model
+        if self._fast is None:
+            channels, size = self.channels, self.input_size
+
+            def small_input(model):
+                return _small_input_resnet(model, channels, size)
+
+            small_input.__qualname__ = f"_small_input_resnet_{channels}x{size}"
+            self._fast = optimize_for_cpu(self.model, small_input)
+        return self._fast
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -485,12 +587,14 @@ class CellClassifier:
         dtype = torch.float16 if self.half else torch.float32
         img_t = torch.from_numpy(norm)[None, None].to(self.device)
         out = np.empty((n, n_out), np.float32)
+        model = self._inference_model()
+        fmt = torch.channels_last if model is self.model else torch.contiguous_format
         with torch.inference_mode():
             for i in range(0, n, self.batch_size):
                 check_cancel(cancel)
                 crops = crop(img_t, i, i + self.batch_size)
-                crops = crops.to(dtype).contiguous(memory_format=torch.channels_last)
-                logits = self.model(crops).float() / self.temperature
+                crops = crops.to(dtype).contiguous(memory_format=fmt)
+                logits = model(crops).float() / self.temperature
                 out[i : i + len(crops)] = torch.softmax(logits, 1).cpu().numpy()
                 if progress:
                     progress(min(i + self.batch_size, n), n)

@@ -425,13 +425,27 @@ def _random_crop(
 
 
 # --------------------------------------------------------------------------- inference
-def _predict(model, image: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
-    """Run the network on one normalised canonical image -> (boxes, scores) in its px."""
+def _predict(model, image: np.ndarray, device, backbone=None) -> tuple[np.ndarray, np.ndarray]:
+    """Run the network on one normalised canonical image -> (boxes, scores) in its px.
+
+    ``backbone`` (optional) replaces ``model.backbone`` (e.g. its compiled form,
+    :func:`~.runtime.optimize_for_cpu`); the rest is ``GeneralizedRCNN.forward`` at inference.
+    """
+    from collections import OrderedDict
+
     import torch
 
     t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
     with torch.inference_mode():
-        out = model([t])[0]
+        if backbone is None:
+            out = model([t])[0]
+        else:
+            sizes = [tuple(t.shape[-2:])]
+            images, _ = model.transform([t])
+            features = OrderedDict([("0", backbone(images.tensors))])
+            proposals, _ = model.rpn(images, features)
+            dets, _ = model.roi_heads(features, proposals, images.image_sizes)
+            out = model.transform.postprocess(dets, images.image_sizes, sizes)[0]
     return out["boxes"].cpu().numpy().astype(float), out["scores"].cpu().numpy().astype(float)
 
 
@@ -474,6 +488,20 @@ class HexagonDetector:
         self.score_threshold = float(card.get("score_threshold", 0.5))
         self.tile = int(card.get("tile", 512))
         self.overlap = int(card.get("overlap", 96))
+        self._backbone = None
+
+    def _fast_backbone(self):
+        """The backbone compiled for CPU inference (:func:`~.runtime.optimize_for_cpu`),
+        or None (eager model) on other devices."""
+        import torch
+
+        from .runtime import optimize_for_cpu
+
+        if torch.device(self.device).type != "cpu":
+            return None
+        if self._backbone is None:
+            self._backbone = optimize_for_cpu(self.model.backbone)
+        return None if self._backbone is self.model.backbone else self._backbone
 
     @property
     def target(self) -> str:
@@ -500,13 +528,14 @@ class HexagonDetector:
         xs = [0] if single else _tile_starts(ww, self.tile, self.overlap)
         th, tw = (hh, ww) if single else (min(self.tile, hh), min(self.tile, ww))
         half = self.overlap / 2.0
+        backbone = self._fast_backbone()
         all_b, all_s = [], []
         total = len(ys) * len(xs)
         done = 0
         for y0 in ys:
             for x0 in xs:
                 check_cancel(cancel)
-                b, sc = _predict(self.model, image[y0 : y0 + th, x0 : x0 + tw], self.device)
+                b, sc = _predict(self.model, image[y0 : y0 + th, x0 : x0 + tw], self.device, backbone)
                 keep = sc >= self.score_threshold
                 b, sc = b[keep] + np.array([x0, y0, x0, y0]), sc[keep]
                 # keep a box in the tile whose core (tile minus half the overlap) holds its centre

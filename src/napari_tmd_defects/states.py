@@ -372,6 +372,26 @@ def _detection_limits(k, sd_host, w, cand: _Candidates, host: int, n_host: int, 
 LOCAL_RADIUS_A = 3.0
 
 
+def _ragged_median(values: np.ndarray, index_lists, counts: np.ndarray) -> np.ndarray:
+    """``np.median(values[idx])`` for every list of indices (same dtype, same rounding; nan
+    for an empty list), in one sort instead of one call per list."""
+    n = len(counts)
+    if not np.all(np.isfinite(values)):
+        return np.array([np.median(values[i]) if len(i) else np.nan for i in index_lists], values.dtype)
+    width = max(1, int(counts.max()) if n else 1)
+    pad = np.full((n, width), np.inf, dtype=values.dtype)
+    if n:
+        rows = np.repeat(np.arange(n), counts)
+        cols = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        pad[rows, cols] = values[np.concatenate([np.asarray(i, np.intp) for i in index_lists])]
+    pad.sort(axis=1)
+    k = np.arange(n)
+    hi = pad[k, np.minimum(counts // 2, width - 1)]
+    lo = pad[k, np.maximum((counts - 1) // 2, 0)]
+    out = np.where(counts % 2 == 1, hi, (lo + hi) / values.dtype.type(2))
+    return np.where(counts > 0, out, np.nan).astype(values.dtype)
+
+
 def _local_heights(model: SiteModel) -> np.ndarray:
     """Site intensities divided by their neighbourhood's: the median found column of the
     same sublattice and domain within :data:`LOCAL_RADIUS_A` over that of the whole domain
@@ -394,7 +414,9 @@ def _local_heights(model: SiteModel) -> np.ndarray:
                 continue
             near = cKDTree(s.xy[ref]).query_ball_point(s.xy[sel], r)
             n_nb = np.array([len(nb) for nb in near])
-            gain = np.array([np.median(h_ref[nb]) / med if len(nb) >= 6 else 1.0 for nb in near])
+            gain = _ragged_median(h_ref, near, n_nb) / med  # in the heights' dtype
+            if not np.all(n_nb >= 6):  # float64 where some sites keep a gain of 1
+                gain = np.where(n_nb >= 6, gain.astype(float), 1.0)
             # shrink towards 1 by how much of the gains' spread the noise of a local median
             # explains (a noisy sublattice has no gradient to correct that its noise would not fake)
             spread = 1.4826 * float(np.median(np.abs(h_ref / med - 1.0)))
