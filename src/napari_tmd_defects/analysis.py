@@ -20,7 +20,7 @@ from .io import atomic_write
 from .materials import N_CLASSES, get_material
 from .sites import SiteModel
 
-__all__ = ["BOUNDARY", "Result", "UNCLASSIFIED", "prepare_image"]
+__all__ = ["BOUNDARY", "Result", "UNCLASSIFIED", "pixel_size_text", "prepare_image"]
 
 #: Label of cells that were not classified.
 UNCLASSIFIED = -1
@@ -36,6 +36,19 @@ NOISE_LAMBDA_RANGE = (4.0, 60.0)
 MODEL_MATERIAL = "MoTe2"
 #: Minimum lattice-peak strength of :func:`geometry.estimate_lattice` to trust a lattice.
 MIN_LATTICE_STRENGTH = 4.5
+#: How a result's ``pixel_size_source`` reads (picture titles, the napari docks).
+PIXEL_SIZE_SOURCE_TEXT = {
+    "given": "given", "metadata": "file metadata", "file metadata": "file metadata",
+    "lattice": "from the lattice; the given value disagreed", "estimated": "estimated from the lattice",
+    "estimated from the lattice": "estimated from the lattice", "unknown": "unknown", "": "unknown",
+}
+
+
+def pixel_size_text(pixel_size: float | None, source: str) -> str:
+    """``"0.09 Å/px (file metadata)"``; ``"pixel size unknown"`` when there is none."""
+    if pixel_size is None or not np.isfinite(pixel_size) or pixel_size <= 0:
+        return "pixel size unknown"
+    return f"{pixel_size:.4g} Å/px ({PIXEL_SIZE_SOURCE_TEXT.get((source or '').strip(), source)})"
 
 
 def _label_name(k: int, names) -> str:

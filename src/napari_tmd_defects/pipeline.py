@@ -430,6 +430,20 @@ def classify_cells(frame: Frame, classifier, cls_image: np.ndarray, cls_material
                       dtype=float)
 
 
+def classifier_input(classifier, image: np.ndarray, material: str, model_image: np.ndarray,
+                     model_material: str) -> tuple[np.ndarray | None, str]:
+    """The image the classifier is shown and the material it then shows: the
+    contrast-matched ``model_image`` (of ``model_material``), or the image as it is for a
+    classifier trained on ``material`` itself. ``(None, the classifier's material)`` when
+    neither fits it."""
+    clf_material = get_material(getattr(classifier, "material", material)).name
+    if clf_material == material and model_material != material:
+        return image, material
+    if clf_material != model_material:
+        return None, clf_material
+    return model_image, model_material
+
+
 def largest_cluster(xy: np.ndarray, labels: np.ndarray, a_px: float) -> tuple[int, int]:
     """``(size, class)`` of the largest group of adjacent cells (centres within 1.2 a) sharing
     one defect class (labels 1..5)."""
@@ -1005,12 +1019,9 @@ def analyze(
     conf = np.zeros(n)
     if classify and n:
         clf = _resolve_model(classifier, "classifier", device)
-        clf_material = get_material(getattr(clf, "material", mat.name)).name
-        cls_img, cls_material = model_img, model_material
-        if clf_material == mat.name and model_material != mat.name:
-            cls_img, cls_material = img, mat.name
-        if clf_material != cls_material:
-            frame.warnings.append(f"the classifier was trained for {clf_material} and the {mat.name} image could "
+        cls_img, cls_material = classifier_input(clf, img, mat.name, model_img, model_material)
+        if cls_img is None:
+            frame.warnings.append(f"the classifier was trained for {cls_material} and the {mat.name} image could "
                                   "not be matched to it: cells left unclassified")
         else:
             probs = timed("classification", classify_cells, frame, clf, cls_img, cls_material, alpha, beta,

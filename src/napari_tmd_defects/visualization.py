@@ -377,23 +377,11 @@ def save_overlay(path: str | Path, image: np.ndarray, **kwargs) -> Path:
 
 
 # --------------------------------------------------------------------------- results and truth
-#: How a result's ``pixel_size_source`` reads in a picture's title.
-SOURCE_TEXT = {
-    "given": "given", "metadata": "from the file's metadata", "file metadata": "from the file's metadata",
-    "lattice": "from the lattice; the given value disagreed", "estimated": "estimated from the lattice",
-    "estimated from the lattice": "estimated from the lattice", "unknown": "unknown", "": "unknown",
-}
-
-
-def _source_text(source: str) -> str:
-    """How the pixel size came about, for a title (given, from metadata, estimated, ...)."""
-    return SOURCE_TEXT.get((source or "").strip(), source)
-
-
 def result_title(result: Result, name: str | None = None) -> str:
     """``name: MoTe2, 0.0900 Å/px (given), 168 cells`` for a picture of ``result``."""
-    ps = result.pixel_size
-    ps_text = f"{ps:.4g} Å/px ({_source_text(result.pixel_size_source)})" if ps == ps else "pixel size unknown"
+    from .analysis import pixel_size_text
+
+    ps_text = pixel_size_text(result.pixel_size, result.pixel_size_source)
     head = f"{name}: " if name else ""
     return f"{head}{result.material}, {ps_text}, {result.n_cells} cells"
 

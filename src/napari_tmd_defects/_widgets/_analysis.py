@@ -30,9 +30,10 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEd
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import QLabel, QSizePolicy, QToolButton, QVBoxLayout, QWidget
 
+from ..analysis import pixel_size_text
 from ..materials import MATERIALS, get_material
 from . import _layers as L
-from ._statistics import ClassLegend, pixel_size_text, scroll_area
+from ._statistics import ClassLegend, scroll_area
 
 _UNIT_TO_A = {"angstrom": 1.0, "ångström": 1.0, "nanometer": 10.0, "picometer": 0.01, "micrometer": 1e4}
 #: Image-layer metadata: the pixel size (Å/px) typed for the layer, and the one its scale was set to here.

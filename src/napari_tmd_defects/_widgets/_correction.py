@@ -335,7 +335,7 @@ def classify_frames(viewer, result, frames: np.ndarray) -> tuple[np.ndarray | No
     of the analysis, cut like the pipeline cuts them (:func:`~..pipeline.classify_cells`,
     other materials contrast-matched); ``(None, why)`` when there is none to use."""
     from ..analysis import MODEL_MATERIAL, prepare_image
-    from ..pipeline import Frame, _model_image, classify_cells
+    from ..pipeline import Frame, _model_image, classifier_input, classify_cells
 
     layer = L.image_layer_of(viewer, result)
     if layer is None:
@@ -355,12 +355,9 @@ def classify_frames(viewer, result, frames: np.ndarray) -> tuple[np.ndarray | No
                    pixel_size_source=result.pixel_size_source, a_px=a_px, model=result.sites,
                    noise=dict(result.noise))
         model_img, model_material = _model_image(fr, *model_positions(result.sites))
-    clf_material = get_material(getattr(clf, "material", mat.name)).name
-    cls_img, cls_material = model_img, model_material
-    if clf_material == mat.name and model_material != mat.name:
-        cls_img, cls_material = img, mat.name
-    if clf_material != cls_material:
-        return None, f"not classified: the classifier was trained for {clf_material}"
+    cls_img, cls_material = classifier_input(clf, img, mat.name, model_img, model_material)
+    if cls_img is None:
+        return None, f"not classified: the classifier was trained for {cls_material}"
     ns = SimpleNamespace(model=SimpleNamespace(cells=SimpleNamespace(frame=np.asarray(frames, float))), a_px=a_px)
     try:
         return classify_cells(ns, clf, cls_img, cls_material, result.alpha, result.beta), ""

@@ -240,17 +240,25 @@ def prebuild_shapes(result) -> dict[str, Any]:
     from napari.layers import Shapes
 
     result = unwrap(result)
-    a_px = lattice_px(result) if result.pixel_size == result.pixel_size else 30.0
     out: dict[str, Any] = {"result": result}
-    hexes = _rectangles(result.hexagon_boxes)
-    out["hexagons"] = Shapes(
-        hexes or None, shape_type="rectangle", edge_color=np.tile(HEXAGON_RGBA, (len(hexes), 1)) if hexes else "cyan",
-        face_color="transparent", edge_width=max(0.5, 0.02 * a_px), opacity=0.6, visible=False)
-    rects = _polygons(result.cell_outlines()) if result.n_cells else []
-    out["cells"] = Shapes(
-        rects or None, shape_type="polygon", edge_color=class_rgba(result.labels) if rects else "white",
-        face_color="transparent", edge_width=_edge_widths(result) if rects else 1.0)
+    for role in ("hexagons", "cells"):
+        spec = _shapes_spec(result, role)
+        out[role] = Shapes(spec.pop("data") or None, **spec)
     return out
+
+
+def _shapes_spec(result, role: str) -> dict[str, Any]:
+    """The data and look of the ``hexagons`` or ``cells`` Shapes layer of ``result``
+    (keyword arguments of ``napari.layers.Shapes``)."""
+    if role == "hexagons":
+        a_px = lattice_px(result) if result.pixel_size == result.pixel_size else 30.0
+        data = _rectangles(result.hexagon_boxes)
+        return dict(data=data, shape_type="rectangle",
+                    edge_color=np.tile(HEXAGON_RGBA, (len(data), 1)) if data else "cyan",
+                    face_color="transparent", edge_width=max(0.5, 0.02 * a_px), opacity=0.6, visible=False)
+    data = _polygons(result.cell_outlines()) if result.n_cells else []
+    return dict(data=data, shape_type="polygon", edge_color=class_rgba(result.labels) if data else "white",
+                face_color="transparent", edge_width=_edge_widths(result) if data else 1.0)
 
 
 def show_result(viewer, result, image_layer, labels_layer: bool = False,
@@ -273,7 +281,7 @@ def _new_shapes(viewer, prebuilt, role: str, name: str, geo: dict[str, Any], **k
         lay.units, lay.scale, lay.translate = geo["units"], geo["scale"], geo["translate"]
         viewer.add_layer(lay)
         return lay
-    data = kwargs.pop("data")
+    data = kwargs.pop("data") or None
     return viewer.add_shapes(data, name=name, **kwargs, **geo)
 
 
@@ -314,33 +322,19 @@ def _show_result(viewer, result, image_layer, labels_layer: bool, prebuilt=None)
 
     _show_structure(viewer, result, image_layer.name, geo, a_px)
 
-    hexes = _rectangles(result.hexagon_boxes)
-    if names["hexagons"] in layers:
-        lay = layers[names["hexagons"]]
-        _set_shapes(lay, hexes, np.tile(HEXAGON_RGBA, (len(hexes), 1)), max(0.5, 0.02 * a_px), "rectangle")
-    else:
-        lay = _new_shapes(
-            viewer, prebuilt, "hexagons", names["hexagons"], geo, data=hexes or None, shape_type="rectangle",
-            edge_color=np.tile(HEXAGON_RGBA, (len(hexes), 1)) if hexes else "cyan",
-            face_color="transparent", edge_width=max(0.5, 0.02 * a_px), opacity=0.6, visible=False,
-        )
-    out["hexagons"] = lay
-
-    rects = _polygons(result.cell_outlines()) if result.n_cells else []
-    colors = class_rgba(result.labels)
-    if names["cells"] in layers:
-        lay = layers[names["cells"]]
-        _set_shapes(lay, rects, colors, _edge_widths(result))
-    else:
-        lay = _new_shapes(
-            viewer, prebuilt, "cells", names["cells"], geo, data=rects or None, shape_type="polygon",
-            edge_color=colors if rects else "white", face_color="transparent",
-            edge_width=_edge_widths(result) if rects else 1.0,
-        )
-        _sel.connect_selection(lay)
-        _cor.connect_edits(viewer, lay)
+    for role in ("hexagons", "cells"):
+        spec = _shapes_spec(result, role)
+        if names[role] in layers:
+            lay = layers[names[role]]
+            _set_shapes(lay, spec["data"], spec["edge_color"], spec["edge_width"], spec["shape_type"])
+        else:
+            lay = _new_shapes(viewer, prebuilt, role, names[role], geo, **spec)
+            if role == "cells":
+                _sel.connect_selection(lay)
+                _cor.connect_edits(viewer, lay)
+        out[role] = lay
+    lay = out["cells"]
     lay.features = cell_features(result)
-    out["cells"] = lay
 
     pts = cell_centres(result)
     if names["centres"] in layers:

@@ -33,30 +33,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..analysis import pixel_size_text
 from ..materials import CLASS_COLORS
 from . import _layers as L
 
 
-#: How the docks name the source of a pixel size (``Result.pixel_size_source``).
-PIXEL_SIZE_SOURCE_TEXT = {
-    "given": "given",
-    "metadata": "file metadata",
-    "lattice": "from the lattice; the given value disagreed",
-    "estimated": "estimated from the lattice",
-}
 #: Rows the class table shows before it scrolls.
 TABLE_ROWS = 8
 
 
 def _qcolor(rgb) -> QColor:
     return QColor(*(int(255 * c) for c in rgb[:3]))
-
-
-def pixel_size_text(pixel_size: float | None, source: str) -> str:
-    """``"0.09 Å/px (file metadata)"``; ``"pixel size unknown"`` when there is none."""
-    if pixel_size is None or not np.isfinite(pixel_size) or pixel_size <= 0:
-        return "pixel size unknown"
-    return f"{pixel_size:.4g} Å/px ({PIXEL_SIZE_SOURCE_TEXT.get(source, source)})"
 
 
 def scroll_area(inner: QWidget) -> QScrollArea:
