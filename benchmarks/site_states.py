@@ -2,7 +2,7 @@
 chalcogen atoms, ``unresolved`` and detection limits; optionally real frames under several
 material flags.
 
-    python benchmarks/site_states.py [--n 6] [--size 384] [--multislice 2] \
+    python benchmarks/site_states.py [--n 6] [--size 384] [--multislice 2] [--only SET[:PRESET] ...] \
         [--real FRAME:PIXEL_SIZE:FLAG1;FLAG2 ...] [--out docs/reports/site_states.md]
 
 Every frame is simulated here with its own seed (none of them is a test's frame) and
@@ -171,12 +171,16 @@ def main() -> None:
     ap.add_argument("--multislice-size", type=int, default=128)
     ap.add_argument("--real", nargs="*", default=[], help="FRAME:PIXEL_SIZE:FLAG1;FLAG2 (pixel size may be empty)")
     ap.add_argument("--out", default="docs/reports/site_states.md")
+    ap.add_argument("--only", nargs="*", default=[],
+                    help="run only these sets, as FORMULA or FORMULA:PRESET (same seeds as the full run)")
     args = ap.parse_args()
 
     metal, chalc, lim_rows, cell_rows = [], [], [], []
     plan = [(f, p, False) for f in SETS for p in ("paper", "realistic", "hard")]
     plan += [(f, "multislice", True) for f in MULTISLICE_SETS if args.multislice > 0]
     for i, (formula, preset, ms) in enumerate(plan):
+        if args.only and formula not in args.only and f"{formula}:{preset}" not in args.only:
+            continue
         n = args.multislice if ms else args.n
         size = args.multislice_size if ms else args.size
         rows, limits, sec, cells = run_set(formula, preset, n, size, seed=90_000 + 100 * i, multislice=ms)
