@@ -216,3 +216,17 @@ def test_refine_columns_finds_peaks_and_fixes_biased_hexagons(rng):
     assert np.abs(plain.x_sites - t.cell_x_site[mp["pred_match"]]).mean() > 0.4
     with pytest.raises(ValueError, match="shape"):
         geo.cells_from_hexagons(biased, None, t.shape, t.a_px, image=sim.image[:10])
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
+def test_block_mean_is_the_mean_of_each_block(dtype):
+    from napari_tmd_defects.geometry import block_mean
+
+    img = (np.random.default_rng(1).random((37, 50)) * 1000).astype(dtype)
+    for f in (2, 3):
+        hc, wc = 37 // f, 50 // f
+        ref = img[: hc * f, : wc * f].astype(float).reshape(hc, f, wc, f).mean(axis=(1, 3))
+        out = block_mean(img, f)
+        assert out.dtype == (np.float64 if dtype == np.uint16 else dtype) and out.shape == (hc, wc)
+        np.testing.assert_allclose(out, ref, rtol=1e-6)
+        assert block_mean(img, f, dtype=np.float64).dtype == np.float64

@@ -75,3 +75,34 @@ def test_a_second_grain_is_not_vacuum():
     # with the first grain's lattice only, the second grain would read as vacuum
     assert vacuum_mask(sim.image, lats[:1]).mean() > 0.2
     assert vacuum_mask(sim.image, lats).mean() < 0.01
+
+
+def test_mask_on_the_reduced_grid_matches_the_full_resolution_one():
+    """Percentile, threshold and region sizes taken on the block grid (each block counted
+    with its pixels) give the mask the full-resolution amplitude gives."""
+    from scipy import ndimage as ndi
+
+    from napari_tmd_defects.vacuum import MIN_VACUUM_CELLS, VACUUM_THRESHOLD
+
+    sim = simulate(shape=(430, 451), pixel_size=0.1, vacuum=Vacuum("hole", 0.25), noise=Noise(8, 20), seed=4)
+    lat = estimate_lattice(sim.image)
+    amp = lattice_amplitude(sim.image, lat)  # 10 px per a or more: a block grid (f = 3)
+    low = amp / float(np.percentile(amp, 90)) < VACUUM_THRESHOLD
+    lab, _ = ndi.label(low)
+    sizes = np.bincount(lab.ravel())
+    keep = sizes >= MIN_VACUUM_CELLS * np.sqrt(3) / 2 * lat.a_px**2
+    keep[0] = False
+    mask = vacuum_mask(sim.image, lat)
+    assert mask.any() and np.array_equal(mask, keep[lab])
+
+
+def test_distance_to_mask_is_the_distance_transform():
+    from scipy import ndimage as ndi
+
+    from napari_tmd_defects.vacuum import _distance_to_mask
+
+    rng = np.random.default_rng(0)
+    mask = ndi.binary_dilation(rng.random((60, 70)) > 0.995, iterations=3)
+    mask[:, :2] = True  # touching the border
+    rows, cols = np.nonzero(np.ones_like(mask))
+    assert np.array_equal(_distance_to_mask(mask, rows, cols), ndi.distance_transform_edt(~mask)[rows, cols])

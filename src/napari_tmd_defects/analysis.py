@@ -634,9 +634,11 @@ def prepare_image(image: np.ndarray) -> tuple[np.ndarray, list[str]]:
             f"image must be 2-D (rows, cols) or RGB, got shape {a.shape}; "
             "for a stack analyse each frame or sum aligned frames"
         )
+    maybe_bad = a.dtype.kind == "f"  # integers convert to finite values
     a = a.astype(np.float32, copy=True)
-    bad = ~np.isfinite(a)
-    if bad.any():
+    # a finite sum means every pixel is finite: the per-pixel mask only when it is not
+    bad = ~np.isfinite(a) if maybe_bad and not np.isfinite(a.sum(dtype=np.float64)) else None
+    if bad is not None and bad.any():
         frac = bad.mean()
         if frac > 0.05:
             raise ValueError(f"{frac:.0%} of the image is NaN or infinite; cannot analyse it")

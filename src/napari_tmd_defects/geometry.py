@@ -142,20 +142,35 @@ def estimate_lattice(image: np.ndarray, a_range_px: tuple[float, float] = (6.0, 
     -------
     LatticeEstimate, or None when the image has no periodic structure at all.
     """
-    img = np.asarray(image, dtype=float)
+    img = np.asarray(image)
     if img.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {img.shape}")
     h, w = img.shape
     f = -(-max(h, w) // LATTICE_FFT_SIZE)  # ceil
     if f < 2:
-        return _estimate_lattice(img, a_range_px, a_hint)
-    small = block_mean(img, f)
+        return _estimate_lattice(img.astype(float, copy=False), a_range_px, a_hint)
+    small = block_mean(img, f, dtype=float)  # float64 sums, no float64 copy of a large image
     est = _estimate_lattice(small, (max(a_range_px[0] / f, 4.0), a_range_px[1] / f),
                             None if a_hint is None else a_hint / f)
     if est is not None and est.a_px >= 8.0:
         return replace(est, a_px=est.a_px * f, a1=est.a1 * f, a2=est.a2 * f)
     y0, x0 = max(0, (h - LATTICE_FFT_SIZE) // 2), max(0, (w - LATTICE_FFT_SIZE) // 2)
-    return _estimate_lattice(img[y0:y0 + LATTICE_FFT_SIZE, x0:x0 + LATTICE_FFT_SIZE], a_range_px, a_hint)
+    crop = img[y0:y0 + LATTICE_FFT_SIZE, x0:x0 + LATTICE_FFT_SIZE].astype(float, copy=False)
+    return _estimate_lattice(crop, a_range_px, a_hint)
+
+
+def _power_spectrum(img: np.ndarray, n: int) -> np.ndarray:
+    """``|fftshift(fft2(img, s=(n, n)))|²`` of a real image, from its half spectrum (rfft2)."""
+    from scipy import fft as sfft
+
+    half = sfft.rfft2(img, s=(n, n))
+    half = half.real**2 + half.imag**2
+    m = half.shape[1]
+    power = np.empty((n, n))
+    power[:, :m] = half
+    # P(ky, kx) = P(-ky, -kx) for the columns the half spectrum leaves out
+    power[:, m:] = half[(-np.arange(n)) % n][:, n - np.arange(m, n)]
+    return np.fft.fftshift(power)
 
 
 def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
@@ -167,11 +182,10 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
     win = np.outer(np.hanning(h), np.hanning(w))
     # zero-pad small images x2 for finer frequency bins (large ones have enough)
     n = int(2 ** math.ceil(math.log2(max(h, w, 128)))) * (2 if max(h, w) <= 512 else 1)
-    f = np.fft.fftshift(np.fft.fft2((img - img.mean()) * win, s=(n, n)))
-    power = np.abs(f) ** 2
+    power = _power_spectrum((img - img.mean()) * win, n)
     c = n // 2
-    yy, xx = np.mgrid[0:n, 0:n]
-    ky, kx = (yy - c) / n, (xx - c) / n  # cycles per px, y down
+    k1 = (np.arange(n) - c) / n
+    ky, kx = k1[:, None], k1[None, :]  # cycles per px, y down
     kr = np.hypot(ky, kx)
     # {100} spatial frequency for a lattice constant a: 2 / (sqrt(3) a)
     kmin = 2.0 / (SQRT3 * min(a_range_px[1], max(h, w) / 2.0))
@@ -182,8 +196,10 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
     from scipy import ndimage as ndi
 
     sm = ndi.uniform_filter(power, 3)
-    peaks = (sm == ndi.maximum_filter(sm, size=7)) & band & (ky >= 0)
-    idx = np.flatnonzero(peaks)
+    # local maxima with ky >= 0 (the power is symmetric): the filter needs 3 rows above
+    lower = sm[c - 3:]
+    peaks = (lower == ndi.maximum_filter(lower, size=7))[3:] & band[c:]
+    idx = np.flatnonzero(peaks) + c * n
     if idx.size == 0:
         return None
     idx = idx[np.argsort(sm.ravel()[idx])[::-1][:8]]
@@ -215,7 +231,7 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
     cands = []
     for i in idx:
         pk = kr.ravel()[i]
-        th = math.degrees(math.atan2(ky.ravel()[i], kx.ravel()[i]))
+        th = math.degrees(math.atan2(k1[i // n], k1[i % n]))
         for k100, theta in ((pk, th), (pk / SQRT3, th - 30.0)):
             if not (kmin <= k100 <= kmax):
                 continue
@@ -420,17 +436,31 @@ def bbox_of_points(points: np.ndarray) -> np.ndarray:
     return np.concatenate([p.min(axis=-2), p.max(axis=-2)], axis=-1)
 
 
-def block_mean(image: np.ndarray, f: int) -> np.ndarray:
+def block_mean(image: np.ndarray, f: int, dtype=None) -> np.ndarray:
     """Mean over ``f`` x ``f`` px blocks; rows and columns short of a whole block are dropped.
 
     Pixel ``(i, j)`` of the result is centred at ``(j f + (f - 1) / 2, i f + (f - 1) / 2)``
-    px of the input. ``f <= 1`` returns the image itself.
+    px of the input. ``f <= 1`` returns the image itself (converted to ``dtype`` when given).
+    ``dtype`` (e.g. float64) is the type the sums are made in and returned as: no
+    converted copy of the whole image is made.
     """
     img = np.asarray(image)
     if f <= 1:
-        return img
+        return img if dtype is None else img.astype(dtype, copy=False)
     hc, wc = max(1, img.shape[0] // f), max(1, img.shape[1] // f)
-    return img[: hc * f, : wc * f].reshape(hc, f, wc, f).mean(axis=(1, 3))
+    img = img[: hc * f, : wc * f]
+    if dtype is None:  # as ndarray.mean: floats keep their type, integers give float64
+        dtype = img.dtype if img.dtype.kind == "f" else np.float64
+    # sums of strided slices (rows, then columns): much faster than a reduction over two
+    # interleaved axes
+    rows = img[0::f].astype(dtype)
+    for i in range(1, f):
+        rows += img[i::f]
+    out = rows[:, 0::f].copy()
+    for j in range(1, f):
+        out += rows[:, j::f]
+    out /= f * f
+    return out
 
 
 def nearest_pixel(points: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

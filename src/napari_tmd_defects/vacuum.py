@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import fft as sfft
 from scipy import ndimage as ndi
 
 from .geometry import LatticeEstimate, block_mean, nearest_pixel
@@ -35,6 +36,122 @@ def _reciprocal_vectors(lattice: LatticeEstimate) -> np.ndarray:
     return np.stack([b1, b2, b1 + b2, b1 - b2, 2 * b1 + b2, b1 + 2 * b2])
 
 
+def _gaussian_kernel(sigma: float) -> tuple[np.ndarray, int]:
+    """The 1-D Gaussian weights :func:`scipy.ndimage.gaussian_filter` uses (truncated at 4 σ)."""
+    radius = int(4.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x**2)
+    return phi / phi.sum(), radius
+
+
+def _kernel_spectrum(k: np.ndarray, radius: int, freq: float, n: int) -> np.ndarray:
+    """DFT (length ``n``) of the kernel ``k(d) exp(2 pi i freq d)``, d = -radius … radius, wrapped."""
+    d = np.arange(-radius, radius + 1)
+    buf = np.zeros(n, complex)
+    buf[d % n] = k * np.exp(2j * np.pi * freq * d)
+    return np.fft.fft(buf)
+
+
+#: Rows of the reduced grid demodulated at once (bounds the memory of large frames).
+_STRIP_ELEMENTS = 1 << 19
+
+
+def _amplitude_grid(image: np.ndarray, lattice: LatticeEstimate, sigma_px: float | None = None
+                    ) -> tuple[np.ndarray, int]:
+    """Lattice amplitude on the block-averaged grid (float32) and its block size f (px).
+
+    Demodulating each reflection ``g`` and averaging it in a Gaussian window is, up to a
+    phase, a convolution with the Gaussian modulated by ``g`` (a Gabor kernel): done by
+    FFT in strips of rows (each with the kernel's reach on both sides), one forward
+    transform per strip for all six reflections. The result equals the direct
+    demodulation with :func:`scipy.ndimage.gaussian_filter` (``mode="constant"``) up to
+    rounding.
+    """
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {img.shape}")
+    a_px = float(lattice.a_px)
+    sigma = 0.8 * a_px if sigma_px is None else float(sigma_px)
+    f = max(1, int(a_px // 10))
+    small = block_mean(img, f, dtype=np.float64)  # float64 sums, no float64 copy of the image
+    small = small - small.mean()
+    sh, sw = small.shape
+    k, r = _gaussian_kernel(sigma / f)
+    # the window's weight inside the image (normalises the average at the border)
+    wy = ndi.correlate1d(np.ones(sh), k, mode="constant")
+    wx = ndi.correlate1d(np.ones(sw), k, mode="constant")
+    gs = _reciprocal_vectors(lattice) * f  # cycles per grid px
+    nx = sfft.next_fast_len(sw + r)
+    kx = [_kernel_spectrum(k, r, g[0], nx) for g in gs]
+    rows = max(16, min(sh, _STRIP_ELEMENTS // nx))
+    total = np.empty((sh, sw))
+    ky_cache: dict[int, list[np.ndarray]] = {}
+    for y0 in range(0, sh, rows):
+        y1 = min(sh, y0 + rows)
+        ys, ye = max(0, y0 - r), min(sh, y1 + r)
+        ny = sfft.next_fast_len(ye - ys + r)  # no wrap-around into the rows used
+        if ny not in ky_cache:
+            ky_cache[ny] = [_kernel_spectrum(k, r, g[1], ny) for g in gs]
+        spec = sfft.fft2(small[ys:ye], s=(ny, nx))
+        acc = np.zeros((y1 - y0, sw))
+        for kyg, kxg in zip(ky_cache[ny], kx):
+            out = sfft.ifft2(spec * kyg[:, None] * kxg[None, :])[y0 - ys : y1 - ys, :sw]
+            acc += out.real**2 + out.imag**2
+        total[y0:y1] = acc
+    total /= (wy[:, None] * wx[None, :]) ** 2
+    return np.sqrt(total).astype(np.float32), f
+
+
+def _grid_weights(n_grid: int, f: int, n: int) -> np.ndarray:
+    """Pixels of the full image each grid row (or column) stands for: f, the last one the rest."""
+    wt = np.full(n_grid, f, np.int64)
+    wt[-1] = n - (n_grid - 1) * f
+    return wt
+
+
+def _to_image(grid: np.ndarray, f: int, shape: tuple[int, int]) -> np.ndarray:
+    """Grid values back on the image: each block repeated, the last row and column extended."""
+    if f == 1 and grid.shape == tuple(shape):
+        return grid
+    rows = np.minimum(np.arange(shape[0]) // f, grid.shape[0] - 1)
+    cols = np.minimum(np.arange(shape[1]) // f, grid.shape[1] - 1)
+    return grid[rows][:, cols]
+
+
+def _weighted_kth(vals: np.ndarray, wts: np.ndarray, k: int) -> float:
+    """The ``k``-th smallest value (0-based) when ``vals[i]`` is counted ``wts[i]`` times."""
+    n = len(vals)
+    lo, hi = 0, n - 1
+    mean_w = float(wts.sum()) / n
+    j = int(k / mean_w)
+    for it in range(64):
+        j = min(max(j, lo), hi) if it < 8 else (lo + hi) // 2
+        v = np.partition(vals, j)[j]
+        below = int(wts[vals < v].sum())
+        upto = below + int(wts[vals == v].sum())
+        if below <= k < upto:
+            return float(v)
+        if k < below:
+            hi = j - 1
+            j -= max(1, int((below - k) / mean_w))
+        else:
+            lo = j + 1
+            j += max(1, int((k - upto + 1) / mean_w))
+    order = np.argsort(vals, kind="stable")  # not reached in practice
+    return float(vals[order[np.searchsorted(np.cumsum(wts[order]), k, side="right")]])
+
+
+def _weighted_percentile(vals: np.ndarray, wts: np.ndarray, q: float) -> float:
+    """``np.percentile`` (linear) of the values counted ``wts`` times each, without expanding them."""
+    n = int(wts.sum())
+    idx = (n - 1) * q / 100.0
+    k0 = int(math.floor(idx))
+    t = idx - k0
+    a = _weighted_kth(vals, wts, k0)
+    b = _weighted_kth(vals, wts, min(k0 + 1, n - 1)) if t > 0 else a
+    return a + (b - a) * t if t < 0.5 else b - (b - a) * (1.0 - t)
+
+
 def lattice_amplitude(image: np.ndarray, lattice: LatticeEstimate, sigma_px: float | None = None) -> np.ndarray:
     """Local amplitude of the lattice reflections of ``image`` (same shape, grey levels).
 
@@ -44,31 +161,8 @@ def lattice_amplitude(image: np.ndarray, lattice: LatticeEstimate, sigma_px: flo
     (no drop there). Finely sampled images are first block-averaged to about 10 px per
     lattice constant (the amplitude varies on the scale of ``a``, not of a pixel).
     """
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim != 2:
-        raise ValueError(f"image must be 2-D, got shape {img.shape}")
-    h, w = img.shape
-    a_px = float(lattice.a_px)
-    sigma = 0.8 * a_px if sigma_px is None else float(sigma_px)
-    f = max(1, int(a_px // 10))
-    small = block_mean(img, f)
-    small = small - small.mean()
-    sh, sw = small.shape
-    # pixel centres of the reduced grid, in px of the image
-    xs = np.arange(sw) * f + (f - 1) / 2.0
-    ys = np.arange(sh) * f + (f - 1) / 2.0
-    weight = ndi.gaussian_filter(np.ones((sh, sw)), sigma / f, mode="constant")
-    total = np.zeros((sh, sw))
-    for g in _reciprocal_vectors(lattice):
-        demod = small * np.exp(-2j * np.pi * g[1] * ys)[:, None] * np.exp(-2j * np.pi * g[0] * xs)[None, :]
-        re = ndi.gaussian_filter(demod.real, sigma / f, mode="constant")
-        im = ndi.gaussian_filter(demod.imag, sigma / f, mode="constant")
-        total += (re * re + im * im) / (weight * weight)
-    amp = np.sqrt(total).astype(np.float32)
-    if f > 1:
-        amp = np.repeat(np.repeat(amp, f, axis=0), f, axis=1)
-        amp = np.pad(amp, ((0, h - sh * f), (0, w - sw * f)), mode="edge")
-    return amp
+    amp, f = _amplitude_grid(image, lattice, sigma_px)
+    return _to_image(amp, f, np.shape(image))
 
 
 def vacuum_mask(image: np.ndarray, lattice: LatticeEstimate | list[LatticeEstimate],
@@ -81,30 +175,42 @@ def vacuum_mask(image: np.ndarray, lattice: LatticeEstimate | list[LatticeEstima
     over the image (so the crystal must cover at least a tenth of it); vacuum is where the
     amplitude is below ``threshold`` times that, in connected regions of at least
     ``min_cells`` unit-cell areas (sqrt(3)/2 a² each).
+
+    The amplitude is constant over each block of the reduced grid, so the percentile,
+    the threshold and the regions are taken on that grid, each block counted with the
+    pixels it stands for: the same mask as at full resolution, without full-size copies.
     """
+    shape = np.shape(image)
     lattices = [lattice] if isinstance(lattice, LatticeEstimate) else [lat for lat in lattice if lat is not None]
     if not lattices:
-        return np.zeros(np.shape(image), bool)
+        return np.zeros(shape, bool)
+    grids = [_amplitude_grid(image, lat) for lat in lattices]
+    f = grids[0][1]
+    if any(g[1] != f for g in grids):  # lattices reduced differently: compare them per pixel
+        grids = [(_to_image(amp, fk, shape), 1) for amp, fk in grids]
+        f = 1
+    wy = _grid_weights(grids[0][0].shape[0], f, shape[0])
+    wx = _grid_weights(grids[0][0].shape[1], f, shape[1])
+    wts = (wy[:, None] * wx[None, :]).ravel()
     rel = None
-    for lat in lattices:
-        amp = lattice_amplitude(image, lat)
-        ref = float(np.percentile(amp, 90))
+    for amp, _ in grids:
+        ref = _weighted_percentile(amp.ravel(), wts, 90.0)
         if not np.isfinite(ref) or ref <= 0:
             continue
         r = amp / ref
         rel = r if rel is None else np.maximum(rel, r)
     if rel is None:
-        return np.zeros(np.shape(image), bool)
+        return np.zeros(shape, bool)
     low = rel < threshold
     if not low.any():
-        return low
+        return np.zeros(shape, bool)
     lab, n = ndi.label(low)
-    sizes = np.bincount(lab.ravel())
+    sizes = np.bincount(lab.ravel(), weights=wts.astype(float))
     a_px = float(np.mean([lat.a_px for lat in lattices]))
     cell_area = math.sqrt(3) / 2 * a_px**2
     keep = sizes >= min_cells * cell_area
     keep[0] = False
-    return keep[lab]
+    return _to_image(keep[lab], f, shape)
 
 
 def domain_lattices(model, tolerance_deg: float = 3.0) -> list[LatticeEstimate]:
@@ -144,9 +250,8 @@ def grow_into_empty_cells(mask: np.ndarray, centres: np.ndarray, empty: np.ndarr
     if not mask.any() or not empty.any():
         return mask, taken
     h, w = mask.shape
-    dist = ndi.distance_transform_edt(~mask)
     row, col = nearest_pixel(centres, mask.shape)
-    frontier = list(np.flatnonzero(empty & (dist[row, col] <= 1.2 * a_px)))
+    frontier = list(np.flatnonzero(empty & (_distance_to_mask(mask, row, col) <= 1.2 * a_px)))
     idx_empty = np.flatnonzero(empty)
     while frontier:
         k = frontier.pop()
@@ -163,3 +268,21 @@ def grow_into_empty_cells(mask: np.ndarray, centres: np.ndarray, empty: np.ndarr
         yy, xx = np.mgrid[y0:y1, x0:x1]
         grown[y0:y1, x0:x1] |= (xx - x) ** 2 + (yy - y) ** 2 <= r * r
     return grown, taken
+
+
+def _distance_to_mask(mask: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """Euclidean distance (px) from pixels ``(row, col)`` to the nearest True pixel of ``mask``
+    (0 inside it), as :func:`scipy.ndimage.distance_transform_edt` of ``~mask`` gives it,
+    without a full-size distance map: the nearest True pixel of an outside one always lies
+    on the mask's edge."""
+    from scipy.spatial import cKDTree
+
+    out = np.zeros(len(row))
+    outside = ~mask[row, col]
+    if not outside.any():
+        return out
+    edge = mask & ~ndi.binary_erosion(mask, border_value=1)
+    ey, ex = np.nonzero(edge)
+    d, _ = cKDTree(np.stack([ey, ex], axis=1)).query(np.stack([row[outside], col[outside]], axis=1))
+    out[outside] = d
+    return out

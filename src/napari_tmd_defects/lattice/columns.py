@@ -52,8 +52,27 @@ def local_background(smooth: np.ndarray, a_px: float) -> np.ndarray:
     # back to full resolution: coarse pixel k covers [k f, (k+1) f) -> centre k f + (f-1)/2
     yy = (np.arange(h) - (f - 1) / 2.0) / f
     xx = (np.arange(w) - (f - 1) / 2.0) / f
-    yi, xi = np.meshgrid(np.clip(yy, 0, hc - 1), np.clip(xx, 0, wc - 1), indexing="ij")
-    return ndi.map_coordinates(bg, [yi, xi], order=1, mode="nearest").astype(np.float32)
+    return _bilinear_on_grid(bg, np.clip(yy, 0, hc - 1), np.clip(xx, 0, wc - 1))
+
+
+def _bilinear_on_grid(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, block: int = 256) -> np.ndarray:
+    """Bilinear interpolation of ``values`` at every (row, col) pair of two index axes
+    (float32, ``len(rows) x len(cols)``): ``map_coordinates(order=1)`` on a meshgrid, done
+    one axis at a time and in blocks of rows, without full-size coordinate arrays."""
+    def axis(c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        i0 = np.minimum(np.floor(c).astype(np.int64), max(n - 2, 0))
+        return i0, np.minimum(i0 + 1, n - 1), c - i0
+
+    y0, y1, ty = axis(rows, values.shape[0])
+    x0, x1, tx = axis(cols, values.shape[1])
+    v = np.asarray(values, float)
+    across = v[:, x0] * (1.0 - tx) + v[:, x1] * tx  # along x on the grid's rows first
+    out = np.empty((len(rows), len(cols)), np.float32)
+    for r0 in range(0, len(rows), block):
+        sl = slice(r0, r0 + block)
+        t = ty[sl, None]
+        out[sl] = across[y0[sl]] * (1.0 - t) + across[y1[sl]] * t
+    return out
 
 
 @dataclass
@@ -149,11 +168,25 @@ def find_columns(work: WorkImage, *, min_relative_height: float = MIN_RELATIVE_H
     s = work.signal
     h, w = s.shape
     r = max(1, int(round(MIN_SEPARATION_A * work.a_work)))
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    footprint = (xx * xx + yy * yy) <= r * r
-    peaks = (s == ndi.maximum_filter(s, footprint=footprint, mode="nearest")) & (s > 0)
-    peaks[0, :] = peaks[-1, :] = peaks[:, 0] = peaks[:, -1] = False
+    # the highest point of the disc of radius r (edges: nearest): first the 3 x 3 maxima
+    # (the disc holds the 3 x 3 square), then the rest of the disc at those points only
+    peaks = np.zeros((h, w), bool)
+    if h > 2 and w > 2:
+        inner = s[1:-1, 1:-1]
+        pk = inner > 0
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                if dy or dx:
+                    pk &= inner >= s[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx]
+        peaks[1:-1, 1:-1] = pk
     rows, cols = np.nonzero(peaks)
+    top = s[rows, cols]
+    keep = np.ones(len(rows), bool)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if max(abs(dy), abs(dx)) > 1 and dx * dx + dy * dy <= r * r:
+                keep &= s[np.clip(rows + dy, 0, h - 1), np.clip(cols + dx, 0, w - 1)] <= top
+    rows, cols = rows[keep], cols[keep]
     if len(rows) == 0:
         return Columns(np.zeros((0, 2)), np.zeros(0))
     val = s[rows, cols]

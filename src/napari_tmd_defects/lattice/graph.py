@@ -178,11 +178,22 @@ def _round_offsets(v: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def _levels(order: np.ndarray, pred: np.ndarray) -> list[np.ndarray]:
     """Nodes of a breadth-first tree grouped by depth (parents before children)."""
-    depth = np.zeros(len(pred), np.int64)
-    for k in order[1:]:
-        depth[k] = depth[pred[k]] + 1
-    d = depth[order]
-    return [order[d == k] for k in range(int(d.max()) + 1)] if len(order) else []
+    if len(order) == 0:
+        return []
+    # depth by pointer doubling over the tree (positions in ``order``; the root is its own parent)
+    loc = np.empty(len(pred), np.int64)
+    loc[order] = np.arange(len(order))
+    up = loc[pred[order[1:]]]
+    anc = np.concatenate([[0], up])
+    d = np.concatenate([[0], np.ones(len(up), np.int64)])
+    while True:
+        nxt = anc[anc]
+        if np.array_equal(nxt, anc):
+            break
+        d = d + d[anc]
+        anc = nxt
+    # a breadth-first order lists the nodes by depth
+    return np.split(order, np.flatnonzero(np.diff(d)) + 1)
 
 
 def index_columns(
@@ -273,12 +284,19 @@ def index_columns(
         root = int(np.flatnonzero(comp == c)[0])
         order, pred = csgraph.breadth_first_order(mst, root, directed=False, return_predecessors=True)
         patch[order] = new_id
-        for lev in _levels(order, pred)[1:]:
-            par = pred[lev]
-            theta_u[lev] = theta_u[par] + _wrap60(theta[lev] - theta[par])
-            d, _ = _round_offsets(pts[lev] - pts[par], _basis(0.5 * (theta_u[par] + theta_u[lev]),
-                                                               0.5 * (spacing[par] + spacing[lev])))
-            nm[lev] = nm[par] + d
+        levels = _levels(order, pred)[1:]
+        child = order[1:]
+        par = pred[child]
+        turn = np.zeros(n)
+        turn[child] = _wrap60(theta[child] - theta[par])
+        for lev in levels:  # unwrap the orientation down the tree, one depth at a time
+            theta_u[lev] = theta_u[pred[lev]] + turn[lev]
+        d, _ = _round_offsets(pts[child] - pts[par], _basis(0.5 * (theta_u[par] + theta_u[child]),
+                                                             0.5 * (spacing[par] + spacing[child])))
+        step = np.zeros((n, 2), np.int64)
+        step[child] = d
+        for lev in levels:  # and sum the index steps
+            nm[lev] = nm[pred[lev]] + step[lev]
     keep = (patch[p] >= 0) & (patch[q] >= 0)
     p, q, v = p[keep], q[keep], v[keep]
     # consistency of every link with the indices, judged in the unwrapped frame
