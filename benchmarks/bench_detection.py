@@ -1,6 +1,7 @@
 """Time CNN-1 detection + hexagonal-net casting; writes a Markdown table.
 
-    python benchmarks/bench_detection.py [--weights W] [--out benchmarks/results/detection_speed.md]
+    python benchmarks/bench_detection.py [--weights W] [--out benchmarks/results/detection_speed.md] \
+        [--repeats 3] [--no-configs] [--no-single-thread]
 
 Every case runs in a fresh subprocess with 2 (and again with 1) torch threads: one warm-up call, then the
 median of ``--repeats`` timed calls of ``detect`` + ``cells_from_hexagons`` (image
@@ -124,6 +125,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "detection_speed.md")
     ap.add_argument("--weights", default=None, help="detector weights (default: the shipped ones)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-configs", action="store_true",
+                    help="skip the slim/paper configuration table (untrained models, training steps)")
+    ap.add_argument("--no-single-thread", action="store_true", help="skip the 1-thread runs")
     ap.add_argument("--_case", nargs=3, type=float, help=argparse.SUPPRESS)
     ap.add_argument("--_configs", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -138,11 +142,12 @@ def main() -> None:
     rows = []
     for label, size, ps in CASES:
         r = _sub(["--_case", str(size), str(ps), "2", "--repeats", str(args.repeats), *extra])
-        r1 = _sub(["--_case", str(size), str(ps), "1", "--repeats", str(args.repeats), *extra])
-        r["seconds_1thread"] = r1["seconds"]
+        if not args.no_single_thread:
+            r1 = _sub(["--_case", str(size), str(ps), "1", "--repeats", str(args.repeats), *extra])
+            r["seconds_1thread"] = r1["seconds"]
         rows.append((label, r))
         print(label, r, flush=True)
-    cfg = _sub(["--_configs", "--repeats", str(args.repeats)])
+    cfg = {} if args.no_configs else _sub(["--_configs", "--repeats", str(args.repeats)])
     print(cfg)
     load1 = os.getloadavg()
     import torch
@@ -164,19 +169,22 @@ def main() -> None:
     ]
     for label, r in rows:
         lines.append(f"| {label} | {r['seconds']:.2f} | {r['seconds_detect']:.2f} | {r['seconds_max']:.2f} | "
-                     f"{r['seconds_1thread']:.2f} | {r['cells']} / {r['truth_cells']} | {r['peak_rss_mb']:.0f} |")
+                     f"{r.get('seconds_1thread', float('nan')):.2f} | {r['cells']} / {r['truth_cells']} | {r['peak_rss_mb']:.0f} |")
     lines += [
         "",
         f"(Python + torch + the package alone: {rows[0][1]['import_rss_mb']:.0f} MB.) With two threads on a "
         "machine whose other core is busy, torch's threads wait for each other and a call can take "
         "10 times longer; one thread is then the safer choice.",
+    ]
+    if cfg:
+        lines += [
         "",
         "Configurations (untrained weights; inference on one 512² tile with 2 threads, training step = "
         "Adam update on 2 crops with ~90 / ~290 boxes, 1 thread):",
         "",
         "| config | parameters | inference 512², s | train step 320², s | train step 512², s |",
         "|---|---:|---:|---:|---:|",
-    ]
+        ]
     for name, r in cfg.items():
         lines.append(f"| {name} | {r['parameters'] / 1e6:.2f} M | {r['infer_512_s']:.2f} | "
                      f"{r['train_step_320_s']:.2f} | {r['train_step_512_s']:.2f} |")

@@ -248,3 +248,35 @@ def test_compiled_backbone_finds_the_same_hexagons_as_the_eager_model(shipped, m
     o0, o1 = np.lexsort(b0.T[::-1].round(1)), np.lexsort(b1.T[::-1].round(1))
     np.testing.assert_allclose(b1[o1], b0[o0], atol=1e-3)
     np.testing.assert_allclose(s1[o1], s0[o0], atol=1e-4)
+
+
+# --------------------------------------------------------------------------- fast inference
+@pytest.mark.parametrize("n", [64, 300, 576, 577, 900, 1706, 3413])
+def test_tile_grid_covers_with_overlap(n):
+    starts, side = det._tile_grid(n, 512, 64, 8)
+    if n <= 512 + 64:
+        assert (starts, side) == ([0], n)
+        return
+    assert side <= 512 and side % 8 == 0
+    assert starts[0] == 0 and starts[-1] + side == n  # covers the whole range
+    gaps = np.diff(starts)
+    assert (side - gaps >= 64).all()  # neighbours overlap by at least 64 px
+    # the fewest tiles: one tile fewer could not cover n with that overlap
+    k = len(starts)
+    assert (k - 1) * 512 - (k - 2) * 64 < n
+
+
+@needs_weights
+def test_fast_inference_equals_the_torchvision_forward(shipped):
+    # the streamlined forward (pre-NMS top-n decoded only, threshold before NMS) is the same network
+    sim = sample_image(seed=0)
+    can, _ = det.prepare_image(sim.image, sim.truth.pixel_size)
+    tile = can[:256, :320]
+    b0, s0 = det._predict(shipped.model, tile, "cpu", None)
+    keep = s0 >= shipped.score_threshold
+    b0, s0 = b0[keep], s0[keep]
+    b1, s1 = shipped._infer(tile)
+    assert len(b0) > 30 and b1.shape == b0.shape
+    o0, o1 = np.argsort(-s0), np.argsort(-s1)
+    np.testing.assert_allclose(b1[o1], b0[o0], atol=1e-2)
+    np.testing.assert_allclose(s1[o1], s0[o0], atol=1e-4)

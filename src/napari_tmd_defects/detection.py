@@ -200,6 +200,16 @@ def count_parameters(model) -> dict[str, int]:
 # --------------------------------------------------------------------------- preprocessing
 #: Smallest image side accepted by :meth:`HexagonDetector.detect`, px.
 MIN_IMAGE_PX = 64
+#: Largest tile side at the canonical sampling, px (the backbone is fastest per pixel up to
+#: ~512² tiles on CPUs, and the RPN's proposal budget is set per 512²).
+TILE_PX = 512
+#: Least overlap of neighbouring tiles, px: a box is kept by the tile whose core (the tile
+#: less half the overlap) holds its centre, so a kept hexagon has >= 32 px (> 1 a) of context.
+OVERLAP_PX = 64
+#: Tiles are padded to a multiple of this (px; the backbone's stride).
+PAD_TO = 8
+#: Proposals centred up to this far (px) outside a tile's core still go through the box head.
+CORE_SLACK_PX = 16.0
 #: Largest canonical image accepted (pixels), about 8192².
 MAX_CANONICAL_PIXELS = 8192 * 8192
 
@@ -449,12 +459,48 @@ def _predict(model, image: np.ndarray, device, backbone=None) -> tuple[np.ndarra
     return out["boxes"].cpu().numpy().astype(float), out["scores"].cpu().numpy().astype(float)
 
 
+def _trunk(model):
+    """Backbone and RPN head as one module (what :func:`~.runtime.optimize_for_cpu`
+    compiles): ``x`` (N, 1, H, W) canonical grey levels (:func:`normalize_image`) ->
+    ``(features, objectness, box deltas)``; the transform's normalisation included."""
+    import torch.nn as nn
+
+    class Trunk(nn.Module):
+        def __init__(self, backbone, head, mean: float, std: float):
+            super().__init__()
+            self.backbone = backbone
+            self.conv = head.conv
+            self.cls_logits = head.cls_logits
+            self.bbox_pred = head.bbox_pred
+            self.mean = mean
+            self.std = std
+
+        def forward(self, x):
+            f = self.backbone((x - self.mean) / self.std)
+            t = self.conv(f)
+            return f, self.cls_logits(t), self.bbox_pred(t)
+
+    mean, std = model.transform.image_mean[0], model.transform.image_std[0]
+    return Trunk(model.backbone, model.rpn.head, float(mean), float(std)).eval()
+
+
 def _tile_starts(n: int, tile: int, overlap: int) -> list[int]:
     if n <= tile:
         return [0]
     step = tile - overlap
     k = int(math.ceil((n - tile) / step))
     return [int(round(i * (n - tile) / k)) for i in range(k + 1)]
+
+
+def _tile_grid(n: int, tile: int, overlap: int, align: int = 8) -> tuple[list[int], int]:
+    """Starts and side of the fewest tiles of at most ``tile`` px (``align``-px steps) that
+    cover ``n`` px with at least ``overlap`` px between neighbours: one tile up to
+    ``tile + overlap`` px, else equal tiles just large enough (less work than full tiles)."""
+    if n <= tile + overlap:
+        return [0], n
+    k = int(math.ceil((n - overlap) / (tile - overlap)))
+    side = min(n, int(math.ceil((n + (k - 1) * overlap) / k / align)) * align)
+    return [int(round(i * (n - side) / (k - 1))) for i in range(k)], side
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
@@ -477,7 +523,8 @@ class HexagonDetector:
     score_threshold : float
         Detections below this score are dropped (from the card; default 0.5).
     tile, overlap : int
-        Tile size and overlap at the canonical sampling, px.
+        Largest tile side and least overlap at the canonical sampling, px (tiles are made
+        equal and just large enough, :func:`_tile_grid`).
     """
 
     def __init__(self, model, card: dict[str, Any], device="cpu"):
@@ -486,22 +533,91 @@ class HexagonDetector:
         self.device = device
         self.a_px = float(card.get("a_px", A_PX))
         self.score_threshold = float(card.get("score_threshold", 0.5))
-        self.tile = int(card.get("tile", 512))
-        self.overlap = int(card.get("overlap", 96))
-        self._backbone = None
+        self.tile = int(card.get("tile", TILE_PX))
+        self.overlap = OVERLAP_PX
+        self._net = None
+        self._anchors: dict[tuple, Any] = {}
 
     def _fast_backbone(self):
-        """The backbone compiled for CPU inference (:func:`~.runtime.optimize_for_cpu`),
-        or None (eager model) on other devices."""
+        """Backbone + RPN head compiled for CPU inference (:func:`~.runtime.optimize_for_cpu`),
+        or None where it runs eagerly (other devices, compilation off or failed)."""
+        net = self._trunk()
+        return None if getattr(net, "eager", False) else net
+
+    def _trunk(self):
         import torch
 
         from .runtime import optimize_for_cpu
 
-        if torch.device(self.device).type != "cpu":
-            return None
-        if self._backbone is None:
-            self._backbone = optimize_for_cpu(self.model.backbone)
-        return None if self._backbone is self.model.backbone else self._backbone
+        if self._net is None:
+            eager = _trunk(self.model)
+            fast = optimize_for_cpu(eager) if torch.device(self.device).type == "cpu" else eager
+            if fast is eager:
+                eager.eager = True
+            self._net = fast
+        return self._net
+
+    def _infer(self, tile: np.ndarray, core=None, pre_nms: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (px in ``tile``) and scores >= :attr:`score_threshold` in one normalised
+        canonical tile.
+
+        ``GeneralizedRCNN.forward`` at inference, in fewer steps with the same result: the
+        input padded to a multiple of :data:`PAD_TO` px, anchors made once per size, only
+        the RPN's pre-NMS top-n proposals decoded, the score threshold applied before the
+        final NMS. ``core`` (x0, y0, x1, y1) tile px: only proposals centred there (plus
+        :data:`CORE_SLACK_PX`) go through the box head. ``pre_nms``: the RPN's pre-NMS top-n
+        (default the model's).
+        """
+        import torch
+        import torch.nn.functional as F
+        from torchvision.models.detection.image_list import ImageList
+        from torchvision.ops import boxes as box_ops
+        from torchvision.ops import roi_align
+
+        m = self.model
+        rpn, rh = m.rpn, m.roi_heads
+        h, w = tile.shape
+        x = torch.from_numpy(np.ascontiguousarray(tile, dtype=np.float32))
+        ph, pw = -h % PAD_TO, -w % PAD_TO
+        if ph or pw:  # the padding is grey level IMAGE_MEAN: 0 after normalisation
+            x = F.pad(x[None], (0, pw, 0, ph), value=float(m.transform.image_mean[0]))[0]
+        x = x[None, None].to(self.device)
+        with torch.inference_mode():
+            feats, obj, deltas = self._trunk()(x)
+            fh, fw = feats.shape[-2:]
+            key = (tuple(x.shape[-2:]), (fh, fw))
+            if key not in self._anchors:
+                self._anchors[key] = rpn.anchor_generator(ImageList(x, [(h, w)]), [feats])[0]
+            anchors = self._anchors[key]
+            na = obj.shape[1]
+            obj = obj.permute(0, 2, 3, 1).reshape(-1)
+            deltas = deltas.view(1, na, 4, fh, fw).permute(0, 3, 4, 1, 2).reshape(-1, 4)
+            top, idx = obj.topk(min(int(pre_nms or rpn.pre_nms_top_n()), obj.numel()))
+            props = box_ops.clip_boxes_to_image(rpn.box_coder.decode_single(deltas[idx], anchors[idx]), (h, w))
+            sc = torch.sigmoid(top)
+            keep = box_ops.remove_small_boxes(props, rpn.min_size)
+            props, sc = props[keep], sc[keep]
+            keep = torch.where(sc >= rpn.score_thresh)[0]
+            props, sc = props[keep], sc[keep]
+            props = props[box_ops.nms(props, sc, rpn.nms_thresh)[: int(rpn.post_nms_top_n())]]
+            if core is not None:
+                cx, cy = (props[:, 0] + props[:, 2]) / 2, (props[:, 1] + props[:, 3]) / 2
+                e = CORE_SLACK_PX
+                props = props[(cx >= core[0] - e) & (cx < core[2] + e) & (cy >= core[1] - e) & (cy < core[3] + e)]
+            if not len(props):
+                return np.zeros((0, 4)), np.zeros(0)
+            pool = rh.box_roi_pool
+            scale = 2.0 ** round(math.log2(fh / h))
+            pooled = roi_align(feats, [props], pool.output_size, scale, pool.sampling_ratio)
+            logits, reg = rh.box_predictor(rh.box_head(pooled))
+            boxes = box_ops.clip_boxes_to_image(rh.box_coder.decode(reg, [props])[:, 1], (h, w))
+            scores = F.softmax(logits, -1)[:, 1]
+            keep = torch.where((scores > rh.score_thresh) & (scores >= self.score_threshold))[0]
+            boxes, scores = boxes[keep], scores[keep]
+            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, scores = boxes[keep], scores[keep]
+            keep = box_ops.nms(boxes, scores, rh.nms_thresh)[: rh.detections_per_img]
+            return boxes[keep].cpu().numpy().astype(float), scores[keep].cpu().numpy().astype(float)
 
     @property
     def target(self) -> str:
@@ -523,36 +639,31 @@ class HexagonDetector:
             image = np.pad(image, ((0, pad_h), (0, pad_w)), constant_values=float(np.median(image)))
         hh, ww = image.shape
         # one pass when the image is not much larger than a tile, else overlapping tiles
-        single = hh <= self.tile + self.overlap and ww <= self.tile + self.overlap
-        ys = [0] if single else _tile_starts(hh, self.tile, self.overlap)
-        xs = [0] if single else _tile_starts(ww, self.tile, self.overlap)
-        th, tw = (hh, ww) if single else (min(self.tile, hh), min(self.tile, ww))
+        ys, th = _tile_grid(hh, self.tile, self.overlap, PAD_TO)
+        xs, tw = _tile_grid(ww, self.tile, self.overlap, PAD_TO)
+        grid = [(y0, x0) for y0 in ys for x0 in xs]
+        n_all = len(grid)
         half = self.overlap / 2.0
-        backbone = self._fast_backbone()
+        # tiles smaller than the model's tile keep as many RPN proposals per px as full ones
+        pre_nms = None if n_all == 1 else max(1, round(self.model.rpn.pre_nms_top_n() * th * tw / self.tile**2))
         all_b, all_s = [], []
-        total = len(ys) * len(xs)
-        done = 0
-        for y0 in ys:
-            for x0 in xs:
-                check_cancel(cancel)
-                b, sc = _predict(self.model, image[y0 : y0 + th, x0 : x0 + tw], self.device, backbone)
-                keep = sc >= self.score_threshold
-                b, sc = b[keep] + np.array([x0, y0, x0, y0]), sc[keep]
-                # keep a box in the tile whose core (tile minus half the overlap) holds its centre
-                cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
-                lo_x = x0 + half if x0 > 0 else -np.inf
-                hi_x = x0 + tw - half if x0 + tw < ww else np.inf
-                lo_y = y0 + half if y0 > 0 else -np.inf
-                hi_y = y0 + th - half if y0 + th < hh else np.inf
-                core = (cx >= lo_x) & (cx < hi_x) & (cy >= lo_y) & (cy < hi_y)
-                all_b.append(b[core])
-                all_s.append(sc[core])
-                done += 1
-                if progress is not None:
-                    progress(done, total)
+        for done, (y0, x0) in enumerate(grid, 1):
+            check_cancel(cancel)
+            # keep a box in the tile whose core (tile minus half the overlap) holds its centre
+            lo_x = half if x0 > 0 else -np.inf
+            hi_x = tw - half if x0 + tw < ww else np.inf
+            lo_y = half if y0 > 0 else -np.inf
+            hi_y = th - half if y0 + th < hh else np.inf
+            b, sc = self._infer(image[y0 : y0 + th, x0 : x0 + tw], (lo_x, lo_y, hi_x, hi_y), pre_nms)
+            cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+            core = (cx >= lo_x) & (cx < hi_x) & (cy >= lo_y) & (cy < hi_y)
+            all_b.append(b[core] + np.array([x0, y0, x0, y0]))
+            all_s.append(sc[core])
+            if progress is not None:
+                progress(done, len(grid))
         boxes = np.concatenate(all_b) if all_b else np.zeros((0, 4))
         scores = np.concatenate(all_s) if all_s else np.zeros(0)
-        if total > 1 and len(boxes):
+        if len(grid) > 1 and len(boxes):
             keep = _nms(boxes, scores, 0.5)
             boxes, scores = boxes[keep], scores[keep]
         # drop boxes that lie (almost) entirely in the padding
@@ -831,8 +942,8 @@ def train_detector(
             "input": "1 channel; image resampled to a = a_px px (bilinear, antialiased), "
                      "1st/99.5th percentiles of a 1-px Gaussian-smoothed copy -> 0/1",
             "score_threshold": 0.5,
-            "tile": 512,
-            "overlap": 96,
+            "tile": TILE_PX,
+            "overlap": OVERLAP_PX,
             "training": {
                 "data": Path(data).name if data is not None else
                         f"simulated on the fly (one new image every {new_every} steps, crops from a "
@@ -1199,8 +1310,9 @@ _METHOD_NOTES = """## Method
   is available with `--config paper`; its speed is in `benchmarks/results/detection_speed.md`.
 * **Sampling.** Every image is resampled (bilinear, antialiased) so that the lattice
   constant is 29.33 px (MoTe2 at 0.12 Å/px, the paper's 2048² frames at 0.03 Å/px shrunk
-  to 512²) and normalised by robust percentiles, then tiled (512² tiles, 96 px overlap,
-  a box is kept by the tile whose core holds its centre, then NMS); boxes are mapped back
+  to 512²) and normalised by robust percentiles, then tiled (equal tiles of at most 512²,
+  at least 64 px overlap, the RPN's pre-NMS proposals scaled to the tile's area; a box is
+  kept by the tile whose core holds its centre, then NMS); boxes are mapped back
   to the input pixels.
 * **Casting.** `geometry.cells_from_hexagons`: hexagon centres are indexed on a fitted
   lattice (orientation from nearest-neighbour vectors, breadth-first local indexing,
