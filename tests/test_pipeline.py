@@ -327,3 +327,42 @@ def test_a_pixel_size_off_the_lattice_is_replaced_unless_trusted(sim):
     with pytest.raises(ValueError, match="pixel_size_source"):
         analyze(sim.image, 0.1, pixel_size_source="lattice")
 
+
+
+def test_an_undecided_metal_reading_on_a_found_column_does_not_count_a_vacancy(monkeypatch):
+    """A metal vacancy the classifier is sure of (0.997) is not counted where a column peak
+    stands on the site and its reading is ``unresolved`` without favouring an empty site;
+    it stays where no column was found there, or where the reading favours empty."""
+    import napari_tmd_defects.states as states_mod
+    from napari_tmd_defects.materials import N_CLASSES
+    from napari_tmd_defects.pipeline import MIN_EMPTY_ON_FOUND_COLUMN, locate_cells, read_states
+
+    sim = simulate("MoTe2", 320, pixel_size=0.1, defect_fraction=0.0, noise=Noise(30, 5), seed=8)
+    frame = locate_cells(sim.image, 0.1, "MoTe2")
+    model = frame.model
+    c = model.cells
+    inner = np.flatnonzero(~c.boundary)
+    found = inner[~model.sites.placed[c.m[inner]]]
+    assert len(found) >= 40
+    undecided, placed, favoured = found[:10], found[10:20], found[20:30]
+    model.sites.placed[c.m[placed]] = True  # as if no peak had been found there
+    real = states_mod.read_site_states
+
+    def reading(m, material, *a, **k):
+        st = real(m, material, *a, **k)
+        for cells, p in ((undecided, 0.5), (placed, 0.5), (favoured, MIN_EMPTY_ON_FOUND_COLUMN + 0.05)):
+            st.state[c.m[cells]] = "unresolved"
+            st.empty_probability[c.m[cells]] = p
+        return st
+
+    monkeypatch.setattr(states_mod, "read_site_states", reading)
+    labels = np.zeros(len(c), int)
+    calls = np.r_[undecided, placed, favoured]
+    labels[calls] = 3  # V_M
+    probs = np.full((len(c), N_CLASSES), 0.0006)
+    probs[np.arange(len(c)), labels] = 0.997
+    flagged = np.zeros(len(c), bool)
+    out, changed, _ = read_states(frame, labels, flagged, probs)
+    assert np.all(out[undecided] == 0) and np.all(changed[undecided]) and np.all(flagged[undecided])
+    assert np.all(out[placed] == 3) and np.all(out[favoured] == 3)
+    assert np.all(flagged[placed])  # undecided readings are flagged for review either way

@@ -77,6 +77,10 @@ MIN_EMPTY_PROBABILITY = 0.5
 #: ... unless the classifier gives the metal vacancy at least this probability and its odds
 #: times the reading's odds of an empty site still favour the vacancy.
 SURE_METAL_VACANCY = 0.98
+#: A binary's metal vacancy on a site where a column peak was found and whose reading is
+#: ``unresolved`` is counted only where the reading gives the site at least this
+#: probability of being empty.
+MIN_EMPTY_ON_FOUND_COLUMN = 0.9
 #: Intensity of a chalcogen column with one atom of two left (incoherent 0.5; multislice
 #: channelling ~0.44, docs/multislice.md).
 X1_LEVEL = 0.47
@@ -278,7 +282,7 @@ def complete_sites(frame: Frame) -> None:
             f"{model.boundary_length_px * frame.pixel_size / 10:.1f} nm long: cells on the boundaries are classed "
             "'boundary' and left out of the concentrations")
     for d in doms:
-        if d.contrast < 0.1 and d.n_sites >= 40:
+        if d.contrast < 0.1 and d.n_sites >= 40 and not d.roles_from_spread:
             frame.warnings.append(
                 f"domain {d.id}: metal and chalcogen columns are about equally bright (contrast {d.contrast:.2f}); "
                 f"which sublattice is the metal follows the {mat.name} prior and may be wrong")
@@ -630,11 +634,14 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
       unlisted lighter or heavier substituent) is a substituent; one the classifier is not
       sure of (< :data:`SURE_METAL_VACANCY`) where the reading finds the site more likely
       occupied than empty is not counted, nor one it is sure of where the classifier's odds
-      times the reading's odds of an empty site fall below one, nor a chalcogen vacancy called on a column that
+      times the reading's odds of an empty site fall below one, nor one on a site where a
+      column peak was found and the reading is ``unresolved`` (unless it gives the site
+      :data:`MIN_EMPTY_ON_FOUND_COLUMN`), nor a chalcogen vacancy called on a column that
       reads full; the cells are flagged.
     * An ``unresolved`` chalcogen column does not count as a vacancy, nor (in an alloy) an
       ``unresolved`` metal site; the cell is flagged if the classifier called one there
-      (in a binary the classifier's metal vacancy stands, flagged).
+      (in a binary the classifier's metal vacancy stands, flagged, but for one on a found
+      column peak, see above).
 
     Returns the labels, the cells whose class the reading changed, and the numbers for
     ``checks``.
@@ -670,6 +677,8 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
         p_empty = np.clip(st.empty_probability[c.m], 1e-12, 1 - 1e-12)
         odds = p_vm / (1 - p_vm) * p_empty / (1 - p_empty)
         m_full = (p_empty < MIN_EMPTY_PROBABILITY) & ((p_vm < SURE_METAL_VACANCY) | (odds < 1.0))
+        # a column peak stands on the site and its reading cannot tell
+        m_full |= ~model.sites.placed[c.m] & m_unres & (p_empty < MIN_EMPTY_ON_FOUND_COLUMN)
         nm_new = np.where(sub | m_full, 0, nm)
         # a chalcogen vacancy is counted where the column reading agrees: not on a column
         # that reads full, not where the column cannot be read

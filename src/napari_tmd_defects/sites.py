@@ -151,6 +151,8 @@ class Domain:
     class_levels: np.ndarray | None = None
     #: the hollow sites were taken from the hexagon detector (the intensities could not tell)
     roles_from_hexagons: bool = False
+    #: which equally bright class is the metal was read from the site-to-site spread (an alloy)
+    roles_from_spread: bool = False
 
     def to_dict(self, cell_area_nm2: float) -> dict[str, Any]:
         return {

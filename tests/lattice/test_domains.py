@@ -92,3 +92,41 @@ def test_two_regions_needs_two_clearly_signed_groups():
     # clearly two groups, but both on the same side of zero: no swap
     assert not _two_regions(np.r_[rng.normal(1, 0.5, 100), rng.normal(8, 0.5, 100)])
     assert not _two_regions(np.r_[rng.normal(-5, 1, 10), rng.normal(5, 1, 200)])  # too few to be a domain
+
+
+def test_the_mixed_sublattice_comes_from_the_composition():
+    from napari_tmd_defects.lattice.domains import mixed_sublattice
+
+    assert mixed_sublattice("Mo0.5W0.5Se2") == "M"
+    assert mixed_sublattice("WS1.4Se0.6") == "X"
+    # binaries and dilute dopants mix nothing the spread could show
+    assert mixed_sublattice("MoTe2") is None and mixed_sublattice("MoS2:Re0.03") is None
+
+
+@pytest.mark.parametrize("seed", [3, 4])  # Mo the majority, W the majority
+def test_an_equally_bright_alloy_takes_its_metal_sublattice_from_the_spread(seed, monkeypatch):
+    # Z exponent 1.2: Se2 columns (2 x 34) slightly outshine the mean Mo/W column, so the
+    # material's prior (Z^1.7: the metals brighter) puts the metal on the chalcogen sites;
+    # the Mo/W sites spread far more than the Se2 ones
+    import napari_tmd_defects.lattice.domains as dm
+    from napari_tmd_defects.simulation import Optics
+
+    sim = simulate("Mo0.5W0.5Se2", 320, pixel_size=0.1, rotation_deg=13, defect_fraction=0.05, noise=Noise(30, 5),
+                   optics=Optics(z_exponent=1.2), seed=seed)
+    st = find_domains(sim.image, sim.truth.a_px, "Mo0.5W0.5Se2")
+    assert len(st.domains) == 1 and st.domains[0].contrast < 0.2
+    acc, n = _role_accuracy(st, sim.truth)
+    assert n > 100 and acc > 0.98
+    assert st.domains[0].roles_from_spread and any("vary more" in s for s in st.notes)
+    # without the spread the prior decides, wrongly here
+    monkeypatch.setattr(dm, "MIN_SPREAD_Z", np.inf)
+    st = find_domains(sim.image, sim.truth.a_px, "Mo0.5W0.5Se2")
+    assert _role_accuracy(st, sim.truth)[0] < 0.1 and not st.domains[0].roles_from_spread
+
+
+def test_a_binary_keeps_its_prior_where_metal_and_chalcogen_are_equally_bright():
+    # no sublattice is mixed: the spread is not asked, the roles stay the material's
+    sim = simulate("MoSe2", 320, pixel_size=0.1, rotation_deg=13, defect_fraction=0.05, noise=Noise(30, 5), seed=3)
+    st = find_domains(sim.image, sim.truth.a_px, "MoSe2")
+    assert st.mixed is None and not any(d.roles_from_spread for d in st.domains)
+    assert _role_accuracy(st, sim.truth)[0] > 0.98

@@ -28,7 +28,7 @@ from ..materials import CHALCOGENS, METALS, get_material, parse_composition
 from ..sites import Domain, SiteModel
 from .cells import boundary_lines, build_cells, build_sites
 from .columns import Columns, WorkImage, find_columns, work_image
-from .domains import apply_hollow_votes, assign_domains
+from .domains import apply_hollow_votes, assign_domains, mixed_sublattice, roles_by_spread
 from .graph import LatticeGraph, index_columns
 
 __all__ = ["LatticeState", "complete_sites", "find_domains", "find_sites", "measured_a", "x_brighter", "WorkImage",
@@ -73,12 +73,14 @@ class LatticeState:
     domains: list[Domain]
     x_brighter: bool
     notes: list[str] = field(default_factory=list)
+    #: the sublattice the composition mixes ("M", "X"; None: neither or an explicit prior)
+    mixed: str | None = None
 
     def check_hollows(self, points: np.ndarray) -> list[str]:
         """Let points on hollow sites (hexagon centres) check the domains' roles
         (:func:`.domains.apply_hollow_votes`)."""
         notes = apply_hollow_votes(self.graph, self.domain, self.role, self.domains, points, self.x_brighter,
-                                   self.work.noise)
+                                   self.work.noise, work=self.work, mixed=self.mixed)
         self.notes.extend(notes)
         return notes
 
@@ -98,7 +100,9 @@ def find_domains(image: np.ndarray, a_px: float, material: str = "MoTe2", *, wor
     work : WorkImage, optional
         The working image if already made (:func:`.columns.work_image`).
     x_is_brighter : bool, optional
-        Override the material's prior.
+        Override the material's prior (else, where metal and chalcogen columns are about
+        equally bright, an alloy's mixed sublattice is told by its spread:
+        :func:`.domains.roles_by_spread`).
     """
     img = np.asarray(image, dtype=np.float32)
     if work is None:
@@ -107,8 +111,10 @@ def find_domains(image: np.ndarray, a_px: float, material: str = "MoTe2", *, wor
     graph = index_columns(cols.xy, a_px, shape=img.shape)
     prior = x_brighter(material) if x_is_brighter is None else bool(x_is_brighter)
     domain, role, domains = assign_domains(graph, work, prior)
+    mixed = mixed_sublattice(material, PRIOR_Z_EXPONENT) if x_is_brighter is None else None
+    notes = roles_by_spread(graph, work, domain, role, domains, mixed)
     return LatticeState(shape=tuple(img.shape), work=work, columns=cols, graph=graph, domain=domain, role=role,
-                        domains=domains, x_brighter=prior)
+                        domains=domains, x_brighter=prior, notes=notes, mixed=mixed)
 
 
 def complete_sites(state: LatticeState) -> SiteModel:

@@ -14,6 +14,10 @@ Where the two occupied classes are about equally bright, the local order is not 
 and the patch's overall order is used instead, unless the patch splits cleanly into two
 regions in which one or the other class is brighter by several standard errors (a
 weak-contrast inversion or twin domain; an alloy's fluctuations only give a tail).
+
+Where they are about equally bright and the composition mixes only one sublattice (e.g.
+Mo0.5W0.5Se2: Mo and W on the metal sites, Se2 on every chalcogen site), the sublattice
+whose columns vary more from site to site is the mixed one (:func:`roles_by_spread`).
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from ..sites import CANONICAL_PARTNER, Domain
 from .columns import WorkImage
 from .graph import FINE_OFFSETS, LatticeGraph
 
-__all__ = ["apply_hollow_votes", "assign_domains", "hollow_votes", "neighbourhood_matrix", "set_roles",
-           "MIN_DOMAIN_COLUMNS"]
+__all__ = ["apply_hollow_votes", "assign_domains", "hollow_votes", "mixed_sublattice", "neighbourhood_matrix",
+           "roles_by_spread", "set_roles", "MIN_DOMAIN_COLUMNS"]
 
 #: Domains with fewer columns are not kept (their columns count as boundary).
 MIN_DOMAIN_COLUMNS = 10
@@ -45,6 +49,16 @@ MIN_SWAP_MARGIN = 0.2
 #: ... or, where the whole patch's two classes are closer than that, a local difference of
 #: the other sign this many standard errors from zero.
 MIN_SWAP_Z = 3.0
+#: A sublattice is mixed when its columns' expected mean relative deviation (Z^1.7 over the
+#: composition's species) exceeds the other sublattice's by this much.
+MIN_MIXED_SPREAD = 0.1
+#: Where the two occupied classes are closer than MIN_SWAP_MARGIN, the class whose sites'
+#: intensities spread more (interquartile range, this many standard errors: ~1 % by chance)
+#: is the mixed sublattice ...
+MIN_SPREAD_Z = 2.5
+#: ... measured on at least this many sites of each class (bootstrap resamples for the error).
+MIN_SPREAD_SITES = 30
+SPREAD_BOOTSTRAP = 200
 
 _NORM2 = FINE_OFFSETS[:, 0] ** 2 + FINE_OFFSETS[:, 1] ** 2 + FINE_OFFSETS[:, 0] * FINE_OFFSETS[:, 1]
 SHELL1 = FINE_OFFSETS[_NORM2 == 1]
@@ -414,6 +428,131 @@ def set_roles(d: Domain, levels: np.ndarray, hollow_class: int, x_brighter: bool
     d.class_levels = lev
 
 
+def mixed_sublattice(material: str, z_exponent: float = 1.7) -> str | None:
+    """``"M"`` or ``"X"`` where the composition mixes that sublattice clearly more than the
+    other (the expected mean relative deviation of its column intensities, Z^``z_exponent``
+    over the species' shares, chalcogen columns as two independent atoms, exceeds the
+    other's by :data:`MIN_MIXED_SPREAD`), else None (binaries, dilute dopants, both mixed)."""
+    from ..materials import CHALCOGENS, METALS, parse_composition
+
+    comp = parse_composition(str(material))
+
+    def spread(values: list[float], weights: list[float]) -> float:
+        v, w = np.asarray(values, float), np.asarray(weights, float)
+        if len(v) < 2 or w.sum() <= 0:
+            return 0.0
+        w = w / w.sum()
+        mean = float(np.sum(w * v))
+        return float(np.sum(w * np.abs(v / mean - 1.0))) if mean > 0 else 0.0
+
+    ms = comp.shares(comp.metals)
+    xs = comp.shares(comp.chalcogens)
+    s_m = spread([METALS[k] ** z_exponent for k in ms], list(ms.values()))
+    pairs = [(CHALCOGENS[a] ** z_exponent + CHALCOGENS[b] ** z_exponent, fa * fb)
+             for a, fa in xs.items() for b, fb in xs.items()]
+    s_x = spread([p[0] for p in pairs], [p[1] for p in pairs])
+    if s_m - s_x >= MIN_MIXED_SPREAD:
+        return "M"
+    if s_x - s_m >= MIN_MIXED_SPREAD:
+        return "X"
+    return None
+
+
+def _class_site_heights(graph: LatticeGraph, work: WorkImage, members: np.ndarray, cls: int) -> np.ndarray:
+    """Signal at every site of sublattice class ``cls`` that the columns ``members`` (graph
+    indices, one domain) or their nearest neighbours occupy, found or not: each site once,
+    at the mean of the positions its neighbours' local lattices give it; sites outside the
+    image are left out."""
+    sub = graph.sublattice()
+    pos, key = [graph.xy[members[sub[members] == cls]]], [graph.nm[members[sub[members] == cls]]]
+    for st in SHELL1:
+        src = members[(sub[members] + step_class(st)) % 3 == cls]
+        if len(src):
+            pos.append(graph.xy[src] + graph.basis[src] @ st.astype(float))
+            key.append(graph.nm[src] + st)
+    p, k = np.concatenate(pos), np.concatenate(key)
+    if len(p) == 0:
+        return np.zeros(0)
+    _, inv = np.unique(k, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    cnt = np.bincount(inv)
+    xy = np.stack([np.bincount(inv, p[:, 0]) / cnt, np.bincount(inv, p[:, 1]) / cnt], axis=1)
+    w_xy = work.to_work(xy)
+    h, w = work.signal.shape
+    inside = (w_xy[:, 0] >= 0) & (w_xy[:, 1] >= 0) & (w_xy[:, 0] <= w - 1) & (w_xy[:, 1] <= h - 1)
+    return np.asarray(work.sample(xy[inside]), float)
+
+
+def _spread_z(a: np.ndarray, b: np.ndarray, n_boot: int = SPREAD_BOOTSTRAP, max_sites: int = 2000) -> float:
+    """How much more the intensities ``a`` spread than ``b``: the log ratio of their
+    interquartile ranges (relative to each median: a two-species mixture widens it whichever
+    species dominates, a few vacancies do not), in standard errors from a bootstrap (fixed
+    seed; at most ``max_sites`` values of each)."""
+    rng = np.random.default_rng(0)
+    a, b = (v if len(v) <= max_sites else rng.choice(v, max_sites, replace=False) for v in (a, b))
+
+    def log_iqr(v: np.ndarray) -> np.ndarray:
+        med = np.median(v, axis=-1, keepdims=True)
+        q = np.percentile(v / np.maximum(med, 1e-12), [25.0, 75.0], axis=-1)
+        return np.log(q[1] - q[0] + 1e-3)
+
+    if min(len(a), len(b)) < 3 or np.median(a) <= 0 or np.median(b) <= 0:
+        return 0.0
+    d = float(log_iqr(a) - log_iqr(b))
+    boot = log_iqr(a[rng.integers(0, len(a), (n_boot, len(a)))]) - log_iqr(b[rng.integers(0, len(b), (n_boot, len(b)))])
+    return d / max(float(np.std(boot)), 1e-9)
+
+
+def _spread_decides(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, role: np.ndarray, d: Domain,
+                    mixed: str | None) -> bool:
+    """Where domain ``d``'s two occupied classes are about equally bright, let the one whose
+    sites spread more be the ``mixed`` sublattice (swapping the roles if needed). Returns
+    True when the spread decided."""
+    if mixed not in ("M", "X") or d.class_levels is None or d.contrast >= MIN_SWAP_MARGIN:
+        return False
+    members = np.flatnonzero(domain == d.id)
+    hx = _class_site_heights(graph, work, members, d.x_class)
+    hm = _class_site_heights(graph, work, members, d.m_class)
+    if min(len(hx), len(hm)) < MIN_SPREAD_SITES:
+        return False
+    z = _spread_z(hm, hx)  # > 0: the metal class spreads more
+    if abs(z) < MIN_SPREAD_Z:
+        return False
+    m_broader = z > 0
+    if m_broader != (mixed == "M"):
+        h_cls = 3 - d.x_class - d.m_class
+        new_x = d.m_class  # the classes trade roles
+        b_cls = max((d.x_class, d.m_class), key=lambda k: d.class_levels[k])
+        set_roles(d, d.class_levels, h_cls, new_x == b_cls)
+        role[members] = _roles_of(graph.sublattice()[members], d)
+    d.roles_from_spread = True
+    return True
+
+
+def roles_by_spread(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, role: np.ndarray,
+                    domains: list[Domain], mixed: str | None) -> list[str]:
+    """Metal or chalcogen by the site-to-site spread where intensity cannot tell.
+
+    In a domain whose two occupied classes are closer than :data:`MIN_SWAP_MARGIN` (the
+    material's prior on which is brighter then decides little), and where the composition
+    mixes one sublattice (``mixed``, :func:`mixed_sublattice`), the class whose site
+    intensities spread more (interquartile range relative to the median, at least
+    :data:`MIN_SPREAD_Z` standard errors more, on :data:`MIN_SPREAD_SITES` sites or more of
+    each) is that sublattice.
+    Updates ``role`` and ``domains`` in place (``roles_from_spread``); returns notes.
+    """
+    notes = []
+    for d in domains:
+        before = d.m_class
+        if _spread_decides(graph, work, domain, role, d, mixed):
+            what = "metal" if mixed == "M" else "chalcogen"
+            notes.append(f"domain {d.id}: metal and chalcogen columns are about equally bright (contrast "
+                         f"{d.contrast:.2f}); the {what} sublattice is the one whose columns vary more from site "
+                         "to site (the composition mixes it)" + (" (not the material's prior)" if d.m_class != before
+                                                                 else ""))
+    return notes
+
+
 def hollow_votes(graph: LatticeGraph, domain: np.ndarray, points: np.ndarray,
                  tolerance: float = 0.35) -> dict[int, np.ndarray]:
     """Votes of points (e.g. hexagon centres, px) for the sublattice class each sits on, per
@@ -439,14 +578,17 @@ def hollow_votes(graph: LatticeGraph, domain: np.ndarray, points: np.ndarray,
 
 def apply_hollow_votes(graph: LatticeGraph, domain: np.ndarray, role: np.ndarray, domains: list[Domain],
                        points: np.ndarray, x_brighter: bool, noise: float, *, min_votes: int = 10,
-                       min_share: float = 0.7, min_sigmas: float = 3.0) -> list[str]:
+                       min_share: float = 0.7, min_sigmas: float = 3.0, work: WorkImage | None = None,
+                       mixed: str | None = None) -> list[str]:
     """Let hexagon centres (the hollows of 2DIP-Net's hexagons) check each domain's hollows.
 
     Where most of a domain's hexagons sit on another class than the intensities made the
     hollow, and the intensities could not tell (the dimmer column class less than
     ``min_sigmas`` noise standard deviations ``noise`` above the hollow), the domain's
     roles follow the hexagons; where the intensities were clear, the disagreement is
-    reported. Updates ``role`` and ``domains`` in place and returns plain-language notes.
+    reported; given ``work`` and the ``mixed`` sublattice, metal and chalcogen then follow the
+    site spread where it decides (:func:`roles_by_spread`). Updates ``role`` and ``domains``
+    in place and returns plain-language notes.
     """
     notes = []
     votes = hollow_votes(graph, domain, points)
@@ -467,6 +609,9 @@ def apply_hollow_votes(graph: LatticeGraph, domain: np.ndarray, role: np.ndarray
             role[sel] = _roles_of(cls_all[sel], d)
             d.hexagons_on_hollows = float(v[top] / v.sum())
             d.roles_from_hexagons = True
+            d.roles_from_spread = False
+            if work is not None:
+                _spread_decides(graph, work, domain, role, d, mixed)
             notes.append(f"domain {d.id}: the intensities could not tell the hollow sites; taken from the "
                          f"hexagon detector ({100 * d.hexagons_on_hollows:.0f} % of its hexagons there)")
         else:
