@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_tmd_defects.evaluation import match_sites
-from napari_tmd_defects.materials import get_material
+from napari_tmd_defects.materials import get_material, parse_composition
 from napari_tmd_defects.pipeline import analyze, locate_cells
 from napari_tmd_defects.simulation import Noise, simulate
 from napari_tmd_defects.sites import ROLE_M, ROLE_X
@@ -127,3 +127,41 @@ def test_ragged_median_equals_numpy_median_per_list(dtype):
     lists = [np.array([5, 6, 7]), np.array([6, 7])]
     got = _ragged_median(v, lists, np.array([3, 2]))
     assert np.isnan(got[0]) and got[1] == np.median(v[[6, 7]])
+
+
+def _chalcogen_reading(sd, seed=0, empty_level=0.2):
+    """Synthetic WSe2 chalcogen heights (grey levels, host 100) with flat noise ``sd`` (host
+    units) and empty columns raised by blur: the count called per site and the truth."""
+    from napari_tmd_defects.states import MIN_POSTERIOR, _chalcogen_candidates, _fit, _posterior
+
+    rng = np.random.default_rng(seed)
+    cand = _chalcogen_candidates(parse_composition("WSe2"), 34, 80.0)
+    x1 = float(cand.signal[cand.atoms == 1][0])
+    n_true = np.r_[np.full(300, 2), np.full(10, 1), np.full(10, 0)]
+    mean = np.select([n_true == 2, n_true == 1], [1.0, empty_level + (1 - empty_level) * x1], empty_level)
+    h = 100.0 * (mean + sd * rng.standard_normal(len(mean)))
+    k, s, w, _, _, vac, cand = _fit(h, cand, cand.names.index("SeSe"), fixed_fractions=True)
+    post, _ = _posterior(h, k, s, w, cand, vac)
+    p_count = np.stack([post[:, cand.atoms == a].sum(axis=1) for a in (0, 1, 2)], axis=1)
+    called = np.where(p_count.max(axis=1) >= MIN_POSTERIOR, p_count.argmax(axis=1), -1)
+    return called, n_true, _unresolvable_x1(k, s, cand, vac)
+
+
+def _unresolvable_x1(k, s, cand, vac):
+    from napari_tmd_defects.states import _unresolvable
+
+    return bool(_unresolvable(k, s, cand, vac)[cand.atoms == 1].all())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_atom_chalcogen_columns_are_called_only_where_the_noise_allows(seed):
+    # low noise: the one-atom columns are found, and every call is right
+    called, n_true, weak = _chalcogen_reading(0.05, seed)
+    assert not weak
+    assert np.mean(called[n_true == 1] == 1) >= 0.8
+    assert np.all(n_true[called == 1] == 1) and np.all(n_true[called == 0] == 0)
+    # noise comparable to the step between levels (a hard, blurred frame): no one-atom call,
+    # and the state is undetectable in this frame
+    called, n_true, weak = _chalcogen_reading(0.2, seed)
+    assert weak
+    assert not np.any(called == 1)

@@ -13,9 +13,13 @@ above the hollow background) with the levels the states would give:
    columns) are fitted by EM to the
    column intensities, started from every candidate for the dominant level, the best
    likelihood kept; the composition's fractions are a prior, open ones (``x``) are fitted
-   and reported. The noise grows with the signal (:data:`FLAT_NOISE_SHARE`).
+   and reported. The noise grows with the signal (:data:`FLAT_NOISE_SHARE`; a chalcogen
+   column's far less, :data:`CHALCOGEN_FLAT_NOISE_SHARE`). Chalcogen levels sit on the
+   fitted empty column's level, whose uncertainty the posteriors average over, and the
+   fit says how many columns miss atoms, not how they split between one and two.
 3. **Decision.** A site gets the most probable state if its posterior is at least
-   :data:`MIN_POSTERIOR`, else ``unresolved``. A site whose intensity fits no candidate
+   :data:`MIN_POSTERIOR`, else ``unresolved``; a one-atom chalcogen column also needs its
+   level :data:`MIN_STEP_SIGMAS` from the others. A site whose intensity fits no candidate
    (beyond :data:`OUTLIER_SIGMAS`) is an unexpected substituent, its effective Z from the
    calibrated signal.
 4. **Detection limits.** For every state, the chance that a host site is read as it (false
@@ -153,6 +157,17 @@ class _Candidates:
     signal: np.ndarray  # relative to the host column
     atoms: np.ndarray
     prior: np.ndarray  # expected share (composition), sums to 1
+    #: share of the host column's noise variance that does not grow with the signal
+    flat: float = 0.3
+    #: levels on an offset: ``empty + (1 - empty) · signal`` with the fitted empty level
+    offset: bool = False
+    #: an empty column's fitted spread stays at least this share of the flat noise
+    #: (``σ_host √f``, the noise at zero signal): a handful of empty sites can look tighter
+    empty_floor: float = 0.5
+    #: the fit says how many columns miss atoms, the prior how they split between the
+    #: states that miss some (a frame's handful of them cannot: where their levels overlap,
+    #: the EM lets one state swallow the other and its calls become overconfident)
+    split_missing: bool = False
 
 
 def _metal_candidates(comp: Composition, host_z: int, kv: float) -> _Candidates:
@@ -194,28 +209,55 @@ def _chalcogen_candidates(comp: Composition, host_z: int, kv: float) -> _Candida
             prior.append(f1 * f2 * (1 if x1 == x2 else 2))
     ref = float(chalcogen_signal(host_z, host_z, kv))
     p = np.maximum(np.array(prior, float), 1e-3)
-    return _Candidates(names, np.array(sig) / ref, np.array(atoms), p / p.sum())
+    return _Candidates(names, np.array(sig) / ref, np.array(atoms), p / p.sum(), CHALCOGEN_FLAT_NOISE_SHARE,
+                       offset=True, empty_floor=1.0, split_missing=True)
 
 
 def _gauss_logpdf(h: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
     return -0.5 * ((h[:, None] - mu[None]) ** 2 / var[None] + np.log(2 * math.pi * var[None]))
 
 
-#: Noise of a column relative to the host's: ``σ²(S) = σ_host² (f + (1 - f) S)``, with
-#: ``f`` the share that does not grow with the signal (read-out, background, scan noise).
+#: Noise of a metal column relative to the host's: ``σ²(S) = σ_host² (f + (1 - f) S)``,
+#: with ``f`` the share that does not grow with the signal (read-out, background, scan noise).
 FLAT_NOISE_SHARE = 0.3
+#: The same for a chalcogen column. A chalcogen column's height is a small signal on the
+#: tails of its three metal neighbours and on the hollow background, and at low dose, with
+#: blur and 8-bit exports, its scatter hardly depends on its own atoms: on simulated frames
+#: (paper, realistic and hard presets) one- and no-atom columns spread by 0.6-1.4 times
+#: the full ones, and the brighter metal columns by about as much in grey levels. A
+#: one-atom column is read against noise as large as a full column's (a smaller one made
+#: columns half-way between the levels confident one-atom calls).
+CHALCOGEN_FLAT_NOISE_SHARE = 0.5
+#: A one-atom chalcogen state is read only where its level stands at least this many
+#: noise sigmas (pooled over the two levels) from every level with another number of
+#: atoms (as :data:`.pipeline.MIN_LEVEL_SIGMAS` for the classifier's calls): closer, a
+#: frame's heavy tails (contamination, a misplaced column) and a blurred empty column's
+#: raised level make its calls unreliable whatever the posterior says.
+MIN_STEP_SIGMAS = 3.0
 
 
-def _var(k: float, sd_host: float, signal: np.ndarray) -> np.ndarray:
+def _var(k: float, sd_host: float, signal: np.ndarray, flat: float = FLAT_NOISE_SHARE) -> np.ndarray:
     """Variance of every candidate level (grey levels²), see :data:`FLAT_NOISE_SHARE`."""
-    return (sd_host * k) ** 2 * (FLAT_NOISE_SHARE + (1.0 - FLAT_NOISE_SHARE) * np.maximum(signal, 0.0))
+    return (sd_host * k) ** 2 * (flat + (1.0 - flat) * np.maximum(signal, 0.0))
+
+
+def _signal(cand: _Candidates, vac: tuple[float, float] | None = None) -> np.ndarray:
+    """Every state's level relative to the host column. With ``cand.offset`` the levels sit
+    on the empty column's (``vac[0]``): what raises an empty column (the tails of the
+    neighbours, blur, the background) raises every column of the sublattice alike, so a
+    one-atom column lies ``empty + (1 - empty) · S`` (the host stays at 1)."""
+    sig = np.asarray(cand.signal, float)
+    if cand.offset and vac is not None:
+        sig = np.where(sig > 0, vac[0] + (1.0 - vac[0]) * sig, sig)
+    return sig
 
 
 def _levels(k: float, sd: float, cand: _Candidates, vac: tuple[float, float] | None = None):
     """Mean and variance (grey levels) of every candidate state. ``vac = (level, sd)`` of an
     empty column relative to the host (fitted from the frame: blur, contamination and the
     background leave it off zero); None: 0 and the flat noise."""
-    mu, var = k * cand.signal, _var(k, sd, cand.signal)
+    sig = _signal(cand, vac)
+    mu, var = k * sig, _var(k, sd, sig, cand.flat)
     if vac is not None:
         empty = cand.signal <= 0
         mu = np.where(empty, k * vac[0], mu)
@@ -223,11 +265,26 @@ def _levels(k: float, sd: float, cand: _Candidates, vac: tuple[float, float] | N
     return mu, var
 
 
+def _unresolvable(k: float, sd: float, cand: _Candidates, vac=None) -> np.ndarray:
+    """Per state: a chalcogen column state short of full and not empty (one atom) whose
+    level lies closer than :data:`MIN_STEP_SIGMAS` to a level with another number of atoms."""
+    out = np.zeros(len(cand.names), bool)
+    if not cand.split_missing:
+        return out
+    mu, var = _levels(k, sd, cand, vac)
+    for s in np.flatnonzero((cand.atoms > 0) & (cand.atoms < cand.atoms.max())):
+        other = cand.atoms != cand.atoms[s]
+        step = np.abs(mu[other] - mu[s]) / np.sqrt(0.5 * (var[other] + var[s]))
+        out[s] = bool(np.any(step < MIN_STEP_SIGMAS))
+    return out
+
+
 def _with_gamma(cand: _Candidates, gamma: float, ref: float = 1.0) -> _Candidates:
     """The candidates with their signal ratios to ``ref`` (the frame's most common level)
     raised to ``γ``: that level stays where the data put it, the others move."""
     sig = np.where(cand.signal > 0, ref * (np.maximum(cand.signal, 1e-12) / ref) ** gamma, 0.0)
-    return _Candidates(cand.names, sig, cand.atoms, cand.prior)
+    return _Candidates(cand.names, sig, cand.atoms, cand.prior, cand.flat, cand.offset, cand.empty_floor,
+                       cand.split_missing)
 
 
 def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fit_gamma: bool = False,
@@ -255,16 +312,24 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
     span = float(np.ptp(h)) or 1.0
     log_flat = math.log(OUTLIER_SHARE / span)
     best = None
+    full = cand0.atoms == cand0.atoms.max()
     for s in range(len(cand0.names)):
-        if cand0.signal[s] <= 0:
-            continue
+        if cand0.signal[s] <= 0 or (cand0.split_missing and not full[s]):
+            continue  # (chalcogens: most columns of a layer are full)
         gamma, cand = 1.0, cand0
         k = mode / cand.signal[s]
         if k <= 0:
             continue
         w = cand.prior.copy()
-        sd = max(width / k / math.sqrt(FLAT_NOISE_SHARE + (1 - FLAT_NOISE_SHARE) * cand.signal[s]), 0.01)
-        vac = (0.0, sd * math.sqrt(FLAT_NOISE_SHARE))
+        flat = cand0.flat
+        sd = max(width / k / math.sqrt(flat + (1 - flat) * cand.signal[s]), 0.01)
+        vac = (0.0, sd * math.sqrt(flat))
+        if cand0.offset:
+            # blur can raise the empty columns far off zero: start their level where the
+            # frame's lowest columns (below half a one-atom column) stand
+            low = h[h < 0.5 * k * float(np.min(cand0.signal[cand0.signal > 0]))]
+            if len(low) >= MIN_EMPTY_SITES:
+                vac = (float(np.clip(np.median(low) / k, *EMPTY_LEVEL_RANGE)), vac[1])
         ll = -np.inf
         for _ in range(n_iter):
             mu, var = _levels(k, sd, cand, vac)
@@ -279,9 +344,10 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
             # M step: k by weighted least squares, the fractions, the noise (robust: the
             # spread of the sites read as the host)
             wt = post / var[None]
-            den = float(np.sum(wt * cand.signal[None] ** 2))
+            sig = _signal(cand, vac)
+            den = float(np.sum(wt * sig[None] ** 2))
             if den > 0:
-                k = max(float(np.sum(wt * h[:, None] * cand.signal[None])) / den, 1e-9)
+                k = max(float(np.sum(wt * h[:, None] * sig[None])) / den, 1e-9)
             free = (post.sum(axis=0) + 2.0 * cand.prior) / (post.sum() + 2.0)
             if fixed_fractions:
                 # the composition fixes the species' shares among full columns; how many
@@ -290,6 +356,15 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
                 w = np.where(full, cand.prior / max(cand.prior[full].sum(), 1e-12) * free[full].sum(), free)
             else:
                 w = free
+            if cand0.split_missing:
+                miss = cand.atoms < cand.atoms.max()
+                # no preference between one and two missing atoms; the species by the prior
+                share = np.zeros(len(w))
+                for n_at in np.unique(cand.atoms[miss]):
+                    sel = cand.atoms == n_at
+                    share[sel] = cand.prior[sel] / max(cand.prior[sel].sum(), 1e-12)
+                share[miss] /= len(np.unique(cand.atoms[miss]))
+                w = np.where(miss, share * w[miss].sum(), w)
             w = w / w.sum()
             empty = cand.signal <= 0
             pv = post[:, empty].sum(axis=1)
@@ -297,14 +372,14 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
                 m_v = float(np.sum(pv * h) / pv.sum()) / k
                 s_v = math.sqrt(float(np.sum(pv * (h - m_v * k) ** 2) / pv.sum())) / k
                 vac = (float(np.clip(m_v, *EMPTY_LEVEL_RANGE)),
-                       float(np.clip(s_v, 0.5 * sd * math.sqrt(FLAT_NOISE_SHARE), 0.25)))
+                       float(np.clip(s_v, cand0.empty_floor * sd * math.sqrt(flat), 0.25)))
             else:
-                vac = (0.0, sd * math.sqrt(FLAT_NOISE_SHARE))
+                vac = (0.0, sd * math.sqrt(flat))
             best_state = post.argmax(axis=1)
             at = best_state == int(np.argmax(w * (cand.signal > 0)))
             if at.sum() > 5:
-                s_main = cand.signal[int(np.argmax(w * (cand.signal > 0)))]
-                shape = FLAT_NOISE_SHARE + (1.0 - FLAT_NOISE_SHARE) * s_main
+                s_main = _signal(cand, vac)[int(np.argmax(w * (cand.signal > 0)))]
+                shape = flat + (1.0 - flat) * s_main
                 sd = max(1.4826 * float(np.median(np.abs(h[at] - k * s_main))) / (k * math.sqrt(shape)), 0.01)
             if fit_gamma and np.sum(cand0.signal > 0) >= 2:
                 # the marginal likelihood over γ (a species the current γ misplaces sits in
@@ -321,6 +396,10 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
                 gamma = float(gammas[int(np.argmax(q))])
                 cand = _with_gamma(cand0, gamma, ref)
         score = ll + (len(h) * math.log(max(w[host], 1e-3)) if host >= 0 and w[host] < 0.05 else 0.0)
+        if cand0.split_missing and w[~full].sum() > 0.5:
+            # most columns missing atoms: not the layer (a fit that floated the empty and
+            # one-atom levels up to the full columns'), the last resort only
+            score = -np.inf if best is None else best[3] - 1.0
         if best is None or score > best[3]:
             best = (k, sd, w, score, gamma, vac, cand)
     return best
@@ -331,6 +410,20 @@ def _posterior(h: np.ndarray, k: float, sd: float, w: np.ndarray, cand: _Candida
     mu, var = _levels(k, sd, cand, vac)
     var = var * widen
     lp = _gauss_logpdf(h, mu, var) + np.log(np.maximum(w, 1e-12))[None]
+    if cand.offset and vac is not None and EMPTY_LEVEL_RANGE[1] > vac[0]:
+        # an empty column's level is known only roughly: what raises it (blur, the tails
+        # of the metal neighbours) is fitted from the frame's few empty sites, and those
+        # that stand highest are the ones the fit reads as one-atom columns (it is biased
+        # low by up to about their spread). Every level from the fitted one to one spread
+        # of the empty columns above it is as likely; the levels of the other states move
+        # with it (:func:`_signal`), the likelihoods are averaged.
+        ll = []
+        for v in np.linspace(vac[0], min(vac[0] + vac[1], EMPTY_LEVEL_RANGE[1]), 7):
+            mu_v, var_v = _levels(k, sd, cand, (float(v), vac[1]))
+            ll.append(_gauss_logpdf(h, mu_v, var_v * widen))
+        ll = np.stack(ll)
+        m = ll.max(axis=0)
+        lp = m + np.log(np.mean(np.exp(ll - m[None]), axis=0)) + np.log(np.maximum(w, 1e-12))[None]
     lp -= lp.max(axis=1, keepdims=True)
     post = np.exp(lp)
     post /= post.sum(axis=1, keepdims=True)
@@ -348,8 +441,12 @@ def _detection_limits(k, sd_host, w, cand: _Candidates, host: int, n_host: int, 
     post, _ = _posterior(grid, k, sd_host, w, cand, vac, widen)
     dx = grid[1] - grid[0]
     out: dict[str, Any] = {}
+    weak = _unresolvable(k, sd_host, cand, vac)
     for s, name in enumerate(cand.names):
         if s == host:
+            continue
+        if weak[s]:
+            out[name] = "undetectable"
             continue
         called = post[:, s] >= MIN_POSTERIOR
         pdf_h = np.exp(-0.5 * (grid - mu[host]) ** 2 / var[host]) / math.sqrt(2 * math.pi * var[host])
@@ -521,7 +618,9 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 state = np.where(odd & (level < cand.signal[hi]) & (level > floor), "lighter", state)
                 atoms = np.where(odd, 1, atoms)
             else:
-                odd = zmin > OUTLIER_SIGMAS
+                # fits no level, or a one-atom state the frame's noise cannot set apart
+                weak = _unresolvable(k, sd_host, cand, vac)
+                odd = (zmin > OUTLIER_SIGMAS) | (weak[post.argmax(axis=1)] & (atoms >= 0))
                 state = np.where(odd, "unresolved", state)
                 atoms = np.where(odd, -1, atoms)
             out.state[idx], out.atoms[idx], out.probability[idx], out.level[idx] = state, atoms, p, level
