@@ -263,6 +263,21 @@ def test_cli_train_and_evaluate(tmp_path):
     assert (tmp_path / "r" / "img" / "eval_data_j5.png").exists()
 
 
+def test_cli_distils_a_small_classifier(tmp_path, one_thread):
+    data = tmp_path / "data"
+    generate_dataset(data, n=1, size=96, seed=4, pixel_size=0.12, defect_fraction=0.5, n_preview=0)
+    out = tmp_path / "s.pt"
+    rc = main(["train-classifier", "--out", str(out), "--arch", "small", "--teacher", str(default_weights("classifier")),
+               "--distill-temperature", "3", "--n-per-class", "0", "--data", str(data), "--data-repeats", "1",
+               "--val-data", str(data), "--steps", "3", "--batch-size", "8"])
+    assert rc == 0
+    clf = C.load_classifier(out, device="cpu")
+    assert clf.card["model"] == "small" and isinstance(clf.model, torch.nn.Sequential)
+    tr = clf.card["training"]
+    assert "--arch small" in tr["command"] and tr["teacher"]["model"] == "resnet18"
+    assert "distillation" in tr["loss"] and "T = 3.0" in tr["loss"]
+
+
 def test_cli_train_errors_are_one_line(tmp_path, capsys):
     rc = main(["train-classifier", "--out", str(tmp_path / "x.pt"), "--n-per-class", "0"])
     assert rc == 1
@@ -330,3 +345,80 @@ def test_small_input_resnet_is_the_same_function(stem, size, n_dense):
     x = torch.randn(5, 2, size, size)
     with torch.inference_mode():
         torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- small network
+def test_small_arch_builds_runs_and_costs_a_tenth(tmp_path, sample):
+    torch.manual_seed(0)
+    small = C.build_classifier(2, 32, arch="small").eval()
+    with torch.inference_mode():
+        out = small(torch.randn(7, 2, 32, 32))
+    assert out.shape == (7, 6) and torch.isfinite(out).all()
+    ratio = C.classifier_macs(C.build_classifier(2, 32)) / C.classifier_macs(small)
+    assert 10 <= ratio <= 20
+    with pytest.raises(ValueError, match="arch"):
+        C.build_classifier(2, 32, arch="vgg")
+    # card round trip: the loader rebuilds the small network from the card's "model"
+    card = C.make_card(2, 32, "standard", arch="small")
+    assert card["model"] == "small"
+    path = C.save_classifier(tmp_path / "s.pt", small, card)
+    again = C.load_classifier(path, device="cpu")
+    assert isinstance(again.model, torch.nn.Sequential)
+    t = sample.truth
+    p_eager = C.CellClassifier(small, card, "cpu")
+    p1 = again.predict(sample.image, t.cell_box[:30], t.pixel_size)  # compiled on the CPU
+    p0 = p_eager.model(torch.from_numpy(C.extract_crops(C.normalize_image(sample.image, t.pixel_size),
+                                                         t.cell_box[:30]))).softmax(1).detach().numpy()
+    np.testing.assert_allclose(p1, p0, atol=2e-2)  # float16 storage
+    # a card with other widths loads those widths
+    spec = [[8, 3, 2], [16, 3, 2]]
+    narrow = C.build_classifier(2, 32, arch="small", small_layers=spec)
+    C.save_classifier(tmp_path / "n.pt", narrow, dict(card, small_layers=spec))
+    assert C.classifier_macs(C.load_classifier(tmp_path / "n.pt", device="cpu").model) == C.classifier_macs(narrow)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks train fastest on one thread (no waiting on busy cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_distillation_follows_the_teacher(one_thread):
+    # the teacher's rule (class = brightest of six pixels) against useless true labels: with
+    # alpha = 1 the student learns the teacher's classes, not the labels
+    rng = np.random.default_rng(0)
+    n = 192
+    x = rng.normal(0.0, 0.1, (n, 2, 16, 16)).astype(np.float16)
+    cls = rng.integers(0, 6, n)
+    x[np.arange(n), 0, 2 + 2 * cls, 8] = 3.0
+
+    class Teacher(torch.nn.Module):
+        def forward(self, xb):
+            return 4.0 * xb[:, 0, 2::2, 8][:, :6]
+
+    train = C.CropSet(x, np.zeros(n, np.int64))  # every true label says "Perfect"
+    model, _ = C.train_classifier(train, None, arch="small", teacher=Teacher(), distill_alpha=1.0,
+                                  steps=40, batch_size=32, lr=5e-3, log=None, augment=False)
+    pred = C.predict_crops(model, x.astype(np.float32)).argmax(1)
+    assert (pred == cls).mean() > 0.6
+
+
+def test_shipped_small_classifier_loads_by_name_and_agrees_on_a_frame():
+    """``load_classifier("small")`` is the shipped distilled network: a small model whose
+    card says how it was trained, and whose classes on a simulated frame are the truth's."""
+    from napari_tmd_defects import analyze
+    from napari_tmd_defects.classification import classifier_macs, load_classifier
+    from napari_tmd_defects.simulation import Noise, simulate
+
+    small = load_classifier("small", device="cpu")
+    big = load_classifier(None, device="cpu")
+    assert small.card["model"] == "small" and "--arch small" in small.card["training"]["command"]
+    assert classifier_macs(small.model) * 10 < classifier_macs(big.model)
+    sim = simulate("MoTe2", 320, pixel_size=0.1, defect_fraction=0.15, noise=Noise(20, 5), seed=31)
+    a = analyze(sim.image, 0.1, classifier=small)
+    b = analyze(sim.image, 0.1, classifier=big)
+    ok = (a.labels >= 0) & (b.labels >= 0)
+    assert ok.sum() > 50 and np.mean(a.labels[ok] == b.labels[ok]) >= 0.98

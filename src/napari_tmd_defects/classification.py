@@ -11,7 +11,9 @@ Pipeline (2DIP-Net, "Defect classification"; the paper's 2-channel input):
    left half of the box (X column) and the right half (M column), each resized to
    ``S x S`` and stacked; 1 channel: the whole box resized to ``S x S``.
 3. :func:`build_classifier` builds ``torchvision.models.resnet18`` with its first
-   convolution taking 1 or 2 channels and 6 outputs (trained from scratch).
+   convolution taking 1 or 2 channels and 6 outputs (trained from scratch), or (``arch=
+   "small"``) a six-layer CNN with ~14x fewer multiply-adds, trained by distillation from
+   the ResNet-18 (``train_classifier(teacher=...)``).
 4. :class:`CellClassifier` (from :func:`load_classifier`) runs batched inference and
    returns per-cell softmax probabilities; the caller flags low-confidence cells.
 
@@ -69,12 +71,16 @@ from .runtime import (
 )
 
 __all__ = [
+    "ARCHS",
+    "SHIPPED_CLASSIFIERS",
+    "SMALL_LAYERS",
     "DEFAULT_CHANNELS",
     "DEFAULT_INPUT_SIZE",
     "CellClassifier",
     "CropSet",
     "accuracy_summary",
     "build_classifier",
+    "classifier_macs",
     "confusion_matrix",
     "crops_from_corrections",
     "crops_from_dataset",
@@ -97,6 +103,15 @@ DEFAULT_CHANNELS = 2
 #: Normalised intensities are clipped to this range (8-bit saturation, hot pixels).
 _CLIP = (-3.0, 5.0)
 _STEMS = ("standard", "small")
+#: Shipped classifiers by name (:func:`load_classifier`, ``--classifier NAME``).
+SHIPPED_CLASSIFIERS = {"resnet18": "classifier", "small": "classifier_small"}
+#: Network families of :func:`build_classifier` (the card's ``model``).
+ARCHS = ("resnet18", "small")
+#: The "small" network: (output channels, kernel, stride) of its convolutions (each with
+#: batch norm and ReLU), then global average pooling and a linear layer. On 32 px crops:
+#: 16, 8, 8, 4, 4, 2 px feature maps, 2.5 M multiply-adds per cell (ResNet-18: 36 M).
+#: Cards store them as ``small_layers`` (a card's own widths are used when loading).
+SMALL_LAYERS = ((24, 5, 2), (32, 3, 2), (32, 3, 1), (64, 3, 2), (64, 3, 1), (128, 3, 2))
 
 
 # --------------------------------------------------------------------------- intensity
@@ -322,27 +337,79 @@ def jitter_boxes(boxes: np.ndarray, fraction: float, rng: np.random.Generator) -
 
 
 # --------------------------------------------------------------------------- model
+def _small_cnn(in_channels: int, num_classes: int, spec=SMALL_LAYERS):
+    """The ``arch="small"`` network (``spec``: :data:`SMALL_LAYERS`), an ``nn.Sequential``."""
+    import torch.nn as nn
+
+    layers: list = []
+    c = in_channels
+    for out, k, stride in spec:
+        out, k, stride = int(out), int(k), int(stride)
+        conv = nn.Conv2d(c, out, k, stride=stride, padding=k // 2, bias=False)
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        layers += [conv, nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        c = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(c, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def classifier_macs(model, in_channels: int = DEFAULT_CHANNELS, input_size: int = DEFAULT_INPUT_SIZE) -> int:
+    """Multiply-adds of one forward pass on one ``in_channels x S x S`` crop (convolutions
+    and linear layers)."""
+    import torch
+    import torch.nn as nn
+
+    total = [0]
+
+    def hook(m, inp, out):
+        if isinstance(m, nn.Conv2d):
+            total[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total[0] += m.in_features * m.out_features
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model(torch.zeros(1, in_channels, input_size, input_size))
+    finally:
+        for h in hs:
+            h.remove()
+        model.train(was)
+    return int(total[0])
+
+
 def build_classifier(
     in_channels: int = DEFAULT_CHANNELS,
     input_size: int = DEFAULT_INPUT_SIZE,
     num_classes: int = N_CLASSES,
     stem: str = "standard",
+    arch: str = "resnet18",
+    small_layers=None,
 ):
-    """ResNet-18 (torchvision, no pretrained weights) for ``in_channels`` x S x S crops.
+    """A CNN-2 for ``in_channels`` x S x S crops (no pretrained weights).
 
-    ``stem="standard"`` keeps ResNet's 7x7/2 convolution and max-pool (the first
-    convolution takes ``in_channels``); ``"small"`` uses a 3x3/1 convolution without the
-    max-pool (for small inputs; 16x the compute). ``input_size`` is only validated (the
-    network pools globally).
+    ``arch="resnet18"``: torchvision's ResNet-18. ``stem="standard"`` keeps ResNet's 7x7/2
+    convolution and max-pool (the first convolution takes ``in_channels``); ``"small"``
+    uses a 3x3/1 convolution without the max-pool (for small inputs; 16x the compute).
+    ``arch="small"``: six convolutions with batch norm (``small_layers``, default
+    :data:`SMALL_LAYERS`), ~14x fewer multiply-adds than the ResNet-18 on 32 px crops;
+    ``stem`` is ignored.
+    ``input_size`` is only validated (the networks pool globally).
     """
     import torch.nn as nn
     import torchvision
 
     _check_variant(input_size, in_channels)
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     if stem not in _STEMS:
         raise ValueError(f"stem must be one of {_STEMS}, got {stem!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if arch == "small":
+        return _small_cnn(in_channels, num_classes, SMALL_LAYERS if small_layers is None else small_layers)
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     if stem == "standard":
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -613,6 +680,8 @@ def _model_from_card(sd: dict, card: dict, path: Path):
             input_size=int(card["input_size"]),
             num_classes=int(card.get("num_classes", N_CLASSES)),
             stem=str(card.get("stem", "standard")),
+            arch=str(card.get("model", "resnet18")),
+            small_layers=card.get("small_layers"),
         )
         model.load_state_dict(sd)
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
@@ -626,7 +695,10 @@ def load_classifier(path: str | Path | None = None, device: str = "auto", batch_
     Parameters
     ----------
     path : str or Path, optional
-        Weights file; None: the shipped default (``runtime.default_weights("classifier")``).
+        Weights file; None: the shipped default, the ResNet-18
+        (``runtime.default_weights("classifier")``); ``"small"``: the shipped distilled
+        small network (``classifier_small.pt``, ~10x faster per cell; its evaluation is in
+        its card).
     device : "auto", "cpu" or "cuda"
         See :func:`~.runtime.resolve_device`.
 
@@ -635,7 +707,12 @@ def load_classifier(path: str | Path | None = None, device: str = "auto", batch_
     WeightsError
         If the file is missing, corrupt or not a classifier (the message names it).
     """
-    p = Path(path) if path is not None else default_weights("classifier")
+    if path is None:
+        p = default_weights("classifier")
+    elif str(path) in SHIPPED_CLASSIFIERS and not Path(path).exists():
+        p = default_weights(SHIPPED_CLASSIFIERS[str(path)])
+    else:
+        p = Path(path)
     sd, card = load_weights(p)
     model = _model_from_card(sd, card, p)
     return CellClassifier(model, card, resolve_device(device), batch_size=batch_size)
@@ -975,6 +1052,10 @@ def train_classifier(
     val: CropSet | None = None,
     *,
     stem: str = "standard",
+    arch: str = "resnet18",
+    teacher=None,
+    distill_temperature: float = 4.0,
+    distill_alpha: float = 0.7,
     steps: int = 2000,
     batch_size: int = 128,
     lr: float = 2e-3,
@@ -998,6 +1079,13 @@ def train_classifier(
     ----------
     train, val : CropSet
         Crops ``(N, C, S, S)``; C and S set the model's input.
+    arch, stem : str
+        Network (:func:`build_classifier`).
+    teacher : torch.nn.Module, optional
+        A trained classifier (crops -> logits, eval mode) to distil: its logits on the
+        training crops (without the batch augmentation) are computed once, and the loss is
+        ``alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) *
+        cross-entropy`` with ``T = distill_temperature``, ``alpha = distill_alpha``.
     steps : int
         Optimiser steps (one batch each).
     init_state : dict, optional
@@ -1026,10 +1114,12 @@ def train_classifier(
         raise ValueError(f"training crops must be (N, C, S, S), got {train.x.shape}")
     if steps < 1 or batch_size < 1:
         raise ValueError("steps and batch_size must be >= 1")
+    if teacher is not None and not (distill_temperature > 0 and 0.0 <= distill_alpha <= 1.0):
+        raise ValueError("distill_temperature must be > 0 and distill_alpha in [0, 1]")
     channels, size = int(train.x.shape[1]), int(train.x.shape[2])
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = build_classifier(channels, size, N_CLASSES, stem)
+    model = build_classifier(channels, size, N_CLASSES, stem, arch)
     if init_state is not None:
         model.load_state_dict(init_state)
     model = model.to(memory_format=torch.channels_last)
@@ -1038,6 +1128,16 @@ def train_classifier(
                                                 div_factor=10.0, final_div_factor=100.0)
     x_all = torch.from_numpy(np.ascontiguousarray(train.x))
     y_all = torch.from_numpy(train.y.astype(np.int64))
+    t_all = None
+    if teacher is not None:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            t_all = torch.cat([teacher(x_all[i : i + 512].float().contiguous()).float()
+                               for i in range(0, len(x_all), 512)])
+        if log:
+            agree = float((t_all.argmax(1) == y_all).float().mean())
+            log(f"teacher logits on {len(t_all)} crops in {time.perf_counter() - t0:.0f} s "
+                f"(teacher agrees with the labels on {100 * agree:.2f}%)")
     counts = np.bincount(train.y, minlength=N_CLASSES).astype(float)
     w = torch.from_numpy(np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)[train.y])
     hist: dict[str, Any] = {"step": [], "loss": [], "val_step": [], "val_acc": [], "best_val_acc": None,
@@ -1091,7 +1191,13 @@ def train_classifier(
         if augment:
             xb = _augment_batch(xb, gen)
         xb = xb.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(model(xb), y_all[idx])
+        logits = model(xb)
+        loss = F.cross_entropy(logits, y_all[idx])
+        if t_all is not None:
+            temp = distill_temperature
+            kd = F.kl_div(F.log_softmax(logits / temp, 1), F.log_softmax(t_all[idx] / temp, 1),
+                          reduction="batchmean", log_target=True)
+            loss = distill_alpha * temp * temp * kd + (1.0 - distill_alpha) * loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -1134,10 +1240,16 @@ def train_classifier(
 
 
 def make_card(model_channels: int, input_size: int, stem: str, material: str = "MoTe2",
-              training: dict | None = None, scores: dict | None = None) -> dict[str, Any]:
-    """The JSON card stored with classifier weights."""
+              training: dict | None = None, scores: dict | None = None, arch: str = "resnet18") -> dict[str, Any]:
+    """The JSON card stored with classifier weights (``model``: the ``arch``)."""
+    extra: dict[str, Any] = {}
+    if arch == "small":
+        extra["small_layers"] = [list(v) for v in SMALL_LAYERS]
+        extra["layers"] = ("small_layers: (out channels, kernel, stride) of each convolution, each with "
+                           "batch norm and ReLU; then global average pooling and a linear layer")
     return {
-        "model": "resnet18",
+        "model": arch,
+        **extra,
         "task": "unit-cell defect classification (CNN-2)",
         "in_channels": int(model_channels),
         "input": "2 channels: left (X column) and right (M column) half of the cell box"
