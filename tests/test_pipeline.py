@@ -366,3 +366,56 @@ def test_an_undecided_metal_reading_on_a_found_column_does_not_count_a_vacancy(m
     assert np.all(out[undecided] == 0) and np.all(changed[undecided]) and np.all(flagged[undecided])
     assert np.all(out[placed] == 3) and np.all(out[favoured] == 3)
     assert np.all(flagged[placed])  # undecided readings are flagged for review either way
+
+
+def test_a_single_chalcogen_vacancy_on_a_column_read_empty_is_doubtful_not_counted(monkeypatch):
+    """A binary's V_X1 stands where the column reads one atom; where the reading finds the
+    column empty the count is disputed: not counted, flagged, the chalcogen unresolved."""
+    import napari_tmd_defects.states as states_mod
+    from napari_tmd_defects.materials import N_CLASSES
+    from napari_tmd_defects.pipeline import locate_cells, read_states
+
+    sim = simulate("MoTe2", 320, pixel_size=0.1, defect_fraction=0.0, noise=Noise(30, 5), seed=8)
+    frame = locate_cells(sim.image, 0.1, "MoTe2")
+    c = frame.model.cells
+    inner = np.flatnonzero(~c.boundary)
+    empty, one = inner[:10], inner[10:20]
+    real = states_mod.read_site_states
+
+    def reading(m, material, *a, **k):
+        st = real(m, material, *a, **k)
+        for cells, atoms, name in ((empty, 0, "vacant"), (one, 1, "Te")):
+            st.state[c.x[cells]], st.atoms[c.x[cells]] = name, atoms
+            st.count_probability[c.x[cells]] = 0.99
+            st.empty_probability[c.x[cells]] = 0.99 if atoms == 0 else 0.005
+        return st
+
+    monkeypatch.setattr(states_mod, "read_site_states", reading)
+    labels = np.zeros(len(c), int)
+    labels[np.r_[empty, one]] = 1  # V_X1
+    probs = np.full((len(c), N_CLASSES), 0.0006)
+    probs[np.arange(len(c)), labels] = 0.997
+    flagged, x_unres = np.zeros(len(c), bool), np.zeros(len(c), bool)
+    out, changed, info = read_states(frame, labels, flagged, probs, x_unres)
+    assert np.all(out[empty] == 0) and np.all(flagged[empty]) and np.all(x_unres[empty])
+    assert np.all(out[one] == 1) and not x_unres[one].any() and not changed[one].any()
+    assert info["chalcogen_counts_disputed"] == len(empty)
+
+
+def test_reading_confidence_is_the_tempered_probability_of_the_class_counts():
+    """The cell confidence from the column reading: the probability of the class's metal
+    count times the chalcogen column's, each with its log-odds tempered."""
+    from types import SimpleNamespace
+
+    from napari_tmd_defects.pipeline import READING_TEMPERATURE, reading_confidence
+
+    st = SimpleNamespace(count_probability=np.array([0.99, 0.99, 0.6, 0.99]),
+                         empty_probability=np.array([0.001, 0.99, 0.3, 0.001]))
+    cells = SimpleNamespace(m=np.array([0, 1, 0, 0]), x=np.array([3, 1, 2, 3]))
+    labels = np.array([0, 5, 0, -1])  # Perfect; V_M + V_X2; Perfect on a doubtful column; no class
+    conf = reading_confidence(st, cells, labels)
+    t = lambda p: 1 / (1 + ((1 - p) / p) ** (1 / READING_TEMPERATURE))  # noqa: E731
+    assert conf == pytest.approx([t(0.999) * t(0.99), t(0.99) * t(0.99), t(0.999) * t(0.6), 0.0])
+    assert 1.0 < READING_TEMPERATURE and np.all(conf[:3] < np.array([0.999 * 0.99, 0.99 * 0.99, 0.999 * 0.6]))
+    assert reading_confidence(st, cells, labels, temperature=1.0) == pytest.approx(
+        [0.999 * 0.99, 0.99 * 0.99, 0.999 * 0.6, 0.0])
