@@ -8,7 +8,11 @@ Two sweeps of simulated MoTe2 frames (10 % defects, stored as 16-bit counts like
 detector's): every ``--sizes`` frame at ``--size-pixel-size`` (0.1 Å/px), and every
 ``--pixel-sizes`` sampling at ``--sweep-size`` (2048²). Frames are simulated once, each in
 its own process, and cached as ``.npy`` under ``--cache-dir``; simulation time is reported
-but not counted.
+but not counted. Frames from 8192² on are simulated in 512-row strips (``--strip-rows``;
+``simulate(strip_rows=...)``): one lattice with its defects and ground truth, each strip
+rendered with the columns within the probe's reach of it (the noise-free image equals the
+whole-frame render), the shot and read noise drawn strip by strip; ~1.7 GB instead of the
+~14 GB an 8192² frame at 0.1 Å/px needs at once.
 
 Each configuration runs in a fresh process: load the frame and the shipped networks, time
 a reference operation (torchvision ResNet-18 forward, batch 16 at 224², CPU,
@@ -51,6 +55,9 @@ TARGET_2048_REF = 3.0  # × reference op
 TARGET_PER_CELL = 0.20  # ± relative spread of cost per cell
 TARGET_RSS_BYTES = 1.5e9  # at 8192²
 REF_THREADS = 2
+#: frames this large (px) are simulated in strips of this many rows (one lattice, same
+#: noise model; ``simulate(strip_rows=...)``): at once an 8192² frame needs ~14 GB
+STRIP_FROM, STRIP_ROWS = 8192, 512
 QUICK = {"sizes": [512, 1024], "pixel_sizes": [0.06, 0.15], "sweep_size": 1024, "repeats": 1, "ref_runs": 2}
 
 
@@ -110,16 +117,22 @@ def _simulate_worker(args) -> None:
     from napari_tmd_defects.simulation import simulate
 
     t0 = time.perf_counter()
-    sim = simulate(MATERIAL, args.size, pixel_size=args.pixel_size, defect_fraction=DEFECT_FRACTION, seed=args.seed)
+    strips = args.strip_rows if args.strip_rows is not None else (STRIP_ROWS if args.size >= STRIP_FROM else None)
+    sim = simulate(MATERIAL, args.size, pixel_size=args.pixel_size, defect_fraction=DEFECT_FRACTION, seed=args.seed,
+                   strip_rows=strips or None)
     img = sim.image
+    sim.clean = None  # not needed here: half the memory of a large frame
     if args.dtype == "uint16":
         lo, hi = float(img.min()), float(img.max())
-        img = np.round((img - lo) * (65535.0 / max(hi - lo, 1e-12))).astype(np.uint16)
+        img -= lo  # in place: a large frame is not copied in float
+        img *= 65535.0 / max(hi - lo, 1e-12)
+        np.round(img, out=img)
+        img = img.astype(np.uint16)
     else:
         img = img.astype(np.float32)
     np.save(args.frame, img)
     info = {"simulate_s": time.perf_counter() - t0, "peak_rss_mib": _peak_rss_mib(), "dtype": str(img.dtype),
-            "n_cells_true": len(sim.truth.cell_label)}
+            "n_cells_true": len(sim.truth.cell_label), "strip_rows": strips or None}
     Path(args.frame).with_suffix(".json").write_text(json.dumps(info))
 
 
@@ -167,7 +180,8 @@ def _frame_path(cache: Path, size: int, ps: float, seed: int, dtype: str) -> Pat
     return cache / f"{MATERIAL}_{size}px_{ps:g}A_seed{seed}_{dtype}.npy"
 
 
-def ensure_frame(cache: Path, size: int, ps: float, seed: int, dtype: str) -> tuple[Path, dict]:
+def ensure_frame(cache: Path, size: int, ps: float, seed: int, dtype: str,
+                 strip_rows: int | None = None) -> tuple[Path, dict]:
     """The cached frame (simulated in a fresh process when missing) and its simulation info."""
     path = _frame_path(cache, size, ps, seed, dtype)
     meta = path.with_suffix(".json")
@@ -176,6 +190,8 @@ def ensure_frame(cache: Path, size: int, ps: float, seed: int, dtype: str) -> tu
         cache.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, __file__, "--simulate", "--frame", str(path), "--size", str(size),
                "--pixel-size", str(ps), "--seed", str(seed), "--dtype", dtype]
+        if strip_rows is not None:
+            cmd += ["--strip-rows", str(strip_rows)]
         subprocess.run(cmd, check=True)
     info = json.loads(meta.read_text())
     info["cached"] = cached
@@ -343,12 +359,13 @@ def report(rows: list[dict], args, command: str, t_total: float) -> str:
         t, ref = r["res"]["timings"], r["res"]["ref_best_s"]
         cells = " | ".join(f"{t.get(k, 0.0) / ref:.2f}" for k in STAGES)
         lines.append(f"| {r['size']}² at {r['ps']:g} Å/px | {cells} | {r['res']['other'] / ref:.2f} |")
-    lines += ["", "## Frames", "", "| frame | dtype | simulation s | simulation peak RSS MiB | cached |",
-              "|---|---|---:|---:|---|"]
+    lines += ["", "## Frames", "", "| frame | dtype | rendered | simulation s | simulation peak RSS MiB | cached |",
+              "|---|---|---|---:|---:|---|"]
     for r in rows:
         s = r["sim"]
-        lines.append(f"| {r['size']}² at {r['ps']:g} Å/px | {s.get('dtype', '?')} | {s['simulate_s']:.1f} | "
-                     f"{_fmt_mib(s['peak_rss_mib'])} | {'yes' if s['cached'] else 'no'} |")
+        how_sim = f"{s['strip_rows']}-row strips" if s.get("strip_rows") else "whole"
+        lines.append(f"| {r['size']}² at {r['ps']:g} Å/px | {s.get('dtype', '?')} | {how_sim} | "
+                     f"{s['simulate_s']:.1f} | {_fmt_mib(s['peak_rss_mib'])} | {'yes' if s['cached'] else 'no'} |")
     reset = all(r["res"].get("rss_reset") for r in ok)
     how = ("high-water mark reset right before the pipeline ran" if reset
            else "process lifetime peak: the high-water mark could not be reset")
@@ -386,6 +403,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the pipeline (default 2)")
     ap.add_argument("--dtype", choices=("uint16", "float32"), default="uint16", help="stored frame type")
     ap.add_argument("--seed", type=int, default=21)
+    ap.add_argument("--strip-rows", type=int, default=None,
+                    help=f"simulate frames in strips of this many rows (0: whole; default: {STRIP_ROWS} rows from "
+                         f"{STRIP_FROM}² on, whole below)")
     ap.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "tmd_defects_bench_frames",
                     help="simulated frames are kept here as .npy (default: in the temp folder)")
     ap.add_argument("--out", type=Path, default=None,
@@ -424,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
             if "error" not in r["res"]:
                 derive(r["res"])
     for size, ps in [] if args.from_json else configs(args):
-        frame, sim = ensure_frame(args.cache_dir, size, ps, args.seed, args.dtype)
+        frame, sim = ensure_frame(args.cache_dir, size, ps, args.seed, args.dtype, args.strip_rows)
         print(f"{size}² at {ps:g} Å/px: frame {'cached' if sim['cached'] else 'simulated'} "
               f"({sim['simulate_s']:.1f} s to simulate)", flush=True)
         res = run_config(frame, ps, args)

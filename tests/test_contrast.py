@@ -96,3 +96,13 @@ def test_weak_chalcogen_columns_are_warned_about():
     sim = simulate("WS2", shape=320, pixel_size=0.1, noise=Noise(8, 5), seed=3)
     res = analyze(sim.image, 0.1, material="WS2", device="cpu")
     assert any("columns get only" in w for w in res.warnings)
+
+
+def test_match_contrast_leaves_the_input_image_as_it_was():
+    sim = simulate("WSe2", shape=256, pixel_size=0.1, defect_fraction=0.1, seed=4)
+    img = sim.image.copy()
+    m = _match(img, "WSe2")
+    assert m is not None
+    np.testing.assert_array_equal(img, sim.image)  # the remapping works on its own arrays
+    assert m.image.dtype == np.float32 and m.image.shape == img.shape
+    assert not np.shares_memory(m.image, img)

@@ -368,6 +368,23 @@ def test_an_undecided_metal_reading_on_a_found_column_does_not_count_a_vacancy(m
     assert np.all(flagged[placed])  # undecided readings are flagged for review either way
 
 
+def test_float32_frames_are_read_in_place_not_copied():
+    img = np.random.default_rng(1).normal(100, 5, (64, 64)).astype(np.float32)
+    view, _ = prepare_image(img, copy=False)
+    assert np.shares_memory(view, img) and not view.flags.writeable  # no stage can write into the caller's data
+    with pytest.raises(ValueError):
+        view[0, 0] = 0
+    # other types, strided views and the default: a float32 array of its own
+    for other in (img.astype(np.uint16), img.astype(np.float64), img[:, ::2]):
+        out, _ = prepare_image(other, copy=False)
+        assert out.dtype == np.float32 and not np.shares_memory(out, img) and out.flags.writeable
+    assert not np.shares_memory(prepare_image(img)[0], img)
+    bad = img.copy()
+    bad[3, 3] = np.nan
+    out, warn = prepare_image(bad, copy=False)
+    assert np.isfinite(out).all() and np.isnan(bad[3, 3]) and "NaN" in warn[0]
+
+
 def test_a_single_chalcogen_vacancy_on_a_column_read_empty_is_doubtful_not_counted(monkeypatch):
     """A binary's V_X1 stands where the column reads one atom; where the reading finds the
     column empty the count is disputed: not counted, flagged, the chalcogen unresolved."""

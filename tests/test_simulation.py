@@ -5,6 +5,7 @@ import pytest
 
 from napari_tmd_defects.materials import CLASS_VACANCIES, get_material
 from napari_tmd_defects.simulation import (
+    Distortion,
     GroundTruth,
     Noise,
     Optics,
@@ -353,3 +354,25 @@ def test_alloys_and_dopants_are_simulated_with_their_atoms():
     assert m_z.tolist() == [42, 42, 0] and x_z.tolist() == [[52, 52], [52, 0], [52, 52]]
     with pytest.raises(ValueError, match="fractions"):
         simulate("WS2(1-x)Se2x", 64, 0.1)
+
+
+def test_strips_render_the_same_frame_with_the_same_truth():
+    kw = dict(shape=(200, 170), pixel_size=0.1, rotation_deg=17.0, defect_fraction=0.2, seed=3)
+    whole = simulate("MoTe2", noise=Noise(None, 0), **kw)
+    strips = simulate("MoTe2", noise=Noise(None, 0), strip_rows=48, **kw)  # 48 does not divide 200
+    np.testing.assert_allclose(strips.clean, whole.clean, atol=1e-6)
+    np.testing.assert_allclose(strips.image, whole.image, atol=1e-3)
+    np.testing.assert_array_equal(strips.truth.cell_label, whole.truth.cell_label)
+    np.testing.assert_array_equal(strips.truth.cell_x_site, whole.truth.cell_x_site)
+    # noise strip by strip: other draws, the same level
+    noisy, ref = simulate("MoTe2", strip_rows=48, **kw), simulate("MoTe2", **kw)
+    assert noisy.image.dtype == np.float32 and not np.array_equal(noisy.image, ref.image)
+    res, res_ref = noisy.image - 255 * noisy.clean, ref.image - 255 * ref.clean
+    assert np.std(res) == pytest.approx(np.std(res_ref), rel=0.05)
+
+
+def test_strips_refuse_noise_and_jitter_that_act_on_the_whole_frame():
+    with pytest.raises(ValueError, match="pixel-independent"):
+        simulate("MoTe2", 64, pixel_size=0.1, noise=Noise(contamination=0.2), strip_rows=16)
+    with pytest.raises(ValueError, match="row jitter"):
+        simulate("MoTe2", 64, pixel_size=0.1, distortion=Distortion(row_jitter_px=0.5), strip_rows=16)

@@ -611,11 +611,13 @@ def empty_result(shape, material, pixel_size, source, alpha, beta, warnings, low
     )
 
 
-def prepare_image(image: np.ndarray) -> tuple[np.ndarray, list[str]]:
+def prepare_image(image: np.ndarray, copy: bool = True) -> tuple[np.ndarray, list[str]]:
     """Validate an input image -> (2-D float32 copy, warnings).
 
     RGB(A) images are converted to grey; a few non-finite pixels (≤ 5 %) are replaced by
-    the median.
+    the median. ``copy=False``: a C-contiguous float32 image whose pixels are all finite
+    comes back as a read-only view of itself (no second full-size array; nothing can write
+    into the caller's data); any other image is converted as with ``copy=True``.
 
     Raises
     ------
@@ -635,6 +637,11 @@ def prepare_image(image: np.ndarray) -> tuple[np.ndarray, list[str]]:
             "for a stack analyse each frame or sum aligned frames"
         )
     maybe_bad = a.dtype.kind == "f"  # integers convert to finite values
+    if (not copy and a.dtype == np.float32 and a.flags.c_contiguous
+            and (not maybe_bad or np.isfinite(a.sum(dtype=np.float64)))):
+        view = a.view()
+        view.flags.writeable = False
+        return view, warnings
     a = a.astype(np.float32, copy=True)
     # a finite sum means every pixel is finite: the per-pixel mask only when it is not
     bad = ~np.isfinite(a) if maybe_bad and not np.isfinite(a.sum(dtype=np.float64)) else None

@@ -163,12 +163,17 @@ def normalize_image(
         background: np.ndarray | float = float(np.percentile(smooth, 1.0))
     else:
         background = local_background(smooth, get_material(material).a / float(pixel_size))
-    flat = smooth - background
-    scale = float(np.percentile(flat, 99.0))
+    smooth -= background  # in place: the background-free image (no further full-size copies)
+    scale = float(np.percentile(smooth, 99.0, overwrite_input=True))
+    del smooth
     if not np.isfinite(scale) or scale <= 1e-6 * max(1.0, float(np.abs(img).max())):
         return np.zeros(img.shape, np.float32)
-    out = (img - background) / scale
-    return np.clip(out, *_CLIP).astype(np.float32)
+    if isinstance(background, np.ndarray):
+        out = np.subtract(img, background, out=background)  # the background's array becomes the output
+    else:
+        out = img - np.float32(background)
+    out /= np.float32(scale)
+    return np.clip(out, *_CLIP, out=out)
 
 
 # --------------------------------------------------------------------------- crops

@@ -103,15 +103,16 @@ def match_contrast(image: np.ndarray, positions: np.ndarray, roles: np.ndarray, 
     smooth = ndi.gaussian_filter(img, max(0.7, 0.05 * a_px), mode="nearest")
     h, w = img.shape
 
-    def level(p):
+    def level(field, p):
         p = p[(p[:, 0] >= 0) & (p[:, 0] <= w - 1) & (p[:, 1] >= 0) & (p[:, 1] <= h - 1)]
         if not len(p):
             return float("nan")
-        return float(np.median(ndi.map_coordinates(smooth, [p[:, 1], p[:, 0]], order=1, mode="nearest")))
+        return float(np.median(ndi.map_coordinates(field, [p[:, 1], p[:, 0]], order=1, mode="nearest")))
 
-    x_level = level(pos[found & (role == ROLE_X)])
-    m_level = level(pos[found & (role == ROLE_M)])
-    bg = level(pos[role == 2])
+    x_level = level(smooth, pos[found & (role == ROLE_X)])
+    m_level = level(smooth, pos[found & (role == ROLE_M)])
+    bg = level(smooth, pos[role == 2])
+    del smooth  # only the levels were needed: one full-size array fewer from here on
     if not (np.isfinite(x_level) and np.isfinite(m_level) and np.isfinite(bg)) or min(x_level, m_level) - bg <= 0:
         return None
     ratio = ref.z_metal**REFERENCE_Z_EXPONENT / (2.0 * ref.z_chalcogen**REFERENCE_Z_EXPONENT)
@@ -124,9 +125,14 @@ def match_contrast(image: np.ndarray, positions: np.ndarray, roles: np.ndarray, 
     gain_small = np.array([gx, gm, math.sqrt(gx * gm)], np.float32)[which]
     if g > 1:
         gain = np.repeat(np.repeat(gain_small, g, axis=0), g, axis=1)[:h, :w]
-        gain = np.pad(gain, ((0, h - gain.shape[0]), (0, w - gain.shape[1])), mode="edge")
+        if gain.shape != (h, w):  # the grid stops short of the last rows / columns
+            gain = np.pad(gain, ((0, h - gain.shape[0]), (0, w - gain.shape[1])), mode="edge")
     else:
         gain = gain_small[:h, :w]
     gain = ndi.gaussian_filter(gain, 0.05 * a_px)
-    out = ((img - bg) * gain * 255.0).astype(np.float32)
+    # (img - bg) * gain * 255 in the gain's array, a block of rows at a time (no full-size temporaries)
+    out = gain
+    for r0 in range(0, h, 256):
+        out[r0:r0 + 256] *= img[r0:r0 + 256] - np.float32(bg)
+    out *= np.float32(255.0)
     return ContrastMatch(image=out, x_level=x_level, m_level=m_level, background=bg, ratio=ratio)

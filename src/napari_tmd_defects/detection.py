@@ -261,7 +261,8 @@ def normalize_image(image: np.ndarray) -> np.ndarray | None:
     span = float(hi - lo)
     if not math.isfinite(span) or span <= 1e-6 * max(1.0, abs(float(lo)), abs(float(hi))):
         return None
-    out = (img - np.float32(lo)) / np.float32(span)
+    out = img - np.float32(lo)
+    out /= np.float32(span)
     return np.clip(out, -1.0, 3.0, out=out)
 
 
@@ -271,6 +272,8 @@ def _clean_input(image) -> np.ndarray:
         raise ValueError(f"image must be a 2-D grey-level array, got shape {img.shape}")
     if img.dtype.kind not in "biuf":
         raise ValueError(f"image must hold numbers, got dtype {img.dtype}")
+    if img.dtype.kind == "f" and np.isfinite(img.sum(dtype=np.float64)):
+        return img.astype(np.float32, copy=False)  # finite floats: read as they are, no copy
     img = img.astype(np.float32, copy=True)
     bad = ~np.isfinite(img)
     if bad.any():

@@ -42,7 +42,7 @@ from .analysis import (
     prepare_image,
 )
 from .materials import N_CLASSES, get_material, parse_composition
-from .runtime import CancelCallback, ProgressCallback, check_cancel
+from .runtime import CancelCallback, ProgressCallback, check_cancel, release_memory
 from .sites import ROLE_M, ROLE_X, SiteModel
 
 __all__ = ["analyze", "check_pixel_size", "Frame", "PixelSizeCheck"]
@@ -183,7 +183,7 @@ def check_pixel_size(image: np.ndarray, material: str = "MoTe2", pixel_size: flo
                      source: str = "given") -> PixelSizeCheck:
     """Compare ``pixel_size`` (Å/px) with the one the image's lattice implies for
     ``material`` (the lattice search :func:`analyze` makes first; ~0.1–0.2 s)."""
-    img = prepare_image(image)[0]
+    img = prepare_image(image, copy=False)[0]
     mat = get_material(_formula(material))
     lat = _find_lattice(img, mat.name, pixel_size) if min(img.shape) >= 32 and np.ptp(img) > 0 else None
     return PixelSizeCheck(mat.name, None if pixel_size is None else float(pixel_size),
@@ -765,7 +765,7 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
             raise ValueError(f"pixel_size must be a positive number of Å/px, got {pixel_size}")
     if pixel_size_source not in ("given", "metadata"):
         raise ValueError(f"pixel_size_source must be 'given' or 'metadata', got {pixel_size_source!r}")
-    img, warnings = prepare_image(image)
+    img, warnings = prepare_image(image, copy=False)  # float32 input: read in place, not copied
     frame = Frame(image=img, material=_formula(material), pixel_size=pixel_size,
                   pixel_size_source=pixel_size_source if pixel_size is not None else "unknown", warnings=warnings,
                   trust_pixel_size=bool(trust_pixel_size), pixel_size_given=pixel_size)
@@ -1006,6 +1006,7 @@ def analyze(
         frame.model = _complete(frame.state)
         frame.timings["sites"] = frame.timings.get("sites", 0.0) + time.perf_counter() - t0
         found["det_image"] = _model_image(frame, *model_positions(frame.model))
+        release_memory()
         t0 = time.perf_counter()
         boxes, scores, centres = detect_hexagons(frame, found["det"], found["det_image"][0], sub(20, 60), cancel)
         frame.timings["detection"] = time.perf_counter() - t0
@@ -1018,6 +1019,7 @@ def analyze(
     img = frame.image
 
     def timed(name, fn, *args, **kw):
+        release_memory()  # the freed temporaries of the stages before, ahead of this one's full-size arrays
         t0 = time.perf_counter()
         out = fn(*args, **kw)
         frame.timings[name] = frame.timings.get(name, 0.0) + time.perf_counter() - t0
@@ -1074,6 +1076,9 @@ def analyze(
             labels = probs.argmax(axis=1)
             conf = probs.max(axis=1)
             frame.models["classifier"] = _card_summary(getattr(clf, "card", {}))
+    # the networks' (contrast-matched, full-size) image is not needed from here on
+    found.pop("det_image", None)
+    model_img = cls_img = None  # noqa: F841
     if frame.vacuum is not None and probs is not None and n:
         # empty cells (no X, no M) touching the vacuum are part of it
         from .vacuum import grow_into_empty_cells

@@ -57,3 +57,12 @@ def test_background_and_bad_input():
         work_image(np.zeros((64, 64)), 0.0)
     with pytest.raises(ValueError, match="2-D"):
         work_image(np.zeros((4, 4, 4)), 10.0)
+
+
+def test_work_image_at_full_sampling_leaves_the_image_as_it_was():
+    img = simulate("MoTe2", 160, pixel_size=0.15, seed=2).image  # a < WORK_PX_PER_A px: no block averaging
+    keep = img.copy()
+    work = work_image(img, 3.52 / 0.15)
+    assert work.factor == 1 and work.signal.dtype == np.float32
+    np.testing.assert_array_equal(img, keep)
+    assert not np.shares_memory(work.signal, img)

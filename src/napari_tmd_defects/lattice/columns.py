@@ -66,12 +66,17 @@ def _bilinear_on_grid(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, bl
     y0, y1, ty = axis(rows, values.shape[0])
     x0, x1, tx = axis(cols, values.shape[1])
     v = np.asarray(values, float)
-    across = v[:, x0] * (1.0 - tx) + v[:, x1] * tx  # along x on the grid's rows first
     out = np.empty((len(rows), len(cols)), np.float32)
-    for r0 in range(0, len(rows), block):
-        sl = slice(r0, r0 + block)
-        t = ty[sl, None]
-        out[sl] = across[y0[sl]] * (1.0 - t) + across[y1[sl]] * t
+    # a band of columns at a time: along x on the grid's rows first, then along y (no
+    # full-width float64 intermediates)
+    step = 4 * block
+    for c0 in range(0, len(cols), step):
+        cs = slice(c0, c0 + step)
+        across = v[:, x0[cs]] * (1.0 - tx[cs]) + v[:, x1[cs]] * tx[cs]
+        for r0 in range(0, len(rows), block):
+            sl = slice(r0, r0 + block)
+            t = ty[sl, None]
+            out[sl, cs] = across[y0[sl]] * (1.0 - t) + across[y1[sl]] * t
     return out
 
 
@@ -131,14 +136,14 @@ def work_image(image: np.ndarray, a_px: float) -> WorkImage:
     if not (math.isfinite(a_px) and a_px > 0):
         raise ValueError(f"a_px must be a positive number of px, got {a_px!r}")
     f = max(1, int(a_px // WORK_PX_PER_A))
-    small = block_mean(img, f).astype(np.float32)
+    small = block_mean(img, f).astype(np.float32, copy=False)  # f == 1: the image itself, read only
     a_w = a_px / f
     sigma = max(0.6, SMOOTH_A * a_w)
-    smooth = ndi.gaussian_filter(small, sigma, mode="nearest")
-    signal = smooth - local_background(smooth, a_w)
+    signal = ndi.gaussian_filter(small, sigma, mode="nearest")
+    signal -= local_background(signal, a_w)  # in place: the smoothed copy becomes the signal
     # white noise of std s becomes s / (2 sqrt(pi) sigma) after the Gaussian
     noise = _noise_std(small) / (2.0 * math.sqrt(math.pi) * sigma)
-    return WorkImage(signal=signal.astype(np.float32), factor=f, a_work=float(a_w), noise=float(noise))
+    return WorkImage(signal=signal, factor=f, a_work=float(a_w), noise=float(noise))
 
 
 @dataclass
