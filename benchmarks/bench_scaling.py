@@ -147,7 +147,7 @@ def _analyze_worker(args) -> None:
 
     image = np.load(args.frame)
     det = load_detector(None, device="cpu")
-    clf = load_classifier(None, device="cpu")
+    clf = load_classifier(args.classifier, device="cpu")
     refs = [reference_op(args.ref_runs)]  # a block before every timed run and after the last
     torch.set_num_threads(args.threads)
     rss_start = _current_rss_mib()
@@ -202,7 +202,7 @@ def run_config(frame: Path, ps: float, args) -> dict:
     """Run one configuration in a fresh process and return its measurements."""
     cmd = [sys.executable, __file__, "--worker", "--frame", str(frame), "--pixel-size", str(ps),
            "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--ref-runs", str(args.ref_runs)]
+           "--ref-runs", str(args.ref_runs)] + (["--classifier", args.classifier] if args.classifier else [])
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
@@ -309,7 +309,7 @@ def report(rows: list[dict], args, command: str, t_total: float) -> str:
         "",
         (f"Hardware: {hardware()}. Torch {torch.__version__} (CPU), numpy {np.__version__}, "
         f"Python {platform.python_version()}; {args.threads} torch threads for the pipeline, "
-        f"{REF_THREADS} for the reference. Date: {time.strftime('%Y-%m-%d %H:%M')}. "
+        f"{REF_THREADS} for the reference; classifier: {args.classifier or 'resnet18 (default)'}. Date: {time.strftime('%Y-%m-%d %H:%M')}. "
         f"Load average at the start {_num(args.load_start, '.2f')}, at the end "
         f"{_num(None if args.from_json else os.getloadavg()[0], '.2f')}; benchmark wall time "
         f"{_num(t_total and t_total / 60, '.1f')} (min)."),
@@ -401,6 +401,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ref-runs", type=int, default=3,
                     help="reference-op runs per block, one block around each timed run (default 3)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the pipeline (default 2)")
+    ap.add_argument("--classifier", default=None,
+                    help="classifier weights or a shipped name (resnet18, the default; small)")
     ap.add_argument("--dtype", choices=("uint16", "float32"), default="uint16", help="stored frame type")
     ap.add_argument("--seed", type=int, default=21)
     ap.add_argument("--strip-rows", type=int, default=None,

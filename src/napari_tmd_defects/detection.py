@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +242,10 @@ def _resample(image: np.ndarray, scale: float) -> tuple[np.ndarray, tuple[float,
     nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
     if (nh, nw) == (h, w):
         return np.ascontiguousarray(image, dtype=np.float32), (1.0, 1.0)
-    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    src = np.ascontiguousarray(image, dtype=np.float32)
+    with warnings.catch_warnings():  # a caller's read-only frame: only read here, shared without a copy
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        t = torch.from_numpy(src)[None, None]
     out = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1)
     return out[0, 0].numpy(), (nw / w, nh / h)
 

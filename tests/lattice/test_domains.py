@@ -101,6 +101,8 @@ def test_the_mixed_sublattice_comes_from_the_composition():
     assert mixed_sublattice("WS1.4Se0.6") == "X"
     # binaries and dilute dopants mix nothing the spread could show
     assert mixed_sublattice("MoTe2") is None and mixed_sublattice("MoS2:Re0.03") is None
+    # both sublattices mixed (e.g. a real (Mo,W)(S,Se)2 frame): the spread cannot tell them apart
+    assert mixed_sublattice("(W,Mo)(S,Se)2") is None and mixed_sublattice("Mo0.5W0.5SSe") is None
 
 
 @pytest.mark.parametrize("seed", [3, 4])  # Mo the majority, W the majority

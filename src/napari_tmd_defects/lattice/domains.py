@@ -436,6 +436,8 @@ def mixed_sublattice(material: str, z_exponent: float = 1.7) -> str | None:
     from ..materials import CHALCOGENS, METALS, parse_composition
 
     comp = parse_composition(str(material))
+    if len(comp.metals) > 1 and len(comp.chalcogens) > 1:
+        return None  # both sublattices mixed: their shares (often open) cannot say which spreads more
 
     def spread(values: list[float], weights: list[float]) -> float:
         v, w = np.asarray(values, float), np.asarray(weights, float)
