@@ -165,3 +165,13 @@ def test_one_atom_chalcogen_columns_are_called_only_where_the_noise_allows(seed)
     called, n_true, weak = _chalcogen_reading(0.2, seed)
     assert weak
     assert not np.any(called == 1)
+
+
+def test_an_open_chalcogen_alloy_reads_the_same_whatever_the_formula_order():
+    """An open chalcogen alloy's levels are relative to its most common full column, not to
+    the formula's first chalcogen: both orders read the same columns."""
+    sim = simulate("WS1.4Se0.6", 320, 0.1, defect_fraction=0.05, seed=7, noise=Noise(20, 10))
+    a, b = (analyze(sim.image, 0.1, f, use_detector=False) for f in ("WS2(1-x)Se2x", "WSe2(1-x)S2x"))
+    xa, xb = a.site_state_counts()["X"], b.site_state_counts()["X"]
+    assert xa == xb
+    assert a.site_states.host["X"] == b.site_states.host["X"] == "SS"

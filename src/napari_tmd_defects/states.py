@@ -190,7 +190,10 @@ def _metal_candidates(comp: Composition, host_z: int, kv: float) -> _Candidates:
     return _Candidates(names, sig, np.array([0] + [1] * (len(zs) - 1)), p / p.sum())
 
 
-def _chalcogen_candidates(comp: Composition, host_z: int, kv: float) -> _Candidates:
+def _chalcogen_candidates(comp: Composition, host_z: int, kv: float,
+                          ref_pair: tuple[int, int] | None = None) -> _Candidates:
+    """Chalcogen column states; levels relative to the host's full column, or to the full
+    column ``ref_pair`` (two Z) where given (an open alloy: its most common column)."""
     from .zcontrast import chalcogen_signal
 
     species = [(x, CHALCOGENS[x], f) for x, f in comp.shares(comp.chalcogens).items()]
@@ -207,10 +210,20 @@ def _chalcogen_candidates(comp: Composition, host_z: int, kv: float) -> _Candida
             sig.append(float(chalcogen_signal(z1, z2, kv)))
             atoms.append(2)
             prior.append(f1 * f2 * (1 if x1 == x2 else 2))
-    ref = float(chalcogen_signal(host_z, host_z, kv))
+    ref = float(chalcogen_signal(*(ref_pair or (host_z, host_z)), kv))
     p = np.maximum(np.array(prior, float), 1e-3)
     return _Candidates(names, np.array(sig) / ref, np.array(atoms), p / p.sum(), CHALCOGEN_FLAT_NOISE_SHARE,
                        offset=True, empty_floor=1.0, split_missing=True)
+
+
+def _chalcogen_pair(name: str) -> tuple[int, int] | None:
+    """The two Z of a full chalcogen column's state name (``"SSe"`` -> (16, 34))."""
+    import re
+
+    parts = re.findall(r"[A-Z][a-z]?", name)
+    if len(parts) != 2 or any(p not in CHALCOGENS for p in parts):
+        return None
+    return CHALCOGENS[parts[0]], CHALCOGENS[parts[1]]
 
 
 def _gauss_logpdf(h: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -586,8 +599,28 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         for sel, fit_sel in groups:
             if not fit_sel.any():
                 continue
-            k, sd_host, w, _, gamma, vac, cand = _fit(height[fit_sel], cand0, -1 if open_alloy[role] else hi,
-                                                      fixed_fractions=fixed, fit_gamma=role == ROLE_M)
+            k_scale = 1.0  # the reference column's signal over the host's
+            tried = []
+            if role == ROLE_X and open_alloy[role]:
+                # the noise model and the empty level's range are in units of the reference
+                # column: an open alloy's is its most common full column, not the formula's
+                # first. Each full column is tried as the reference; a fit whose most common
+                # column is its reference is self-consistent, the best of those is kept
+                for name in [nm for nm, at in zip(cand0.names, cand0.atoms) if at == cand0.atoms.max()]:
+                    pair = _chalcogen_pair(name)
+                    if pair is None:
+                        continue
+                    f = _fit(height[fit_sel], _chalcogen_candidates(comp, host.z_chalcogen, voltage_kv, pair), -1,
+                             fixed_fractions=fixed)
+                    main = f[6].names[int(np.argmax(f[2] * (f[6].atoms == f[6].atoms.max())))]
+                    scale = float(chalcogen_signal(*pair, voltage_kv)) / host_abs[role]
+                    tried.append((main == name, f[3], f, scale))
+            if tried:
+                _, _, f, k_scale = max(tried, key=lambda t: (t[0], t[1]))
+                k, sd_host, w, _, gamma, vac, cand = f
+            else:
+                k, sd_host, w, _, gamma, vac, cand = _fit(height[fit_sel], cand0, -1 if open_alloy[role] else hi,
+                                                          fixed_fractions=fixed, fit_gamma=role == ROLE_M)
             post, zmin = _posterior(height[sel], k, sd_host, w, cand, vac, widen)
             idx = np.flatnonzero(sel)
             best = post.argmax(axis=1)
@@ -626,18 +659,18 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             out.state[idx], out.atoms[idx], out.probability[idx], out.level[idx] = state, atoms, p, level
             out.count_probability[idx] = p_atoms
             out.empty_probability[idx] = post[:, cand.atoms == 0].sum(axis=1)
-            fits.append((k, sd_host, w, int(fit_sel.sum()), cand, gamma, vac))
+            fits.append((k, sd_host, w, int(fit_sel.sum()), cand, gamma, vac, k_scale))
         if not fits:
             continue
         # the frame's figures: the largest group's fit
-        k, sd_host, w, n_fit, cand, gamma, vac = max(fits, key=lambda f: f[3])
+        k, sd_host, w, n_fit, cand, gamma, vac, k_scale = max(fits, key=lambda f: f[3])
         if role == ROLE_M:
             out.contrast_exponent = round(gamma, 3)
         # an open alloy's host is its most common full column, the formula's first otherwise
         out.host[rname] = (str(cand.names[int(np.argmax(w * (cand.atoms == cand.atoms.max())))])
                            if open_alloy[role] else hosts[role])
         out.sigma[rname] = sd_host
-        out.w_atom_level[rname] = k / host_abs[role]
+        out.w_atom_level[rname] = k / k_scale / host_abs[role]
         read = sel_role & counted & (out.state != "unresolved")
         names_read = out.state[read]
         out.fractions[rname] = {nm: round(float(np.mean(names_read == nm)), 4) for nm in
