@@ -272,7 +272,7 @@ def test_fast_inference_equals_the_torchvision_forward(shipped):
     sim = sample_image(seed=0)
     can, _ = det.prepare_image(sim.image, sim.truth.pixel_size)
     tile = can[:256, :320]
-    b0, s0 = det._predict(shipped.model, tile, "cpu", None)
+    b0, s0 = det._predict(shipped.model, tile, "cpu")
     keep = s0 >= shipped.score_threshold
     b0, s0 = b0[keep], s0[keep]
     b1, s1 = shipped._infer(tile)

@@ -442,27 +442,15 @@ def _random_crop(
 
 
 # --------------------------------------------------------------------------- inference
-def _predict(model, image: np.ndarray, device, backbone=None) -> tuple[np.ndarray, np.ndarray]:
-    """Run the network on one normalised canonical image -> (boxes, scores) in its px.
-
-    ``backbone`` (optional) replaces ``model.backbone`` (e.g. its compiled form,
-    :func:`~.runtime.optimize_for_cpu`); the rest is ``GeneralizedRCNN.forward`` at inference.
-    """
-    from collections import OrderedDict
-
+def _predict(model, image: np.ndarray, device) -> tuple[np.ndarray, np.ndarray]:
+    """Run the network on one normalised canonical image -> (boxes, scores) in its px
+    (torchvision's ``GeneralizedRCNN.forward``; :meth:`HexagonDetector._infer` is the
+    faster equivalent the detector uses)."""
     import torch
 
     t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
     with torch.inference_mode():
-        if backbone is None:
-            out = model([t])[0]
-        else:
-            sizes = [tuple(t.shape[-2:])]
-            images, _ = model.transform([t])
-            features = OrderedDict([("0", backbone(images.tensors))])
-            proposals, _ = model.rpn(images, features)
-            dets, _ = model.roi_heads(features, proposals, images.image_sizes)
-            out = model.transform.postprocess(dets, images.image_sizes, sizes)[0]
+        out = model([t])[0]
     return out["boxes"].cpu().numpy().astype(float), out["scores"].cpu().numpy().astype(float)
 
 
@@ -489,14 +477,6 @@ def _trunk(model):
 
     mean, std = model.transform.image_mean[0], model.transform.image_std[0]
     return Trunk(model.backbone, model.rpn.head, float(mean), float(std)).eval()
-
-
-def _tile_starts(n: int, tile: int, overlap: int) -> list[int]:
-    if n <= tile:
-        return [0]
-    step = tile - overlap
-    k = int(math.ceil((n - tile) / step))
-    return [int(round(i * (n - tile) / k)) for i in range(k + 1)]
 
 
 def _tile_grid(n: int, tile: int, overlap: int, align: int = 8) -> tuple[list[int], int]:

@@ -31,6 +31,7 @@ above the hollow background) with the levels the states would give:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,10 +191,9 @@ def _metal_candidates(comp: Composition, host_z: int, kv: float) -> _Candidates:
     return _Candidates(names, sig, np.array([0] + [1] * (len(zs) - 1)), p / p.sum())
 
 
-def _chalcogen_candidates(comp: Composition, host_z: int, kv: float,
-                          ref_pair: tuple[int, int] | None = None) -> _Candidates:
-    """Chalcogen column states; levels relative to the host's full column, or to the full
-    column ``ref_pair`` (two Z) where given (an open alloy: its most common column)."""
+def _chalcogen_candidates(comp: Composition, host_z: int, kv: float, ref: int | None = None) -> _Candidates:
+    """Chalcogen column states; levels relative to the host's full column, or to the state
+    ``ref`` (an index into the states, a full column: an open alloy's most common one)."""
     from .zcontrast import chalcogen_signal
 
     species = [(x, CHALCOGENS[x], f) for x, f in comp.shares(comp.chalcogens).items()]
@@ -210,20 +210,15 @@ def _chalcogen_candidates(comp: Composition, host_z: int, kv: float,
             sig.append(float(chalcogen_signal(z1, z2, kv)))
             atoms.append(2)
             prior.append(f1 * f2 * (1 if x1 == x2 else 2))
-    ref = float(chalcogen_signal(*(ref_pair or (host_z, host_z)), kv))
+    ref_signal = sig[ref] if ref is not None else float(chalcogen_signal(host_z, host_z, kv))
     p = np.maximum(np.array(prior, float), 1e-3)
-    return _Candidates(names, np.array(sig) / ref, np.array(atoms), p / p.sum(), CHALCOGEN_FLAT_NOISE_SHARE,
+    return _Candidates(names, np.array(sig) / ref_signal, np.array(atoms), p / p.sum(), CHALCOGEN_FLAT_NOISE_SHARE,
                        offset=True, empty_floor=1.0, split_missing=True)
 
 
-def _chalcogen_pair(name: str) -> tuple[int, int] | None:
-    """The two Z of a full chalcogen column's state name (``"SSe"`` -> (16, 34))."""
-    import re
-
-    parts = re.findall(r"[A-Z][a-z]?", name)
-    if len(parts) != 2 or any(p not in CHALCOGENS for p in parts):
-        return None
-    return CHALCOGENS[parts[0]], CHALCOGENS[parts[1]]
+def _main_state(cand: _Candidates, w: np.ndarray) -> int:
+    """The most common full column state of a fit (weights ``w``)."""
+    return int(np.argmax(w * (cand.atoms == cand.atoms.max())))
 
 
 def _gauss_logpdf(h: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
@@ -296,8 +291,7 @@ def _with_gamma(cand: _Candidates, gamma: float, ref: float = 1.0) -> _Candidate
     """The candidates with their signal ratios to ``ref`` (the frame's most common level)
     raised to ``γ``: that level stays where the data put it, the others move."""
     sig = np.where(cand.signal > 0, ref * (np.maximum(cand.signal, 1e-12) / ref) ** gamma, 0.0)
-    return _Candidates(cand.names, sig, cand.atoms, cand.prior, cand.flat, cand.offset, cand.empty_floor,
-                       cand.split_missing)
+    return dataclasses.replace(cand, signal=sig)
 
 
 def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fit_gamma: bool = False,
@@ -422,8 +416,9 @@ def _posterior(h: np.ndarray, k: float, sd: float, w: np.ndarray, cand: _Candida
                widen: float = 1.0):
     mu, var = _levels(k, sd, cand, vac)
     var = var * widen
-    lp = _gauss_logpdf(h, mu, var) + np.log(np.maximum(w, 1e-12))[None]
-    if cand.offset and vac is not None and EMPTY_LEVEL_RANGE[1] > vac[0]:
+    if not (cand.offset and vac is not None and EMPTY_LEVEL_RANGE[1] > vac[0]):
+        lp = _gauss_logpdf(h, mu, var) + np.log(np.maximum(w, 1e-12))[None]
+    else:
         # an empty column's level is known only roughly: what raises it (blur, the tails
         # of the metal neighbours) is fitted from the frame's few empty sites, and those
         # that stand highest are the ones the fit reads as one-atom columns (it is biased
@@ -595,26 +590,23 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             rest &= ~sel
         if rest.any():
             groups.append((rest, frame_sel if np.sum(rest & counted) < MIN_SITES_PER_FIT else rest & counted))
+        # the noise model and the empty level's range are in units of the reference column:
+        # an open chalcogen alloy's is its most common full column, not the formula's first.
+        # Each full column is tried as the reference; a fit whose most common column is its
+        # reference is self-consistent, the best of those is kept
+        refs = []
+        if role == ROLE_X and open_alloy[role]:
+            refs = [(int(r), _chalcogen_candidates(comp, host.z_chalcogen, voltage_kv, int(r)))
+                    for r in np.flatnonzero(cand0.atoms == cand0.atoms.max())]
         fits = []
         for sel, fit_sel in groups:
             if not fit_sel.any():
                 continue
             k_scale = 1.0  # the reference column's signal over the host's
             tried = []
-            if role == ROLE_X and open_alloy[role]:
-                # the noise model and the empty level's range are in units of the reference
-                # column: an open alloy's is its most common full column, not the formula's
-                # first. Each full column is tried as the reference; a fit whose most common
-                # column is its reference is self-consistent, the best of those is kept
-                for name in [nm for nm, at in zip(cand0.names, cand0.atoms) if at == cand0.atoms.max()]:
-                    pair = _chalcogen_pair(name)
-                    if pair is None:
-                        continue
-                    f = _fit(height[fit_sel], _chalcogen_candidates(comp, host.z_chalcogen, voltage_kv, pair), -1,
-                             fixed_fractions=fixed)
-                    main = f[6].names[int(np.argmax(f[2] * (f[6].atoms == f[6].atoms.max())))]
-                    scale = float(chalcogen_signal(*pair, voltage_kv)) / host_abs[role]
-                    tried.append((main == name, f[3], f, scale))
+            for r, cand_r in refs:
+                f = _fit(height[fit_sel], cand_r, -1, fixed_fractions=fixed)
+                tried.append((_main_state(f[6], f[2]) == r, f[3], f, float(cand0.signal[r])))
             if tried:
                 _, _, f, k_scale = max(tried, key=lambda t: (t[0], t[1]))
                 k, sd_host, w, _, gamma, vac, cand = f
@@ -667,8 +659,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         if role == ROLE_M:
             out.contrast_exponent = round(gamma, 3)
         # an open alloy's host is its most common full column, the formula's first otherwise
-        out.host[rname] = (str(cand.names[int(np.argmax(w * (cand.atoms == cand.atoms.max())))])
-                           if open_alloy[role] else hosts[role])
+        out.host[rname] = str(cand.names[_main_state(cand, w)]) if open_alloy[role] else hosts[role]
         out.sigma[rname] = sd_host
         out.w_atom_level[rname] = k / k_scale / host_abs[role]
         read = sel_role & counted & (out.state != "unresolved")
