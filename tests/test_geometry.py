@@ -82,6 +82,37 @@ def test_estimate_lattice_sees_no_lattice_in_noise():
     assert geo.estimate_lattice(np.ones((64, 64))) is None
 
 
+def test_lattice_spectrum_helpers_match_their_reference_forms(rng):
+    from scipy import fft as sfft
+    from scipy import ndimage as ndi
+
+    for shape, n in (((100, 130), 256), ((64, 64), 64)):
+        img = rng.normal(size=shape)
+        ref = np.fft.fftshift(np.abs(sfft.fft2(img, s=(n, n))) ** 2)
+        power = geo._power_spectrum(img, n)
+        assert power.shape == (n, n)
+        np.testing.assert_allclose(power, ref, rtol=1e-9, atol=1e-9 * ref.max())
+        # the 3 x 3 mean is ndimage's running sum (same values to round-off, bit for bit with scipy 1.17)
+        np.testing.assert_allclose(geo._mean3(geo._mean3(power, 0), 1), ndi.uniform_filter(power, 3),
+                                   rtol=1e-12, atol=1e-12 * power.max())
+    x = rng.normal(size=(20, 31))
+    top = geo._max7(x)
+    assert top.shape == (14, 25)
+    assert np.array_equal(top, ndi.maximum_filter(x, size=7)[3:-3, 3:-3])
+
+
+@pytest.mark.parametrize("pixel_size, rotation, size", [(0.5, 10.0, 160), (0.3, -20.0, 256), (0.25, 0.0, 600)])
+def test_estimate_lattice_finds_fine_lattices(pixel_size, rotation, size):
+    # a = 7 px sits near the band's outer edge (6 px); 600 px frames get no zero padding
+    from napari_tmd_defects.simulation import simulate
+
+    sim = simulate(shape=size, pixel_size=pixel_size, rotation_deg=rotation, seed=2)
+    est = geo.estimate_lattice(sim.image)
+    assert 3.52 / est.a_px == pytest.approx(pixel_size, rel=0.01)
+    assert est.rotation_deg == pytest.approx(rotation, abs=0.5)
+    assert est.strength > 10
+
+
 # --------------------------------------------------------------------------- casting
 from napari_tmd_defects.simulation import Distortion, simulate
 

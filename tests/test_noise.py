@@ -40,3 +40,44 @@ def test_a_frame_without_shot_noise_is_not_poisson_limited_and_lambda_stays_fini
     e2 = estimate_noise(shot.image)
     assert e2.poisson_limited and e2.poisson_lambda == pytest.approx(12, rel=0.3)
     assert "not Poisson-limited" not in e2.describe()
+
+
+def test_histogram_order_statistics_equal_numpy(rng):
+    from napari_tmd_defects.noise import _Histogram
+
+    q = np.linspace(0.02, 0.98, 17)
+    for v in (rng.normal(size=5000), rng.integers(0, 5, size=3001).astype(float), rng.exponential(size=7) ** 3,
+              np.full(100, 2.5)):
+        h = _Histogram(v)
+        edges = np.quantile(v, q)
+        assert np.array_equal(h.quantiles(q), edges)
+        assert np.array_equal(h.count_le(edges, v), np.searchsorted(edges, v, side="right"))
+
+
+@pytest.mark.parametrize("kind", ["smooth", "plateaus", "flat half"])
+def test_local_peaks_are_skimage_peak_local_max(rng, kind):
+    from scipy import ndimage as ndi
+    from skimage.feature import peak_local_max
+
+    from napari_tmd_defects.noise import _local_peaks
+
+    img = ndi.gaussian_filter(rng.normal(size=(90, 120)), 2.0)
+    if kind == "plateaus":
+        img = np.round(img * 8)
+    elif kind == "flat half":
+        img[:45] = img.max()
+    for md, border in ((4, 4), (1, 0), (6, 2)):
+        ref = peak_local_max(img, min_distance=md, exclude_border=border)
+        got = _local_peaks(img, md, border)
+        assert len(ref) > 0 and sorted(map(tuple, got)) == sorted(map(tuple, ref))
+    assert len(_local_peaks(np.ones((30, 30)), 3, 3)) == 0
+
+
+def test_gaussian_is_ndimage_gaussian_filter(rng):
+    from scipy import ndimage as ndi
+
+    from napari_tmd_defects.noise import _gaussian, _transposed
+
+    img = rng.normal(size=(150, 97))
+    assert np.array_equal(_transposed(img), img.T)
+    np.testing.assert_allclose(_gaussian(img, 2.5), ndi.gaussian_filter(img, 2.5), rtol=0, atol=1e-12)

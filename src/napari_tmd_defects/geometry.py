@@ -163,14 +163,50 @@ def _power_spectrum(img: np.ndarray, n: int) -> np.ndarray:
     """``|fftshift(fft2(img, s=(n, n)))|²`` of a real image, from its half spectrum (rfft2)."""
     from scipy import fft as sfft
 
-    half = sfft.rfft2(img, s=(n, n))
+    # rfft2(img, s=(n, n)) value for value, without transforming the zero-padded rows
+    half = sfft.fft(sfft.rfft(img, n=n, axis=1), n=n, axis=0)
     half = half.real**2 + half.imag**2
-    m = half.shape[1]
+    c = n // 2
     power = np.empty((n, n))
-    power[:, :m] = half
-    # P(ky, kx) = P(-ky, -kx) for the columns the half spectrum leaves out
-    power[:, m:] = half[(-np.arange(n)) % n][:, n - np.arange(m, n)]
-    return np.fft.fftshift(power)
+    # shifted (y, x) holds P((y - c) % n, (x - c) % n); P(ky, kx) = P(-ky, -kx) gives the
+    # columns the half spectrum leaves out (x in 1 .. c - 1)
+    power[:c, c:] = half[c:, :c]
+    power[c:, c:] = half[:c, :c]
+    power[:c, 0] = half[c:, c]
+    power[c:, 0] = half[:c, c]
+    power[:c, 1:c] = half[c:0:-1, c - 1:0:-1]
+    power[c, 1:c] = half[0, c - 1:0:-1]
+    power[c + 1:, 1:c] = half[n - 1:c:-1, c - 1:0:-1]
+    return power
+
+
+def _mean3(x: np.ndarray, axis: int) -> np.ndarray:
+    """``ndimage.uniform_filter1d(x, 3, axis)`` (mode 'reflect'), value for value: the same
+    running sum along each line (``n >= 3``)."""
+    x = np.moveaxis(x, axis, 0)
+    out = np.empty_like(x)
+    out[0] = (x[0] + x[0]) + x[1]
+    np.subtract(x[2], x[0], out=out[1])
+    np.subtract(x[3:], x[:-3], out=out[2:-1])
+    np.subtract(x[-1], x[-3], out=out[-1])
+    if axis == 0:  # row by row: numpy's cumsum down the columns of a C array is ~10x slower
+        for i in range(1, len(out)):
+            np.add(out[i - 1], out[i], out=out[i])
+    else:
+        np.cumsum(out, axis=0, out=out)
+    out /= 3.0
+    return np.moveaxis(out, 0, axis)
+
+
+def _max7(x: np.ndarray) -> np.ndarray:
+    """Largest value in the 7 x 7 window around each pixel at least 3 px inside ``x``
+    (shape ``(rows - 6, cols - 6)``)."""
+    for axis in (0, 1):
+        x = np.moveaxis(x, axis, 0)
+        m2 = np.maximum(x[:-1], x[1:])
+        m4 = np.maximum(m2[:-2], m2[2:])
+        x = np.moveaxis(np.maximum(m4[:-3], m4[3:]), 0, axis)
+    return x
 
 
 def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
@@ -184,62 +220,73 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
     n = int(2 ** math.ceil(math.log2(max(h, w, 128)))) * (2 if max(h, w) <= 512 else 1)
     power = _power_spectrum((img - img.mean()) * win, n)
     c = n // 2
-    k1 = (np.arange(n) - c) / n
-    ky, kx = k1[:, None], k1[None, :]  # cycles per px, y down
-    kr = np.hypot(ky, kx)
+    k1 = (np.arange(n) - c) / n  # cycles per px, y down
     # {100} spatial frequency for a lattice constant a: 2 / (sqrt(3) a)
     kmin = 2.0 / (SQRT3 * min(a_range_px[1], max(h, w) / 2.0))
     kmax = min(2.0 / a_range_px[0], 0.45)
+    sm = _mean3(_mean3(power, 0), 1)  # ndimage.uniform_filter(power, 3)
+    # local maxima (7 x 7) in the band kmin < |k| < kmax with ky >= 0 (the power is
+    # symmetric); the band lies more than 3 px inside rows c-3 .. c+r, columns c-r .. c+r
+    r = min(math.ceil(kmax * n) + 4, c - 1)
+    kr = np.hypot(k1[c:c + r - 2, None], k1[None, c - r + 3:c + r - 2])
     band = (kr > kmin) & (kr < kmax)
     if not band.any():
         return None
-    from scipy import ndimage as ndi
-
-    sm = ndi.uniform_filter(power, 3)
-    # local maxima with ky >= 0 (the power is symmetric): the filter needs 3 rows above
-    lower = sm[c - 3:]
-    peaks = (lower == ndi.maximum_filter(lower, size=7))[3:] & band[c:]
-    idx = np.flatnonzero(peaks) + c * n
-    if idx.size == 0:
+    inner = sm[c:c + r - 2, c - r + 3:c + r - 2]
+    py, px = np.nonzero((inner == _max7(sm[c - 3:c + r + 1, c - r:c + r + 1])) & band)
+    if py.size == 0:
         return None
-    idx = idx[np.argsort(sm.ravel()[idx])[::-1][:8]]
+    order = np.argsort(inner[py, px])[::-1][:8]
+    iys, ixs = py[order] + c, px[order] + c - r + 3
 
-    def ring_power(rad: float, theta: float) -> float:
-        """Power at the six reflections of one ring (3 x 3 maximum around each)."""
-        tot = 0.0
-        for m in range(6):
-            t = math.radians(theta + 60.0 * m)
-            py, px = c + rad * n * math.sin(t), c + rad * n * math.cos(t)
-            iy, ix = int(round(py)), int(round(px))
-            if 1 <= iy < n - 1 and 1 <= ix < n - 1:
-                tot += sm[iy - 1 : iy + 2, ix - 1 : ix + 2].max()
-        return tot
+    def ring_powers(rings) -> np.ndarray:
+        """Power at the six reflections of each ring ``(radius, angle)`` (largest 3 x 3 mean
+        around each reflection)."""
+        ys, xs, owner = [], [], []
+        for k, (rad, theta) in enumerate(rings):
+            for m in range(6):
+                t = math.radians(theta + 60.0 * m)
+                py, px = c + rad * n * math.sin(t), c + rad * n * math.cos(t)
+                iy, ix = int(round(py)), int(round(px))
+                if 1 <= iy < n - 1 and 1 <= ix < n - 1:
+                    ys.append(iy)
+                    xs.append(ix)
+                    owner.append(k)
+        if not ys:
+            return np.zeros(len(rings))
+        d = np.arange(-1, 2)
+        vals = sm[(np.array(ys)[:, None, None] + d[:, None]), (np.array(xs)[:, None, None] + d)]
+        vals = vals.reshape(len(ys), 9).max(axis=1)
+        return np.bincount(owner, weights=vals, minlength=len(rings))
 
-    def power_at(k100: float, theta: float) -> float:
-        return ring_power(k100, theta) + ring_power(k100 * SQRT3, theta + 30.0)
+    def around(rad: float, theta: float) -> list[tuple[float, float]]:
+        """A ring and the same ring turned 15, 30 and 45° (between reflections)."""
+        return [(rad, theta + d) for d in (0.0, 15.0, 30.0, 45.0)]
 
-    def ring_contrast(rad: float, theta: float) -> float:
+    def contrast(p: np.ndarray) -> float:
         """Power at a ring's reflections over the same ring turned 15-45° away from them."""
-        off = np.mean([ring_power(rad, theta + d) for d in (15.0, 30.0, 45.0)])
-        return ring_power(rad, theta) / max(off, 1e-30)
+        return float(p[0] / max(np.mean(p[1:]), 1e-30))
 
     # The honeycomb's {100}, {110} and {300} rings make the lattice look sqrt(3) smaller or
     # larger than it is. Every candidate ring is judged by how far its six reflections stand
     # out of the same ring turned 15-45° away (noise and contamination give ~1): the largest
     # lattice whose first ring clearly stands out wins (a real lattice has reflections
     # there); without one, the best combined contrast of both rings.
-    cands = []
-    for i in idx:
-        pk = kr.ravel()[i]
-        th = math.degrees(math.atan2(k1[i // n], k1[i % n]))
+    trials = []
+    for iy, ix in zip(iys, ixs):
+        pk = float(np.hypot(k1[iy], k1[ix]))
+        th = math.degrees(math.atan2(k1[iy], k1[ix]))
         for k100, theta in ((pk, th), (pk / SQRT3, th - 30.0)):
-            if not (kmin <= k100 <= kmax):
-                continue
-            r1 = ring_contrast(k100, theta)
-            r2 = ring_contrast(k100 * SQRT3, theta + 30.0)
-            cands.append((2.0 * math.log(max(r1, 1e-12)) + math.log(max(r2, 1e-12)), k100, theta, r1))
-    if not cands:
+            if kmin <= k100 <= kmax:
+                trials.append((k100, theta))
+    if not trials:
         return None
+    rings = [ring for k100, theta in trials for ring in around(k100, theta) + around(k100 * SQRT3, theta + 30.0)]
+    pw = ring_powers(rings).reshape(len(trials), 2, 4)
+    cands = []
+    for (k100, theta), p in zip(trials, pw):
+        r1, r2 = contrast(p[0]), contrast(p[1])
+        cands.append((2.0 * math.log(max(r1, 1e-12)) + math.log(max(r2, 1e-12)), k100, theta, r1))
     clear = [c for c in cands if c[3] >= MIN_RING_CONTRAST]
     if a_hint is not None:
         # a first-order ring at 2 / (sqrt(3) a): the candidates that fit the expectation
@@ -252,7 +299,10 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
     else:
         best = max(cands, key=lambda c: c[0])
     _, k100, theta, _ = best
-    best = (power_at(k100, theta), k100, theta)
+    # the pattern's power (both rings) at the lattice and turned 15, 30, 45° away from it
+    turns = (0.0, 15.0, 30.0, 45.0)
+    pw = ring_powers([(k100, theta + d) for d in turns] + [(k100 * SQRT3, theta + d + 30.0) for d in turns])
+    on = pw[:4] + pw[4:]
     # refine three {100} reflections (and use their {110} sums) to get the reciprocal basis
     g = []
     r_search = max(2, int(round(0.05 * k100 * n)))
@@ -284,8 +334,7 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
     a2 = next(v for v in cands if abs(((math.degrees(math.atan2(-v[1], v[0])) - (rot - 60.0) + 180) % 360) - 180) < 20)
     a_px = float((np.linalg.norm(a1) + np.linalg.norm(a2)) / 2.0)
     # strength: lattice reflections over the same pattern turned away from them
-    off = np.mean([power_at(k100, theta + d) for d in (15.0, 30.0, 45.0)])
-    strength = float(best[0] / max(off, 1e-30))
+    strength = float(on[0] / max(np.mean(on[1:]), 1e-30))
     return LatticeEstimate(a_px=a_px, rotation_deg=float(rot), a1=np.asarray(a1), a2=np.asarray(a2), strength=strength)
 
 
