@@ -110,6 +110,96 @@ def test_normalize_image_bad_input():
     assert C.normalize_image(np.random.default_rng(0).random((5, 7)), 0.03).shape == (5, 7)  # tiny image
 
 
+def _whole_frame_normalisation(image, pixel_size=None, material="MoTe2"):
+    """normalize_image written out on whole frames (three full-size arrays)."""
+    from scipy import ndimage as ndi
+
+    from napari_tmd_defects.lattice.columns import local_background
+    from napari_tmd_defects.materials import get_material
+
+    img = np.asarray(image, np.float32)
+    smooth = ndi.gaussian_filter(img, 1.0 if pixel_size is None else max(0.7, 0.25 / pixel_size), mode="nearest")
+    bg = (np.float32(np.percentile(smooth, 1.0)) if pixel_size is None
+          else local_background(smooth, get_material(material).a / pixel_size))
+    scale = np.float32(np.percentile(smooth - bg, 99.0))
+    return np.clip((img - bg) / scale, -3.0, 5.0)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_normalisation_in_bands_equals_the_whole_frame_one(sample, monkeypatch, keep):
+    # bands of 40 rows (the smoothing's reach crosses them), background kept or recomputed
+    monkeypatch.setattr(C, "_NORM_BAND_ROWS", 40)
+    monkeypatch.setattr(C, "_KEEP_BACKGROUND_BYTES", 2**40 if keep else 0)
+    img, ps = sample.image[:, :250], sample.truth.pixel_size
+    counts = np.round(img / img.max() * 4000 + 100).astype(np.uint16)
+    for image, p in ((img, ps), (counts, ps), (img, None), (img, 0.4)):  # 0.4 Å/px: background at full resolution
+        np.testing.assert_array_equal(C.normalize_image(image, p), _whole_frame_normalisation(image, p))
+    hot = img.astype(np.float64)
+    hot[5, 7], hot[9, 9] = np.nan, np.inf  # non-finite pixels read as the median
+    fixed = np.where(np.isfinite(hot), hot, np.median(hot[np.isfinite(hot)]))
+    np.testing.assert_array_equal(C.normalize_image(hot, ps), _whole_frame_normalisation(fixed, ps))
+
+
+def test_normalisation_holds_one_full_size_array(monkeypatch):
+    import tracemalloc
+
+    monkeypatch.setattr(C, "_KEEP_BACKGROUND_BYTES", 0)  # as for a large frame ...
+    monkeypatch.setattr(C, "_NORM_BAND_ROWS", 64)  # ... in many bands
+    sim = simulate("MoTe2", 160, pixel_size=0.1, noise=Noise(None, 0), seed=4)
+    counts = np.tile(np.round(sim.image / sim.image.max() * 4000).astype(np.uint16), (6, 6))  # 960² px
+    C.normalize_image(counts[:64, :64], 0.1)
+    tracemalloc.start()
+    try:
+        out = C.normalize_image(counts, 0.1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.dtype == np.float32
+    # the output plus bands (a whole-frame version holds >= 3 float32 copies of the frame)
+    assert peak < 1.5 * out.nbytes, f"peak {peak / 2**20:.1f} MiB for a {out.nbytes / 2**20:.1f} MiB frame"
+
+
+def _frame_crops_per_cell(img, frames, box, size, channels):
+    """Frame crops written out: each cell's own sampling grid, one grid_sample per cell."""
+    import torch.nn.functional as F
+
+    h, w = img.shape
+    fr = np.asarray(frames, np.float64)
+    x0, y0, x1, y1 = box
+    halves = [(x0, x1)] if channels == 1 else [(x0, 0.5 * (x0 + x1)), (0.5 * (x0 + x1), x1)]
+    kx, ky = C._frame_samples(fr, box, size, channels)
+    tx = (np.arange(size * kx) + 0.5) / (size * kx)
+    ty = (np.arange(size * ky) + 0.5) / (size * ky)
+    t = torch.from_numpy(np.asarray(img, np.float32))[None, None]
+    out = []
+    for f in fr:
+        chans = []
+        for lo, hi in halves:
+            vv, uu = np.meshgrid(y0 + ty * (y1 - y0), lo + tx * (hi - lo), indexing="ij")
+            px = f[:, :2] @ np.stack([uu.ravel(), vv.ravel()]) + f[:, 2:]
+            g = np.stack([(px[0] + 0.5) / w * 2 - 1, (px[1] + 0.5) / h * 2 - 1], -1).reshape(1, size * ky, size * kx, 2)
+            smp = F.grid_sample(t, torch.from_numpy(g).float(), mode="bilinear", padding_mode="zeros", align_corners=False)
+            chans.append(F.avg_pool2d(smp, (ky, kx))[0, 0].numpy())
+        out.append(np.stack(chans))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("scale, size, channels", [(1.0, 16, 2), (3.0, 8, 2), (2.0, 8, 1)])
+def test_frame_crops_of_all_cells_at_once_equal_per_cell_crops(scale, size, channels):
+    rng = np.random.default_rng(5)
+    img = rng.random((90, 120)).astype(np.float32)
+    n = 7
+    th = rng.uniform(0, 2 * np.pi, n)
+    rot = np.stack([np.stack([np.cos(th), -np.sin(th)], 1), np.stack([np.sin(th), np.cos(th)], 1)], 1)
+    lin = scale * 20.0 * rot @ np.array([[1.0, 0.15], [0.0, 0.9]])  # turned, sheared cells of ~20 px
+    t = np.stack([rng.uniform(-5, 125, n), rng.uniform(-5, 95, n)], 1)  # some reach past the edges
+    frames = np.concatenate([lin, t[:, :, None]], 2)
+    box = (-0.2, -0.6, 0.7, 0.3)
+    got = C.extract_frame_crops(img, frames, box, size, channels)
+    assert got.shape == (n, channels, size, size)
+    np.testing.assert_allclose(got, _frame_crops_per_cell(img, frames, box, size, channels), atol=1e-6)
+
+
 # --------------------------------------------------------------------------- model
 @pytest.mark.parametrize("channels", [1, 2])
 def test_builder(channels):

@@ -106,3 +106,25 @@ def test_match_contrast_leaves_the_input_image_as_it_was():
     np.testing.assert_array_equal(img, sim.image)  # the remapping works on its own arrays
     assert m.image.dtype == np.float32 and m.image.shape == img.shape
     assert not np.shares_memory(m.image, img)
+
+
+def test_match_contrast_memory_is_about_two_frames(monkeypatch):
+    import tracemalloc
+
+    from napari_tmd_defects import contrast
+
+    monkeypatch.setattr(contrast, "_QUERY_POINTS", 2**14)  # as on a large frame: many query blocks
+    sim = simulate("WSe2", shape=256, pixel_size=0.1, defect_fraction=0.1, noise=Noise(None, 0), seed=4)
+    model = _model(sim.image, "WSe2")
+    big = np.tile(sim.image.astype(np.float32), (4, 4))  # 1024² px; the sites of its first tile suffice
+    args = (*model_positions(model), model.a_px, "WSe2")
+    tracemalloc.start()
+    try:
+        m = match_contrast(big, *args)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert m is not None
+    # the smoothed frame, then the gain map that becomes the output (no full-grid query arrays,
+    # no second gain map): was 3.2 frames
+    assert peak < 2.2 * big.nbytes, f"peak {peak / big.nbytes:.2f} frames"

@@ -56,8 +56,6 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from .lattice.columns import local_background
-
 from .materials import N_CLASSES, get_material
 from .runtime import (
     CancelCallback,
@@ -102,6 +100,11 @@ DEFAULT_INPUT_SIZE = 32
 DEFAULT_CHANNELS = 2
 #: Normalised intensities are clipped to this range (8-bit saturation, hot pixels).
 _CLIP = (-3.0, 5.0)
+#: :func:`normalize_image` works in bands of this many rows (the column filter stays in cache).
+_NORM_BAND_ROWS = 256
+#: ... and keeps the full-resolution background between its two passes up to this size
+#: (bytes; larger frames recompute it band by band: one full-size array fewer).
+_KEEP_BACKGROUND_BYTES = 64 * 2**20
 _STEMS = ("standard", "small")
 #: Shipped classifiers by name (:func:`load_classifier`, ``--classifier NAME``).
 SHIPPED_CLASSIFIERS = {"resnet18": "classifier", "small": "classifier_small"}
@@ -131,6 +134,8 @@ def normalize_image(
       the brightest, chalcogen columns).
 
     Invariant to gain and offset (up to rounding); values are clipped to [-3, 5].
+    Computed in bands of rows, bitwise as on the whole frame, in one full-size float32
+    array (the output; 8/16-bit counts are converted band by band).
 
     Parameters
     ----------
@@ -145,35 +150,109 @@ def normalize_image(
     -------
     (rows, cols) float32 array.
     """
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim != 2:
-        raise ValueError(f"image must be 2-D, got shape {img.shape}")
-    if img.size == 0:
+    arr = np.asarray(image)
+    if arr.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {arr.shape}")
+    if arr.size == 0:
         raise ValueError("image is empty")
     if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
         raise ValueError(f"pixel_size must be a positive number of Å/px, got {pixel_size}")
-    finite = np.isfinite(img)
-    if not finite.all():
+    # 8/16-bit counts are exact in float32: read them band by band (no float32 copy)
+    img = arr if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2 else np.asarray(arr, dtype=np.float32)
+    lo, hi = float(img.min()), float(img.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        finite = np.isfinite(img)
         if not finite.any():
             raise ValueError("image has no finite pixel values")
         img = np.where(finite, img, np.median(img[finite])).astype(np.float32)
+        del finite
+        lo, hi = float(img.min()), float(img.max())
+    h, w = img.shape
     sigma = 1.0 if pixel_size is None else max(0.7, 0.25 / float(pixel_size))
-    smooth = ndi.gaussian_filter(img, sigma, mode="nearest")
+    radius = int(4.0 * sigma + 0.5)  # gaussian_filter's default reach (truncate = 4)
+    bands = [(r0, min(r0 + _NORM_BAND_ROWS, h)) for r0 in range(0, h, _NORM_BAND_ROWS)]
+    # the smoothed image, a band of rows at a time (each with the filter's reach around
+    # it: bitwise the whole-image filter, and its column pass stays in cache); this one
+    # full-size array is reused for the background-free image and then the output
+    out = np.empty((h, w), np.float32)
+    cols = np.empty((min(h, _NORM_BAND_ROWS), w), np.float32)
+    for r0, r1 in bands:  # gaussian_filter's two passes: down the columns, then along the rows
+        a, b = max(0, r0 - radius), min(h, r1 + radius)
+        for c0 in range(0, w, 1024):
+            part = ndi.gaussian_filter1d(img[a:b, c0:c0 + 1024], sigma, axis=0, mode="nearest", output=np.float32)
+            cols[: r1 - r0, c0:c0 + 1024] = part[r0 - a:r1 - a]
+        ndi.gaussian_filter1d(cols[: r1 - r0], sigma, axis=1, mode="nearest", output=out[r0:r1])
+    del cols, part
     if pixel_size is None:
-        background: np.ndarray | float = float(np.percentile(smooth, 1.0))
+        background = np.float32(np.percentile(out, 1.0))
+        rows = lambda r0, r1: background  # noqa: E731
     else:
-        background = local_background(smooth, get_material(material).a / float(pixel_size))
-    smooth -= background  # in place: the background-free image (no further full-size copies)
-    scale = float(np.percentile(smooth, 99.0, overwrite_input=True))
-    del smooth
-    if not np.isfinite(scale) or scale <= 1e-6 * max(1.0, float(np.abs(img).max())):
-        return np.zeros(img.shape, np.float32)
-    if isinstance(background, np.ndarray):
-        out = np.subtract(img, background, out=background)  # the background's array becomes the output
-    else:
-        out = img - np.float32(background)
-    out /= np.float32(scale)
-    return np.clip(out, *_CLIP, out=out)
+        rows = _background_rows(out, get_material(material).a / float(pixel_size),
+                                keep=out.nbytes <= _KEEP_BACKGROUND_BYTES)
+    for r0, r1 in bands:
+        out[r0:r1] -= rows(r0, r1)  # the background-free smoothed image
+    scale = float(np.percentile(out, 99.0, overwrite_input=True))
+    if not np.isfinite(scale) or scale <= 1e-6 * max(1.0, abs(lo), abs(hi)):
+        return np.zeros((h, w), np.float32)
+    for r0, r1 in bands:
+        band = out[r0:r1]
+        np.subtract(img[r0:r1], rows(r0, r1), out=band, dtype=np.float32)
+        band /= np.float32(scale)
+        np.clip(band, *_CLIP, out=band)
+    return out
+
+
+def _background_rows(smooth: np.ndarray, a_px: float, keep: bool = False):
+    """``rows(r0, r1)``: rows ``r0:r1`` of :func:`~.lattice.columns.local_background` of
+    ``smooth`` (float32, bitwise equal), computed on request from the coarse background;
+    ``keep``: each band is computed once and kept (costs a full-size array)."""
+    from .geometry import block_mean
+
+    h, w = smooth.shape
+    # as local_background: the coarse grid's minimum over 1.5 a, smoothed over a
+    f = max(1, min(int(a_px // 6), h, w))
+    coarse = block_mean(smooth, f)
+    hc, wc = coarse.shape
+    win = max(3, int(math.ceil(1.5 * a_px / f)) | 1)
+    bg = ndi.minimum_filter(coarse, size=win, mode="nearest")
+    bg = np.asarray(ndi.gaussian_filter(bg, a_px / f, mode="nearest"), float)
+    del coarse
+    if f == 1 and bg.shape == smooth.shape:
+        full = bg.astype(np.float32)
+        return lambda r0, r1: full[r0:r1]
+
+    # ... and back to full resolution, bilinear on the grid (coarse pixel k covers
+    # [k f, (k+1) f): centre k f + (f - 1) / 2), along x then along y, in float64
+    def axis(n_px: int, n: int):
+        c = np.clip((np.arange(n_px) - (f - 1) / 2.0) / f, 0, n - 1)
+        i0 = np.minimum(np.floor(c).astype(np.int64), max(n - 2, 0))
+        return i0, np.minimum(i0 + 1, n - 1), c - i0
+
+    y0, y1, ty = axis(h, hc)
+    x0, x1, tx = axis(w, wc)
+    cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def rows(r0: int, r1: int) -> np.ndarray:
+        if (r0, r1) in cache:
+            return cache[(r0, r1)]
+        lo, hi = int(y0[r0]), int(y1[r1 - 1]) + 1  # the grid rows this band needs
+        across = bg[lo:hi, x0] * (1.0 - tx) + bg[lo:hi, x1] * tx
+        out = np.empty((r1 - r0, w), np.float32)
+        # rows between the same two grid rows at once (no gathered copies of them)
+        starts = np.flatnonzero(np.diff(y0[r0:r1], prepend=-1)) + r0
+        ends = np.append(starts[1:], r1)
+        tmp = np.empty((2, int((ends - starts).max()), w))
+        for g0, g1 in zip(starts, ends):
+            t = ty[g0:g1, None]
+            lower, upper = tmp[0, : g1 - g0], tmp[1, : g1 - g0]
+            np.multiply(across[y0[g0] - lo], 1.0 - t, out=lower)
+            np.multiply(across[y1[g0] - lo], t, out=upper)
+            np.add(lower, upper, out=out[g0 - r0:g1 - r0], casting="same_kind")
+        if keep:
+            cache[(r0, r1)] = out
+        return out
+
+    return rows
 
 
 # --------------------------------------------------------------------------- crops
@@ -225,9 +304,25 @@ def _crop_tensor(image_t, boxes: np.ndarray, size: int, channels: int):
     return out.contiguous()
 
 
-def _frame_crop_tensor(image_t, frames: np.ndarray, box, size: int, channels: int):
+def _frame_samples(frames, box, size: int, channels: int) -> tuple[int, int]:
+    """Bilinear samples ``(kx, ky)`` per output pixel and side for cells given by affine
+    frames, as roi_align's adaptive sampling ratio (from the largest cell)."""
+    import torch
+
+    fr = torch.as_tensor(np.asarray(frames, np.float64), dtype=torch.float64)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    lin = fr[:, :, :2]
+    half = x1 - x0 if channels == 1 else 0.5 * (x0 + x1) - x0  # width of each channel's part
+    ext_x = float(torch.linalg.norm(lin[:, :, 0], dim=1).max()) * half
+    ext_y = float(torch.linalg.norm(lin[:, :, 1], dim=1).max()) * (y1 - y0)
+    return max(1, int(math.ceil(ext_x / size))), max(1, int(math.ceil(ext_y / size)))
+
+
+def _frame_crop_tensor(image_t, frames: np.ndarray, box, size: int, channels: int,
+                       samples: tuple[int, int] | None = None):
     """Crops ``(N, channels, size, size)`` of cells given by affine frames (see
-    :func:`extract_frame_crops`) from a ``(1, 1, H, W)`` tensor."""
+    :func:`extract_frame_crops`) from a ``(1, 1, H, W)`` tensor; ``samples``: ``(kx, ky)``
+    (default :func:`_frame_samples` of these frames)."""
     import torch
     import torch.nn.functional as F
 
@@ -236,25 +331,26 @@ def _frame_crop_tensor(image_t, frames: np.ndarray, box, size: int, channels: in
     h, w = image_t.shape[-2:]
     x0, y0, x1, y1 = (float(v) for v in box)
     halves = [(x0, x1)] if channels == 1 else [(x0, 0.5 * (x0 + x1)), (0.5 * (x0 + x1), x1)]
-    # samples per output pixel and side, as roi_align's adaptive sampling ratio
-    lin = fr[:, :, :2]
-    ext_x = float(torch.linalg.norm(lin[:, :, 0], dim=1).max()) * (halves[0][1] - halves[0][0])
-    ext_y = float(torch.linalg.norm(lin[:, :, 1], dim=1).max()) * (y1 - y0)
-    kx, ky = max(1, int(math.ceil(ext_x / size))), max(1, int(math.ceil(ext_y / size)))
+    kx, ky = _frame_samples(fr, box, size, channels) if samples is None else samples
     tx = (torch.arange(size * kx, dtype=torch.float64) + 0.5) / (size * kx)
     ty = (torch.arange(size * ky, dtype=torch.float64) + 0.5) / (size * ky)
-    out = []
-    for lo, hi in halves:
-        vv, uu = torch.meshgrid(y0 + ty * (y1 - y0), lo + tx * (hi - lo), indexing="ij")
-        canon = torch.stack([uu.reshape(-1), vv.reshape(-1)], 0)  # (2, samples)
-        px = lin @ canon + fr[:, :, 2:]  # (n, 2, samples) image px
-        gx = (px[:, 0] + 0.5) / w * 2.0 - 1.0
-        gy = (px[:, 1] + 0.5) / h * 2.0 - 1.0
-        grid = torch.stack([gx, gy], -1).reshape(n, size * ky, size * kx, 2).to(image_t.dtype).to(image_t.device)
-        smp = F.grid_sample(image_t.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)
-        out.append(F.avg_pool2d(smp, (ky, kx)) if kx * ky > 1 else smp)
-    return torch.cat(out, 1).contiguous()
+    # canonical sample coordinates (half, row, col): u along the box's x, v along its y
+    u = torch.stack([lo + tx * (hi - lo) for lo, hi in halves]).numpy()[:, None, :]
+    v = (y0 + ty * (y1 - y0)).numpy()[None, :, None]
+    # grid_sample's grid of every cell and half at once, (x, y) in [-1, 1]: the image px
+    # ``a u + b v + t`` of each sample as the sum of a per-column and a per-row term
+    # (float64, one full-size pass each axis), then rounded to the image's dtype
+    f = fr.numpy()
+    grid = np.empty((n, len(halves), size * ky, size * kx, 2),
+                    np.float64 if image_t.dtype == torch.float64 else np.float32)
+    for k, side in enumerate((w, h)):  # k = 0: x (columns), 1: y (rows)
+        a, b, t = (f[:, k, j].reshape(n, 1, 1, 1) for j in range(3))
+        np.add((a * u) * (2.0 / side), ((b * v + t) + 0.5) * (2.0 / side) - 1.0, out=grid[..., k], casting="same_kind")
+    grid = torch.from_numpy(grid).to(device=image_t.device, dtype=image_t.dtype)
+    grid = grid.view(1, n * len(halves) * size * ky, size * kx, 2)
+    smp = F.grid_sample(image_t[:1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    smp = smp.view(n, len(halves), size * ky, size * kx)
+    return (F.avg_pool2d(smp, (ky, kx)) if kx * ky > 1 else smp).contiguous()
 
 
 def extract_frame_crops(
@@ -287,9 +383,15 @@ def extract_frame_crops(
         return np.zeros((0, channels, size, size), np.float32)
     if not np.all(np.isfinite(fr)):
         raise ValueError("frames contain NaN or infinite values")
+    box = CANONICAL_BOX if box is None else box
+    samples = _frame_samples(fr, box, int(size), channels)
     t = torch.from_numpy(np.ascontiguousarray(img))[None, None]
+    out = np.empty((len(fr), channels, int(size), int(size)), np.float32)
+    step = max(1, 2**21 // (channels * int(size) ** 2 * samples[0] * samples[1]))  # ~2 M samples a chunk
     with torch.inference_mode():
-        return _frame_crop_tensor(t, fr, CANONICAL_BOX if box is None else box, int(size), channels).numpy()
+        for i in range(0, len(fr), step):
+            out[i:i + step] = _frame_crop_tensor(t, fr[i:i + step], box, int(size), channels, samples).numpy()
+    return out
 
 
 def extract_crops(

@@ -28,6 +28,8 @@ __all__ = ["ContrastMatch", "match_contrast", "model_positions", "sublattice_pos
 
 #: Z exponent used for the reference ratio (middle of the range the networks saw).
 REFERENCE_Z_EXPONENT = 1.8
+#: Grid points per nearest-site query of the gain map (bounds its temporaries: ~50 B each).
+_QUERY_POINTS = 2**18
 
 
 @dataclass
@@ -117,19 +119,27 @@ def match_contrast(image: np.ndarray, positions: np.ndarray, roles: np.ndarray, 
         return None
     ratio = ref.z_metal**REFERENCE_Z_EXPONENT / (2.0 * ref.z_chalcogen**REFERENCE_Z_EXPONENT)
     gx, gm = 1.0 / (x_level - bg), ratio / (m_level - bg)
-    # nearest sublattice of every pixel, on a grid of ~a/12 (the gain is smoothed anyway)
+    # nearest sublattice of every pixel, on a grid of ~a/12 (the gain is smoothed anyway),
+    # queried a block of grid rows at a time (no full-grid coordinate arrays)
     g = max(1, int(a_px // 12))
-    gy, gxx = np.mgrid[(g - 1) / 2.0:h:g, (g - 1) / 2.0:w:g]
-    _, k = cKDTree(pos).query(np.stack([gxx.ravel(), gy.ravel()], 1))
-    which = role[k].reshape(gy.shape)
-    gain_small = np.array([gx, gm, math.sqrt(gx * gm)], np.float32)[which]
+    gy, gxx = np.mgrid[(g - 1) / 2.0:h:g], np.mgrid[(g - 1) / 2.0:w:g]
+    tree = cKDTree(pos)
+    lut = np.array([gx, gm, math.sqrt(gx * gm)], np.float32)
+    gain_small = np.empty((len(gy), len(gxx)), np.float32)
+    step = max(1, _QUERY_POINTS // len(gxx))
+    for i in range(0, len(gy), step):
+        rows = gy[i:i + step]
+        _, k = tree.query(np.stack([np.tile(gxx, len(rows)), np.repeat(rows, len(gxx))], 1))
+        gain_small[i:i + step] = lut[role[k]].reshape(len(rows), len(gxx))
+    del tree, k
     if g > 1:
         gain = np.repeat(np.repeat(gain_small, g, axis=0), g, axis=1)[:h, :w]
         if gain.shape != (h, w):  # the grid stops short of the last rows / columns
             gain = np.pad(gain, ((0, h - gain.shape[0]), (0, w - gain.shape[1])), mode="edge")
     else:
-        gain = gain_small[:h, :w]
-    gain = ndi.gaussian_filter(gain, 0.05 * a_px)
+        gain = gain_small
+    del gain_small
+    gain = ndi.gaussian_filter(gain, 0.05 * a_px, output=gain)  # in place (each axis goes line by line via a buffer)
     # (img - bg) * gain * 255 in the gain's array, a block of rows at a time (no full-size temporaries)
     out = gain
     for r0 in range(0, h, 256):
