@@ -368,6 +368,76 @@ def test_an_undecided_metal_reading_on_a_found_column_does_not_count_a_vacancy(m
     assert np.all(flagged[placed])  # undecided readings are flagged for review either way
 
 
+def test_a_found_peak_off_its_site_does_not_veto_a_metal_vacancy(monkeypatch):
+    """The found-column rule needs the peak on the site: one farther from where its
+    neighbours put it than the frame's metal columns scatter (a noise maximum next to an
+    empty site) leaves a sure metal vacancy with an undecided reading counted."""
+    import napari_tmd_defects.states as states_mod
+    from napari_tmd_defects.materials import N_CLASSES
+    from napari_tmd_defects.pipeline import locate_cells, read_states
+
+    sim = simulate("MoTe2", 320, pixel_size=0.1, defect_fraction=0.0, noise=Noise(30, 5), seed=8)
+    frame = locate_cells(sim.image, 0.1, "MoTe2")
+    model = frame.model
+    c, s = model.cells, model.sites
+    inner = np.flatnonzero(~c.boundary)
+    found = inner[~s.placed[c.m[inner]]]
+    on, off = found[:10], found[10:20]
+    s.xy[c.m[off]] = s.fitted[c.m[off]] + [0.12 * model.a_px, 0.0]  # peak 0.12 a off its site
+    real = states_mod.read_site_states
+
+    def reading(m, material, *a, **k):
+        st = real(m, material, *a, **k)
+        st.state[c.m[found[:20]]] = "unresolved"
+        st.empty_probability[c.m[found[:20]]] = 0.5
+        return st
+
+    monkeypatch.setattr(states_mod, "read_site_states", reading)
+    labels = np.zeros(len(c), int)
+    labels[found[:20]] = 3  # V_M
+    probs = np.full((len(c), N_CLASSES), 0.0006)
+    probs[np.arange(len(c)), labels] = 0.997
+    out, changed, _ = read_states(frame, labels, np.zeros(len(c), bool), probs)
+    assert np.all(out[on] == 0) and np.all(changed[on])
+    assert np.all(out[off] == 3) and not changed[off].any()
+
+
+def test_a_metal_site_read_vacant_where_no_column_was_found_is_a_vacancy_the_classifier_missed():
+    """A binary's metal site with no column found and a reading of ``vacant`` is counted as a
+    metal vacancy though the classifier called the cell perfect (flagged); a site read vacant
+    where a column was found or next to vacuum, and every other site, keep the classifier's
+    class."""
+    from napari_tmd_defects.materials import N_CLASSES
+    from napari_tmd_defects.pipeline import locate_cells, read_states
+    from napari_tmd_defects.states import read_site_states
+
+    sim = simulate("MoTe2", 320, pixel_size=0.1, defect_fraction=0.3, class_weights=[0, 0, 1, 0, 0],
+                   noise=Noise(30, 5), seed=9)
+    frame = locate_cells(sim.image, 0.1, "MoTe2")
+    model = frame.model
+    c, s = model.cells, model.sites
+    inner = np.flatnonzero(~c.boundary)
+    st = read_site_states(model, "MoTe2")
+    vacant = inner[(st.state[c.m[inner]] == "vacant") & s.placed[c.m[inner]]]
+    assert len(vacant) >= 5
+    s.placed[c.m[vacant[:2]]] = False  # as if a column peak had been found there
+    frame.vacuum = np.zeros(sim.image.shape, bool)  # a hole 0.6 a from the third one
+    x, y = np.rint(s.xy[c.m[vacant[2]]] + [0.6 * model.a_px, 0]).astype(int)
+    frame.vacuum[y - 2:y + 3, x - 2:x + 3] = True
+    labels = np.zeros(len(c), int)  # every cell called perfect
+    probs = np.full((len(c), N_CLASSES), 0.0006)
+    probs[:, 0] = 0.997
+    flagged = np.zeros(len(c), bool)
+    out, changed, info = read_states(frame, labels, flagged, probs)
+    assert info["metal_vacancies_read_not_classified"] == np.sum(changed)
+    assert np.all(out[vacant[:3]] == 0) and not changed[vacant[:3]].any()
+    far = vacant[3:][np.hypot(*(s.xy[c.m[vacant[3:]]] - [x, y]).T) > 1.5 * model.a_px]  # from the hole
+    assert len(far) >= 2
+    assert np.all(out[far] == 3) and np.all(changed[far]) and np.all(flagged[far])
+    others = np.setdiff1d(inner, vacant)
+    assert np.all(out[others] == labels[others])
+
+
 def test_float32_frames_are_read_in_place_not_copied():
     img = np.random.default_rng(1).normal(100, 5, (64, 64)).astype(np.float32)
     view, _ = prepare_image(img, copy=False)
@@ -419,20 +489,63 @@ def test_a_single_chalcogen_vacancy_on_a_column_read_empty_is_doubtful_not_count
     assert info["chalcogen_counts_disputed"] == len(empty)
 
 
-def test_reading_confidence_is_the_tempered_probability_of_the_class_counts():
-    """The cell confidence from the column reading: the probability of the class's metal
-    count times the chalcogen column's, each with its log-odds tempered."""
+def _reading_frame(sigma_x: float, empty_x: float, sigma_m: float = 0.08):
+    """Site states of four cells (as the column reading leaves them) on a frame whose levels
+    are as far apart as ``sigma_x`` / ``empty_x`` say."""
     from types import SimpleNamespace
 
+    st = SimpleNamespace(count_probability=np.array([0.99, 0.99, 0.6, 0.99]),
+                         empty_probability=np.array([0.001, 0.99, 0.3, 0.001]),
+                         sigma={"X": sigma_x, "M": sigma_m}, empty_level={"X": empty_x, "M": 0.0})
+    cells = SimpleNamespace(m=np.array([0, 1, 0, 0]), x=np.array([3, 1, 2, 3]), boundary=np.zeros(4, bool))
+    return st, cells
+
+
+def test_reading_confidence_is_the_tempered_probability_of_the_class_counts():
+    """With one fixed temperature, the cell confidence from the column reading is the
+    probability of the class's metal count times the chalcogen column's, each with its
+    log-odds tempered."""
     from napari_tmd_defects.pipeline import READING_TEMPERATURE, reading_confidence
 
-    st = SimpleNamespace(count_probability=np.array([0.99, 0.99, 0.6, 0.99]),
-                         empty_probability=np.array([0.001, 0.99, 0.3, 0.001]))
-    cells = SimpleNamespace(m=np.array([0, 1, 0, 0]), x=np.array([3, 1, 2, 3]))
+    st, cells = _reading_frame(0.1, 0.0)
     labels = np.array([0, 5, 0, -1])  # Perfect; V_M + V_X2; Perfect on a doubtful column; no class
-    conf = reading_confidence(st, cells, labels)
+    conf = reading_confidence(st, cells, labels, temperature=READING_TEMPERATURE)
     t = lambda p: 1 / (1 + ((1 - p) / p) ** (1 / READING_TEMPERATURE))  # noqa: E731
     assert conf == pytest.approx([t(0.999) * t(0.99), t(0.99) * t(0.99), t(0.999) * t(0.6), 0.0])
     assert 1.0 < READING_TEMPERATURE and np.all(conf[:3] < np.array([0.999 * 0.99, 0.99 * 0.99, 0.999 * 0.6]))
     assert reading_confidence(st, cells, labels, temperature=1.0) == pytest.approx(
         [0.999 * 0.99, 0.99 * 0.99, 0.999 * 0.6, 0.0])
+
+
+def test_reading_confidence_divides_the_log_odds_by_the_frames_temperature():
+    """The calibration map: the log-odds over ``exp(a · [1, q])`` with ``q`` the frame's
+    features (level separation per sublattice, doubtful columns, empty level fitted)."""
+    from napari_tmd_defects.pipeline import READING_FEATURES, reading_confidence, reading_features
+
+    st, cells = _reading_frame(0.2, 0.1)
+    q = reading_features(st, cells)
+    assert len(q) == len(READING_FEATURES)
+    assert q == pytest.approx([np.log(0.9 / 0.2), np.log(1 / 0.08), 1 / 3, 1.0])  # X columns 1-3, one at 0.6
+    cal = {"temperature": [np.log(2.0) - 0.5 * q[0] - q[2], 0.5, 0.0, 1.0, 0.0]}  # T = 2
+    conf = reading_confidence(st, cells, np.array([0, 5, 0, -1]), calibration=cal)
+    t = lambda p: 1 / (1 + ((1 - p) / p) ** 0.5)  # noqa: E731
+    assert conf == pytest.approx([t(0.999) * t(0.99), t(0.99) * t(0.99), t(0.999) * t(0.6), 0])
+    st.empty_level["X"] = 0.0  # no empty level fitted: a feature of its own
+    assert reading_features(st, cells)[3] == 0.0
+
+
+def test_reading_confidence_is_lower_on_a_frame_that_separates_its_levels_worse():
+    """The shipped calibration: the same readings get less confidence on a noisier frame
+    (full chalcogen columns spread wider) and less again on a blurred one whose empty
+    columns the fit could not place (so raised ones read as full); the calibration file
+    fits the code's features."""
+    from napari_tmd_defects.pipeline import load_reading_calibration, reading_confidence
+
+    cal = load_reading_calibration()
+    assert cal is not None and cal["generated_by"] == "benchmarks/calibrate_reading.py"
+    labels = np.array([0, 5, 0, -1])
+    sharp = reading_confidence(*_reading_frame(0.06, 0.02), labels)
+    noisier = reading_confidence(*_reading_frame(0.25, 0.02), labels)
+    blurred = reading_confidence(*_reading_frame(0.4, 0.0), labels)
+    assert np.all(noisier[:3] < sharp[:3] - 0.01) and np.all(blurred[:3] < noisier[:3] - 0.01)
+    assert sharp[3] == noisier[3] == blurred[3] == 0 and np.all((blurred[:3] > 0.3) & (sharp[:3] < 1))

@@ -81,12 +81,25 @@ SURE_METAL_VACANCY = 0.98
 #: ``unresolved`` is counted only where the reading gives the site at least this
 #: probability of being empty.
 MIN_EMPTY_ON_FOUND_COLUMN = 0.9
-#: Where the column reading sets a cell's class, its confidence is the reading's probability
-#: of the class's atom counts with the log-odds divided by this temperature: the reading's
-#: posteriors assume its level model exact, and blurred or alloyed frames are not
-#: (an empty column raised by its neighbours' tails reads as full). Fitted (negative
-#: log-likelihood) on validation frames with their own seeds, WS1.4Se0.6 realistic and
-#: hard, none of them a held-out report frame.
+#: ... where the peak stands on the site: no farther from where its neighbours put it than
+#: this many times the position scatter (Rayleigh σ) of the frame's found metal columns.
+#: A peak farther off is a noise maximum among an empty site's neighbours' tails, not its
+#: column (a column's peak lies farther than 3 σ from its site in 1 % of cases).
+MAX_FOUND_PEAK_OFFSET_SIGMAS = 3.0
+#: A binary's metal site with no column found that the reading calls vacant is a metal
+#: vacancy even where the classifier missed it, but not within this distance (lattice
+#: constants) of vacuum: at the film's edge an empty site may be the hole's.
+VACANCY_VACUUM_MARGIN_A = 1.0
+#: Where the column reading sets a cell's class, its confidence is calibrated
+#: (:func:`reading_confidence`): the reading's posteriors assume its level model exact, and
+#: blurred or alloyed frames are not (an empty column raised by its neighbours' tails reads
+#: as full), so the confidence depends on how well the frame separates its levels
+#: (:func:`reading_features`). The map's constants are fitted (negative log-likelihood) on
+#: validation frames with their own seeds, none a held-out report frame, and written to
+#: this file by ``benchmarks/calibrate_reading.py``.
+READING_CALIBRATION_PATH = Path(__file__).with_name("data") / "reading_calibration.json"
+#: The one temperature of the reading's log-odds where no calibration file is found (and
+#: the baseline the calibration is compared with).
 READING_TEMPERATURE = 1.8
 #: Intensity of a chalcogen column with one atom of two left (incoherent 0.5; multislice
 #: channelling ~0.44, docs/multislice.md).
@@ -628,12 +641,87 @@ def _formula(material: str) -> str:
     return comp.host.name if comp.is_binary else comp.formula
 
 
-def reading_confidence(states, cells, labels: np.ndarray,
-                       temperature: float = READING_TEMPERATURE) -> np.ndarray:
+def reading_features(states, cells) -> np.ndarray:
+    """How well the frame separates its column levels, from the frame alone (no truth), over
+    the sites of the cells off the boundaries (:data:`READING_FEATURES`):
+
+    * ``log_sep_x``, ``log_sep_m``: log of the step from an empty column to a full one in
+      host-column noise σ per sublattice, ``(1 - empty level) / σ`` (blur raises the empty
+      level, noise and contamination widen σ);
+    * ``doubt_x``: share of the chalcogen columns whose count the reading gives less than
+      0.99 (columns near a decision boundary: there the posteriors already doubt);
+    * ``empty_fitted_x``: 1 where the frame showed enough empty chalcogen columns for the
+      fit to place their level, 0 where it assumed it at 0 (a blurred frame's raised empty
+      columns then read as full, with confidence).
+    """
+    keep = ~np.asarray(cells.boundary, bool)
+    xs = np.unique(np.asarray(cells.x)[keep])
+    sep = []
+    for role in ("X", "M"):
+        sd = float(states.sigma.get(role, np.nan))
+        e = float(states.empty_level.get(role, 0.0))
+        sep.append(math.log(max(1.0 - e, 1e-3) / max(sd, 1e-3)) if np.isfinite(sd) else 0.0)
+    cp = np.asarray(states.count_probability)
+    doubt_x = float(np.mean(cp[xs] < 0.99)) if len(xs) else 0.0
+    return np.array([sep[0], sep[1], doubt_x, float(states.empty_level.get("X", 0.0) != 0.0)])
+
+
+#: Names of :func:`reading_features`, in order.
+READING_FEATURES = ("log_sep_x", "log_sep_m", "doubt_x", "empty_fitted_x")
+
+
+def load_reading_calibration(path: str | Path | None = None) -> dict[str, Any] | None:
+    """The fitted calibration of the reading's confidence (None where the file is missing)."""
+    import json
+
+    p = Path(path) if path is not None else READING_CALIBRATION_PATH
+    if not p.exists():
+        return None
+    cal = json.loads(p.read_text())
+    if tuple(cal.get("features", ())) != READING_FEATURES or len(cal.get("temperature", ())) != len(READING_FEATURES) + 1:
+        raise ValueError(f"{p.name}: calibrated on features {cal.get('features')}, the code computes "
+                         f"{list(READING_FEATURES)}; rerun benchmarks/calibrate_reading.py")
+    return cal
+
+
+_READING_CALIBRATION: dict[str, Any] | None = None
+
+
+def _reading_calibration() -> dict[str, Any] | None:
+    global _READING_CALIBRATION
+    if _READING_CALIBRATION is None:
+        _READING_CALIBRATION = load_reading_calibration() or {}
+    return _READING_CALIBRATION or None
+
+
+def reading_temperature(features: np.ndarray, calibration: dict[str, Any] | None) -> float:
+    """The frame's temperature of the reading's log-odds, ``exp(a · [1, features])`` (within
+    e^±3); :data:`READING_TEMPERATURE` without a calibration."""
+    if not calibration:
+        return READING_TEMPERATURE
+    z = float(np.dot(calibration["temperature"], np.r_[1.0, np.asarray(features, float)]))
+    return math.exp(float(np.clip(z, -3.0, 3.0)))
+
+
+def calibrated_reading(p_m: np.ndarray, p_x: np.ndarray, temperature: float) -> np.ndarray:
+    """``t(p_m) · t(p_x)``: each probability with its log-odds divided by ``temperature``."""
+    def temper(p):
+        p = np.clip(p, 1e-12, 1 - 1e-12)
+        return 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temperature))
+
+    return temper(p_m) * temper(p_x)
+
+
+def reading_confidence(states, cells, labels: np.ndarray, temperature: float | None = None,
+                       calibration: dict[str, Any] | None = None) -> np.ndarray:
     """Probability (0-1) that the cells' classes are right by the column reading: its
-    probability of the metal site's count times the chalcogen column's, each tempered
-    (:data:`READING_TEMPERATURE`). The metal count is the class's (vacant or not); the
-    chalcogen column's is its read count (or empty, for a class with both atoms missing)."""
+    probability of the metal site's count times the chalcogen column's, each with its
+    log-odds divided by the frame's temperature (:func:`reading_temperature` of
+    :func:`reading_features`: the worse the frame separates its levels, the higher; the
+    constants fitted by ``benchmarks/calibrate_reading.py``). The metal count is the
+    class's (vacant or not); the chalcogen column's is its read count (or empty, for a
+    class with both atoms missing). ``temperature``: this one instead (no frame dependence).
+    """
     from .materials import CLASS_VACANCIES
 
     vac = np.asarray(CLASS_VACANCIES)
@@ -641,12 +729,10 @@ def reading_confidence(states, cells, labels: np.ndarray,
     p_empty_m = states.empty_probability[cells.m]
     p_m = np.where(vac[lab, 1] == 1, p_empty_m, 1.0 - p_empty_m)
     p_x = np.where(vac[lab, 0] == 2, states.empty_probability[cells.x], states.count_probability[cells.x])
-
-    def temper(p):
-        p = np.clip(p, 1e-12, 1 - 1e-12)
-        return 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temperature))
-
-    return np.where(np.asarray(labels) >= 0, temper(p_m) * temper(p_x), 0.0)
+    if temperature is None:
+        cal = calibration if calibration is not None else _reading_calibration()
+        temperature = reading_temperature(reading_features(states, cells) if cal else (), cal)
+    return np.where(np.asarray(labels) >= 0, calibrated_reading(p_m, p_x, temperature), 0.0)
 
 
 def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
@@ -664,11 +750,14 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
       sure of (< :data:`SURE_METAL_VACANCY`) where the reading finds the site more likely
       occupied than empty is not counted, nor one it is sure of where the classifier's odds
       times the reading's odds of an empty site fall below one, nor one on a site where a
-      column peak was found and the reading is ``unresolved`` (unless it gives the site
+      column peak was found on the site (:data:`MAX_FOUND_PEAK_OFFSET_SIGMAS`) and the
+      reading is ``unresolved`` (unless it gives the site
       :data:`MIN_EMPTY_ON_FOUND_COLUMN`), nor a chalcogen vacancy called on a column that
       reads full, nor a one-atom chalcogen vacancy (V_X1) on a column the reading finds
       empty (the two disagree on the count: the column's state is doubtful, marked in
-      ``x_unresolved``); the cells are flagged.
+      ``x_unresolved``); the cells are flagged. A metal site where no column was found
+      and that the reading calls ``vacant`` is a metal vacancy whatever the classifier
+      called (flagged), unless vacuum lies within :data:`VACANCY_VACUUM_MARGIN_A`.
     * An ``unresolved`` chalcogen column does not count as a vacancy, nor (in an alloy) an
       ``unresolved`` metal site; the cell is flagged if the classifier called one there
       (in a binary the classifier's metal vacancy stands, flagged, but for one on a found
@@ -708,9 +797,31 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
         p_empty = np.clip(st.empty_probability[c.m], 1e-12, 1 - 1e-12)
         odds = p_vm / (1 - p_vm) * p_empty / (1 - p_empty)
         m_full = (p_empty < MIN_EMPTY_PROBABILITY) & ((p_vm < SURE_METAL_VACANCY) | (odds < 1.0))
-        # a column peak stands on the site and its reading cannot tell
-        m_full |= ~model.sites.placed[c.m] & m_unres & (p_empty < MIN_EMPTY_ON_FOUND_COLUMN)
-        nm_new = np.where(sub | m_full, 0, nm)
+        # a column peak stands on the site and its reading cannot tell; the peak's offset
+        # (px) from its position averaged with where its neighbours put it (``fitted``),
+        # against the found metal columns' scatter (a dim column found by its intensity
+        # where the lattice puts it has none)
+        s = model.sites
+        offset = np.hypot(*(s.xy - s.fitted).T)
+        ref = (s.role == ROLE_M) & ~s.placed & ~s.boundary & (offset > 0)
+        on_site = ~s.placed
+        if ref.sum() >= 30:  # enough columns to measure the scatter
+            sigma = float(np.median(offset[ref])) / math.sqrt(2.0 * math.log(2.0))  # Rayleigh
+            on_site &= offset <= MAX_FOUND_PEAK_OFFSET_SIGMAS * sigma
+        m_full |= on_site[c.m] & m_unres & (p_empty < MIN_EMPTY_ON_FOUND_COLUMN)
+        # no column was found on the site and its reading calls it vacant: a metal vacancy
+        # the classifier missed
+        m_empty = s.placed[c.m] & (ms == "vacant")
+        if frame.vacuum is not None and m_empty.any():
+            from .vacuum import _distance_to_mask
+
+            hh, ww = frame.vacuum.shape
+            at = np.flatnonzero(m_empty)
+            xy = np.rint(s.xy[c.m[at]]).astype(np.intp)
+            d = _distance_to_mask(frame.vacuum, np.clip(xy[:, 1], 0, hh - 1), np.clip(xy[:, 0], 0, ww - 1))
+            m_empty[at[d <= VACANCY_VACUUM_MARGIN_A * model.a_px]] = False
+        nm_new = np.where(sub | m_full, 0, np.where(m_empty, 1, nm))
+        info["metal_vacancies_read_not_classified"] = int(np.sum(ok & m_empty & (nm == 0) & ~c.boundary))
         # a chalcogen vacancy is counted where the column reading agrees: not on a column
         # that reads full, not where the column cannot be read
         x_full = (st.atoms[c.x] == 2) & (st.count_probability[c.x] >= MIN_POSTERIOR)

@@ -131,6 +131,9 @@ class SiteStates:
     w_atom_level: dict[str, float] = field(default_factory=dict)
     #: fitted exponent on the calibrated metal signal ratios (1: as calibrated)
     contrast_exponent: float = 1.0
+    #: per role: the fitted level of an empty column relative to the host column (0 on a
+    #: sharp frame; blur and the neighbours' tails raise it), from the largest group's fit
+    empty_level: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, n: int = 0) -> "SiteStates":
@@ -661,6 +664,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         # an open alloy's host is its most common full column, the formula's first otherwise
         out.host[rname] = str(cand.names[_main_state(cand, w)]) if open_alloy[role] else hosts[role]
         out.sigma[rname] = sd_host
+        out.empty_level[rname] = float(vac[0])
         out.w_atom_level[rname] = k / k_scale / host_abs[role]
         read = sel_role & counted & (out.state != "unresolved")
         names_read = out.state[read]
