@@ -280,3 +280,82 @@ def test_fast_inference_equals_the_torchvision_forward(shipped):
     o0, o1 = np.argsort(-s0), np.argsort(-s1)
     np.testing.assert_allclose(b1[o1], b0[o0], atol=1e-2)
     np.testing.assert_allclose(s1[o1], s0[o0], atol=1e-4)
+
+
+# --------------------------------------------------------------------------- memory of large frames
+@pytest.mark.parametrize("shape, scale", [((301, 410), 0.8333), ((520, 497), 0.5), ((400, 380), 0.25)])
+def test_strip_resampling_equals_the_whole_image_call(shape, scale, rng):
+    img = (rng.random(shape) * 1000).astype(np.float32)
+    whole = torch.nn.functional.interpolate(torch.from_numpy(img)[None, None], scale_factor=None,
+                                            size=tuple(int(round(n * scale)) for n in shape), mode="bilinear",
+                                            align_corners=False, antialias=True)[0, 0].numpy()
+    for view in (img, img[3:-2, 5:-4]):  # a crop of a frame: strided, not copied whole
+        ref = whole if view is img else det._resample(np.ascontiguousarray(view), scale)[0]
+        for rows in (2, 37, 10_000):
+            out, s = det._resample(view, scale, strip_rows=rows)
+            assert out.shape == ref.shape and s == (ref.shape[1] / view.shape[1], ref.shape[0] / view.shape[0])
+            # the same taps, weights and order as torch: equal to float rounding (bit-equal above 0.5)
+            np.testing.assert_allclose(out, ref, rtol=0, atol=2e-7 * float(np.abs(ref).max()))
+            if scale >= 0.5:
+                assert np.array_equal(out, ref)
+
+
+def test_normalize_in_place_equals_the_copy_and_spares_the_caller(rng):
+    img = (rng.random((300, 280)) * 50 + 7).astype(np.float32)
+    keep = img.copy()
+    ref = det.normalize_image(img)
+    assert np.array_equal(img, keep)  # not in place unless asked
+    work = img.copy()
+    out = det.normalize_image(work, inplace=True)
+    assert out is work and np.array_equal(out, ref)
+    # prepare_image never writes into the caller's frame, also where it keeps its size
+    for ps in (0.12, 0.09):
+        det.prepare_image(img, ps)
+        assert np.array_equal(img, keep)
+
+
+def test_streamed_canonical_rows_equal_the_whole_canonical_image(monkeypatch):
+    sim = sample_image(seed=2, size=1400)  # canonical 1050² px: sampled every other row and column
+    ps = sim.truth.pixel_size
+    whole, s = det.prepare_image(sim.image, ps)
+    monkeypatch.setattr(det, "RESAMPLE_STRIP_FROM", 1 << 16)
+    rows, s2 = det.prepare_image(sim.image, ps, stream=True)
+    assert isinstance(rows, det.CanonicalRows) and rows.shape == whole.shape and s2 == s
+    assert np.array_equal(rows.rows(0, whole.shape[0]), whole)
+    assert np.array_equal(rows.rows(333, 871), whole[333:871])  # any band: the same rows
+    assert np.array_equal(rows.rows(800, 1050), whole[800:1050])  # overlapping the last: its rows reused
+    assert det.prepare_image(np.full((1400, 1400), 5.0, np.float32), ps, stream=True)[0] is None
+    # the image is never made whole: numpy's allocations (bands, the levels' sample of every
+    # other row and column) and torch's (the bands' horizontal pass) stay a fraction of it
+    import tracemalloc
+
+    monkeypatch.setattr(det, "RESAMPLE_STRIP_ROWS", 64)
+    sizes = []
+    interpolate = torch.nn.functional.interpolate
+
+    def spy(*a, **k):
+        out = interpolate(*a, **k)
+        sizes.append(out.numel())
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "interpolate", spy)
+    tracemalloc.start()
+    rows = det.prepare_image(sim.image, ps, stream=True)[0]
+    band = rows.rows(500, 620)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.array_equal(band, whole[500:620])
+    assert peak < 0.7 * whole.nbytes, (peak, whole.nbytes)
+    assert len(sizes) > 10 and max(sizes) < 0.2 * whole.size
+
+
+@needs_weights
+def test_streamed_detection_finds_the_same_hexagons(shipped, monkeypatch):
+    sim = sample_image(seed=3, size=900)  # canonical 675² px: 2 x 2 tiles
+    ps = sim.truth.pixel_size
+    b0, s0 = shipped.detect(sim.image, ps)
+    monkeypatch.setattr(det, "RESAMPLE_STRIP_FROM", 1 << 16)
+    calls = []
+    b1, s1 = shipped.detect(sim.image[:, :], ps, progress=lambda d, n: calls.append((d, n)))
+    assert len(b0) > 200 and calls[-1] == (4, 4)
+    assert np.array_equal(b1, b0) and np.array_equal(s1, s0)

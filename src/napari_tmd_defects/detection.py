@@ -35,6 +35,7 @@ __all__ = [
     "A_PX",
     "BETAS",
     "CONFIGS",
+    "CanonicalRows",
     "HexagonDetector",
     "build_detector",
     "canonical_scale",
@@ -229,11 +230,104 @@ def canonical_scale(pixel_size: float, material: str = "MoTe2", a_px: float = A_
     return float(a_px) / (get_material(material).a / ps)
 
 
-def _resample(image: np.ndarray, scale: float) -> tuple[np.ndarray, tuple[float, float]]:
+#: Canonical images larger than this (pixels) are made in strips of
+#: :data:`RESAMPLE_STRIP_ROWS` output rows when shrinking (:func:`_resample`), and the
+#: detector reads them band by band without the whole (:class:`CanonicalRows`).
+RESAMPLE_STRIP_FROM = 4096 * 4096
+#: Output rows per strip of the strip-wise resampling (even: the normalisation's
+#: every-other-row sample lines up with the strips).
+RESAMPLE_STRIP_ROWS = 256
+
+
+def _aa_taps(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Torch's own weights of the antialiased bilinear shrinking ``n`` -> ``m`` px along one
+    axis: ``(m, K)`` input indices (ascending) and float32 weights (0 where unused).
+
+    Read off ``F.interpolate`` itself (a probe with one 1 per input index, ``K`` indices
+    apart), so they are the weights the whole-image call applies.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    k = 2 * int(math.ceil(n / m)) + 3  # > the widest window (2 ceil(support) + 1)
+    probe = np.zeros((n, k), np.float32)
+    probe[np.arange(n), np.arange(n) % k] = 1.0
+    w = F.interpolate(torch.from_numpy(probe)[None, None], size=(m, k), mode="bilinear", align_corners=False,
+                      antialias=True)[0, 0].numpy()
+    base = np.floor((np.arange(m) + 0.5) * n / m).astype(np.int64) - k // 2
+    idx = base[:, None] + (np.arange(k)[None, :] - base[:, None]) % k  # input index of each probe column
+    w = np.where((idx >= 0) & (idx < n), w, np.float32(0.0))
+    order = np.argsort(idx, axis=1, kind="stable")
+    idx, w = np.take_along_axis(idx, order, 1), np.take_along_axis(w, order, 1)
+    used = w != 0
+    first = used.argmax(axis=1)
+    last = k - 1 - used[:, ::-1].argmax(axis=1)
+    width = int(max(1, (last - first).max() + 1))
+    cols = first[:, None] + np.arange(width)[None, :]
+    inside = cols < k
+    cols = np.minimum(cols, k - 1)
+    idx = np.clip(np.take_along_axis(idx, cols, 1), 0, n - 1)
+    w = np.where(inside, np.take_along_axis(w, cols, 1), np.float32(0.0)).astype(np.float32)
+    return idx, w
+
+
+def _resample_rows(image: np.ndarray, taps: tuple[np.ndarray, np.ndarray], nw: int, r0: int, r1: int,
+                   out: np.ndarray | None = None, step: int = 1) -> np.ndarray:
+    """Rows ``r0:r1:step`` (float32) of ``image`` shrunk (antialiased bilinear) to ``nw``
+    columns and ``len(taps[0])`` rows, as ``F.interpolate`` makes them for the whole image:
+    its horizontal pass on the input rows they need, then its vertical weights ``taps``
+    (:func:`_aa_taps`) accumulated in its order. Any row range gives the same rows."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = image.shape
+    idx, wt = taps[0][r0:r1:step], taps[1][r0:r1:step]
+    a, b = int(idx.min()), int(idx.max()) + 1
+    with warnings.catch_warnings():  # a read-only frame: only read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        band = torch.from_numpy(np.ascontiguousarray(image[a:b], dtype=np.float32))
+    if out is None:
+        out = np.empty((len(idx), nw), np.float32)
+    dst = torch.from_numpy(out)
+    with torch.inference_mode():
+        if nw != w:  # the horizontal pass: rows are independent
+            band = F.interpolate(band[None, None], size=(b - a, nw), mode="bilinear", align_corners=False,
+                                 antialias=True)[0, 0]
+        if len(taps[0]) == h:
+            dst.copy_(band[r0 - a : r1 - a : step])
+            return out
+        k = idx.shape[1]
+        rows = band.index_select(0, torch.from_numpy((idx - a).reshape(-1))).view(len(idx), k, nw)
+        wts = torch.from_numpy(wt)[:, :, None]
+        # the vertical pass as torch accumulates it: the first tap times its weight, then the others added
+        torch.mul(rows[:, 0], wts[:, 0], out=dst)
+        for j in range(1, k):
+            dst.addcmul_(rows[:, j], wts[:, j])
+    return out
+
+
+def _resample_strips(image: np.ndarray, nh: int, nw: int, rows: int = RESAMPLE_STRIP_ROWS) -> np.ndarray:
+    """Antialiased bilinear shrinking of ``image`` to ``(nh, nw)``, ``rows`` output rows at a
+    time (:func:`_resample_rows`): the whole-image ``F.interpolate`` result without its
+    full-size intermediate (the horizontal pass, ~1.2x the output) or a contiguous copy
+    of ``image``."""
+    taps = _aa_taps(image.shape[0], nh)
+    out = np.empty((nh, nw), np.float32)
+    step = max(1, int(rows))
+    for r0 in range(0, nh, step):
+        _resample_rows(image, taps, nw, r0, min(nh, r0 + step), out[r0 : r0 + step])
+    return out
+
+
+def _resample(image: np.ndarray, scale: float, strip_rows: int | None = None) -> tuple[np.ndarray, tuple[float, float]]:
     """Bilinear resampling (antialiased when shrinking) by ``scale``.
 
     Returns the new image and the exact per-axis factors ``(sx, sy)`` = new/old size;
     a point ``p`` (px, pixel centres at integers) maps to ``(p + 0.5) * s - 0.5``.
+    A shrunk image larger than :data:`RESAMPLE_STRIP_FROM` pixels (or any, given
+    ``strip_rows``) is made in strips (:func:`_resample_strips`: the same pixels, at most a
+    float rounding apart where it shrinks more than 2x), so its memory is the output's alone. The result is a new array unless ``scale`` keeps the
+    size (then ``image`` itself when it is a contiguous float32 array).
     """
     import torch
     import torch.nn.functional as F
@@ -242,6 +336,8 @@ def _resample(image: np.ndarray, scale: float) -> tuple[np.ndarray, tuple[float,
     nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
     if (nh, nw) == (h, w):
         return np.ascontiguousarray(image, dtype=np.float32), (1.0, 1.0)
+    if nh <= h and nw <= w and (strip_rows is not None or nh * nw > RESAMPLE_STRIP_FROM):
+        return _resample_strips(image, nh, nw, strip_rows or RESAMPLE_STRIP_ROWS), (nw / w, nh / h)
     src = np.ascontiguousarray(image, dtype=np.float32)
     with warnings.catch_warnings():  # a caller's read-only frame: only read here, shared without a copy
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -250,24 +346,90 @@ def _resample(image: np.ndarray, scale: float) -> tuple[np.ndarray, tuple[float,
     return out[0, 0].numpy(), (nw / w, nh / h)
 
 
-def normalize_image(image: np.ndarray) -> np.ndarray | None:
+def _levels(sample: np.ndarray, own: bool = False) -> tuple[np.float32, np.float32] | None:
+    """``(lo, span)`` of :func:`normalize_image` from its sample of the image (the image, or
+    every other row and column of a large one); None for a constant image. ``own``: the
+    sample is a scratch array, smoothed in place (the same values, no second array)."""
+    from scipy import ndimage as ndi
+
+    sm = ndi.gaussian_filter(sample, 1.0, mode="nearest", output=sample if own else None)
+    lo, hi = np.percentile(sm, [1.0, 99.5], overwrite_input=True)  # sm is ours: sorted in place, not copied
+    span = float(hi - lo)
+    if not math.isfinite(span) or span <= 1e-6 * max(1.0, abs(float(lo)), abs(float(hi))):
+        return None
+    return np.float32(lo), np.float32(span)
+
+
+def _apply_levels(out: np.ndarray, levels: tuple[np.float32, np.float32]) -> np.ndarray:
+    """``clip((out - lo) / span, -1, 3)`` in place."""
+    out -= levels[0]
+    out /= levels[1]
+    return np.clip(out, -1.0, 3.0, out=out)
+
+
+def normalize_image(image: np.ndarray, inplace: bool = False) -> np.ndarray | None:
     """Robust grey-level normalisation of a canonical image (float32).
 
     The 1st and 99.5th percentiles of the image smoothed by a Gaussian of 1 px map to
     0 and 1; values are clipped to [-1, 3]. Returns None for a constant image.
+    ``inplace``: a writable float32 ``image`` is normalised in place and returned (no
+    second full-size array; the same values).
     """
-    from scipy import ndimage as ndi
-
     img = np.asarray(image, dtype=np.float32)
-    sub = img if img.size <= 1 << 20 else img[:: 2, :: 2]
-    sm = ndi.gaussian_filter(sub, 1.0, mode="nearest")
-    lo, hi = np.percentile(sm, [1.0, 99.5])
-    span = float(hi - lo)
-    if not math.isfinite(span) or span <= 1e-6 * max(1.0, abs(float(lo)), abs(float(hi))):
+    levels = _levels(img if img.size <= 1 << 20 else img[:: 2, :: 2])
+    if levels is None:
         return None
-    out = img - np.float32(lo)
-    out /= np.float32(span)
+    if inplace and img.flags.writeable:
+        return _apply_levels(img, levels)
+    out = img - levels[0]
+    out /= levels[1]
     return np.clip(out, -1.0, 3.0, out=out)
+
+
+class CanonicalRows:
+    """The normalised canonical image of a large frame (:func:`prepare_image` with
+    ``stream=True``), made band by band on demand and never held whole: ``rows(r0, r1)``
+    returns rows ``r0:r1`` (float32), equal to those of the whole-image
+    :func:`prepare_image`. Its levels come from one pass over the strips that keeps every
+    other row and column (what :func:`normalize_image` samples): ~1/4 of the image.
+    """
+
+    def __init__(self, image: np.ndarray, scale: float, strip_rows: int | None = None):
+        h, w = image.shape
+        nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+        if nh > h or nw > w:
+            raise ValueError("CanonicalRows shrinks only: enlarged images are resampled whole")
+        self.source = image
+        self.shape = (nh, nw)
+        self.factors = (nw / w, nh / h)
+        self._taps = _aa_taps(h, nh)
+        step = max(2, int(strip_rows or RESAMPLE_STRIP_ROWS) // 2 * 2)
+        sample = np.empty(((nh + 1) // 2, (nw + 1) // 2), np.float32) if nh * nw > 1 << 20 else None
+        full = None if sample is not None else np.empty((nh, nw), np.float32)
+        for r0 in range(0, nh, step):
+            if sample is not None:  # its even rows only
+                band = _resample_rows(image, self._taps, nw, r0, min(nh, r0 + step), step=2)
+                sample[r0 // 2 : r0 // 2 + len(band)] = band[:, ::2]
+            else:
+                _resample_rows(image, self._taps, nw, r0, min(nh, r0 + step), full[r0 : r0 + step])
+        self.levels = _levels(sample if sample is not None else full, own=True)
+        self._last: tuple[int, np.ndarray] | None = None  # (first row, rows) of the last band
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        """Normalised canonical rows ``r0:r1`` (clipped to the image), float32. Rows the
+        last call also returned (overlapping tiles, top to bottom) are copied from it."""
+        r0, r1 = max(0, int(r0)), min(self.shape[0], int(r1))
+        out = np.empty((max(0, r1 - r0), self.shape[1]), np.float32)
+        start = r0
+        if self._last is not None and self._last[0] <= r0 < self._last[0] + len(self._last[1]) < r1:
+            done = self._last[0] + len(self._last[1]) - r0
+            out[:done] = self._last[1][r0 - self._last[0] :]
+            start = r0 + done
+        if start < r1:
+            _apply_levels(_resample_rows(self.source, self._taps, self.shape[1], start, r1, out[start - r0 :]),
+                          self.levels)
+        self._last = (r0, out)
+        return out
 
 
 def _clean_input(image) -> np.ndarray:
@@ -288,13 +450,15 @@ def _clean_input(image) -> np.ndarray:
 
 
 def prepare_image(
-    image: np.ndarray, pixel_size: float, material: str = "MoTe2", a_px: float = A_PX
-) -> tuple[np.ndarray | None, tuple[float, float]]:
+    image: np.ndarray, pixel_size: float, material: str = "MoTe2", a_px: float = A_PX, stream: bool = False
+) -> tuple[np.ndarray | CanonicalRows | None, tuple[float, float]]:
     """Resample an image to the canonical sampling and normalise it.
 
     Non-finite pixels are replaced by the median of the others. Returns
     ``(canonical image or None if constant, (sx, sy))``; see :func:`_resample` for the
-    coordinate mapping. Training and inference both use this function.
+    coordinate mapping. Training and inference both use this function. ``stream``: a
+    shrunk canonical image larger than :data:`RESAMPLE_STRIP_FROM` pixels comes as a
+    :class:`CanonicalRows` (the same pixels, band by band) instead of an array.
     """
     img = _clean_input(image)
     scale = canonical_scale(pixel_size, material, a_px)
@@ -305,8 +469,14 @@ def prepare_image(
             f"{nw:.0f}x{nh:.0f} px at the detector's sampling (max {MAX_CANONICAL_PIXELS} pixels); "
             "check the pixel size or analyse a crop"
         )
+    if stream and scale < 1 and round(nh) * round(nw) > RESAMPLE_STRIP_FROM:
+        rows = CanonicalRows(img, scale)
+        return (rows if rows.levels is not None else None), rows.factors
     can, s = _resample(img, scale)
-    return normalize_image(can), s
+    # a new array (resampled, or the cleaned copy): normalised in place; the caller's own is not touched
+    own = can is not image and not np.may_share_memory(can, np.asarray(image))
+    del img
+    return normalize_image(can, inplace=own), s
 
 
 def _to_canonical(boxes: np.ndarray, s: tuple[float, float]) -> np.ndarray:
@@ -612,16 +782,20 @@ class HexagonDetector:
         return str(self.card.get("target", "hexagon"))
 
     def detect_canonical(
-        self, image: np.ndarray, progress=None, cancel=None
+        self, image: np.ndarray | CanonicalRows, progress=None, cancel=None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Detect in a normalised image at the canonical sampling (tiles and merges).
 
-        Returns boxes (px in ``image``) and scores, above :attr:`score_threshold`.
+        ``image``: an array, or a :class:`CanonicalRows` read one band of tiles at a time
+        (the same boxes). Returns boxes (px in ``image``) and scores, above
+        :attr:`score_threshold`.
         """
         from .runtime import check_cancel
 
         h, w = image.shape
         pad_h, pad_w = max(0, MIN_IMAGE_PX - h), max(0, MIN_IMAGE_PX - w)
+        if isinstance(image, CanonicalRows) and (pad_h or pad_w):
+            image = image.rows(0, h)
         if pad_h or pad_w:
             image = np.pad(image, ((0, pad_h), (0, pad_w)), constant_values=float(np.median(image)))
         hh, ww = image.shape
@@ -634,14 +808,18 @@ class HexagonDetector:
         # tiles smaller than the model's tile keep as many RPN proposals per px as full ones
         pre_nms = None if n_all == 1 else max(1, round(self.model.rpn.pre_nms_top_n() * th * tw / self.tile**2))
         all_b, all_s = [], []
+        band_y0, band = None, None
         for done, (y0, x0) in enumerate(grid, 1):
             check_cancel(cancel)
+            if y0 != band_y0:  # the tiles' rows: a view of an array, made for a CanonicalRows
+                band_y0, band = y0, None
+                band = image.rows(y0, y0 + th) if isinstance(image, CanonicalRows) else image[y0 : y0 + th]
             # keep a box in the tile whose core (tile minus half the overlap) holds its centre
             lo_x = half if x0 > 0 else -np.inf
             hi_x = tw - half if x0 + tw < ww else np.inf
             lo_y = half if y0 > 0 else -np.inf
             hi_y = th - half if y0 + th < hh else np.inf
-            b, sc = self._infer(image[y0 : y0 + th, x0 : x0 + tw], (lo_x, lo_y, hi_x, hi_y), pre_nms)
+            b, sc = self._infer(band[:, x0 : x0 + tw], (lo_x, lo_y, hi_x, hi_y), pre_nms)
             cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
             core = (cx >= lo_x) & (cx < hi_x) & (cy >= lo_y) & (cy < hi_y)
             all_b.append(b[core] + np.array([x0, y0, x0, y0]))
@@ -701,7 +879,8 @@ class HexagonDetector:
                 f"image is {img.shape[1]}x{img.shape[0]} px; the detector needs at least "
                 f"{MIN_IMAGE_PX} px per side"
             )
-        can, sxy = prepare_image(img, pixel_size, material, self.a_px)
+        # a large frame's canonical image is read band by band (CanonicalRows), never held whole
+        can, sxy = prepare_image(img, pixel_size, material, self.a_px, stream=True)
         if can is None:  # constant image: nothing to find
             return np.zeros((0, 4)), np.zeros(0)
         boxes, scores = self.detect_canonical(can, progress=progress, cancel=cancel)

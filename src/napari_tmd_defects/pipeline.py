@@ -1121,6 +1121,7 @@ def analyze(
         t0 = time.perf_counter()
         boxes, scores, centres = detect_hexagons(frame, found["det"], found["det_image"][0], sub(20, 60), cancel)
         frame.timings["detection"] = time.perf_counter() - t0
+        release_memory()  # the detector's freed bands and tiles, ahead of the vacuum's full-size arrays
         found["hexagons"] = (boxes, scores, centres)
         return centres
 
@@ -1128,6 +1129,9 @@ def analyze(
                          pixel_size_source=pixel_size_source, trust_pixel_size=trust_pixel_size,
                          progress=progress, cancel=cancel)
     img = frame.image
+    # the lattice search's working image (a quarter of the frame at 0.1 Å/px) and column
+    # graph are not read past the sites: not held through classification and the states
+    frame.work = frame.state = None
 
     def timed(name, fn, *args, **kw):
         release_memory()  # the freed temporaries of the stages before, ahead of this one's full-size arrays
