@@ -261,3 +261,40 @@ def test_block_mean_is_the_mean_of_each_block(dtype):
         assert out.dtype == (np.float64 if dtype == np.uint16 else dtype) and out.shape == (hc, wc)
         np.testing.assert_allclose(out, ref, rtol=1e-6)
         assert block_mean(img, f, dtype=np.float64).dtype == np.float64
+
+
+def test_block_mean_in_bands_equals_one_pass(monkeypatch):
+    """Rows summed band by band give exactly the one-pass sums (same additions per block)."""
+    from napari_tmd_defects import geometry
+
+    img = (np.random.default_rng(2).random((103, 61)) * 4000).astype(np.uint16)
+    whole = {f: geometry.block_mean(img, f, dtype=np.float64) for f in (2, 3)}
+    monkeypatch.setattr(geometry, "_BLOCK_MEAN_BAND_ELEMENTS", 200)  # a few rows per band
+    for f, ref in whole.items():
+        assert np.array_equal(geometry.block_mean(img, f, dtype=np.float64), ref)
+    ref = img[:102, :60].astype(float).reshape(51, 2, 30, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(whole[2], ref, rtol=1e-12)
+
+
+def test_rotation_warp_is_float32_without_float64_copies():
+    """The warp equals the float64 resampling rounded to float32, and holds little more than
+    its canvas (no float64 copy of the image or of the canvas)."""
+    import tracemalloc
+
+    from scipy import ndimage as ndi
+
+    img = (np.random.default_rng(3).random((400, 300)) * 1000).astype(np.float32)
+    turned = geo.RotationFrame.for_image(img.shape, 23.0)
+    tracemalloc.start()
+    try:
+        out = turned.warp(img, fill=5.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    t = math.radians(23.0)
+    mat = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+    ci, co = turned._centers()
+    ref = ndi.affine_transform(img.astype(float), mat, offset=ci[::-1] - mat @ co[::-1],
+                               output_shape=turned.out_shape, order=1, mode="constant", cval=5.0)
+    assert out.dtype == np.float32 and np.array_equal(out, ref.astype(np.float32))
+    assert peak < 1.5 * out.nbytes  # a float64 canvas alone would be 2x

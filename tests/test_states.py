@@ -175,3 +175,14 @@ def test_an_open_chalcogen_alloy_reads_the_same_whatever_the_formula_order():
     xa, xb = a.site_state_counts()["X"], b.site_state_counts()["X"]
     assert xa == xb
     assert a.site_states.host["X"] == b.site_states.host["X"] == "SS"
+
+
+def test_local_heights_in_blocks_of_sites_are_the_same(monkeypatch):
+    """Neighbour lists taken a block of sites at a time give the same local heights."""
+    from napari_tmd_defects import states
+
+    _, model, _ = _read("MoTe2", seed=2)
+    whole = states._local_heights(model)
+    monkeypatch.setattr(states, "_NEIGHBOUR_BLOCK", 7)
+    blocks = states._local_heights(model)
+    assert np.array_equal(blocks, whole) and not np.array_equal(whole, model.sites.height)

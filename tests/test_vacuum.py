@@ -106,3 +106,20 @@ def test_distance_to_mask_is_the_distance_transform():
     mask[:, :2] = True  # touching the border
     rows, cols = np.nonzero(np.ones_like(mask))
     assert np.array_equal(_distance_to_mask(mask, rows, cols), ndi.distance_transform_edt(~mask)[rows, cols])
+
+
+def test_distance_to_mask_in_bands_of_rows(monkeypatch):
+    """The mask's edge found band by band (each with its neighbours' rows) is the whole one's."""
+    from scipy import ndimage as ndi
+
+    from napari_tmd_defects import vacuum
+
+    rng = np.random.default_rng(1)
+    mask = ndi.binary_dilation(rng.random((50, 40)) > 0.99, iterations=2)
+    mask[:3, :] = True  # touching the top border
+    mask[-1, 5:9] = True  # and the bottom one
+    rows, cols = np.nonzero(np.ones_like(mask))
+    ref = ndi.distance_transform_edt(~mask)[rows, cols]
+    for band_elements in (40, 120, 1 << 22):  # one row, three rows, the whole mask per band
+        monkeypatch.setattr(vacuum, "_EDGE_BAND_ELEMENTS", band_elements)
+        assert np.array_equal(vacuum._distance_to_mask(mask, rows, cols), ref)

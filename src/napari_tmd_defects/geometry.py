@@ -396,7 +396,12 @@ class RotationFrame:
         return rotate_points(np.asarray(points, float) - co, self.rotation_deg) + ci
 
     def warp(self, image: np.ndarray, fill: float) -> np.ndarray:
-        """The image resampled onto the canvas (bilinear), ``fill`` outside it."""
+        """The image resampled onto the canvas (bilinear, float32), ``fill`` outside it.
+
+        The interpolation runs in double precision whatever the input type: a float32
+        image is read as it is and each value rounded to float32 as it is stored (no
+        float64 copies of the image or the canvas).
+        """
         from scipy import ndimage as ndi
 
         t = math.radians(self.rotation_deg)
@@ -404,10 +409,13 @@ class RotationFrame:
         mat = np.array([[c, -s], [s, c]])  # acts on (row, col) of the canvas
         ci, co = self._centers()
         offset = ci[::-1] - mat @ co[::-1]
+        img = np.asarray(image)
+        if img.dtype not in (np.float32, np.float64):
+            img = img.astype(float)
         return ndi.affine_transform(
-            np.asarray(image, float), mat, offset=offset, output_shape=self.out_shape,
-            order=1, mode="constant", cval=float(fill),
-        ).astype(np.float32)
+            img, mat, offset=offset, output_shape=self.out_shape,
+            order=1, mode="constant", cval=float(fill), output=np.float32,
+        )
 
 
 def cell_box(x_site: np.ndarray, m_site: np.ndarray, a_px: float) -> np.ndarray:
@@ -485,6 +493,10 @@ def bbox_of_points(points: np.ndarray) -> np.ndarray:
     return np.concatenate([p.min(axis=-2), p.max(axis=-2)], axis=-1)
 
 
+#: Input elements whose row sums :func:`block_mean` holds at once (bounds its memory).
+_BLOCK_MEAN_BAND_ELEMENTS = 1 << 22
+
+
 def block_mean(image: np.ndarray, f: int, dtype=None) -> np.ndarray:
     """Mean over ``f`` x ``f`` px blocks; rows and columns short of a whole block are dropped.
 
@@ -501,13 +513,19 @@ def block_mean(image: np.ndarray, f: int, dtype=None) -> np.ndarray:
     if dtype is None:  # as ndarray.mean: floats keep their type, integers give float64
         dtype = img.dtype if img.dtype.kind == "f" else np.float64
     # sums of strided slices (rows, then columns): much faster than a reduction over two
-    # interleaved axes
-    rows = img[0::f].astype(dtype)
-    for i in range(1, f):
-        rows += img[i::f]
-    out = rows[:, 0::f].copy()
-    for j in range(1, f):
-        out += rows[:, j::f]
+    # interleaved axes; in bands of rows, so the row sums never span the whole image
+    out = np.empty((hc, wc), dtype)
+    band = max(1, _BLOCK_MEAN_BAND_ELEMENTS // (wc * f))  # output rows per band
+    for r0 in range(0, hc, band):
+        r1 = min(hc, r0 + band)
+        blk = img[r0 * f : r1 * f]
+        rows = blk[0::f].astype(dtype)
+        for i in range(1, f):
+            rows += blk[i::f]
+        o = out[r0:r1]
+        o[...] = rows[:, 0::f]
+        for j in range(1, f):
+            o += rows[:, j::f]
     out /= f * f
     return out
 

@@ -500,6 +500,10 @@ def _ragged_median(values: np.ndarray, index_lists, counts: np.ndarray) -> np.nd
     return np.where(counts > 0, out, np.nan).astype(values.dtype)
 
 
+#: Sites whose neighbour lists :func:`_local_heights` holds at once (bounds its memory).
+_NEIGHBOUR_BLOCK = 4096
+
+
 def _local_heights(model: SiteModel) -> np.ndarray:
     """Site intensities divided by their neighbourhood's: the median found column of the
     same sublattice and domain within :data:`LOCAL_RADIUS_A` over that of the whole domain
@@ -520,9 +524,17 @@ def _local_heights(model: SiteModel) -> np.ndarray:
             med = float(np.median(h_ref))
             if med <= 0:
                 continue
-            near = cKDTree(s.xy[ref]).query_ball_point(s.xy[sel], r)
-            n_nb = np.array([len(nb) for nb in near])
-            gain = _ragged_median(h_ref, near, n_nb) / med  # in the heights' dtype
+            # the neighbour lists (Python lists) a block of sites at a time: each site's
+            # median is its own, so the blocks give the same gains without the lists of all
+            tree = cKDTree(s.xy[ref])
+            n_nb, gain = [], []
+            for b0 in range(0, len(sel), _NEIGHBOUR_BLOCK):
+                near = tree.query_ball_point(s.xy[sel[b0 : b0 + _NEIGHBOUR_BLOCK]], r)
+                n_nb.append(np.array([len(nb) for nb in near], dtype=int))
+                gain.append(_ragged_median(h_ref, near, n_nb[-1]))
+                del near
+            n_nb = np.concatenate(n_nb)
+            gain = np.concatenate(gain) / med  # in the heights' dtype
             if not np.all(n_nb >= 6):  # float64 where some sites keep a gain of 1
                 gain = np.where(n_nb >= 6, gain.astype(float), 1.0)
             # shrink towards 1 by how much of the gains' spread the noise of a local median

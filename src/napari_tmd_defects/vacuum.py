@@ -74,7 +74,7 @@ def _amplitude_grid(image: np.ndarray, lattice: LatticeEstimate, sigma_px: float
     sigma = 0.8 * a_px if sigma_px is None else float(sigma_px)
     f = max(1, int(a_px // 10))
     small = block_mean(img, f, dtype=np.float64)  # float64 sums, no float64 copy of the image
-    small = small - small.mean()
+    small -= small.mean()
     sh, sw = small.shape
     k, r = _gaussian_kernel(sigma / f)
     # the window's weight inside the image (normalises the average at the border)
@@ -84,7 +84,7 @@ def _amplitude_grid(image: np.ndarray, lattice: LatticeEstimate, sigma_px: float
     nx = sfft.next_fast_len(sw + r)
     kx = [_kernel_spectrum(k, r, g[0], nx) for g in gs]
     rows = max(16, min(sh, _STRIP_ELEMENTS // nx))
-    total = np.empty((sh, sw))
+    amp = np.empty((sh, sw), np.float32)
     ky_cache: dict[int, list[np.ndarray]] = {}
     for y0 in range(0, sh, rows):
         y1 = min(sh, y0 + rows)
@@ -97,9 +97,9 @@ def _amplitude_grid(image: np.ndarray, lattice: LatticeEstimate, sigma_px: float
         for kyg, kxg in zip(ky_cache[ny], kx):
             out = sfft.ifft2(spec * kyg[:, None] * kxg[None, :])[y0 - ys : y1 - ys, :sw]
             acc += out.real**2 + out.imag**2
-        total[y0:y1] = acc
-    total /= (wy[:, None] * wx[None, :]) ** 2
-    return np.sqrt(total).astype(np.float32), f
+        acc /= (wy[y0:y1, None] * wx[None, :]) ** 2
+        amp[y0:y1] = np.sqrt(acc, out=acc)
+    return amp, f
 
 
 def _grid_weights(n_grid: int, f: int, n: int) -> np.ndarray:
@@ -191,21 +191,35 @@ def vacuum_mask(image: np.ndarray, lattice: LatticeEstimate | list[LatticeEstima
         f = 1
     wy = _grid_weights(grids[0][0].shape[0], f, shape[0])
     wx = _grid_weights(grids[0][0].shape[1], f, shape[1])
-    wts = (wy[:, None] * wx[None, :]).ravel()
+    # a block stands for at most (2 f - 1)² px: the smallest exact type
+    wdt = np.uint16 if (2 * f) ** 2 < 1 << 16 else np.int64
+    wts = (wy[:, None] * wx[None, :]).astype(wdt).ravel()
+    amps = [amp for amp, _ in grids]
+    del grids
     rel = None
-    for amp, _ in grids:
+    for i, amp in enumerate(amps):
         ref = _weighted_percentile(amp.ravel(), wts, 90.0)
         if not np.isfinite(ref) or ref <= 0:
             continue
-        r = amp / ref
-        rel = r if rel is None else np.maximum(rel, r)
+        amp /= ref  # in place: each grid is read once
+        rel = amp if rel is None else np.maximum(rel, amp, out=rel)
+        amps[i] = None
+    del wts, amps
     if rel is None:
         return np.zeros(shape, bool)
     low = rel < threshold
+    del rel
     if not low.any():
         return np.zeros(shape, bool)
     lab, n = ndi.label(low)
-    sizes = np.bincount(lab.ravel(), weights=wts.astype(float))
+    del low
+    # the pixels of each region, in bands of grid rows (integer sums: exact in any order)
+    sizes = np.zeros(n + 1)
+    band = max(1, (1 << 20) // max(1, lab.shape[1]))
+    for r0 in range(0, lab.shape[0], band):
+        r1 = min(lab.shape[0], r0 + band)
+        sizes += np.bincount(lab[r0:r1].ravel(), weights=(wy[r0:r1, None] * wx[None, :]).ravel().astype(float),
+                             minlength=n + 1)
     a_px = float(np.mean([lat.a_px for lat in lattices]))
     cell_area = math.sqrt(3) / 2 * a_px**2
     keep = sizes >= min_cells * cell_area
@@ -270,6 +284,10 @@ def grow_into_empty_cells(mask: np.ndarray, centres: np.ndarray, empty: np.ndarr
     return grown, taken
 
 
+#: Mask pixels eroded at once by :func:`_distance_to_mask` (bounds its memory).
+_EDGE_BAND_ELEMENTS = 1 << 22
+
+
 def _distance_to_mask(mask: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
     """Euclidean distance (px) from pixels ``(row, col)`` to the nearest True pixel of ``mask``
     (0 inside it), as :func:`scipy.ndimage.distance_transform_edt` of ``~mask`` gives it,
@@ -281,8 +299,23 @@ def _distance_to_mask(mask: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.
     outside = ~mask[row, col]
     if not outside.any():
         return out
-    edge = mask & ~ndi.binary_erosion(mask, border_value=1)
-    ey, ex = np.nonzero(edge)
+    # the edge in bands of rows (each eroded with a row of its neighbours on both sides)
+    h = mask.shape[0]
+    band = max(1, _EDGE_BAND_ELEMENTS // max(1, mask.shape[1]))
+    eys, exs = [], []
+    for r0 in range(0, h, band):
+        r1 = min(h, r0 + band)
+        a0, a1 = max(0, r0 - 1), min(h, r1 + 1)
+        part = mask[a0:a1]
+        edge = part & ~ndi.binary_erosion(part, border_value=1)
+        if a0 < r0:  # a band's outer rows only stand in for its neighbours' (rows of the image
+            edge[0] = False  # border are eroded by the border value, as the whole mask is)
+        if a1 > r1:
+            edge[-1] = False
+        y, x = np.nonzero(edge)
+        eys.append(y + a0)
+        exs.append(x)
+    ey, ex = np.concatenate(eys), np.concatenate(exs)
     d, _ = cKDTree(np.stack([ey, ex], axis=1)).query(np.stack([row[outside], col[outside]], axis=1))
     out[outside] = d
     return out

@@ -66,3 +66,26 @@ def test_work_image_at_full_sampling_leaves_the_image_as_it_was():
     assert work.factor == 1 and work.signal.dtype == np.float32
     np.testing.assert_array_equal(img, keep)
     assert not np.shares_memory(work.signal, img)
+
+
+def test_background_subtracted_in_place_and_banded_noise_are_the_plain_forms():
+    """The working image's in-place background removal and banded noise estimate equal the
+    straightforward ones bit for bit."""
+    import math
+
+    from scipy import ndimage as ndi
+
+    from napari_tmd_defects.lattice import columns
+
+    img = simulate(shape=(300, 260), pixel_size=0.05, noise=Noise(10, 20), seed=3).image.astype(np.float32)
+    a_px = 3.52 / 0.05
+    w = work_image(img, a_px)
+    f = int(a_px // WORK_PX_PER_A)
+    small = columns.block_mean(img, f)
+    sigma = max(0.6, columns.SMOOTH_A * a_px / f)
+    smooth = ndi.gaussian_filter(small, sigma, mode="nearest")
+    assert np.array_equal(w.signal, smooth - local_background(smooth, a_px / f))
+    c = small[1:-1, 1:-1]
+    d = c - 0.25 * (small[:-2, 1:-1] + small[2:, 1:-1] + small[1:-1, :-2] + small[1:-1, 2:])
+    mad = float(np.median(np.abs(d - np.median(d))))
+    assert w.noise == 1.4826 * mad / math.sqrt(1.25) / (2.0 * math.sqrt(math.pi) * sigma)

@@ -40,6 +40,12 @@ def local_background(smooth: np.ndarray, a_px: float) -> np.ndarray:
     The same background is used to measure column heights and to normalise the
     classifier's crops; it also removes slowly varying contamination.
     """
+    return _background(smooth, a_px)
+
+
+def _background(smooth: np.ndarray, a_px: float, subtract: bool = False) -> np.ndarray:
+    """:func:`local_background`, or with ``subtract`` that background taken off ``smooth`` in
+    place, block by block (no full-size background array); returns ``smooth`` then."""
     h, w = smooth.shape
     f = max(1, min(int(a_px // 6), h, w))  # a grid with >= 6 px per lattice constant
     coarse = block_mean(smooth, f)
@@ -48,35 +54,48 @@ def local_background(smooth: np.ndarray, a_px: float) -> np.ndarray:
     bg = ndi.minimum_filter(coarse, size=win, mode="nearest")
     bg = ndi.gaussian_filter(bg, a_px / f, mode="nearest")
     if f == 1 and bg.shape == smooth.shape:
+        if subtract:
+            smooth -= bg.astype(np.float32)
+            return smooth
         return bg.astype(np.float32)
     # back to full resolution: coarse pixel k covers [k f, (k+1) f) -> centre k f + (f-1)/2
     yy = (np.arange(h) - (f - 1) / 2.0) / f
     xx = (np.arange(w) - (f - 1) / 2.0) / f
-    return _bilinear_on_grid(bg, np.clip(yy, 0, hc - 1), np.clip(xx, 0, wc - 1))
+    return _bilinear_on_grid(bg, np.clip(yy, 0, hc - 1), np.clip(xx, 0, wc - 1),
+                             subtract_from=smooth if subtract else None)
 
 
-def _bilinear_on_grid(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, block: int = 256) -> np.ndarray:
+def _bilinear_on_grid(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, block: int = 256,
+                      subtract_from: np.ndarray | None = None) -> np.ndarray:
     """Bilinear interpolation of ``values`` at every (row, col) pair of two index axes
     (float32, ``len(rows) x len(cols)``): ``map_coordinates(order=1)`` on a meshgrid, done
-    one axis at a time and in blocks of rows, without full-size coordinate arrays."""
+    one axis at a time and in blocks of rows, without full-size coordinate arrays. With
+    ``subtract_from`` (float32, that shape) the values are subtracted from it in place,
+    block by block, and it is returned."""
     def axis(c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         i0 = np.minimum(np.floor(c).astype(np.int64), max(n - 2, 0))
         return i0, np.minimum(i0 + 1, n - 1), c - i0
 
     y0, y1, ty = axis(rows, values.shape[0])
     x0, x1, tx = axis(cols, values.shape[1])
-    v = np.asarray(values, float)
-    out = np.empty((len(rows), len(cols)), np.float32)
+    v = np.asarray(values)
+    if v.dtype.kind != "f":
+        v = v.astype(float)  # float grids stay as they are: the products below are float64
+    out = np.empty((len(rows), len(cols)), np.float32) if subtract_from is None else subtract_from
     # a band of columns at a time: along x on the grid's rows first, then along y (no
-    # full-width float64 intermediates)
-    step = 4 * block
+    # full-width float64 intermediates: a band holds ~2**19 grid values)
+    step = max(16, min(4 * block, (1 << 19) // max(1, v.shape[0])))
     for c0 in range(0, len(cols), step):
         cs = slice(c0, c0 + step)
         across = v[:, x0[cs]] * (1.0 - tx[cs]) + v[:, x1[cs]] * tx[cs]
         for r0 in range(0, len(rows), block):
             sl = slice(r0, r0 + block)
             t = ty[sl, None]
-            out[sl, cs] = across[y0[sl]] * (1.0 - t) + across[y1[sl]] * t
+            val = across[y0[sl]] * (1.0 - t) + across[y1[sl]] * t
+            if subtract_from is None:
+                out[sl, cs] = val
+            else:
+                out[sl, cs] -= val.astype(np.float32)
     return out
 
 
@@ -114,9 +133,17 @@ def _noise_std(img: np.ndarray) -> float:
     """Robust std of pixel noise: MAD of the difference to the 4-neighbour mean."""
     if min(img.shape) < 3:
         return 0.0
-    c = img[1:-1, 1:-1]
-    d = c - 0.25 * (img[:-2, 1:-1] + img[2:, 1:-1] + img[1:-1, :-2] + img[1:-1, 2:])
-    mad = float(np.median(np.abs(d - np.median(d))))
+    h, w = img.shape
+    # the differences in bands of rows (no full-size temporaries), the medians in place
+    d = np.empty((h - 2, w - 2), (img[:1, :1] - 0.25 * img[:1, :1]).dtype)
+    band = max(1, (1 << 20) // w)
+    for r0 in range(1, h - 1, band):
+        r1 = min(h - 1, r0 + band)
+        d[r0 - 1 : r1 - 1] = img[r0:r1, 1:-1] - 0.25 * (img[r0 - 1 : r1 - 1, 1:-1] + img[r0 + 1 : r1 + 1, 1:-1]
+                                                        + img[r0:r1, :-2] + img[r0:r1, 2:])
+    d -= np.median(d, overwrite_input=True)
+    np.abs(d, out=d)
+    mad = float(np.median(d, overwrite_input=True))
     return 1.4826 * mad / math.sqrt(1.25)
 
 
@@ -139,10 +166,12 @@ def work_image(image: np.ndarray, a_px: float) -> WorkImage:
     small = block_mean(img, f).astype(np.float32, copy=False)  # f == 1: the image itself, read only
     a_w = a_px / f
     sigma = max(0.6, SMOOTH_A * a_w)
-    signal = ndi.gaussian_filter(small, sigma, mode="nearest")
-    signal -= local_background(signal, a_w)  # in place: the smoothed copy becomes the signal
-    # white noise of std s becomes s / (2 sqrt(pi) sigma) after the Gaussian
+    # white noise of std s becomes s / (2 sqrt(pi) sigma) after the Gaussian (measured
+    # first: the block-averaged copy is let go as soon as it is smoothed)
     noise = _noise_std(small) / (2.0 * math.sqrt(math.pi) * sigma)
+    signal = ndi.gaussian_filter(small, sigma, mode="nearest")
+    del small
+    _background(signal, a_w, subtract=True)  # in place: the smoothed copy becomes the signal
     return WorkImage(signal=signal, factor=f, a_work=float(a_w), noise=float(noise))
 
 

@@ -79,8 +79,13 @@ def neighbourhood_matrix(xy: np.ndarray, group: np.ndarray, radius: float, sigma
     t = cKDTree(xy)
     d = t.sparse_distance_matrix(t, radius, output_type="coo_matrix")
     same = group[d.row] == group[d.col]
-    w = np.exp(-0.5 * (d.data[same] / sigma) ** 2)
-    m = sparse.coo_matrix((w, (d.row[same], d.col[same])), shape=(n, n)).tocsr()
+    rows, cols, dist = d.row[same], d.col[same], d.data[same]
+    del d, same  # (millions of pairs on a large frame: each copy let go once used)
+    w = np.exp(-0.5 * (dist / sigma) ** 2)
+    del dist
+    m = sparse.coo_matrix((w, (rows, cols)), shape=(n, n))
+    del w, rows, cols
+    m = m.tocsr()
     return m + sparse.identity(n, format="csr")
 
 

@@ -251,6 +251,9 @@ def index_columns(
     a_loc = 0.5 * (spacing[p] + spacing[q])
     ok = (np.abs(twist) < math.radians(MAX_TWIST_DEG)) & np.isin(norm2, (1, 3, 4)) & (res < tolerance * a_loc)
     p, q, v, step, res, a_loc = p[ok], q[ok], v[ok], step[ok], res[ok], a_loc[ok]
+    # (the link arrays no longer needed are dropped as the function goes: a frame of
+    # 8192² px has millions of candidate links)
+    del pairs, twist, b_pair, norm2, ok
     if len(p) == 0:
         return empty
     # a loose link joins two regions that close links already hold together only when
@@ -266,8 +269,10 @@ def index_columns(
     small = np.minimum(core_size[cp], core_size[cq]) < MIN_BRIDGED_REGION
     keep = strong | (cp == cq) | (cnt[inv] >= MIN_BRIDGE) | small
     p, q, v, step, res = p[keep], q[keep], v[keep], step[keep], res[keep]
+    del strong, g0, core, core_size, cp, cq, pair, uniq, inv, cnt, small, keep, a_loc
     # patches and a spanning tree through the best links
     w = sparse.coo_matrix((res / a_f + 1e-3, (p, q)), shape=(n, n)).tocsr()
+    del res, step
     n_comp, comp = csgraph.connected_components(w, directed=False)
     sizes = np.bincount(comp, minlength=n_comp)
     mst = csgraph.minimum_spanning_tree(w)
@@ -297,14 +302,17 @@ def index_columns(
         step[child] = d
         for lev in levels:  # and sum the index steps
             nm[lev] = nm[pred[lev]] + step[lev]
+    del w, mst
     keep = (patch[p] >= 0) & (patch[q] >= 0)
     p, q, v = p[keep], q[keep], v[keep]
+    del keep
     # consistency of every link with the indices, judged in the unwrapped frame
     d, r = _round_offsets(v, _basis(0.5 * (theta_u[p] + theta_u[q]), 0.5 * (spacing[p] + spacing[q])))
     good = np.all(nm[q] - nm[p] == d, axis=1) & (r < tolerance * a_f)
     conflicts = np.bincount(p[~good], minlength=n) + np.bincount(q[~good], minlength=n)
     bad_links = np.stack([p[~good], q[~good]], axis=1)
     p, q, v = p[good], q[good], v[good]
+    del d, r, good
     dn = (nm[q] - nm[p]).astype(float)
     # local affine basis: least squares v = B dn over the links around each column
     mm = np.einsum("ei,ej->eij", dn, dn).reshape(-1, 4)
@@ -314,12 +322,18 @@ def index_columns(
     for k in range(4):
         acc_m[:, k] = np.bincount(p, weights=mm[:, k], minlength=n) + np.bincount(q, weights=mm[:, k], minlength=n)
         acc_v[:, k] = np.bincount(p, weights=vm[:, k], minlength=n) + np.bincount(q, weights=vm[:, k], minlength=n)
+    del mm, vm, v
     inpatch = np.flatnonzero(patch >= 0)
     near = cKDTree(pts[inpatch]).sparse_distance_matrix(cKDTree(pts[inpatch]), smooth_radius * a_px,
                                                         output_type="coo_matrix")
     same = patch[inpatch[near.row]] == patch[inpatch[near.col]]
-    wgt = np.exp(-0.5 * (near.data[same] / (0.6 * smooth_radius * a_px)) ** 2)
-    sm = sparse.coo_matrix((wgt, (near.row[same], near.col[same])), shape=(len(inpatch),) * 2).tocsr()
+    n_row, n_col, n_dist = near.row[same], near.col[same], near.data[same]
+    del near, same
+    wgt = np.exp(-0.5 * (n_dist / (0.6 * smooth_radius * a_px)) ** 2)
+    del n_dist
+    sm = sparse.coo_matrix((wgt, (n_row, n_col)), shape=(len(inpatch),) * 2)
+    del wgt, n_row, n_col
+    sm = sm.tocsr()
     sm = sm + sparse.identity(len(inpatch), format="csr")
     m_s = sm @ acc_m[inpatch]
     v_s = sm @ acc_v[inpatch]
@@ -329,12 +343,14 @@ def index_columns(
     solid = det > 1e-6 * np.maximum(np.abs(mmat).sum(axis=(1, 2)) ** 2, 1e-12)
     fitted = np.einsum("nij,njk->nik", v_s.reshape(-1, 2, 2)[solid], np.linalg.inv(mmat[solid]))
     basis[inpatch[solid]] = fitted
+    del sm, m_s, v_s, mmat, det, solid, fitted, acc_m, acc_v
     # misfit: distance from where the linked neighbours put each column
     pred_p = pts[q] - np.einsum("eij,ej->ei", basis[q], dn)
     pred_q = pts[p] + np.einsum("eij,ej->ei", basis[p], dn)
     cnt = np.bincount(p, minlength=n) + np.bincount(q, minlength=n)
     sx = np.bincount(p, weights=pred_p[:, 0], minlength=n) + np.bincount(q, weights=pred_q[:, 0], minlength=n)
     sy = np.bincount(p, weights=pred_p[:, 1], minlength=n) + np.bincount(q, weights=pred_q[:, 1], minlength=n)
+    del pred_p, pred_q, dn
     with np.errstate(invalid="ignore", divide="ignore"):
         misfit = np.hypot(sx / cnt - pts[:, 0], sy / cnt - pts[:, 1]) / a_f
     misfit[cnt == 0] = np.inf
