@@ -99,13 +99,13 @@ def test_mask_on_the_reduced_grid_matches_the_full_resolution_one():
 def test_distance_to_mask_is_the_distance_transform():
     from scipy import ndimage as ndi
 
-    from napari_tmd_defects.vacuum import _distance_to_mask
+    from napari_tmd_defects.vacuum import distance_to_mask
 
     rng = np.random.default_rng(0)
     mask = ndi.binary_dilation(rng.random((60, 70)) > 0.995, iterations=3)
     mask[:, :2] = True  # touching the border
     rows, cols = np.nonzero(np.ones_like(mask))
-    assert np.array_equal(_distance_to_mask(mask, rows, cols), ndi.distance_transform_edt(~mask)[rows, cols])
+    assert np.array_equal(distance_to_mask(mask, rows, cols), ndi.distance_transform_edt(~mask)[rows, cols])
 
 
 def test_distance_to_mask_in_bands_of_rows(monkeypatch):
@@ -122,4 +122,4 @@ def test_distance_to_mask_in_bands_of_rows(monkeypatch):
     ref = ndi.distance_transform_edt(~mask)[rows, cols]
     for band_elements in (40, 120, 1 << 22):  # one row, three rows, the whole mask per band
         monkeypatch.setattr(vacuum, "_EDGE_BAND_ELEMENTS", band_elements)
-        assert np.array_equal(vacuum._distance_to_mask(mask, rows, cols), ref)
+        assert np.array_equal(vacuum.distance_to_mask(mask, rows, cols), ref)

@@ -813,12 +813,12 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
         # the classifier missed
         m_empty = s.placed[c.m] & (ms == "vacant")
         if frame.vacuum is not None and m_empty.any():
-            from .vacuum import _distance_to_mask
+            from .vacuum import distance_to_mask
 
             hh, ww = frame.vacuum.shape
             at = np.flatnonzero(m_empty)
             xy = np.rint(s.xy[c.m[at]]).astype(np.intp)
-            d = _distance_to_mask(frame.vacuum, np.clip(xy[:, 1], 0, hh - 1), np.clip(xy[:, 0], 0, ww - 1))
+            d = distance_to_mask(frame.vacuum, np.clip(xy[:, 1], 0, hh - 1), np.clip(xy[:, 0], 0, ww - 1))
             m_empty[at[d <= VACANCY_VACUUM_MARGIN_A * model.a_px]] = False
         nm_new = np.where(sub | m_full, 0, np.where(m_empty, 1, nm))
         info["metal_vacancies_read_not_classified"] = int(np.sum(ok & m_empty & (nm == 0) & ~c.boundary))

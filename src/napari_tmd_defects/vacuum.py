@@ -20,7 +20,7 @@ from scipy import ndimage as ndi
 
 from .geometry import LatticeEstimate, block_mean, nearest_pixel
 
-__all__ = ["domain_lattices", "grow_into_empty_cells", "lattice_amplitude", "vacuum_mask", "VACUUM_THRESHOLD"]
+__all__ = ["distance_to_mask", "domain_lattices", "grow_into_empty_cells", "lattice_amplitude", "vacuum_mask", "VACUUM_THRESHOLD"]
 
 #: Vacuum where the lattice amplitude is below this fraction of the crystal's.
 VACUUM_THRESHOLD = 0.3
@@ -265,7 +265,7 @@ def grow_into_empty_cells(mask: np.ndarray, centres: np.ndarray, empty: np.ndarr
         return mask, taken
     h, w = mask.shape
     row, col = nearest_pixel(centres, mask.shape)
-    frontier = list(np.flatnonzero(empty & (_distance_to_mask(mask, row, col) <= 1.2 * a_px)))
+    frontier = list(np.flatnonzero(empty & (distance_to_mask(mask, row, col) <= 1.2 * a_px)))
     idx_empty = np.flatnonzero(empty)
     while frontier:
         k = frontier.pop()
@@ -284,11 +284,11 @@ def grow_into_empty_cells(mask: np.ndarray, centres: np.ndarray, empty: np.ndarr
     return grown, taken
 
 
-#: Mask pixels eroded at once by :func:`_distance_to_mask` (bounds its memory).
+#: Mask pixels eroded at once by :func:`distance_to_mask` (bounds its memory).
 _EDGE_BAND_ELEMENTS = 1 << 22
 
 
-def _distance_to_mask(mask: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
+def distance_to_mask(mask: np.ndarray, row: np.ndarray, col: np.ndarray) -> np.ndarray:
     """Euclidean distance (px) from pixels ``(row, col)`` to the nearest True pixel of ``mask``
     (0 inside it), as :func:`scipy.ndimage.distance_transform_edt` of ``~mask`` gives it,
     without a full-size distance map: the nearest True pixel of an outside one always lies
