@@ -39,10 +39,11 @@ from scipy.optimize import minimize
 
 from napari_tmd_defects import analyze
 from napari_tmd_defects.datasets import sample_conditions
-from napari_tmd_defects.evaluation import CALIBRATION_BINS, _site_states, match_cells, match_sites
-from napari_tmd_defects.materials import CLASS_VACANCIES, N_CLASSES, parse_composition
+from napari_tmd_defects.evaluation import CALIBRATION_BINS, match_result_cells
+from napari_tmd_defects.materials import N_CLASSES, parse_composition
 from napari_tmd_defects.pipeline import (READING_CALIBRATION_PATH, READING_FEATURES, READING_TEMPERATURE,
-                                         calibrated_reading, reading_features, reading_temperature)
+                                         calibrated_reading, reading_features, reading_probabilities,
+                                         reading_temperature)
 from napari_tmd_defects.simulation import simulate
 
 #: Validation materials: alloys (open and fixed, metal and chalcogen), dopants, binaries.
@@ -62,35 +63,16 @@ def _cells(res, truth) -> dict[str, np.ndarray]:
     empty = {"p_m": np.zeros(0), "p_x": np.zeros(0), "right": np.zeros(0, bool)}
     if not n or st is None or res.sites is None:
         return empty
-    a = float(truth.a_px)
     lab = np.asarray(res.labels)
-    tx, tm = _site_states(truth.cell_label)
-    on_x = match_sites(res.x_sites, truth.cell_x_site, a)
-    on_m = match_sites(res.m_sites, truth.cell_m_site, a)
-    pi, gi, _ = match_cells(res.boxes, truth.cell_box, a)
-    free_p = np.ones(n, bool)
-    free_p[pi] = False
-    free_t = np.ones(truth.n_cells, bool)
-    free_t[gi] = False
-    extra = np.flatnonzero(free_p & (on_x >= 0) & (on_m >= 0))
-    extra = extra[free_t[on_x[extra]]]
-    pi, gi = np.r_[pi, extra].astype(int), np.r_[gi, on_x[extra]].astype(int)
-    t_lab = truth.cell_label[gi].copy()
-    both = (on_x[pi] >= 0) & (on_m[pi] >= 0)
-    t_lab[both] = tx[on_x[pi][both]] + 3 * tm[on_m[pi][both]].astype(int)
+    pi, gi, _, _, _, t_lab = match_result_cells(res, truth)
     ok = (lab[pi] >= 0) & truth.interior[gi] & ~np.asarray(res.x_unresolved, bool)[pi]
     if parse_composition(res.material).is_binary and res.probabilities is not None:
         # a binary: only the cells whose class the reading set (the others carry the network's)
         p_cls = res.probabilities[pi, np.clip(lab[pi], 0, N_CLASSES - 1)]
         ok &= ~np.isclose(res.confidence[pi], p_cls)
     pi, t_lab = pi[ok], t_lab[ok]
-    c = res.sites.cells
-    vac = np.asarray(CLASS_VACANCIES)
-    lp = np.clip(lab[pi], 0, N_CLASSES - 1)
-    p_e = st.empty_probability[c.m[pi]]
-    p_m = np.where(vac[lp, 1] == 1, p_e, 1.0 - p_e)
-    p_x = np.where(vac[lp, 0] == 2, st.empty_probability[c.x[pi]], st.count_probability[c.x[pi]])
-    return {"p_m": p_m, "p_x": p_x, "right": t_lab == lab[pi]}
+    p_m, p_x = reading_probabilities(st, res.sites.cells, lab)
+    return {"p_m": p_m[pi], "p_x": p_x[pi], "right": t_lab == lab[pi]}
 
 
 def collect(n: int, size: int, sets: list[str] | None = None) -> dict:

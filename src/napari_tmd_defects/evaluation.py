@@ -25,7 +25,7 @@ import numpy as np
 from .geometry import box_iou
 from .materials import CLASS_VACANCIES, N_CLASSES, get_material
 
-__all__ = ["CellScore", "match_cells", "match_sites", "score_result", "aggregate", "format_report"]
+__all__ = ["CellScore", "match_cells", "match_result_cells", "match_sites", "score_result", "aggregate", "format_report"]
 
 
 def match_cells(pred_boxes: np.ndarray, gt_boxes: np.ndarray, a_px: float, max_dist: float = 0.3):
@@ -251,6 +251,37 @@ def _site_states(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, m
 
 
+def match_result_cells(result, truth):
+    """Pair a result's cells with the true cells as :func:`score_result` scores them.
+
+    Cells are matched by box centres (:func:`match_cells`); a cell left unmatched whose X
+    and M sites both lie on true sites (paired with another metal neighbour than the
+    truth's) is matched to the true cell of its X site. Returns ``(pi, gi, duplicates,
+    on_x, on_m, t_lab)``: matched result and true cell indices, the duplicate count, each
+    result cell's true X and M site (-1: none, :func:`match_sites`) and the true class in
+    the result's pairing (the states of the true X and M sites where both are matched).
+    """
+    a = float(truth.a_px)
+    n_p = int(result.n_cells)
+    tx, tm = _site_states(truth.cell_label)
+    on_x = match_sites(result.x_sites, truth.cell_x_site, a) if n_p else np.zeros(0, int)
+    on_m = match_sites(result.m_sites, truth.cell_m_site, a) if n_p else np.zeros(0, int)
+    pi, gi, dup = match_cells(result.boxes, truth.cell_box, a)
+    # cells paired with another metal neighbour than the truth's: both sites on true sites
+    free_p = np.ones(n_p, bool)
+    free_p[pi] = False
+    free_t = np.ones(truth.n_cells, bool)
+    free_t[gi] = False
+    extra = np.flatnonzero(free_p & (on_x >= 0) & (on_m >= 0))
+    extra = extra[free_t[on_x[extra]]]
+    pi, gi = np.r_[pi, extra].astype(int), np.r_[gi, on_x[extra]].astype(int)
+    # the truth in the result's pairing: the state of the true X and of the true M
+    t_lab = truth.cell_label[gi].copy()
+    both = (on_x[pi] >= 0) & (on_m[pi] >= 0) if len(pi) else np.zeros(0, bool)
+    t_lab[both] = tx[on_x[pi][both]] + 3 * tm[on_m[pi][both]].astype(int)
+    return pi, gi, dup, on_x, on_m, t_lab
+
+
 def score_result(result, truth) -> CellScore:
     """Compare one :class:`analysis.Result` with its :class:`simulation.GroundTruth`.
 
@@ -276,21 +307,7 @@ def score_result(result, truth) -> CellScore:
         xu = np.zeros(n_p, bool)
     tx, tm = _site_states(truth.cell_label)
     px, pm = _site_states(lab)
-    on_x = match_sites(result.x_sites, truth.cell_x_site, a) if n_p else np.zeros(0, int)
-    on_m = match_sites(result.m_sites, truth.cell_m_site, a) if n_p else np.zeros(0, int)
-    pi, gi, dup = match_cells(result.boxes, truth.cell_box, a)
-    # cells paired with another metal neighbour than the truth's: both sites on true sites
-    free_p = np.ones(n_p, bool)
-    free_p[pi] = False
-    free_t = np.ones(truth.n_cells, bool)
-    free_t[gi] = False
-    extra = np.flatnonzero(free_p & (on_x >= 0) & (on_m >= 0))
-    extra = extra[free_t[on_x[extra]]]
-    pi, gi = np.r_[pi, extra].astype(int), np.r_[gi, on_x[extra]].astype(int)
-    # the truth in the result's pairing: the state of the true X and of the true M
-    t_lab = truth.cell_label[gi].copy()
-    both = (on_x[pi] >= 0) & (on_m[pi] >= 0) if len(pi) else np.zeros(0, bool)
-    t_lab[both] = tx[on_x[pi][both]] + 3 * tm[on_m[pi][both]].astype(int)
+    pi, gi, dup, on_x, on_m, t_lab = match_result_cells(result, truth)
     s.n_matched = len(pi)
     s.n_duplicates = dup
     s.n_boundary_cells = int(np.sum(lab == -2))

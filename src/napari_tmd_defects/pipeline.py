@@ -712,6 +712,20 @@ def calibrated_reading(p_m: np.ndarray, p_x: np.ndarray, temperature: float) -> 
     return temper(p_m) * temper(p_x)
 
 
+def reading_probabilities(states, cells, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The column reading's probabilities (untempered) of each cell's class: of its metal
+    site's count (the class's: vacant or not) and of its chalcogen column's (its read
+    count, or empty for a class with both atoms missing)."""
+    from .materials import CLASS_VACANCIES
+
+    vac = np.asarray(CLASS_VACANCIES)
+    lab = np.clip(np.asarray(labels, int), 0, N_CLASSES - 1)
+    p_empty_m = states.empty_probability[cells.m]
+    p_m = np.where(vac[lab, 1] == 1, p_empty_m, 1.0 - p_empty_m)
+    p_x = np.where(vac[lab, 0] == 2, states.empty_probability[cells.x], states.count_probability[cells.x])
+    return p_m, p_x
+
+
 def reading_confidence(states, cells, labels: np.ndarray, temperature: float | None = None,
                        calibration: dict[str, Any] | None = None) -> np.ndarray:
     """Probability (0-1) that the cells' classes are right by the column reading: its
@@ -722,13 +736,7 @@ def reading_confidence(states, cells, labels: np.ndarray, temperature: float | N
     class's (vacant or not); the chalcogen column's is its read count (or empty, for a
     class with both atoms missing). ``temperature``: this one instead (no frame dependence).
     """
-    from .materials import CLASS_VACANCIES
-
-    vac = np.asarray(CLASS_VACANCIES)
-    lab = np.clip(np.asarray(labels, int), 0, N_CLASSES - 1)
-    p_empty_m = states.empty_probability[cells.m]
-    p_m = np.where(vac[lab, 1] == 1, p_empty_m, 1.0 - p_empty_m)
-    p_x = np.where(vac[lab, 0] == 2, states.empty_probability[cells.x], states.count_probability[cells.x])
+    p_m, p_x = reading_probabilities(states, cells, labels)
     if temperature is None:
         cal = calibration if calibration is not None else _reading_calibration()
         temperature = reading_temperature(reading_features(states, cells) if cal else (), cal)
