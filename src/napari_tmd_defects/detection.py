@@ -379,11 +379,7 @@ def normalize_image(image: np.ndarray, inplace: bool = False) -> np.ndarray | No
     levels = _levels(img if img.size <= 1 << 20 else img[:: 2, :: 2])
     if levels is None:
         return None
-    if inplace and img.flags.writeable:
-        return _apply_levels(img, levels)
-    out = img - levels[0]
-    out /= levels[1]
-    return np.clip(out, -1.0, 3.0, out=out)
+    return _apply_levels(img if inplace and img.flags.writeable else img.copy(), levels)
 
 
 class CanonicalRows:
