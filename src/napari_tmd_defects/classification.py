@@ -187,8 +187,10 @@ def normalize_image(
         background = np.float32(np.percentile(out, 1.0))
         rows = lambda r0, r1: background  # noqa: E731
     else:
-        rows = _background_rows(out, get_material(material).a / float(pixel_size),
-                                keep=out.nbytes <= _KEEP_BACKGROUND_BYTES)
+        from .lattice.columns import background_rows
+
+        rows = background_rows(out, get_material(material).a / float(pixel_size),
+                               keep=out.nbytes <= _KEEP_BACKGROUND_BYTES)
     for r0, r1 in bands:
         out[r0:r1] -= rows(r0, r1)  # the background-free smoothed image
     scale = float(np.percentile(out, 99.0, overwrite_input=True))
@@ -200,59 +202,6 @@ def normalize_image(
         band /= np.float32(scale)
         np.clip(band, *_CLIP, out=band)
     return out
-
-
-def _background_rows(smooth: np.ndarray, a_px: float, keep: bool = False):
-    """``rows(r0, r1)``: rows ``r0:r1`` of :func:`~.lattice.columns.local_background` of
-    ``smooth`` (float32, bitwise equal), computed on request from the coarse background;
-    ``keep``: each band is computed once and kept (costs a full-size array)."""
-    from .geometry import block_mean
-
-    h, w = smooth.shape
-    # as local_background: the coarse grid's minimum over 1.5 a, smoothed over a
-    f = max(1, min(int(a_px // 6), h, w))
-    coarse = block_mean(smooth, f)
-    hc, wc = coarse.shape
-    win = max(3, int(math.ceil(1.5 * a_px / f)) | 1)
-    bg = ndi.minimum_filter(coarse, size=win, mode="nearest")
-    bg = np.asarray(ndi.gaussian_filter(bg, a_px / f, mode="nearest"), float)
-    del coarse
-    if f == 1 and bg.shape == smooth.shape:
-        full = bg.astype(np.float32)
-        return lambda r0, r1: full[r0:r1]
-
-    # ... and back to full resolution, bilinear on the grid (coarse pixel k covers
-    # [k f, (k+1) f): centre k f + (f - 1) / 2), along x then along y, in float64
-    def axis(n_px: int, n: int):
-        c = np.clip((np.arange(n_px) - (f - 1) / 2.0) / f, 0, n - 1)
-        i0 = np.minimum(np.floor(c).astype(np.int64), max(n - 2, 0))
-        return i0, np.minimum(i0 + 1, n - 1), c - i0
-
-    y0, y1, ty = axis(h, hc)
-    x0, x1, tx = axis(w, wc)
-    cache: dict[tuple[int, int], np.ndarray] = {}
-
-    def rows(r0: int, r1: int) -> np.ndarray:
-        if (r0, r1) in cache:
-            return cache[(r0, r1)]
-        lo, hi = int(y0[r0]), int(y1[r1 - 1]) + 1  # the grid rows this band needs
-        across = bg[lo:hi, x0] * (1.0 - tx) + bg[lo:hi, x1] * tx
-        out = np.empty((r1 - r0, w), np.float32)
-        # rows between the same two grid rows at once (no gathered copies of them)
-        starts = np.flatnonzero(np.diff(y0[r0:r1], prepend=-1)) + r0
-        ends = np.append(starts[1:], r1)
-        tmp = np.empty((2, int((ends - starts).max()), w))
-        for g0, g1 in zip(starts, ends):
-            t = ty[g0:g1, None]
-            lower, upper = tmp[0, : g1 - g0], tmp[1, : g1 - g0]
-            np.multiply(across[y0[g0] - lo], 1.0 - t, out=lower)
-            np.multiply(across[y1[g0] - lo], t, out=upper)
-            np.add(lower, upper, out=out[g0 - r0:g1 - r0], casting="same_kind")
-        if keep:
-            cache[(r0, r1)] = out
-        return out
-
-    return rows
 
 
 # --------------------------------------------------------------------------- crops

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from ..geometry import block_mean
 
-__all__ = ["Columns", "WorkImage", "find_columns", "local_background", "work_image"]
+__all__ = ["Columns", "WorkImage", "background_rows", "find_columns", "local_background", "work_image"]
 
 #: Sampling of the working image, px per lattice constant (finer frames are block-averaged).
 WORK_PX_PER_A = 16.0
@@ -45,58 +46,68 @@ def local_background(smooth: np.ndarray, a_px: float) -> np.ndarray:
 
 def _background(smooth: np.ndarray, a_px: float, subtract: bool = False) -> np.ndarray:
     """:func:`local_background`, or with ``subtract`` that background taken off ``smooth`` in
-    place, block by block (no full-size background array); returns ``smooth`` then."""
+    place, a band of rows at a time (no full-size background array); returns ``smooth`` then."""
+    rows = background_rows(smooth, a_px)
+    out = smooth if subtract else np.empty(smooth.shape, np.float32)
+    for r0 in range(0, smooth.shape[0], 256):
+        r1 = min(smooth.shape[0], r0 + 256)
+        if subtract:
+            out[r0:r1] -= rows(r0, r1)
+        else:
+            out[r0:r1] = rows(r0, r1)
+    return out
+
+
+def background_rows(smooth: np.ndarray, a_px: float, keep: bool = False) -> Callable[[int, int], np.ndarray]:
+    """``rows(r0, r1)``: rows ``r0:r1`` (float32) of :func:`local_background` of ``smooth``,
+    each band interpolated on request from the coarse background (no full-size array);
+    ``keep``: each band is computed once and kept (costs a full-size array)."""
     h, w = smooth.shape
-    f = max(1, min(int(a_px // 6), h, w))  # a grid with >= 6 px per lattice constant
+    # the hollow-site level on a grid with >= 6 px per lattice constant: its minimum over
+    # 1.5 a, smoothed over a
+    f = max(1, min(int(a_px // 6), h, w))
     coarse = block_mean(smooth, f)
     hc, wc = coarse.shape
     win = max(3, int(math.ceil(1.5 * a_px / f)) | 1)
     bg = ndi.minimum_filter(coarse, size=win, mode="nearest")
-    bg = ndi.gaussian_filter(bg, a_px / f, mode="nearest")
+    bg = np.asarray(ndi.gaussian_filter(bg, a_px / f, mode="nearest"), float)
+    del coarse
     if f == 1 and bg.shape == smooth.shape:
-        if subtract:
-            smooth -= bg.astype(np.float32)
-            return smooth
-        return bg.astype(np.float32)
-    # back to full resolution: coarse pixel k covers [k f, (k+1) f) -> centre k f + (f-1)/2
-    yy = (np.arange(h) - (f - 1) / 2.0) / f
-    xx = (np.arange(w) - (f - 1) / 2.0) / f
-    return _bilinear_on_grid(bg, np.clip(yy, 0, hc - 1), np.clip(xx, 0, wc - 1),
-                             subtract_from=smooth if subtract else None)
+        full = bg.astype(np.float32)
+        return lambda r0, r1: full[r0:r1]
 
-
-def _bilinear_on_grid(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, block: int = 256,
-                      subtract_from: np.ndarray | None = None) -> np.ndarray:
-    """Bilinear interpolation of ``values`` at every (row, col) pair of two index axes
-    (float32, ``len(rows) x len(cols)``): ``map_coordinates(order=1)`` on a meshgrid, done
-    one axis at a time and in blocks of rows, without full-size coordinate arrays. With
-    ``subtract_from`` (float32, that shape) the values are subtracted from it in place,
-    block by block, and it is returned."""
-    def axis(c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # ... and back to full resolution, bilinear on the grid (coarse pixel k covers
+    # [k f, (k+1) f): centre k f + (f - 1) / 2), along x then along y, in float64
+    def axis(n_px: int, n: int):
+        c = np.clip((np.arange(n_px) - (f - 1) / 2.0) / f, 0, n - 1)
         i0 = np.minimum(np.floor(c).astype(np.int64), max(n - 2, 0))
         return i0, np.minimum(i0 + 1, n - 1), c - i0
 
-    y0, y1, ty = axis(rows, values.shape[0])
-    x0, x1, tx = axis(cols, values.shape[1])
-    v = np.asarray(values)
-    if v.dtype.kind != "f":
-        v = v.astype(float)  # float grids stay as they are: the products below are float64
-    out = np.empty((len(rows), len(cols)), np.float32) if subtract_from is None else subtract_from
-    # a band of columns at a time: along x on the grid's rows first, then along y (no
-    # full-width float64 intermediates: a band holds ~2**19 grid values)
-    step = max(16, min(4 * block, (1 << 19) // max(1, v.shape[0])))
-    for c0 in range(0, len(cols), step):
-        cs = slice(c0, c0 + step)
-        across = v[:, x0[cs]] * (1.0 - tx[cs]) + v[:, x1[cs]] * tx[cs]
-        for r0 in range(0, len(rows), block):
-            sl = slice(r0, r0 + block)
-            t = ty[sl, None]
-            val = across[y0[sl]] * (1.0 - t) + across[y1[sl]] * t
-            if subtract_from is None:
-                out[sl, cs] = val
-            else:
-                out[sl, cs] -= val.astype(np.float32)
-    return out
+    y0, y1, ty = axis(h, hc)
+    x0, x1, tx = axis(w, wc)
+    cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def rows(r0: int, r1: int) -> np.ndarray:
+        if (r0, r1) in cache:
+            return cache[(r0, r1)]
+        lo, hi = int(y0[r0]), int(y1[r1 - 1]) + 1  # the grid rows this band needs
+        across = bg[lo:hi, x0] * (1.0 - tx) + bg[lo:hi, x1] * tx
+        out = np.empty((r1 - r0, w), np.float32)
+        # rows between the same two grid rows at once (no gathered copies of them)
+        starts = np.flatnonzero(np.diff(y0[r0:r1], prepend=-1)) + r0
+        ends = np.append(starts[1:], r1)
+        tmp = np.empty((2, int((ends - starts).max()), w))
+        for g0, g1 in zip(starts, ends):
+            t = ty[g0:g1, None]
+            lower, upper = tmp[0, : g1 - g0], tmp[1, : g1 - g0]
+            np.multiply(across[y0[g0] - lo], 1.0 - t, out=lower)
+            np.multiply(across[y1[g0] - lo], t, out=upper)
+            np.add(lower, upper, out=out[g0 - r0:g1 - r0], casting="same_kind")
+        if keep:
+            cache[(r0, r1)] = out
+        return out
+
+    return rows
 
 
 @dataclass
