@@ -96,9 +96,10 @@ def test_lattice_spectrum_helpers_match_their_reference_forms(rng):
         np.testing.assert_allclose(geo._mean3(geo._mean3(power, 0), 1), ndi.uniform_filter(power, 3),
                                    rtol=1e-12, atol=1e-12 * power.max())
     x = rng.normal(size=(20, 31))
-    top = geo._max7(x)
+    top = geo.window_max(x, 7)
     assert top.shape == (14, 25)
     assert np.array_equal(top, ndi.maximum_filter(x, size=7)[3:-3, 3:-3])
+    assert np.array_equal(geo.window_max(x, 3), ndi.maximum_filter(x, size=3)[1:-1, 1:-1])
 
 
 @pytest.mark.parametrize("pixel_size, rotation, size", [(0.5, 10.0, 160), (0.3, -20.0, 256), (0.25, 0.0, 600)])

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 __all__ = [
+    "window_max",
     "bbox_of_points",
     "box_iou",
     "cast_hexagons",
@@ -198,14 +199,19 @@ def _mean3(x: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(out, 0, axis)
 
 
-def _max7(x: np.ndarray) -> np.ndarray:
-    """Largest value in the 7 x 7 window around each pixel at least 3 px inside ``x``
-    (shape ``(rows - 6, cols - 6)``)."""
+def window_max(x: np.ndarray, size: int) -> np.ndarray:
+    """Largest value in each ``size`` x ``size`` window of ``x`` (shape ``(rows - size + 1,
+    cols - size + 1)``; ``ndimage.maximum_filter`` without the border): along each axis,
+    windows of 2, 4, 8 ... then two overlapping ones."""
     for axis in (0, 1):
         x = np.moveaxis(x, axis, 0)
-        m2 = np.maximum(x[:-1], x[1:])
-        m4 = np.maximum(m2[:-2], m2[2:])
-        x = np.moveaxis(np.maximum(m4[:-3], m4[3:]), 0, axis)
+        w = 1
+        while 2 * w <= size:
+            x = np.maximum(x[:-w], x[w:])
+            w *= 2
+        if w < size:
+            x = np.maximum(x[: len(x) - (size - w)], x[size - w :])
+        x = np.moveaxis(x, 0, axis)
     return x
 
 
@@ -233,7 +239,7 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
     if not band.any():
         return None
     inner = sm[c:c + r - 2, c - r + 3:c + r - 2]
-    py, px = np.nonzero((inner == _max7(sm[c - 3:c + r + 1, c - r:c + r + 1])) & band)
+    py, px = np.nonzero((inner == window_max(sm[c - 3:c + r + 1, c - r:c + r + 1], 7)) & band)
     if py.size == 0:
         return None
     order = np.argsort(inner[py, px])[::-1][:8]

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from .geometry import window_max
+
 __all__ = ["NoiseEstimate", "estimate_noise"]
 
 
@@ -269,28 +271,6 @@ def _gaussian(img: np.ndarray, sigma: float) -> np.ndarray:
     return ndi.gaussian_filter1d(_transposed(t), sigma, axis=1)
 
 
-def _sliding_max(x: np.ndarray, size: int, axis: int) -> np.ndarray:
-    """Largest value in each window of ``size`` along ``axis`` (output shorter by size - 1):
-    windows of 2, 4, 8 ... then two overlapping ones."""
-    x = np.moveaxis(x, axis, 0)
-    w = 1
-    while 2 * w <= size:
-        x = np.maximum(x[:-w], x[w:])
-        w *= 2
-    if w < size:
-        x = np.maximum(x[: len(x) - (size - w)], x[size - w :])
-    return np.moveaxis(x, 0, axis)
-
-
-def _sliding_max3(x: np.ndarray) -> np.ndarray:
-    """Largest value in the 3 x 3 around each pixel at least 1 px inside ``x`` (shape
-    ``(rows - 2, cols - 2)``)."""
-    p = np.maximum(x[:-2], x[1:-1])
-    np.maximum(p, x[2:], out=p)
-    q = np.maximum(p[:, :-2], p[:, 1:-1])
-    return np.maximum(q, p[:, 2:], out=q)
-
-
 def _local_peaks(image: np.ndarray, min_distance: int, border: int) -> np.ndarray:
     """``skimage.feature.peak_local_max(image, min_distance, exclude_border=border)``, same
     peaks: pixels that are the largest in their (2 min_distance + 1)² window (edges
@@ -306,13 +286,13 @@ def _local_peaks(image: np.ndarray, min_distance: int, border: int) -> np.ndarra
             return np.zeros((0, 2), np.intp)
         part = image[border - 1:h - border + 1, border - 1:w - border + 1]
         c = part[1:-1, 1:-1]
-        coords = np.argwhere((c == _sliding_max3(part)) & (c > lo)) + border
+        coords = np.argwhere((c == window_max(part, 3)) & (c > lo)) + border
     else:
-        coords = np.argwhere((image == _sliding_max3(np.pad(image, 1, mode="edge"))) & (image > lo))
+        coords = np.argwhere((image == window_max(np.pad(image, 1, mode="edge"), 3)) & (image > lo))
     size = 2 * min_distance + 1
     if len(coords) * size * size > 2 * image.size:  # many (plateaus): the whole window maximum
         pad = np.pad(image, min_distance, mode="edge")
-        top = _sliding_max(_sliding_max(pad, size, 0), size, 1)[coords[:, 0], coords[:, 1]]
+        top = window_max(pad, size)[coords[:, 0], coords[:, 1]]
         coords = coords[image[coords[:, 0], coords[:, 1]] == top]
     elif len(coords):
         d = np.arange(-min_distance, min_distance + 1)
