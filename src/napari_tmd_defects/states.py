@@ -643,7 +643,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             # the species within that count: where the posterior cannot choose (Nb and Mo,
             # overlapping mixed columns) the state says how many atoms, not which
             p_species = in_count.max(axis=1) / np.maximum(p_atoms, 1e-12)
-            several = np.array([np.sum(cand.atoms == a) > 1 for a in atoms])
+            several = np.array([np.sum(cand.atoms == a) > 1 for a in counts])[np.searchsorted(counts, atoms)]
             vague = np.where(role == ROLE_M, "metal?", np.where(atoms == 2, "2 atoms?", "1 atom?"))
             names = np.where(several & (p_species < MIN_POSTERIOR), vague, names).astype(object)
             ok = p_atoms >= MIN_POSTERIOR
