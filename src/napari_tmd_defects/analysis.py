@@ -67,7 +67,8 @@ class Result:
     where the neighbours put a missing one); ``ij`` the X site's fine-lattice indices in its
     domain; ``domain`` domain id; ``placed`` 1 = X site placed from its neighbours (no
     column found), 2 = M site placed, 3 = both; ``support`` number of detected hexagons
-    (CNN-1) centred on the two hollows next to the cell (0-2); ``labels`` class ids
+    (CNN-1) centred on the two hollows next to the cell (0-2; -1 = not searched, outside
+    the tiles of ``analyze(hexagons="sample")``); ``labels`` class ids
     (-1 = unclassified, -2 = boundary); ``confidence`` softmax probability of the label;
     ``probabilities`` (N, 6) or None; ``flagged`` cells to review (low confidence or a
     plausibility warning); ``corrected`` cells whose class a user set by hand; ``frames``

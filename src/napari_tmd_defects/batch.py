@@ -36,6 +36,8 @@ class BatchOptions:
     classify: bool = True
     detector: str | None = None
     classifier: str | None = None
+    #: where CNN-1 looks (:data:`.pipeline.HEXAGON_COVERAGES`): "frame" or "sample"
+    hexagons: str = "frame"
     overlay: bool = True
     #: overlay colours (:data:`.visualization.PALETTES`: "paper" or "colorblind") and cell style
     palette: str = "paper"
@@ -127,7 +129,7 @@ def analyze_file(path: str | Path, stem: str, opts: BatchOptions) -> FileOutcome
         det, clf = _models(opts)
         res = analyze(
             image, pixel_size=ps, material=opts.material, alpha=opts.alpha, beta=opts.beta,
-            detector=det, classifier=clf, classify=opts.classify,
+            detector=det, classifier=clf, classify=opts.classify, hexagons=opts.hexagons,
             pixel_size_source="given" if opts.pixel_size is not None else "metadata",
             trust_pixel_size=opts.trust_pixel_size,
         )

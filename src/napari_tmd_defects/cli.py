@@ -199,6 +199,13 @@ def _run_demo(args) -> int:
     return 0
 
 
+def _add_hexagons_option(p) -> None:
+    p.add_argument("--hexagons", choices=["frame", "sample"], default="frame",
+                   help="where CNN-1 looks for hexagons: frame (default; every domain, all of it) or sample "
+                   "(one detector tile per domain: enough to check each domain's sites, ~1/10 of the cost; "
+                   "cells outside the tiles get support -1)")
+
+
 # --------------------------------------------------------------------------- analyze
 def _add_analyze(sub) -> None:
     p = sub.add_parser(
@@ -234,6 +241,7 @@ def _add_analyze(sub) -> None:
     p.add_argument("--detector", default=None, help="detector weights (default: shipped)")
     p.add_argument("--classifier", default=None,
                    help="classifier weights, or a shipped one by name: resnet18 (default), small (distilled, ~10x faster per cell)")
+    _add_hexagons_option(p)
     p.set_defaults(func=_run_analyze)
 
 
@@ -248,7 +256,7 @@ def _run_analyze(args) -> int:
         out_dir=str(args.out), pixel_size=args.pixel_size, trust_pixel_size=args.trust_pixel_size,
         material=args.material, alpha=args.alpha,
         beta=args.beta, device=args.device, classify=not args.no_classify, detector=args.detector,
-        classifier=args.classifier, overlay=not args.no_overlay, palette=args.palette,
+        classifier=args.classifier, hexagons=args.hexagons, overlay=not args.no_overlay, palette=args.palette,
         cell_style=args.cell_style,
     )
     bar = progress_printer("analyze")
@@ -293,6 +301,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--detector", type=Path, default=None, help="detector weights (default: shipped)")
     p.add_argument("--classifier", default=None,
                    help="classifier weights, or a shipped one by name: resnet18 (default), small")
+    _add_hexagons_option(p)
     p.set_defaults(func=_run_evaluate)
 
 
@@ -308,7 +317,7 @@ def _run_evaluate(args) -> int:
         det = load_detector(args.detector, device=args.device)
         clf = load_classifier(args.classifier, device=args.device)
         methods["2DIP-Net (ours)"] = lambda img, t: analyze(
-            img, t.pixel_size, t.material, detector=det, classifier=clf
+            img, t.pixel_size, t.material, detector=det, classifier=clf, hexagons=args.hexagons
         )
     if "classical" in args.method:
         from .classical import analyze_classical

@@ -323,58 +323,120 @@ def find_vacuum(frame: Frame) -> None:
                           "image: cells there are left out of the counts and the area")
 
 
-def detect_hexagons(frame: Frame, detector, image: np.ndarray, progress=None, cancel=None):
-    """CNN-1 hexagons, domain by domain: each group of domains of one orientation is cropped
-    and turned to the canonical orientation the detector learnt.
+#: ``analyze(hexagons=...)``: CNN-1 over every domain ("frame"), or over one detector tile
+#: per domain ("sample": enough hexagons to check each domain's hollow sites, ~1/16 of the
+#: work on a 2048² frame at 0.1 Å/px; cells outside the tiles have support -1).
+HEXAGON_COVERAGES = ("frame", "sample")
+#: "sample": at most this many tiles (the largest domains first).
+MAX_SAMPLE_TILES = 8
+#: "sample": domains with fewer sites than this get no tile of their own.
+MIN_SAMPLE_SITES = 30
 
-    Returns ``(boxes (K, 4) in the image, scores (K,), centres (K, 2) px)``: a box is the
-    bounding box of the detected hexagon box turned back; only hexagons whose nearest
-    column belongs to the group's domains are kept (crops overlap).
-    """
-    from scipy.spatial import cKDTree
 
-    from .geometry import RotationFrame, bbox_of_points, box_corners
-    from .runtime import check_cancel
+def _by_size(state) -> list:
+    """The lattice state's domains, the largest (sites, else columns) first."""
+    return sorted(state.domains, key=lambda d: -d.n_sites if d.n_sites else -int(np.sum(state.domain == d.id)))
 
-    state = frame.state
-    empty = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, 2)))
-    if state is None or not state.domains:
-        return empty
-    mat = get_material(frame.material)
-    a_px = frame.a_px
-    h, w = frame.image.shape
+
+def _orientation_groups(domains: list) -> list[list]:
+    """Domains of one orientation (within :data:`ROTATION_TOLERANCE_DEG`, mod 120°), in
+    the order given: each group is turned canonical once."""
     groups: list[list] = []
-    for d in sorted(state.domains, key=lambda d: -d.n_sites if d.n_sites else -int(np.sum(state.domain == d.id))):
+    for d in domains:
         for g in groups:
             if abs((d.rotation_deg - g[0].rotation_deg + 60.0) % 120.0 - 60.0) < ROTATION_TOLERANCE_DEG:
                 g.append(d)
                 break
         else:
             groups.append([d])
+    return groups
+
+
+def _hexagon_windows(frame: Frame, coverage: str) -> list[tuple[tuple[int, int, int, int], list[int]]]:
+    """The crops ``((x0, y0, x1, y1) px, domain ids)`` CNN-1 is run on: each orientation
+    group's bounding box ("frame"), or one detector tile centred in each domain ("sample";
+    a tile of a turned domain shrinks so that the turned crop still fits one tile)."""
+    from .detection import A_PX, TILE_PX
+
+    state = frame.state
+    a_px = frame.a_px
+    h, w = frame.image.shape
+    out = []
+    domains = _by_size(state)
+    groups = _orientation_groups(domains)
+    if coverage == "frame":
+        for group in groups:
+            ids = [d.id for d in group]
+            pts = state.graph.xy[np.isin(state.domain, ids)]
+            if len(pts) < 3:
+                continue
+            m = 1.5 * a_px
+            x0, y0 = (max(0, int(np.floor(v - m))) for v in pts.min(axis=0))
+            x1, y1 = int(min(w, np.ceil(pts[:, 0].max() + m))), int(min(h, np.ceil(pts[:, 1].max() + m)))
+            out.append(((x0, y0, x1, y1), ids))
+        return out
+    group_of = {d.id: [e.id for e in g] for g in groups for d in g}
+    side0 = TILE_PX * a_px / A_PX  # one detector tile, in image px
+    for d in domains:
+        if len(out) >= MAX_SAMPLE_TILES:
+            break
+        pts = state.graph.xy[state.domain == d.id]
+        if len(pts) < MIN_SAMPLE_SITES:
+            continue
+        # the domain's column nearest its centroid (a domain need not be convex)
+        c = pts[np.argmin(np.sum((pts - pts.mean(axis=0)) ** 2, axis=1))]
+        if any(r[0] <= c[0] < r[2] and r[1] <= c[1] < r[3] and d.id in ids for r, ids in out):
+            continue
+        rot = math.radians(d.rotation_deg)
+        turned = abs(d.rotation_deg) > ROTATION_TOLERANCE_DEG
+        side = side0 / (abs(math.cos(rot)) + abs(math.sin(rot))) if turned else side0
+        side = min(side, w, h)
+        x0 = int(np.clip(round(c[0] - side / 2), 0, w - side))
+        y0 = int(np.clip(round(c[1] - side / 2), 0, h - side))
+        out.append(((x0, y0, x0 + int(side), y0 + int(side)), group_of[d.id]))
+    return out
+
+
+def detect_hexagons(frame: Frame, detector, image: np.ndarray, progress=None, cancel=None,
+                    coverage: str = "frame"):
+    """CNN-1 hexagons, domain by domain: each group of domains of one orientation is cropped
+    and turned to the canonical orientation the detector learnt (``coverage="frame"``), or
+    one detector tile per domain is (``"sample"``, :data:`HEXAGON_COVERAGES`).
+
+    Returns ``(boxes (K, 4) in the image, scores (K,), centres (K, 2) px, windows)``: a box
+    is the bounding box of the detected hexagon box turned back; only hexagons whose
+    nearest column belongs to the crop's domains are kept (crops overlap). ``windows`` are
+    the crops ``((x0, y0, x1, y1), domain ids)`` that were searched.
+    """
+    from scipy.spatial import cKDTree
+
+    from .geometry import RotationFrame, bbox_of_points, box_corners
+    from .runtime import check_cancel
+
+    if coverage not in HEXAGON_COVERAGES:
+        raise ValueError(f"hexagons must be one of {HEXAGON_COVERAGES}, got {coverage!r}")
+    state = frame.state
+    empty = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, 2)), [])
+    if state is None or not state.domains:
+        return empty
+    mat = get_material(frame.material)
+    rotation = {d.id: d.rotation_deg for d in state.domains}
+    windows = [(r, ids) for r, ids in _hexagon_windows(frame, coverage) if min(r[2] - r[0], r[3] - r[1]) >= 64]
     on = np.flatnonzero(state.domain >= 0)
     tree = cKDTree(state.graph.xy[on])
     all_b, all_s, all_c = [], [], []
-    for gi, group in enumerate(groups):
+    for gi, ((x0, y0, x1, y1), ids) in enumerate(windows):
         check_cancel(cancel)
-        ids = [d.id for d in group]
-        pts = state.graph.xy[np.isin(state.domain, ids)]
-        if len(pts) < 3:
-            continue
-        m = 1.5 * a_px
-        x0, y0 = (max(0, int(np.floor(v - m))) for v in pts.min(axis=0))
-        x1, y1 = int(min(w, np.ceil(pts[:, 0].max() + m))), int(min(h, np.ceil(pts[:, 1].max() + m)))
-        if min(x1 - x0, y1 - y0) < 64:
-            continue
         crop = image[y0:y1, x0:x1]
-        rot = group[0].rotation_deg
+        rot = rotation[ids[0]]
         turned = RotationFrame.for_image(crop.shape, rot) if abs(rot) > ROTATION_TOLERANCE_DEG else None
         work = turned.warp(crop, fill=float(np.median(crop))) if turned else crop
         sub = None
         if progress is not None:
             def sub(done, total, gi=gi):
-                progress(gi * 100 + int(100 * done / max(total, 1)), 100 * len(groups))
+                progress(gi * 100 + int(100 * done / max(total, 1)), 100 * len(windows))
         # the detector rescales by the material's lattice constant: give it the one measured here
-        boxes, scores = detector.detect(work, mat.a / a_px, material=mat.name, progress=sub, cancel=cancel)
+        boxes, scores = detector.detect(work, mat.a / frame.a_px, material=mat.name, progress=sub, cancel=cancel)
         boxes = np.asarray(boxes, float).reshape(-1, 4)
         scores = np.asarray(scores, float).reshape(-1)
         if not len(boxes):
@@ -390,21 +452,35 @@ def detect_hexagons(frame: Frame, detector, image: np.ndarray, progress=None, ca
         all_s.append(scores[mine])
         all_c.append(centres[mine])
     if not all_b:
-        return empty
-    return np.concatenate(all_b), np.concatenate(all_s), np.concatenate(all_c)
+        return (*empty[:3], windows)
+    return np.concatenate(all_b), np.concatenate(all_s), np.concatenate(all_c), windows
 
 
-def hexagon_support(model: SiteModel, centres: np.ndarray) -> np.ndarray:
+def hexagon_support(model: SiteModel, centres: np.ndarray, windows: list | None = None) -> np.ndarray:
     """Detected hexagons centred on the two hollows next to each cell's X-M bond (0-2),
-    i.e. the hexagons that cast the cell in 2DIP-Net (within 0.35 of a bond length)."""
+    i.e. the hexagons that cast the cell in 2DIP-Net (within 0.35 of a bond length).
+
+    Given the searched ``windows`` (``detect_hexagons``), cells that no window covered
+    (both hollows at least one lattice constant inside it, in one of its domains) get -1:
+    not checked."""
     from scipy.spatial import cKDTree
 
     n = len(model.cells)
-    if not n or not len(centres):
-        return np.zeros(n, np.int64)
-    a_f = model.a_px / math.sqrt(3.0)
-    d, _ = cKDTree(centres).query(hexagon_hollows(model).reshape(-1, 2), distance_upper_bound=0.35 * a_f)
-    return np.isfinite(d).reshape(-1, 2).sum(axis=1)
+    hollows = hexagon_hollows(model)
+    out = np.zeros(n, np.int64)
+    if n and len(centres):
+        a_f = model.a_px / math.sqrt(3.0)
+        d, _ = cKDTree(centres).query(hollows.reshape(-1, 2), distance_upper_bound=0.35 * a_f)
+        out = np.isfinite(d).reshape(-1, 2).sum(axis=1)
+    if windows is not None and n:
+        checked = np.zeros(n, bool)
+        m = model.a_px
+        lo, hi = hollows.min(axis=1), hollows.max(axis=1)
+        for (x0, y0, x1, y1), ids in windows:
+            checked |= (np.isin(model.cells.domain, ids) & (lo[:, 0] >= x0 + m) & (lo[:, 1] >= y0 + m)
+                        & (hi[:, 0] <= x1 - 1 - m) & (hi[:, 1] <= y1 - 1 - m))
+        out = np.where(checked, out, -1)
+    return out
 
 
 def hexagon_hollows(model: SiteModel) -> np.ndarray:
@@ -425,7 +501,8 @@ def hexagon_hollows(model: SiteModel) -> np.ndarray:
 def hexagon_check(frame: Frame, centres: np.ndarray, support: np.ndarray) -> dict[str, Any]:
     """How the detector's hexagons fit the sites: the share of hexagon centres on hollow
     sites (the rest on columns or off the lattice) and the share of cells cast by at least
-    one hexagon. A detector that returns garbage fails one of the two."""
+    one hexagon. A detector that returns garbage fails one of the two. Cells no searched
+    window covered (``support`` -1) are left out of the second."""
     from .lattice.cells import point_roles
 
     model = frame.model
@@ -436,8 +513,9 @@ def hexagon_check(frame: Frame, centres: np.ndarray, support: np.ndarray) -> dic
         role = point_roles(model.sites, model.domains, centres)
         out["hexagons_on_hollows"] = round(float(np.mean(role == 2)), 3)
         out["hexagons_on_columns"] = round(float(np.mean((role == 0) | (role == 1))), 3)
-    if len(support):
-        out["cells_with_hexagon"] = round(float(np.mean(support > 0)), 3)
+    checked = support >= 0
+    if checked.any():
+        out["cells_with_hexagon"] = round(float(np.mean(support[checked] > 0)), 3)
     return out
 
 
@@ -1048,6 +1126,7 @@ def analyze(
     cancel: CancelCallback | None = None,
     pixel_size_source: str = "given",
     trust_pixel_size: bool = False,
+    hexagons: str = "frame",
 ) -> Result:
     """Find and classify every unit cell of a HAADF-STEM image.
 
@@ -1082,6 +1161,11 @@ def analyze(
     use_detector : bool
         Run CNN-1 (hexagons). The cells come from the sites either way; the hexagons give
         each cell its support and are checked against the sites.
+    hexagons : str
+        Where CNN-1 looks (:data:`HEXAGON_COVERAGES`): ``"frame"`` every domain, all of it
+        (the hexagons layer covers the image); ``"sample"`` one detector tile per domain
+        (at most :data:`MAX_SAMPLE_TILES`), enough to check each domain's hollow sites at
+        a fraction of the cost; cells outside the tiles get support -1 (not checked).
     progress : callable(done, total), optional
         Percent done: lattice and sites 0–20, hexagons (CNN-1, per tile) 20–60, classes
         (CNN-2, per batch) 60–100.
@@ -1098,6 +1182,8 @@ def analyze(
     Result
     """
     t_start = time.perf_counter()
+    if hexagons not in HEXAGON_COVERAGES:
+        raise ValueError(f"hexagons must be one of {HEXAGON_COVERAGES}, got {hexagons!r}")
     mat = get_material(material)
     steps = 100  # progress in percent: sites 0-20, hexagons 20-60, classes 60-100
 
@@ -1114,7 +1200,7 @@ def analyze(
     step(0)
     found: dict[str, Any] = {}
 
-    def hexagons(frame: Frame):
+    def find_hexagons(frame: Frame):
         """CNN-1 on the image (other materials: contrast-matched from the columns found)."""
         from .contrast import model_positions
         from .lattice import complete_sites as _complete
@@ -1127,13 +1213,14 @@ def analyze(
         found["det_image"] = _model_image(frame, *model_positions(frame.model))
         release_memory()
         t0 = time.perf_counter()
-        boxes, scores, centres = detect_hexagons(frame, found["det"], found["det_image"][0], sub(20, 60), cancel)
+        boxes, scores, centres, windows = detect_hexagons(frame, found["det"], found["det_image"][0], sub(20, 60),
+                                                          cancel, coverage=hexagons)
         frame.timings["detection"] = time.perf_counter() - t0
         release_memory()  # the detector's freed bands and tiles, ahead of the vacuum's full-size arrays
-        found["hexagons"] = (boxes, scores, centres)
+        found["hexagons"] = (boxes, scores, centres, windows if hexagons == "sample" else None)
         return centres
 
-    frame = locate_cells(image, pixel_size, material, exclude_vacuum, hexagons=hexagons if use_detector else None,
+    frame = locate_cells(image, pixel_size, material, exclude_vacuum, hexagons=find_hexagons if use_detector else None,
                          pixel_size_source=pixel_size_source, trust_pixel_size=trust_pixel_size,
                          progress=progress, cancel=cancel)
     img = frame.image
@@ -1168,21 +1255,25 @@ def analyze(
     checks: dict[str, Any] = pixel_size_checks(frame)
     if use_detector and "hexagons" in found:
         det = found["det"]
-        hex_boxes, hex_scores, centres = found["hexagons"]
+        hex_boxes, hex_scores, centres, windows = found["hexagons"]
         hexagons_out = (hex_boxes, hex_scores)
-        support = hexagon_support(model, centres)
+        support = hexagon_support(model, centres, windows)
         checks.update(hexagon_check(frame, centres, support))
+        checks["hexagons"] = hexagons
+        if windows is not None:
+            checks["hexagon_windows"] = [[int(v) for v in r] for r, _ in windows]
         frame.models["detector"] = _card_summary(getattr(det, "card", {}))
         on = checks.get("hexagons_on_hollows", 0.0)
         cast = checks.get("cells_with_hexagon", 0.0)
-        consistent = not (n >= 20 and (on < MIN_HEXAGONS_ON_HOLLOWS or cast < MIN_CELLS_WITH_HEXAGON))
+        n_checked = int(np.sum(support >= 0))
+        consistent = not (n_checked >= 20 and (on < MIN_HEXAGONS_ON_HOLLOWS or cast < MIN_CELLS_WITH_HEXAGON))
         checks["detector_consistent"] = consistent
         if not consistent:
             frame.warnings.append(
                 f"the hexagon detector (CNN-1) does not fit the columns found in the image: {len(hex_boxes)} "
                 f"hexagons, {100 * on:.0f} % of them on hollow sites, {100 * cast:.0f} % of the cells cast by one; "
                 "its output is not used")
-            support[:] = 0
+            support = np.minimum(support, 0)  # unchecked cells stay -1
     step(60)
     probs = None
     labels = np.full(n, UNCLASSIFIED, dtype=int)
