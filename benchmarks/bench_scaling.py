@@ -153,14 +153,16 @@ def _analyze_worker(args) -> None:
     rss_start = _current_rss_mib()
     reset = _reset_peak_rss()
     for _ in range(max(0, args.warmup)):
-        analyze(image, args.pixel_size, material=MATERIAL, device="cpu", detector=det, classifier=clf)
+        analyze(image, args.pixel_size, material=MATERIAL, device="cpu", detector=det, classifier=clf,
+                hexagons=args.hexagons)
     runs = []
     for k in range(max(1, args.repeats)):
         if k:
             refs.append(reference_op(args.ref_runs))
             torch.set_num_threads(args.threads)
         t0 = time.perf_counter()
-        res = analyze(image, args.pixel_size, material=MATERIAL, device="cpu", detector=det, classifier=clf)
+        res = analyze(image, args.pixel_size, material=MATERIAL, device="cpu", detector=det, classifier=clf,
+                      hexagons=args.hexagons)
         runs.append([time.perf_counter() - t0, dict(res.timings), int(res.n_cells)])
     peak = _peak_rss_mib()
     refs.append(reference_op(args.ref_runs))
@@ -202,7 +204,8 @@ def run_config(frame: Path, ps: float, args) -> dict:
     """Run one configuration in a fresh process and return its measurements."""
     cmd = [sys.executable, __file__, "--worker", "--frame", str(frame), "--pixel-size", str(ps),
            "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--ref-runs", str(args.ref_runs)] + (["--classifier", args.classifier] if args.classifier else [])
+           "--ref-runs", str(args.ref_runs), "--hexagons", args.hexagons] + (
+               ["--classifier", args.classifier] if args.classifier else [])
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
@@ -309,7 +312,7 @@ def report(rows: list[dict], args, command: str, t_total: float) -> str:
         "",
         (f"Hardware: {hardware()}. Torch {torch.__version__} (CPU), numpy {np.__version__}, "
         f"Python {platform.python_version()}; {args.threads} torch threads for the pipeline, "
-        f"{REF_THREADS} for the reference; classifier: {args.classifier or 'resnet18 (default)'}. Date: {time.strftime('%Y-%m-%d %H:%M')}. "
+        f"{REF_THREADS} for the reference; classifier: {args.classifier or 'resnet18 (default)'}; hexagons: {args.hexagons}. Date: {time.strftime('%Y-%m-%d %H:%M')}. "
         f"Load average at the start {_num(args.load_start, '.2f')}, at the end "
         f"{_num(None if args.from_json else os.getloadavg()[0], '.2f')}; benchmark wall time "
         f"{_num(t_total and t_total / 60, '.1f')} (min)."),
@@ -403,6 +406,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the pipeline (default 2)")
     ap.add_argument("--classifier", default=None,
                     help="classifier weights or a shipped name (resnet18, the default; small)")
+    ap.add_argument("--hexagons", choices=("frame", "sample"), default="frame",
+                    help="where CNN-1 looks: frame (default) or sample (one tile per domain)")
     ap.add_argument("--dtype", choices=("uint16", "float32"), default="uint16", help="stored frame type")
     ap.add_argument("--seed", type=int, default=21)
     ap.add_argument("--strip-rows", type=int, default=None,

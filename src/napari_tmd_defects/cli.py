@@ -316,7 +316,9 @@ def _run_evaluate(args) -> int:
 
         det = load_detector(args.detector, device=args.device)
         clf = load_classifier(args.classifier, device=args.device)
-        methods["2DIP-Net (ours)"] = lambda img, t: analyze(
+        options = [f"{k} {v}" for k, v in (("classifier", args.classifier), ("hexagons", args.hexagons))
+                   if v not in (None, "frame")]
+        methods["2DIP-Net (ours" + "".join(f"; {o}" for o in options) + ")"] = lambda img, t: analyze(
             img, t.pixel_size, t.material, detector=det, classifier=clf, hexagons=args.hexagons
         )
     if "classical" in args.method:

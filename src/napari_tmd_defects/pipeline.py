@@ -1105,7 +1105,7 @@ def _resolve_model(model, kind: str, device: str):
 
 
 def _card_summary(card: dict[str, Any]) -> dict[str, Any]:
-    keys = ("name", "version", "config", "trained", "input_size", "channels", "a_px", "sha256")
+    keys = ("name", "model", "version", "config", "trained", "input_size", "channels", "a_px", "sha256")
     return {k: card[k] for k in keys if k in card}
 
 

@@ -145,6 +145,14 @@ def test_real_models_on_the_sample(viewer, qtbot):
     truth = viewer.layers[NAME].metadata["ground_truth"]
     assert res.n_cells >= 0.9 * truth["n_cells"]
     assert len(viewer.layers[L.layer_name(NAME, "centres")].data) == res.n_cells
+    assert res.checks["hexagons"] == "frame" and res.models["classifier"]["model"] == "resnet18"
+    # "fast": hexagons on one tile per domain, the distilled classifier; the same cells
+    widget._speed.value = "fast"
+    widget.ask = lambda title, text, options: "replace"
+    fast = widget.run()
+    assert fast.checks["hexagons"] == "sample" and fast.models["classifier"]["model"] == "small"
+    np.testing.assert_array_equal(fast.boxes, res.boxes)
+    assert np.mean(fast.labels == res.labels) > 0.97
 
 
 def test_image_without_lattice_adds_no_layers(make_napari_viewer):

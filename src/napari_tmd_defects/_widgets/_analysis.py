@@ -36,6 +36,8 @@ from . import _layers as L
 from ._statistics import ClassLegend, scroll_area
 
 _UNIT_TO_A = {"angstrom": 1.0, "ångström": 1.0, "nanometer": 10.0, "picometer": 0.01, "micrometer": 1e4}
+#: The dock's speed choices: the analysis options each sets (the CLI's --classifier, --hexagons).
+SPEEDS = {"thorough": {"classifier": None, "hexagons": "frame"}, "fast": {"classifier": "small", "hexagons": "sample"}}
 #: Image-layer metadata: the pixel size (Å/px) typed for the layer, and the one its scale was set to here.
 TYPED_KEY = "tmd_defects_typed_pixel_size_A"
 SCALE_KEY = "tmd_defects_scale_pixel_size_A"
@@ -262,6 +264,11 @@ class AnalysisWidget(Container):
                                            "not the file's · lattice: what the lattice in the image implies for "
                                            "the material (found at Run)")
         self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self._speed = ComboBox(label="speed", choices=list(SPEEDS), value="thorough",
+                               tooltip="thorough: hexagons (CNN-1) searched over the whole image, cells classified "
+                                       "by the ResNet-18 (CNN-2). fast: hexagons searched on one tile per domain "
+                                       "(enough to check the sites; cells elsewhere have support -1) and the "
+                                       "distilled small CNN-2: about 2.5x faster on large frames")
         self._low = FloatSpinBox(label="low confidence", value=0.6, min=0.0, max=1.0, step=0.05,
                                  tooltip="cells below this confidence are flagged for review")
         self._labels = CheckBox(text="also a Labels layer", value=False)
@@ -270,7 +277,7 @@ class AnalysisWidget(Container):
         self._progress = ProgressBar(value=0, min=0, max=100)
         self._status = L.text_label("")
         form = Container(widgets=[self._image, self._material, self._composition, self._pixel, self._pixel_info,
-                                  self._device, self._low], labels=True)
+                                  self._device, self._speed, self._low], labels=True)
         buttons = Container(widgets=[self._run_btn, self._cancel_btn], layout="horizontal", labels=False)
         body = Container(widgets=[form, self._labels, buttons, self._progress, self._status], labels=False)
         for c in (form, buttons):
@@ -641,7 +648,8 @@ class AnalysisWidget(Container):
             "material": self._material_text(),
             "device": self._device.value,
             "detector": self.detector,
-            "classifier": self.classifier,
+            "classifier": self.classifier if self.classifier is not None else SPEEDS[self._speed.value]["classifier"],
+            "hexagons": SPEEDS[self._speed.value]["hexagons"],
             "low_confidence": float(self._low.value),
         }
 
