@@ -49,6 +49,13 @@ def _qcolor(rgb) -> QColor:
 def scroll_area(inner: QWidget) -> QScrollArea:
     """``inner`` in a frameless vertical scroll area: the dock can be shorter than its
     content (a laptop screen) and scrolls instead of growing the window."""
+    from qtpy.QtWidgets import QComboBox
+
+    # drop-downs keep a modest width whatever they list (a long layer name would widen the
+    # content past the dock, and the horizontal scroll bar is off)
+    for box in inner.findChildren(QComboBox):
+        box.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        box.setMinimumContentsLength(8)
     area = QScrollArea()
     area.setWidget(inner)
     area.setWidgetResizable(True)
@@ -60,9 +67,9 @@ def scroll_area(inner: QWidget) -> QScrollArea:
 
 class ClassLegend(QWidget):
     """Colour swatches with the class names of a material (the paper's colours), in
-    rows of three (narrow docks)."""
+    rows of two (a dock on a 1366-px-wide screen)."""
 
-    COLUMNS = 3
+    COLUMNS = 2
 
     def __init__(self, class_names, parent=None):
         super().__init__(parent)
