@@ -186,3 +186,48 @@ def test_local_heights_in_blocks_of_sites_are_the_same(monkeypatch):
     monkeypatch.setattr(states, "_NEIGHBOUR_BLOCK", 7)
     blocks = states._local_heights(model)
     assert np.array_equal(blocks, whole) and not np.array_equal(whole, model.sites.height)
+
+
+def _clipped_frame(formula, seed=0, background=0.3):
+    """An 8-bit export whose brightest metal columns are cut flat at 255."""
+    sim = simulate(formula, 320, 0.1, defect_fraction=0.15, class_weights=(1, 1, 3, 1, 1), seed=seed,
+                   noise=Noise(40, 15, background=background, quantize_8bit=True), rotation_deg=7.0)
+    return sim, locate_cells(sim.image, 0.1, formula).model
+
+
+def test_dopant_columns_cut_flat_by_an_8bit_export_are_read_as_the_dopant():
+    from napari_tmd_defects.states import clipped_share
+
+    sim, model = _clipped_frame("MoS2:Re0.06")
+    idx, j = _matched(model, sim.truth, ROLE_M)
+    z = sim.truth.cell_m_z[j]
+    assert np.sum(z == 75) >= 5 and np.sum(z == 0) >= 3
+    # the Re columns' cores sit at the ceiling, the Mo columns' far less
+    share = clipped_share(sim.image, model)[idx]
+    assert share[z == 75].min() >= 0.9 > np.median(share[z == 42])
+    # without the image the cut Re columns fit no listed level
+    blind = read_site_states(model, "MoS2:Re0.06").state[idx]
+    assert not np.any(blind[z == 75] == "Re")
+    st = read_site_states(model, "MoS2:Re0.06", image=sim.image)
+    state = st.state[idx]
+    assert np.mean(state[z == 75] == "Re") >= 0.9
+    assert np.mean(state[z == 42] == "Mo") >= 0.98 and not np.any(state[z == 42] == "Re")
+    assert np.all(state[z == 0] == "vacant")
+    # a cut column shows a lower bound of its intensity: flagged, no effective Z from it
+    assert np.all(st.clipped[idx][z == 75])
+    assert np.all(np.isnan(st.z_eff[idx][z == 75]))
+    assert any("ceiling" in note for note in st.notes)
+
+
+def test_an_unclipped_image_changes_no_reading():
+    from napari_tmd_defects.states import clipped_share
+
+    sim = simulate("MoS2:Re0.06", 256, 0.1, defect_fraction=0.15, class_weights=(1, 1, 3, 1, 1), seed=3,
+                   noise=Noise(12, 20), rotation_deg=7.0)
+    model = locate_cells(sim.image, 0.1, "MoS2:Re0.06").model
+    assert not np.any(clipped_share(sim.image, model))
+    a = read_site_states(model, "MoS2:Re0.06")
+    b = read_site_states(model, "MoS2:Re0.06", image=sim.image)
+    assert np.array_equal(a.state, b.state) and not b.clipped.any()
+    np.testing.assert_array_equal(a.z_eff, b.z_eff)
+    np.testing.assert_array_equal(a.probability, b.probability)

@@ -857,7 +857,7 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
 
     model = frame.model
     c, n = model.cells, len(model.cells)
-    st = read_site_states(model, frame.material)
+    st = read_site_states(model, frame.material, image=frame.image)
     frame.states = st
     info: dict[str, Any] = {}
     if not n:

@@ -21,7 +21,11 @@ above the hollow background) with the levels the states would give:
    :data:`MIN_POSTERIOR`, else ``unresolved``; a one-atom chalcogen column also needs its
    level :data:`MIN_STEP_SIGMAS` from the others. A site whose intensity fits no candidate
    (beyond :data:`OUTLIER_SIGMAS`) is an unexpected substituent, its effective Z from the
-   calibrated signal.
+   calibrated signal. A metal column cut flat by the image's ceiling (an 8-bit or
+   auto-contrast export, :func:`clipped_share`; needs the image) shows only a lower bound
+   of its intensity: a state brighter than the most common column is as likely anywhere
+   between that column's level and its own (or the highest cut column's), and the column
+   gets no effective Z where it stands below its state's level.
 4. **Detection limits.** For every state, the chance that a host site is read as it (false
    positives) and that one of it is read correctly give, with Currie's limit
    ``L_D = 2.71 + 4.65 sqrt(B)`` over the frame's host sites, the minimum detectable
@@ -45,6 +49,7 @@ __all__ = [
     "MIN_POSTERIOR",
     "OUTLIER_SIGMAS",
     "SiteStates",
+    "clipped_share",
     "read_site_states",
 ]
 
@@ -68,6 +73,20 @@ EMPTY_LEVEL_RANGE = (-0.25, 0.3)
 OUTLIER_SHARE = 0.01
 #: Fewer sites than this in a domain: it shares the fit of the whole frame.
 MIN_SITES_PER_FIT = 30
+#: An image is clipped (an 8-bit or auto-contrast export) where at least this share of
+#: its pixels sits at its maximum (within :data:`CLIP_TOLERANCE` of the range); an
+#: unclipped frame's maximum is a single noise spike.
+MIN_CLIPPED_SHARE = 1e-3
+#: Pixels within this share of the image's range (1st percentile to maximum) below the
+#: maximum count as clipped (JPEG ringing leaves a clipped plateau a few grey levels low).
+CLIP_TOLERANCE = 0.03
+#: A column's core: the pixels within this radius (lattice constants a, at least 2 px) of
+#: its site.
+CLIP_RADIUS_A = 0.12
+#: A column is cut flat where at least this share of its core sits at the ceiling: its
+#: height is then a lower bound of its intensity (less cut, the height still follows the
+#: intensity and the fitted contrast exponent absorbs the compression).
+MIN_CLIPPED_CORE_SHARE = 0.9
 _ZSYM = {z: e for e, z in {**METALS, **CHALCOGENS}.items()}
 
 
@@ -134,11 +153,15 @@ class SiteStates:
     #: per role: the fitted level of an empty column relative to the host column (0 on a
     #: sharp frame; blur and the neighbours' tails raise it), from the largest group's fit
     empty_level: dict[str, float] = field(default_factory=dict)
+    #: (S,) bool: the core of the site's column is cut flat by the image's clipping
+    #: ceiling (an 8-bit or auto-contrast export, :data:`MIN_CLIPPED_CORE_SHARE`): its
+    #: intensity is a lower bound; no effective Z where it stands below its state's level
+    clipped: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     @classmethod
     def empty(cls, n: int = 0) -> "SiteStates":
         return cls(np.full(n, "unresolved", object), np.full(n, -1), np.full(n, np.nan), np.zeros(n),
-                   np.full(n, np.nan), np.zeros(n), np.zeros(n))
+                   np.full(n, np.nan), np.zeros(n), np.zeros(n), clipped=np.zeros(n, bool))
 
     @property
     def unresolved(self) -> np.ndarray:
@@ -152,7 +175,8 @@ class SiteStates:
     def to_dict(self) -> dict[str, Any]:
         return {"host": self.host, "noise_relative": {k: round(v, 4) for k, v in self.sigma.items()},
                 "contrast_exponent": self.contrast_exponent,
-                "fractions": self.fractions, "detection_limits": self.detection_limits}
+                "fractions": self.fractions, "detection_limits": self.detection_limits,
+                "clipped_metal_columns": int(np.sum(self.clipped))}
 
 
 @dataclass
@@ -228,6 +252,34 @@ def _gauss_logpdf(h: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
     return -0.5 * ((h[:, None] - mu[None]) ** 2 / var[None] + np.log(2 * math.pi * var[None]))
 
 
+def _loglik(h: np.ndarray, mu: np.ndarray, var: np.ndarray, clipped: np.ndarray | None = None,
+            lo: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Log-likelihood of every site (rows) under every state (columns), and the distance
+    (noise sigmas) of each site from each state's level.
+
+    A clipped column (``clipped``) of a state brighter than ``lo`` (the most common
+    column's level) cannot show its level: the ceiling cuts it down to anywhere between
+    ``lo`` and its own level or the highest clipped column's (whichever is lower), so its
+    likelihood there is flat (with Gaussian edges, normalised), not a Gaussian about a
+    level the image could not reach.
+    """
+    lp = _gauss_logpdf(h, mu, var)
+    z = np.abs(h[:, None] - mu[None]) / np.sqrt(var)[None]
+    if clipped is None or lo is None or not np.any(clipped):
+        return lp, z
+    up = np.flatnonzero(mu > lo)
+    if not len(up):
+        return lp, z
+    rows = np.flatnonzero(clipped)
+    hc = h[rows][:, None]
+    hi = np.minimum(mu[up], max(float(hc.max()), lo))[None]
+    d = np.maximum(np.maximum(lo - hc, hc - hi), 0.0)
+    sd = np.sqrt(var[up])[None]
+    lp[np.ix_(rows, up)] = -np.log(hi - lo + math.sqrt(2 * math.pi) * sd) - 0.5 * (d / sd) ** 2
+    z[np.ix_(rows, up)] = d / sd
+    return lp, z
+
+
 #: Noise of a metal column relative to the host's: ``σ²(S) = σ_host² (f + (1 - f) S)``,
 #: with ``f`` the share that does not grow with the signal (read-out, background, scan noise).
 FLAT_NOISE_SHARE = 0.3
@@ -298,7 +350,7 @@ def _with_gamma(cand: _Candidates, gamma: float, ref: float = 1.0) -> _Candidate
 
 
 def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fit_gamma: bool = False,
-         n_iter: int = 40):
+         n_iter: int = 40, clipped: np.ndarray | None = None):
     """EM fit of ``k`` (host level), the state fractions, the host column's relative noise
     and (``fit_gamma``) a contrast exponent ``γ`` on the species' signal ratios.
 
@@ -307,7 +359,8 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
     where the composition lists two present species on the sublattice, on the ratios to the
     most common level. Returns ``(k, sd_host, weights, loglik, γ, vacant level, candidates
     with γ applied)``; every candidate (non-vacant) state is tried as the frame's most common
-    level, the best likelihood kept.
+    level, the best likelihood kept. ``clipped`` sites are as likely anywhere a brighter
+    state could be cut down to (:func:`_loglik`).
     """
     h = np.asarray(h, float)
     if len(h) == 0:
@@ -343,7 +396,8 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
         ll = -np.inf
         for _ in range(n_iter):
             mu, var = _levels(k, sd, cand, vac)
-            lp = _gauss_logpdf(h, mu, var) + np.log(np.maximum(w, 1e-12))[None]
+            lo = float(mu[int(np.argmax(w * (cand.signal > 0)))])
+            lp = _loglik(h, mu, var, clipped, lo)[0] + np.log(np.maximum(w, 1e-12))[None]
             # a flat component takes what fits no state (contamination, a stray column)
             lp = np.concatenate([lp, np.full((len(h), 1), log_flat)], axis=1)
             m = lp.max(axis=1, keepdims=True)
@@ -416,11 +470,13 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
 
 
 def _posterior(h: np.ndarray, k: float, sd: float, w: np.ndarray, cand: _Candidates, vac=None,
-               widen: float = 1.0):
+               widen: float = 1.0, clipped: np.ndarray | None = None):
     mu, var = _levels(k, sd, cand, vac)
     var = var * widen
+    z = None
     if not (cand.offset and vac is not None and EMPTY_LEVEL_RANGE[1] > vac[0]):
-        lp = _gauss_logpdf(h, mu, var) + np.log(np.maximum(w, 1e-12))[None]
+        lp, z = _loglik(h, mu, var, clipped, float(mu[int(np.argmax(w * (cand.signal > 0)))]))
+        lp = lp + np.log(np.maximum(w, 1e-12))[None]
     else:
         # an empty column's level is known only roughly: what raises it (blur, the tails
         # of the metal neighbours) is fitted from the frame's few empty sites, and those
@@ -438,7 +494,8 @@ def _posterior(h: np.ndarray, k: float, sd: float, w: np.ndarray, cand: _Candida
     lp -= lp.max(axis=1, keepdims=True)
     post = np.exp(lp)
     post /= post.sum(axis=1, keepdims=True)
-    z = np.abs(h[:, None] - mu[None]) / np.sqrt(var)[None]
+    if z is None:
+        z = np.abs(h[:, None] - mu[None]) / np.sqrt(var)[None]
     return post, z.min(axis=1)
 
 
@@ -548,8 +605,49 @@ def _local_heights(model: SiteModel) -> np.ndarray:
     return out
 
 
+def clipped_share(image: np.ndarray, model: SiteModel) -> np.ndarray:
+    """(S,) float: the share of each site's column core (:data:`CLIP_RADIUS_A`) at the
+    image's clipping ceiling (0 where it is not clipped).
+
+    The ceiling is the image's maximum where at least :data:`MIN_CLIPPED_SHARE` of the
+    pixels stand within :data:`CLIP_TOLERANCE` of the range below it (an 8-bit or
+    auto-contrast export that cut the brightest columns flat); none otherwise.
+    """
+    s = model.sites
+    out = np.zeros(len(s))
+    img = np.asarray(image)
+    if img.ndim != 2 or not len(s) or img.size == 0:
+        return out
+    # the range and the plateau's share from a strided sample of the pixels (no copy of a
+    # large frame)
+    sample = img.ravel()[:: max(1, img.size // 200_000)].astype(float)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return out
+    top = float(np.nanmax(img))
+    floor = float(np.percentile(sample, 1))
+    if not top > floor:
+        return out
+    ceiling = top - CLIP_TOLERANCE * (top - floor)
+    if np.count_nonzero(sample >= ceiling) < MIN_CLIPPED_SHARE * sample.size:
+        return out
+    r = max(2, int(round(CLIP_RADIUS_A * model.a_px)))
+    yx = np.round(s.xy[:, ::-1]).astype(int)
+    hh, ww = img.shape
+    n_px = 0
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dy * dy + dx * dx > r * r:
+                continue
+            y = np.clip(yx[:, 0] + dy, 0, hh - 1)
+            x = np.clip(yx[:, 1] + dx, 0, ww - 1)
+            out += img[y, x] >= ceiling
+            n_px += 1
+    return out / n_px
+
+
 def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | None = None,
-                     voltage_kv: float = 80.0) -> SiteStates:
+                     voltage_kv: float = 80.0, image: np.ndarray | None = None) -> SiteStates:
     """Read every site's state from its column intensity (see the module docstring).
 
     Parameters
@@ -562,6 +660,9 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         Unit-cell area for the detection limits in cm⁻² (default: the material's).
     voltage_kv : float
         Beam energy for the calibrated Z-contrast (80 kV unless known).
+    image : (rows, cols) array, optional
+        The frame the heights come from: metal columns that reach its clipping ceiling
+        (:func:`clipped_share`) are read as at least as bright as they show.
     """
     from .zcontrast import chalcogen_signal, effective_z, metal_signal
 
@@ -585,6 +686,11 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
     # a column against its neighbourhood where the neighbourhood's median is the host
     # (a binary); an alloy's local median follows its local composition
     height = _local_heights(model) if comp.is_binary else s.height.astype(float)
+    # metal columns cut flat by the export's ceiling show a lower bound of their intensity
+    clipped = np.zeros(n, bool)
+    if image is not None:
+        clipped = (s.role == ROLE_M) & (clipped_share(image, model) >= MIN_CLIPPED_CORE_SHARE)
+    out.clipped = clipped
     # several species with open fractions on a sublattice: none of them is the host by
     # the formula's order, the image says which is most common
     open_alloy = {role: len(g) > 1 and any(f is None for _, f in g)
@@ -627,8 +733,10 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 k, sd_host, w, _, gamma, vac, cand = f
             else:
                 k, sd_host, w, _, gamma, vac, cand = _fit(height[fit_sel], cand0, -1 if open_alloy[role] else hi,
-                                                          fixed_fractions=fixed, fit_gamma=role == ROLE_M)
-            post, zmin = _posterior(height[sel], k, sd_host, w, cand, vac, widen)
+                                                          fixed_fractions=fixed, fit_gamma=role == ROLE_M,
+                                                          clipped=clipped[fit_sel] if clipped.any() else None)
+            post, zmin = _posterior(height[sel], k, sd_host, w, cand, vac, widen,
+                                    clipped[sel] if clipped.any() else None)
             idx = np.flatnonzero(sel)
             best = post.argmax(axis=1)
             p = post[np.arange(len(idx)), best]
@@ -652,7 +760,11 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             floor = vac[0] + 3.0 * vac[1]  # above an empty column's level
             if role == ROLE_M:
                 zeff = effective_z(np.maximum(level, 1e-6) ** (1.0 / gamma), host.z_metal, voltage_kv)
-                out.z_eff[idx] = np.where(level > floor, zeff, np.nan)
+                # a column cut flat below its state's level (more than the noise) shows
+                # only a lower bound of its intensity
+                mu_b, var_b = _levels(k, sd_host, cand, vac)
+                cut_low = clipped[sel] & (height[sel] < mu_b[best] - 3.0 * np.sqrt(var_b[best] * widen))
+                out.z_eff[idx] = np.where((level > floor) & ~cut_low, zeff, np.nan)
                 odd = zmin > OUTLIER_SIGMAS
                 state = np.where(odd & (level > cand.signal[hi]), "heavier", state)
                 state = np.where(odd & (level < cand.signal[hi]) & (level > floor), "lighter", state)
@@ -687,4 +799,8 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         n_host = int(np.sum(out.state[sel_role & counted] == hosts[role])) or n_sites
         out.detection_limits[rname] = _detection_limits(k, sd_host, w, cand, hi, n_host,
                                                         n_sites * area_nm2 * 1e-14, n_sites, vac, widen)
+    n_clip = int(np.sum(clipped & counted))
+    if n_clip:
+        out.notes.append(f"{n_clip} metal columns are cut flat by the image's ceiling (a clipped export): read as "
+                         "at least as bright as they show, no effective Z where they stand below their state's level")
     return out
