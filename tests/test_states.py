@@ -167,6 +167,54 @@ def test_one_atom_chalcogen_columns_are_called_only_where_the_noise_allows(seed)
     assert not np.any(called == 1)
 
 
+def _mixed_chalcogen_model(seed, sd=0.2, empty_level=0.4):
+    """A WS1.4Se0.6 site model whose chalcogen heights (grey levels, SS column 100) stand on a
+    blurred frame's raised empty level, with flat noise ``sd`` (SS units): 300 full columns
+    in the composition's shares, 12 one-atom S columns and 12 empty ones. Returns the model,
+    the true atoms per chalcogen site and those sites' indices."""
+    from napari_tmd_defects.sites import CellSites, SiteModel, Sites
+    from napari_tmd_defects.states import _chalcogen_candidates
+
+    rng = np.random.default_rng(seed)
+    cand = _chalcogen_candidates(parse_composition("WS1.4Se0.6"), 16, 80.0)
+    full = [cand.names.index(n) for n in ("SS", "SSe", "SeSe")]
+    pick = np.r_[rng.choice(full, 300, p=[0.49, 0.42, 0.09]), np.full(12, cand.names.index("S")),
+                 np.full(12, cand.names.index("vacant"))]
+    mean = np.where(cand.signal[pick] > 0, empty_level + (1 - empty_level) * cand.signal[pick], empty_level)
+    hx = 100.0 * (mean + sd * rng.standard_normal(len(pick)))
+    hm = 400.0 * (1 + 0.05 * rng.standard_normal(300))
+    n = len(hm) + len(hx)
+    role = np.r_[np.full(len(hm), ROLE_M), np.full(len(hx), ROLE_X)]
+    sites = Sites(xy=rng.uniform(0, 500, (n, 2)), role=role, domain=np.zeros(n, int), nm=np.zeros(n, int),
+                  placed=np.zeros(n, bool), height=np.r_[hm, hx], boundary=np.zeros(n, bool),
+                  basis=np.zeros((n, 2)), fitted=np.ones(n, bool))
+    none = np.zeros(0, int)
+    cells = CellSites(x=none, m=none, domain=none, frame=none, boundary=np.zeros(0, bool), boxes=np.zeros((0, 4)))
+    return SiteModel(sites=sites, domains=[], cells=cells, a_px=30.0), cand.atoms[pick], np.flatnonzero(role == ROLE_X)
+
+
+def test_mixed_chalcogen_columns_on_a_blurred_frame_are_read_right_or_unresolved():
+    """S and Se columns spread over three full levels and blur raises the empty columns to
+    0.4 of an SS column: the empty level comes from the full columns' levels, and the empty
+    and one-atom columns within the full columns' noise are unresolved, not confident full
+    columns (the calls' confidence means probability)."""
+    right, n_read, empty_as_full, calls_p = 0, 0, 0, []
+    for seed in range(4):
+        model, n_true, ix = _mixed_chalcogen_model(seed)
+        st = read_site_states(model, "WS1.4Se0.6")
+        assert abs(st.empty_level["X"] - 0.4) <= 0.1  # fitted, not pinned at 0 or at the range's edge
+        atoms = st.atoms[ix]
+        read = atoms >= 0
+        right += int(np.sum(atoms[read] == n_true[read]))
+        n_read += int(read.sum())
+        empty_as_full += int(np.sum(atoms[n_true == 0] == 2))
+        calls_p.append(st.count_probability[ix][read])
+        assert read.mean() >= 0.6  # doubtful sites only: most full columns stay read
+    assert right / n_read >= 0.98
+    assert right / n_read >= np.mean(np.concatenate(calls_p)) - 0.02  # confidence means probability
+    assert empty_as_full <= 1  # of 48 empty columns
+
+
 def test_an_open_chalcogen_alloy_reads_the_same_whatever_the_formula_order():
     """An open chalcogen alloy's levels are relative to its most common full column, not to
     the formula's first chalcogen: both orders read the same columns."""

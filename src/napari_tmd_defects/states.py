@@ -16,7 +16,12 @@ above the hollow background) with the levels the states would give:
    and reported. The noise grows with the signal (:data:`FLAT_NOISE_SHARE`; a chalcogen
    column's far less, :data:`CHALCOGEN_FLAT_NOISE_SHARE`). Chalcogen levels sit on the
    fitted empty column's level, whose uncertainty the posteriors average over, and the
-   fit says how many columns miss atoms, not how they split between one and two.
+   fit says how many columns miss atoms, not how they split between one and two. On a
+   mixed chalcogen sublattice with given shares (``WS1.4Se0.6``) the empty level is the
+   intercept of the full columns' levels against their signals (a blurred frame raises
+   it far off zero, and its few empty columns alone cannot place it), and the posteriors
+   keep at least the composition's share of columns missing atoms: where the full
+   columns' spread hides one- and no-atom columns, those read ``unresolved``.
 3. **Decision.** A site gets the most probable state if its posterior is at least
    :data:`MIN_POSTERIOR`, else ``unresolved``; a one-atom chalcogen column also needs its
    level :data:`MIN_STEP_SIGMAS` from the others. A site whose intensity fits no candidate
@@ -69,6 +74,13 @@ GAMMA_RANGE = (0.5, 2.0)
 #: read as empty.
 MIN_EMPTY_SITES = 3
 EMPTY_LEVEL_RANGE = (-0.25, 0.3)
+#: On a mixed chalcogen sublattice (S and Se, shares given) the empty column's level is the
+#: intercept of the full columns' levels against their signals (:func:`_offset_levels`),
+#: known from hundreds of columns instead of a handful of empty ones: it may stand up to
+#: this high (host units; a blurred frame raises every column by its neighbours' tails)
+MIXED_EMPTY_LEVEL_MAX = 0.6
+#: ... once at least two full-column states each hold this many sites (posterior weight)
+MIN_LEVEL_SITES = 5.0
 #: Prior share of columns that fit no state (a flat component of the mixture).
 OUTLIER_SHARE = 0.01
 #: Fewer sites than this in a domain: it shares the fit of the whole frame.
@@ -196,6 +208,13 @@ class _Candidates:
     #: states that miss some (a frame's handful of them cannot: where their levels overlap,
     #: the EM lets one state swallow the other and its calls become overconfident)
     split_missing: bool = False
+    #: several full-column species in shares the composition fixes (a mixed chalcogen
+    #: sublattice such as S1.4Se0.6): the empty level is fitted from the full columns'
+    #: levels (:func:`_offset_levels`) and the posteriors keep at least the prior's share of
+    #: columns missing atoms (:func:`_missing_floor`). Not for open shares (``x``): their
+    #: fit may split one species' spread into two levels, whose line says nothing of the
+    #: empty column
+    empty_from_levels: bool = False
 
 
 def _metal_candidates(comp: Composition, host_z: int, kv: float) -> _Candidates:
@@ -240,7 +259,8 @@ def _chalcogen_candidates(comp: Composition, host_z: int, kv: float, ref: int | 
     ref_signal = sig[ref] if ref is not None else float(chalcogen_signal(host_z, host_z, kv))
     p = np.maximum(np.array(prior, float), 1e-3)
     return _Candidates(names, np.array(sig) / ref_signal, np.array(atoms), p / p.sum(), CHALCOGEN_FLAT_NOISE_SHARE,
-                       offset=True, empty_floor=1.0, split_missing=True)
+                       offset=True, empty_floor=1.0, split_missing=True,
+                       empty_from_levels=len(species) > 1 and all(f is not None for _, f in comp.chalcogens))
 
 
 def _main_state(cand: _Candidates, w: np.ndarray) -> int:
@@ -412,6 +432,9 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
             den = float(np.sum(wt * sig[None] ** 2))
             if den > 0:
                 k = max(float(np.sum(wt * h[:, None] * sig[None])) / den, 1e-9)
+            reg = _offset_levels(h, post, var, cand) if cand0.empty_from_levels else None
+            if reg is not None:
+                k = reg[0]
             free = (post.sum(axis=0) + 2.0 * cand.prior) / (post.sum() + 2.0)
             if fixed_fractions:
                 # the composition fixes the species' shares among full columns; how many
@@ -439,6 +462,8 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
                        float(np.clip(s_v, cand0.empty_floor * sd * math.sqrt(flat), 0.25)))
             else:
                 vac = (0.0, sd * math.sqrt(flat))
+            if reg is not None:
+                vac = (reg[1], vac[1])
             best_state = post.argmax(axis=1)
             at = best_state == int(np.argmax(w * (cand.signal > 0)))
             if at.sum() > 5:
@@ -469,12 +494,55 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
     return best
 
 
+def _missing_floor(w: np.ndarray, cand: _Candidates) -> np.ndarray:
+    """The fitted shares ``w`` with at least the composition prior's share of columns
+    missing atoms (split among them as fitted). On a mixed chalcogen sublattice the full
+    columns spread over several levels and a one-atom or empty column lies within their
+    noise: the fit cannot say how many columns miss atoms (it lets the full columns' tails
+    swallow them), and a share fitted near zero would make every low column a confident
+    full one."""
+    miss = cand.atoms < cand.atoms.max()
+    floor = float(cand.prior[miss].sum())
+    have = float(w[miss].sum())
+    if have >= floor or not miss.any() or miss.all():
+        return w
+    out = np.asarray(w, float).copy()
+    out[miss] = (w[miss] / have if have > 0 else cand.prior[miss] / floor) * floor
+    out[~miss] = w[~miss] / max(float(w[~miss].sum()), 1e-12) * (1.0 - floor)
+    return out
+
+
+def _offset_levels(h: np.ndarray, post: np.ndarray, var: np.ndarray, cand: _Candidates):
+    """``(k, empty level)`` of a sublattice with several full-column species: the weighted
+    least-squares line of the column heights (grey levels) against the states' signals
+    (``k · (e + (1 - e) · S)``, an empty column at ``S = 0``): its intercept is the empty
+    column's level. None where fewer than two full states hold :data:`MIN_LEVEL_SITES`
+    sites (the line would rest on a handful of empty and one-atom columns)."""
+    full = cand.atoms == cand.atoms.max()
+    if np.sum(full & (post.sum(axis=0) >= MIN_LEVEL_SITES)) < 2:
+        return None
+    x = np.maximum(np.asarray(cand.signal, float), 0.0)[None]
+    wt = post / var[None]
+    s0, s1, s2 = float(wt.sum()), float(np.sum(wt * x)), float(np.sum(wt * x**2))
+    t0, t1 = float(np.sum(wt * h[:, None])), float(np.sum(wt * h[:, None] * x))
+    det = s0 * s2 - s1 * s1
+    if not det > 0:
+        return None
+    slope = (s0 * t1 - s1 * t0) / det
+    icept = (t0 - slope * s1) / s0
+    k = icept + slope
+    if not (slope > 0 and k > 0):
+        return None
+    return k, float(np.clip(icept / k, EMPTY_LEVEL_RANGE[0], MIXED_EMPTY_LEVEL_MAX))
+
+
 def _posterior(h: np.ndarray, k: float, sd: float, w: np.ndarray, cand: _Candidates, vac=None,
                widen: float = 1.0, clipped: np.ndarray | None = None):
     mu, var = _levels(k, sd, cand, vac)
     var = var * widen
     z = None
-    if not (cand.offset and vac is not None and EMPTY_LEVEL_RANGE[1] > vac[0]):
+    top = MIXED_EMPTY_LEVEL_MAX if cand.empty_from_levels else EMPTY_LEVEL_RANGE[1]
+    if not (cand.offset and vac is not None and top > vac[0]):
         lp, z = _loglik(h, mu, var, clipped, float(mu[int(np.argmax(w * (cand.signal > 0)))]))
         lp = lp + np.log(np.maximum(w, 1e-12))[None]
     else:
@@ -485,7 +553,7 @@ def _posterior(h: np.ndarray, k: float, sd: float, w: np.ndarray, cand: _Candida
         # of the empty columns above it is as likely; the levels of the other states move
         # with it (:func:`_signal`), the likelihoods are averaged.
         ll = []
-        for v in np.linspace(vac[0], min(vac[0] + vac[1], EMPTY_LEVEL_RANGE[1]), 7):
+        for v in np.linspace(vac[0], min(vac[0] + vac[1], top), 7):
             mu_v, var_v = _levels(k, sd, cand, (float(v), vac[1]))
             ll.append(_gauss_logpdf(h, mu_v, var_v * widen))
         ll = np.stack(ll)
@@ -735,6 +803,8 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 k, sd_host, w, _, gamma, vac, cand = _fit(height[fit_sel], cand0, -1 if open_alloy[role] else hi,
                                                           fixed_fractions=fixed, fit_gamma=role == ROLE_M,
                                                           clipped=clipped[fit_sel] if clipped.any() else None)
+            if cand.empty_from_levels:
+                w = _missing_floor(w, cand)
             post, zmin = _posterior(height[sel], k, sd_host, w, cand, vac, widen,
                                     clipped[sel] if clipped.any() else None)
             idx = np.flatnonzero(sel)
