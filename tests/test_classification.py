@@ -140,6 +140,25 @@ def test_normalisation_in_bands_equals_the_whole_frame_one(sample, monkeypatch, 
     np.testing.assert_array_equal(C.normalize_image(hot, ps), _whole_frame_normalisation(fixed, ps))
 
 
+@pytest.mark.parametrize("q", [99.0, 99.5, 50.0, 100.0])
+def test_high_percentile_fed_in_bands_is_numpys(q):
+    rng = np.random.default_rng(2)
+    for x in (rng.normal(size=(300, 700)), rng.integers(0, 40, (300, 700)).astype(float),  # ties
+              np.sort(rng.exponential(size=210_000)).reshape(300, 700), rng.random((1, 3))):
+        x = x.astype(np.float32)
+        for rows in (1, 13, 300):
+            top = C._HighPercentile(x.size, q)
+            for r in range(0, len(x), rows):
+                top.add(x[r:r + rows])
+            got, want = top.value(), np.percentile(x, q)
+            assert got == want and got.dtype == want.dtype, (q, rows, got, want)
+            assert top.n_kept <= 2 * top.need + (1 << 16) + rows * x.shape[1]  # the top values and a band
+    x[0, 1] = np.nan
+    top = C._HighPercentile(x.size, q)
+    top.add(x)
+    assert np.isnan(top.value())
+
+
 def test_normalisation_holds_one_full_size_array(monkeypatch):
     import tracemalloc
 
@@ -198,6 +217,63 @@ def test_frame_crops_of_all_cells_at_once_equal_per_cell_crops(scale, size, chan
     got = C.extract_frame_crops(img, frames, box, size, channels)
     assert got.shape == (n, channels, size, size)
     np.testing.assert_allclose(got, _frame_crops_per_cell(img, frames, box, size, channels), atol=1e-6)
+
+
+def test_streamed_frame_writes_bands_on_request_and_gives_them_back(sample, monkeypatch):
+    monkeypatch.setattr(C, "_NORM_BAND_ROWS", 32)
+    img, ps = sample.image[:200, :128], sample.truth.pixel_size  # 512 B a row: a band is 4 pages
+    whole = C.normalize_image(img, ps)
+    s = C._StreamedFrame(C._Normalizer(img, ps))
+    try:
+        assert s.tensor.shape == (1, 1, 200, 128)
+        s.need(40, 70, 40)  # bands 1 and 2
+        assert s._written.tolist() == [False, True, True, False, False, False, False]
+        np.testing.assert_array_equal(s.array[32:96], whole[32:96])
+        s.need(150, 200, 150)  # bands 1-3 are read no more; 4-6 written
+        assert s._written.tolist() == [False, False, False, False, True, True, True]
+        np.testing.assert_array_equal(s.array[128:], whole[128:])
+        if s._mm is not None:  # pages handed back read as zeros
+            assert not s.array[32:96].any()
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("frames", [False, True])
+def test_streamed_prediction_equals_the_whole_frame_one(sample, monkeypatch, frames):
+    """Probabilities from the frame streamed band by band are bitwise those from the whole
+    normalised frame, whatever the cells' order; only a few bands are written at once."""
+    from napari_tmd_defects.sites import CANONICAL_BOX
+
+    monkeypatch.setattr(C, "_NORM_BAND_ROWS", 24)
+    clf = _tiny_classifier()
+    clf.batch_size = 10
+    t = sample.truth
+    order = np.argsort(t.cell_box[:, 1] + 0.01 * t.cell_box[:, 0])  # by row
+    boxes = t.cell_box[order]
+    a = (t.cell_box[:, 2] - t.cell_box[:, 0]).mean() / (CANONICAL_BOX[2] - CANONICAL_BOX[0])
+    fr = np.zeros((len(boxes), 2, 3))  # cells as frames: the boxes' scale, X column at their centres
+    fr[:, 0, 0] = fr[:, 1, 1] = a
+    fr[:, :, 2] = 0.5 * (boxes[:, :2] + boxes[:, 2:])
+    kw = dict(frames=fr) if frames else {}
+    written = []
+
+    class Whole(C._StreamedFrame):
+        def need(self, r0, r1, keep_from):  # every band, none given back
+            super().need(0, self.array.shape[0], 0)
+
+    class Counted(C._StreamedFrame):
+        def need(self, r0, r1, keep_from):
+            super().need(r0, r1, keep_from)
+            written.append(int(self._written.sum()))
+
+    monkeypatch.setattr(C, "_StreamedFrame", Whole)
+    ref = clf.predict(sample.image, boxes, t.pixel_size, **kw)
+    monkeypatch.setattr(C, "_StreamedFrame", Counted)
+    np.testing.assert_array_equal(clf.predict(sample.image, boxes, t.pixel_size, **kw), ref)
+    assert max(written) <= 6 < -(-sample.image.shape[0] // 24)  # a few of the frame's 11 bands at once
+    shuffled = np.random.default_rng(1).permutation(len(boxes))  # any order: bands kept while read
+    kw = dict(frames=fr[shuffled]) if frames else {}
+    np.testing.assert_array_equal(clf.predict(sample.image, boxes[shuffled], t.pixel_size, **kw), ref[shuffled])
 
 
 # --------------------------------------------------------------------------- model

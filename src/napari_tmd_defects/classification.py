@@ -134,8 +134,10 @@ def normalize_image(
       the brightest, chalcogen columns).
 
     Invariant to gain and offset (up to rounding); values are clipped to [-3, 5].
-    Computed in bands of rows, bitwise as on the whole frame, in one full-size float32
-    array (the output; 8/16-bit counts are converted band by band).
+    Computed in bands of rows, bitwise as on the whole frame, with one full-size float32
+    array at a time (the smoothed image, then the output; 8/16-bit counts are converted
+    band by band). :class:`CellClassifier` reads the same values a band at a time
+    (:class:`_Normalizer`).
 
     Parameters
     ----------
@@ -150,58 +152,186 @@ def normalize_image(
     -------
     (rows, cols) float32 array.
     """
-    arr = np.asarray(image)
-    if arr.ndim != 2:
-        raise ValueError(f"image must be 2-D, got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError("image is empty")
-    if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
-        raise ValueError(f"pixel_size must be a positive number of Å/px, got {pixel_size}")
-    # 8/16-bit counts are exact in float32: read them band by band (no float32 copy)
-    img = arr if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2 else np.asarray(arr, dtype=np.float32)
-    lo, hi = float(img.min()), float(img.max())
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        finite = np.isfinite(img)
-        if not finite.any():
-            raise ValueError("image has no finite pixel values")
-        img = np.where(finite, img, np.median(img[finite])).astype(np.float32)
-        del finite
-        lo, hi = float(img.min()), float(img.max())
-    h, w = img.shape
-    sigma = 1.0 if pixel_size is None else max(0.7, 0.25 / float(pixel_size))
-    radius = int(4.0 * sigma + 0.5)  # gaussian_filter's default reach (truncate = 4)
-    bands = [(r0, min(r0 + _NORM_BAND_ROWS, h)) for r0 in range(0, h, _NORM_BAND_ROWS)]
-    # the smoothed image, a band of rows at a time (each with the filter's reach around
-    # it: bitwise the whole-image filter, and its column pass stays in cache); this one
-    # full-size array is reused for the background-free image and then the output
-    out = np.empty((h, w), np.float32)
-    cols = np.empty((min(h, _NORM_BAND_ROWS), w), np.float32)
-    for r0, r1 in bands:  # gaussian_filter's two passes: down the columns, then along the rows
-        a, b = max(0, r0 - radius), min(h, r1 + radius)
-        for c0 in range(0, w, 1024):
-            part = ndi.gaussian_filter1d(img[a:b, c0:c0 + 1024], sigma, axis=0, mode="nearest", output=np.float32)
-            cols[: r1 - r0, c0:c0 + 1024] = part[r0 - a:r1 - a]
-        ndi.gaussian_filter1d(cols[: r1 - r0], sigma, axis=1, mode="nearest", output=out[r0:r1])
-    del cols, part
-    if pixel_size is None:
-        background = np.float32(np.percentile(out, 1.0))
-        rows = lambda r0, r1: background  # noqa: E731
-    else:
-        from .lattice.columns import background_rows
+    return _Normalizer(image, pixel_size, material).whole()
 
-        rows = background_rows(out, get_material(material).a / float(pixel_size),
-                               keep=out.nbytes <= _KEEP_BACKGROUND_BYTES)
-    for r0, r1 in bands:
-        out[r0:r1] -= rows(r0, r1)  # the background-free smoothed image
-    scale = float(np.percentile(out, 99.0, overwrite_input=True))
-    if not np.isfinite(scale) or scale <= 1e-6 * max(1.0, abs(lo), abs(hi)):
-        return np.zeros((h, w), np.float32)
-    for r0, r1 in bands:
-        band = out[r0:r1]
-        np.subtract(img[r0:r1], rows(r0, r1), out=band, dtype=np.float32)
-        band /= np.float32(scale)
-        np.clip(band, *_CLIP, out=band)
-    return out
+
+class _Normalizer:
+    """:func:`normalize_image` of an image, row by row on request: the background and the
+    scale are measured once (one full-size float32 array while doing so, freed after);
+    ``fill(r0, r1, out)`` then writes rows ``r0:r1`` of the normalised image (bitwise as
+    :func:`normalize_image`; the image itself is only read)."""
+
+    def __init__(self, image: np.ndarray, pixel_size: float | None = None, material: str = "MoTe2"):
+        arr = np.asarray(image)
+        if arr.ndim != 2:
+            raise ValueError(f"image must be 2-D, got shape {arr.shape}")
+        if arr.size == 0:
+            raise ValueError("image is empty")
+        if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
+            raise ValueError(f"pixel_size must be a positive number of Å/px, got {pixel_size}")
+        # 8/16-bit counts are exact in float32: read them band by band (no float32 copy)
+        img = arr if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2 else np.asarray(arr, dtype=np.float32)
+        lo, hi = float(img.min()), float(img.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            finite = np.isfinite(img)
+            if not finite.any():
+                raise ValueError("image has no finite pixel values")
+            img = np.where(finite, img, np.median(img[finite])).astype(np.float32)
+            del finite
+            lo, hi = float(img.min()), float(img.max())
+        h, w = img.shape
+        self.image, self.shape = img, (h, w)
+        #: fixed bands of rows (the background's bands are cached by these bounds)
+        self.bands = [(r0, min(r0 + _NORM_BAND_ROWS, h)) for r0 in range(0, h, _NORM_BAND_ROWS)]
+        sigma = 1.0 if pixel_size is None else max(0.7, 0.25 / float(pixel_size))
+        radius = int(4.0 * sigma + 0.5)  # gaussian_filter's default reach (truncate = 4)
+        # the smoothed image, a band of rows at a time (each with the filter's reach around
+        # it: bitwise the whole-image filter); this one full-size array also takes the
+        # background-free image for the scale
+        smooth = np.empty((h, w), np.float32)
+        cols = np.empty((min(h, _NORM_BAND_ROWS), w), np.float32)
+        for r0, r1 in self.bands:  # gaussian_filter's two passes: down the columns, then along the rows
+            a, b = max(0, r0 - radius), min(h, r1 + radius)
+            # the column pass along the rows of the band's transpose (the same lines, read
+            # contiguously: ~10 % faster)
+            part = ndi.gaussian_filter1d(np.ascontiguousarray(img[a:b].T), sigma, axis=1, mode="nearest",
+                                         output=np.float32)
+            cols[: r1 - r0] = part[:, r0 - a:r1 - a].T
+            ndi.gaussian_filter1d(cols[: r1 - r0], sigma, axis=1, mode="nearest", output=smooth[r0:r1])
+        del cols, part
+        if pixel_size is None:
+            background = np.float32(np.percentile(smooth, 1.0))
+            self._rows = lambda r0, r1: background
+        else:
+            from .lattice.columns import background_rows
+
+            self._rows = background_rows(smooth, get_material(material).a / float(pixel_size),
+                                         keep=smooth.nbytes <= _KEEP_BACKGROUND_BYTES)
+        top = _HighPercentile(smooth.size, 99.0) if smooth.size >= 2 else None
+        for r0, r1 in self.bands:
+            smooth[r0:r1] -= self._rows(r0, r1)  # the background-free smoothed image
+            if top is not None:
+                top.add(smooth[r0:r1])
+        scale = float(top.value() if top is not None else smooth.reshape(-1)[0])
+        del smooth
+        #: None: a flat image (every value normalises to 0)
+        self.scale = scale if np.isfinite(scale) and scale > 1e-6 * max(1.0, abs(lo), abs(hi)) else None
+
+    def whole(self) -> np.ndarray:
+        """The whole normalised image, ``(rows, cols)`` float32."""
+        out = np.empty(self.shape, np.float32)
+        for r0, r1 in self.bands:
+            self.fill(r0, r1, out[r0:r1])
+        return out
+
+    def fill(self, r0: int, r1: int, out: np.ndarray) -> None:
+        """Rows ``r0:r1`` of the normalised image into ``out`` (float32, ``(r1 - r0, cols)``)."""
+        if self.scale is None:
+            out[...] = 0.0
+            return
+        np.subtract(self.image[r0:r1], self._rows(r0, r1), out=out, dtype=np.float32)
+        out /= np.float32(self.scale)
+        np.clip(out, *_CLIP, out=out)
+
+
+class _HighPercentile:
+    """``np.percentile(values, q)`` (linear interpolation, bitwise) of ``n`` float values
+    fed band by band (:meth:`add`), for a high ``q`` (>= 50): only the values from the
+    percentile's floor rank up are kept (those above a running threshold), not all ``n``
+    of them, and nothing is partitioned but those (~1 % of the pixels for the 99th)."""
+
+    def __init__(self, n: int, q: float):
+        if not (n >= 2 and 50.0 <= q <= 100.0):
+            raise ValueError(f"needs n >= 2 and 50 <= q <= 100, got n={n}, q={q}")
+        self.virtual = (n - 1) * (q / 100.0)  # numpy's virtual index (its floor, weight below)
+        self.need = n - int(math.floor(self.virtual))  # values from the floor's rank up
+        self.threshold = -np.inf
+        self.kept: list[np.ndarray] = []
+        self.n_kept = 0
+        self.nan = False
+
+    def add(self, band: np.ndarray) -> None:
+        """Values (any shape; copied where kept)."""
+        if band.size and np.isnan(band.max()):
+            self.nan = True
+        v = band[band >= self.threshold]
+        self.kept.append(v)
+        self.n_kept += v.size
+        if self.n_kept > 2 * self.need + (1 << 16):  # keep the top `need`; the rest is below them
+            v = np.concatenate(self.kept)
+            k = v.size - self.need
+            v = np.partition(v, k)[k:]
+            self.threshold, self.kept, self.n_kept = v[0], [v], v.size
+
+    def value(self) -> np.floating:
+        v = np.concatenate(self.kept)
+        if self.nan:  # as numpy
+            return v.dtype.type(np.nan)
+        if v.size < self.need:
+            raise ValueError("fewer values were added than announced")
+        j = v.size - self.need
+        if self.need == 1:  # q = 100: the largest value (numpy: between it and itself)
+            lo = hi = v.max()
+        else:
+            part = np.partition(v, (j, j + 1))
+            lo, hi = part[j], part[j + 1]
+        gamma = self.virtual - math.floor(self.virtual)
+        diff = hi - lo  # as numpy's _lerp, in the values' precision
+        return hi - diff * (1 - gamma) if gamma >= 0.5 else lo + diff * gamma
+
+
+class _StreamedFrame:
+    """The normalised image as a ``(1, 1, rows, cols)`` float32 tensor whose rows are
+    written on request, band by band (:class:`_Normalizer`), and handed back to the system
+    once no later crop reads them: the crops see the same tensor (shape, values) as of the
+    whole normalised frame, but only the bands in use are resident. Where the system cannot
+    take pages back (no ``madvise``) the bands stay written (a full-size array at the end)."""
+
+    def __init__(self, norm: _Normalizer):
+        import mmap
+
+        import torch
+
+        self.norm = norm
+        h, w = norm.shape
+        self._mm = None
+        if hasattr(mmap.mmap, "madvise") and hasattr(mmap, "MADV_DONTNEED"):  # Linux, macOS
+            # private and anonymous: pages take memory once written, and none once given back
+            self._mm = mmap.mmap(-1, h * w * 4, flags=mmap.MAP_PRIVATE)
+            self._page, self._dontneed = mmap.PAGESIZE, mmap.MADV_DONTNEED
+            self.array = np.frombuffer(self._mm, np.float32).reshape(h, w)
+        else:
+            self.array = np.empty((h, w), np.float32)
+        self.tensor = torch.from_numpy(self.array)[None, None]
+        self._written = np.zeros(len(norm.bands), bool)
+
+    def need(self, r0: int, r1: int, keep_from: int) -> None:
+        """Make rows ``r0:r1`` readable; rows before ``keep_from`` are read no more."""
+        bands, w = self.norm.bands, self.array.shape[1]
+        if self._mm is not None:
+            page = self._page
+            for k in np.flatnonzero(self._written[: max(0, keep_from) // _NORM_BAND_ROWS]):
+                b0, b1 = bands[k]  # wholly before every later crop: its whole pages back
+                start, stop = -(-b0 * w * 4 // page) * page, b1 * w * 4 // page * page
+                if stop > start:
+                    self._mm.madvise(self._dontneed, start, stop - start)
+                self._written[k] = False
+        k0 = max(0, r0) // _NORM_BAND_ROWS
+        k1 = min(len(bands), -(-max(0, r1) // _NORM_BAND_ROWS))
+        for k in range(k0, k1):
+            if not self._written[k]:
+                b0, b1 = bands[k]
+                self.norm.fill(b0, b1, self.array[b0:b1])
+                self._written[k] = True
+
+    def close(self) -> None:
+        self.tensor = self.array = None
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:  # still exported (a caller holds a view): freed with it
+                pass
+            self._mm = None
 
 
 # --------------------------------------------------------------------------- crops
@@ -693,34 +823,60 @@ class CellClassifier:
             def crop(img_t, lo, hi):
                 return _frame_crop_tensor(img_t, fr[lo:hi], crop_box, self.input_size, self.channels)
             n = len(fr)
+            # rows each cell's samples lie in: its canonical box's corners in image px
+            x0, y0, x1, y1 = (float(v) for v in crop_box)
+            corner_y = fr[:, 1, :2] @ np.array([[x0, x0, x1, x1], [y0, y1, y0, y1]]) + fr[:, 1, 2:]
+            y_lo, y_hi = corner_y.min(1), corner_y.max(1)
         else:
             b = _check_boxes(boxes)
 
             def crop(img_t, lo, hi):
                 return _crop_tensor(img_t, b[lo:hi], self.input_size, self.channels)
             n = len(b)
+            y_lo, y_hi = b[:, 1], b[:, 3]
         n_out = int(self.card.get("num_classes", N_CLASSES))
         if n == 0:
             if progress:
                 progress(0, 0)
             return np.zeros((0, n_out), np.float32)
         check_cancel(cancel)
-        norm = normalize_image(image, pixel_size, material)
+        norm = _Normalizer(image, pixel_size, material)
         check_cancel(cancel)
         dtype = torch.float16 if self.half else torch.float32
-        img_t = torch.from_numpy(norm)[None, None].to(self.device)
+        streamed = None
+        if self.device.type == "cpu":
+            # rows of the normalised frame written as the batches reach them and given back
+            # behind them: the frame's shape and values, a few bands of it in memory
+            streamed = _StreamedFrame(norm)
+            img_t = streamed.tensor
+            # rows read by bilinear samples in [y_lo, y_hi] (a row of margin for rounding);
+            # keep_from[k]: the first row any batch from k on reads
+            first = np.floor(y_lo).astype(np.int64) - 1
+            last = np.floor(y_hi).astype(np.int64) + 3
+            starts = np.arange(0, n, self.batch_size)
+            keep_from = np.minimum.accumulate(np.minimum.reduceat(first, starts)[::-1])[::-1]
+            batch_last = np.maximum.reduceat(last, starts)
+        else:
+            img_t = torch.from_numpy(norm.whole())[None, None].to(self.device)
         out = np.empty((n, n_out), np.float32)
         model = self._inference_model()
         fmt = torch.channels_last if model is self.model else torch.contiguous_format
-        with torch.inference_mode():
-            for i in range(0, n, self.batch_size):
-                check_cancel(cancel)
-                crops = crop(img_t, i, i + self.batch_size)
-                crops = crops.to(dtype).contiguous(memory_format=fmt)
-                logits = model(crops).float() / self.temperature
-                out[i : i + len(crops)] = torch.softmax(logits, 1).cpu().numpy()
-                if progress:
-                    progress(min(i + self.batch_size, n), n)
+        try:
+            with torch.inference_mode():
+                for k, i in enumerate(range(0, n, self.batch_size)):
+                    check_cancel(cancel)
+                    if streamed is not None:
+                        streamed.need(int(keep_from[k]), int(batch_last[k]), int(keep_from[k]))
+                    crops = crop(img_t, i, i + self.batch_size)
+                    crops = crops.to(dtype).contiguous(memory_format=fmt)
+                    logits = model(crops).float() / self.temperature
+                    out[i : i + len(crops)] = torch.softmax(logits, 1).cpu().numpy()
+                    if progress:
+                        progress(min(i + self.batch_size, n), n)
+        finally:
+            img_t = crops = None
+            if streamed is not None:
+                streamed.close()
         return out
 
     def classify(self, image, boxes, pixel_size, material="MoTe2", **kw) -> tuple[np.ndarray, np.ndarray]:
