@@ -941,7 +941,7 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
 def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exclude_vacuum: bool = True,
                  timings: dict[str, float] | None = None, hexagons=None, *, pixel_size_source: str = "given",
                  trust_pixel_size: bool = False, progress: ProgressCallback | None = None,
-                 cancel: CancelCallback | None = None) -> Frame:
+                 cancel: CancelCallback | None = None, keep_state: bool = True) -> Frame:
     """Stages 1-5 (image, noise, domains, sites, vacuum): the cells of an image, unclassified.
 
     The network pipeline (:func:`analyze`) and the baselines (:mod:`.classical`,
@@ -955,6 +955,8 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
     from; ``trust_pixel_size`` keeps it when it disagrees with the lattice (see
     :func:`check_image`). ``progress(done, 100)`` reports the stages in :func:`analyze`'s
     percent (lattice 5, noise 8, domains 18); ``cancel()`` is checked between them.
+    ``keep_state=False`` drops the lattice search's working image and column graph
+    (``frame.work``, ``frame.state``) once the sites are complete.
     """
     if pixel_size is not None:
         pixel_size = float(pixel_size)
@@ -987,6 +989,11 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
         if centres is not None and len(centres):
             frame.state.check_hollows(centres)
     timed("sites", complete_sites, frame)
+    if not keep_state:
+        # the lattice search's working image (a quarter of the frame at 0.1 Å/px) and column
+        # graph are not read past the sites: not held through the vacuum and later stages
+        frame.work = frame.state = None
+        release_memory()
     if exclude_vacuum:
         timed("vacuum", find_vacuum, frame)
     model = frame.model
@@ -1222,11 +1229,8 @@ def analyze(
 
     frame = locate_cells(image, pixel_size, material, exclude_vacuum, hexagons=find_hexagons if use_detector else None,
                          pixel_size_source=pixel_size_source, trust_pixel_size=trust_pixel_size,
-                         progress=progress, cancel=cancel)
+                         progress=progress, cancel=cancel, keep_state=False)
     img = frame.image
-    # the lattice search's working image (a quarter of the frame at 0.1 Å/px) and column
-    # graph are not read past the sites: not held through classification and the states
-    frame.work = frame.state = None
 
     def timed(name, fn, *args, **kw):
         release_memory()  # the freed temporaries of the stages before, ahead of this one's full-size arrays
