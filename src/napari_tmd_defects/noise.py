@@ -78,7 +78,7 @@ def _quadratic_kernel(half: int = 2) -> np.ndarray:
 
 
 #: Larger images are estimated on their central square of this size (px): plenty of pixels.
-NOISE_CROP_PX = 1024
+NOISE_CROP_PX = 512
 #: Largest λ reported (counts): a frame without measurable shot noise gets at most this bound.
 MAX_POISSON_LAMBDA = 1e6
 
