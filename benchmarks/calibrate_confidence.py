@@ -57,15 +57,18 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8, help="frames per (material, preset)")
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--weights", default=None, help="classifier weights to calibrate (default: the shipped ones)")
+    ap.add_argument("--extra-sets", nargs="*", default=[], metavar="MATERIAL:PRESET",
+                    help="validation sets besides the six above (e.g. MoTe2:hard)")
     ap.add_argument("--dry-run", action="store_true", help="fit and report, do not write the card")
     args = ap.parse_args()
+    sets = SETS + [tuple(s.split(":", 1)) for s in args.extra_sets]
 
     path = Path(args.weights) if args.weights else default_weights("classifier")
     clf = load_classifier(path, device="cpu")
     clf.temperature = 1.0
     P, Y = [], []
     t0 = time.perf_counter()
-    for i, (mat, preset) in enumerate(SETS):
+    for i, (mat, preset) in enumerate(sets):
         rng = np.random.default_rng(70_000 + i)
         for k in range(args.n):
             kw = sample_conditions(preset, rng, (args.size, args.size), pixel_size=(0.06, 0.15), rotation="random",
@@ -92,7 +95,7 @@ def main() -> None:
         "method": "temperature scaling of the logits, NLL on validation cells",
         "command": "python benchmarks/calibrate_confidence.py " + " ".join(sys.argv[1:]),
         "n_cells": int(len(Y)),
-        "validation": [f"{m} {p}" for m, p in SETS],
+        "validation": [f"{m} {p}" for m, p in sets],
         "frames_per_set": args.n,
         "ece_before": round(_ece(conf1, right1), 4),
         "ece_after": round(_ece(pt.max(1), pt.argmax(1) == Y), 4),
