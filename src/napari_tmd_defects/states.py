@@ -268,6 +268,11 @@ def _main_state(cand: _Candidates, w: np.ndarray) -> int:
     return int(np.argmax(w * (cand.atoms == cand.atoms.max())))
 
 
+def _most_common(cand: _Candidates, w: np.ndarray) -> int:
+    """The most common state of a fit (weights ``w``) that is not empty."""
+    return int(np.argmax(w * (cand.signal > 0)))
+
+
 def _gauss_logpdf(h: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
     return -0.5 * ((h[:, None] - mu[None]) ** 2 / var[None] + np.log(2 * math.pi * var[None]))
 
@@ -416,8 +421,7 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
         ll = -np.inf
         for _ in range(n_iter):
             mu, var = _levels(k, sd, cand, vac)
-            lo = float(mu[int(np.argmax(w * (cand.signal > 0)))])
-            lp = _loglik(h, mu, var, clipped, lo)[0] + np.log(np.maximum(w, 1e-12))[None]
+            lp = _loglik(h, mu, var, clipped, float(mu[_most_common(cand, w)]))[0] + np.log(np.maximum(w, 1e-12))[None]
             # a flat component takes what fits no state (contamination, a stray column)
             lp = np.concatenate([lp, np.full((len(h), 1), log_flat)], axis=1)
             m = lp.max(axis=1, keepdims=True)
@@ -465,16 +469,17 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
             if reg is not None:
                 vac = (reg[1], vac[1])
             best_state = post.argmax(axis=1)
-            at = best_state == int(np.argmax(w * (cand.signal > 0)))
+            main = _most_common(cand, w)
+            at = best_state == main
             if at.sum() > 5:
-                s_main = _signal(cand, vac)[int(np.argmax(w * (cand.signal > 0)))]
+                s_main = _signal(cand, vac)[main]
                 shape = flat + (1.0 - flat) * s_main
                 sd = max(1.4826 * float(np.median(np.abs(h[at] - k * s_main))) / (k * math.sqrt(shape)), 0.01)
             if fit_gamma and np.sum(cand0.signal > 0) >= 2:
                 # the marginal likelihood over γ (a species the current γ misplaces sits in
                 # the flat component, so the complete-data one would not move it)
                 gammas = np.linspace(*GAMMA_RANGE, 61)
-                ref = float(cand0.signal[int(np.argmax(w * (cand0.signal > 0)))])  # the most common level
+                ref = float(cand0.signal[_most_common(cand0, w)])  # the most common level
                 q = []
                 for g in gammas:
                     cg = _with_gamma(cand0, g, ref)
@@ -543,7 +548,7 @@ def _posterior(h: np.ndarray, k: float, sd: float, w: np.ndarray, cand: _Candida
     z = None
     top = MIXED_EMPTY_LEVEL_MAX if cand.empty_from_levels else EMPTY_LEVEL_RANGE[1]
     if not (cand.offset and vac is not None and top > vac[0]):
-        lp, z = _loglik(h, mu, var, clipped, float(mu[int(np.argmax(w * (cand.signal > 0)))]))
+        lp, z = _loglik(h, mu, var, clipped, float(mu[_most_common(cand, w)]))
         lp = lp + np.log(np.maximum(w, 1e-12))[None]
     else:
         # an empty column's level is known only roughly: what raises it (blur, the tails
