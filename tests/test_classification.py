@@ -226,10 +226,10 @@ def test_streamed_frame_writes_bands_on_request_and_gives_them_back(sample, monk
     s = C._StreamedFrame(C._Normalizer(img, ps))
     try:
         assert s.tensor.shape == (1, 1, 200, 128)
-        s.need(40, 70, 40)  # bands 1 and 2
+        s.need(40, 70)  # bands 1 and 2
         assert s._written.tolist() == [False, True, True, False, False, False, False]
         np.testing.assert_array_equal(s.array[32:96], whole[32:96])
-        s.need(150, 200, 150)  # bands 1-3 are read no more; 4-6 written
+        s.need(150, 200)  # bands 1-3 are read no more; 4-6 written
         assert s._written.tolist() == [False, False, False, False, True, True, True]
         np.testing.assert_array_equal(s.array[128:], whole[128:])
         if s._mm is not None:  # pages handed back read as zeros
@@ -258,12 +258,12 @@ def test_streamed_prediction_equals_the_whole_frame_one(sample, monkeypatch, fra
     written = []
 
     class Whole(C._StreamedFrame):
-        def need(self, r0, r1, keep_from):  # every band, none given back
-            super().need(0, self.array.shape[0], 0)
+        def need(self, r0, r1):  # every band, none given back
+            super().need(0, self.array.shape[0])
 
     class Counted(C._StreamedFrame):
-        def need(self, r0, r1, keep_from):
-            super().need(r0, r1, keep_from)
+        def need(self, r0, r1):
+            super().need(r0, r1)
             written.append(int(self._written.sum()))
 
     monkeypatch.setattr(C, "_StreamedFrame", Whole)

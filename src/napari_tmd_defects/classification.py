@@ -305,12 +305,12 @@ class _StreamedFrame:
         self.tensor = torch.from_numpy(self.array)[None, None]
         self._written = np.zeros(len(norm.bands), bool)
 
-    def need(self, r0: int, r1: int, keep_from: int) -> None:
-        """Make rows ``r0:r1`` readable; rows before ``keep_from`` are read no more."""
+    def need(self, r0: int, r1: int) -> None:
+        """Make rows ``r0:r1`` readable; rows before ``r0`` are read no more."""
         bands, w = self.norm.bands, self.array.shape[1]
         if self._mm is not None:
             page = self._page
-            for k in np.flatnonzero(self._written[: max(0, keep_from) // _NORM_BAND_ROWS]):
+            for k in np.flatnonzero(self._written[: max(0, r0) // _NORM_BAND_ROWS]):
                 b0, b1 = bands[k]  # wholly before every later crop: its whole pages back
                 start, stop = -(-b0 * w * 4 // page) * page, b1 * w * 4 // page * page
                 if stop > start:
@@ -866,7 +866,7 @@ class CellClassifier:
                 for k, i in enumerate(range(0, n, self.batch_size)):
                     check_cancel(cancel)
                     if streamed is not None:
-                        streamed.need(int(keep_from[k]), int(batch_last[k]), int(keep_from[k]))
+                        streamed.need(int(keep_from[k]), int(batch_last[k]))
                     crops = crop(img_t, i, i + self.batch_size)
                     crops = crops.to(dtype).contiguous(memory_format=fmt)
                     logits = model(crops).float() / self.temperature
