@@ -97,27 +97,27 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_mib() -> float:
-    """The high-water mark ``VmHWM`` (Linux; what ``clear_refs`` resets), else ``ru_maxrss``."""
+def _status_mib(key: str) -> float | None:
+    """A memory line of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in MiB; None off Linux."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    return None
+
+
+def _peak_rss_mib() -> float:
+    """The high-water mark ``VmHWM`` (Linux; what ``clear_refs`` resets), else ``ru_maxrss``."""
+    peak = _status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _current_rss_mib() -> float:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
+    rss = _status_mib("VmRSS")
+    return rss if rss is not None else float("nan")
 
 
 # --------------------------------------------------------------------------- subprocess modes

@@ -200,7 +200,9 @@ def _run_demo(args) -> int:
 
 
 def _add_hexagons_option(p) -> None:
-    p.add_argument("--hexagons", choices=["frame", "sample"], default="frame",
+    from .pipeline import HEXAGON_COVERAGES
+
+    p.add_argument("--hexagons", choices=HEXAGON_COVERAGES, default="frame",
                    help="where CNN-1 looks for hexagons: frame (default; every domain, all of it) or sample "
                    "(one detector tile per domain: enough to check each domain's sites, ~1/10 of the cost; "
                    "cells outside the tiles get support -1)")
