@@ -444,8 +444,12 @@ def test_float32_frames_are_read_in_place_not_copied():
     assert np.shares_memory(view, img) and not view.flags.writeable  # no stage can write into the caller's data
     with pytest.raises(ValueError):
         view[0, 0] = 0
+    # 8/16-bit counts (exact in float32) are read as they are, also not writable
+    for counts in (img.astype(np.uint16), img.astype(np.uint8), img.astype(np.int16)):
+        out, _ = prepare_image(counts, copy=False)
+        assert out.dtype == counts.dtype and np.shares_memory(out, counts) and not out.flags.writeable
     # other types, strided views and the default: a float32 array of its own
-    for other in (img.astype(np.uint16), img.astype(np.float64), img[:, ::2]):
+    for other in (img.astype(np.int32), img.astype(np.float64), img[:, ::2], img.astype(np.uint16)[:, ::2]):
         out, _ = prepare_image(other, copy=False)
         assert out.dtype == np.float32 and not np.shares_memory(out, img) and out.flags.writeable
     assert not np.shares_memory(prepare_image(img)[0], img)
@@ -453,6 +457,26 @@ def test_float32_frames_are_read_in_place_not_copied():
     bad[3, 3] = np.nan
     out, warn = prepare_image(bad, copy=False)
     assert np.isfinite(out).all() and np.isnan(bad[3, 3]) and "NaN" in warn[0]
+
+
+@pytest.mark.parametrize("material, rotation, dtype", [("MoTe2", 17.0, np.uint16), ("MoSe2", 0.0, np.uint8)])
+def test_counts_are_analysed_without_a_float32_copy_and_give_the_copys_results(material, rotation, dtype):
+    """An 8/16-bit frame goes through every stage as it is (turned detector crops, the
+    contrast matching of another material, the classifier's bands, an 8-bit export's
+    clipped columns): the results of its float32 copy, to the bit."""
+    sim = simulate(material, 320, pixel_size=0.1, defect_fraction=0.08, rotation_deg=rotation, seed=5)
+    img = sim.image - sim.image.min()
+    counts = np.rint(img * (np.iinfo(dtype).max * (1.15 if dtype == np.uint8 else 0.9) / img.max()))
+    counts = np.minimum(counts, np.iinfo(dtype).max).astype(dtype)  # the 8-bit export cuts its brightest columns
+    a = analyze(counts, 0.1, material=material, device="cpu")
+    b = analyze(counts.astype(np.float32), 0.1, material=material, device="cpu")
+    assert a.n_cells > 50 and a.hexagon_boxes is not None and len(a.hexagon_boxes) > 20
+    for name in ("labels", "confidence", "boxes", "support", "x_sites", "m_sites", "x_unresolved"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(a.site_states.state, b.site_states.state)
+    np.testing.assert_array_equal(a.site_states.z_eff, b.site_states.z_eff)
+    np.testing.assert_array_equal(a.site_states.clipped, b.site_states.clipped)
+    assert a.noise == b.noise and a.warnings == b.warnings
 
 
 def test_a_single_chalcogen_vacancy_on_a_column_read_empty_is_doubtful_not_counted(monkeypatch):

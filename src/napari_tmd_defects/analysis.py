@@ -17,6 +17,7 @@ import numpy as np
 
 from ._version import __version__
 from .io import atomic_write
+from .geometry import is_exact_counts
 from .materials import N_CLASSES, get_material
 from .sites import SiteModel
 
@@ -616,9 +617,11 @@ def prepare_image(image: np.ndarray, copy: bool = True) -> tuple[np.ndarray, lis
     """Validate an input image -> (2-D float32 copy, warnings).
 
     RGB(A) images are converted to grey; a few non-finite pixels (≤ 5 %) are replaced by
-    the median. ``copy=False``: a C-contiguous float32 image whose pixels are all finite
+    the median. ``copy=False``: a C-contiguous image that is float32 with all pixels
+    finite, or 8/16-bit integers (counts, exact in float32: :func:`is_exact_counts`),
     comes back as a read-only view of itself (no second full-size array; nothing can write
-    into the caller's data); any other image is converted as with ``copy=True``.
+    into the caller's data; the stages read integers as float32 a band or crop at a time);
+    any other image is converted as with ``copy=True``.
 
     Raises
     ------
@@ -638,8 +641,8 @@ def prepare_image(image: np.ndarray, copy: bool = True) -> tuple[np.ndarray, lis
             "for a stack analyse each frame or sum aligned frames"
         )
     maybe_bad = a.dtype.kind == "f"  # integers convert to finite values
-    if (not copy and a.dtype == np.float32 and a.flags.c_contiguous
-            and (not maybe_bad or np.isfinite(a.sum(dtype=np.float64)))):
+    if not copy and a.flags.c_contiguous and (
+            is_exact_counts(a) or (a.dtype == np.float32 and np.isfinite(a.sum(dtype=np.float64)))):
         view = a.view()
         view.flags.writeable = False
         return view, warnings

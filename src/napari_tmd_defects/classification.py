@@ -56,6 +56,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from .geometry import is_exact_counts
 from .materials import N_CLASSES, get_material
 from .runtime import (
     CancelCallback,
@@ -170,7 +171,7 @@ class _Normalizer:
         if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
             raise ValueError(f"pixel_size must be a positive number of Å/px, got {pixel_size}")
         # 8/16-bit counts are exact in float32: read them band by band (no float32 copy)
-        img = arr if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2 else np.asarray(arr, dtype=np.float32)
+        img = arr if is_exact_counts(arr) else np.asarray(arr, dtype=np.float32)
         lo, hi = float(img.min()), float(img.max())
         if not (math.isfinite(lo) and math.isfinite(hi)):
             finite = np.isfinite(img)

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from .geometry import is_exact_counts
 from .materials import get_material
 from .sites import ROLE_M, ROLE_X, Domain, SiteModel
 
@@ -94,7 +95,9 @@ def match_contrast(image: np.ndarray, positions: np.ndarray, roles: np.ndarray, 
     their levels. The result is in units where a full X column is 255 above the hollow
     background.
     """
-    img = np.asarray(image, dtype=np.float32)
+    img = np.asarray(image)
+    if not is_exact_counts(img):  # 8/16-bit counts are read as they are (exact in float32)
+        img = img.astype(np.float32, copy=False)
     pos = np.asarray(positions, float).reshape(-1, 2)
     role = np.asarray(roles)
     found = np.asarray(found, bool)
@@ -102,7 +105,7 @@ def match_contrast(image: np.ndarray, positions: np.ndarray, roles: np.ndarray, 
         return None
     ref = get_material(reference)
     get_material(material)  # validates the name
-    smooth = ndi.gaussian_filter(img, max(0.7, 0.05 * a_px), mode="nearest")
+    smooth = ndi.gaussian_filter(img, max(0.7, 0.05 * a_px), mode="nearest", output=np.float32)
     h, w = img.shape
 
     def level(field, p):

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .geometry import is_exact_counts
+
 __all__ = [
     "ALPHAS",
     "A_PX",
@@ -436,6 +438,8 @@ def _clean_input(image) -> np.ndarray:
         raise ValueError(f"image must hold numbers, got dtype {img.dtype}")
     if img.dtype.kind == "f" and np.isfinite(img.sum(dtype=np.float64)):
         return img.astype(np.float32, copy=False)  # finite floats: read as they are, no copy
+    if is_exact_counts(img):
+        return img  # 8/16-bit counts: resampled band by band as float32 (the same values), no copy
     img = img.astype(np.float32, copy=True)
     bad = ~np.isfinite(img)
     if bad.any():

@@ -43,6 +43,7 @@ __all__ = [
     "fit_lattice",
     "hexagon_box",
     "inside_boxes",
+    "is_exact_counts",
     "lattice_vectors",
     "LatticeEstimate",
     "match_boxes",
@@ -501,6 +502,13 @@ def bbox_of_points(points: np.ndarray) -> np.ndarray:
 
 #: Input elements whose row sums :func:`block_mean` holds at once (bounds its memory).
 _BLOCK_MEAN_BAND_ELEMENTS = 1 << 22
+
+
+def is_exact_counts(image: np.ndarray) -> bool:
+    """True for 8/16-bit integer images: every value is exact in float32, so a stage may
+    read them as they are and convert only the band or crop it works on (the same values
+    as a float32 copy of the whole image)."""
+    return image.dtype.kind in "ui" and image.dtype.itemsize <= 2
 
 
 def block_mean(image: np.ndarray, f: int, dtype=None) -> np.ndarray:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .geometry import window_max
+from .geometry import is_exact_counts, window_max
 
 __all__ = ["NoiseEstimate", "estimate_noise"]
 
@@ -104,6 +104,8 @@ def estimate_noise(image: np.ndarray, a_px: float | None = None, bins: int = 16)
     if img.ndim != 2 or min(img.shape) < 16:
         raise ValueError(f"image must be 2-D and at least 16 x 16 px, got shape {img.shape}")
     lo, hi = img.min(), img.max()  # NaN or inf show in these
+    if is_exact_counts(img):  # 8/16-bit counts: the levels as a float32 copy would have them
+        lo, hi = np.float32(lo), np.float32(hi)
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo == hi:
         raise ValueError("image must be finite and not constant")
     h, w = img.shape

@@ -111,6 +111,8 @@ class Frame:
     """What the stages know about one image (filled in as they run). ``material`` is a
     binary's name or an alloy's formula (:func:`~.materials.get_material` gives its host)."""
 
+    #: the image, read only: float32, or 8/16-bit counts as they came (each stage reads
+    #: them as float32 a band or a crop at a time; :func:`~.analysis.prepare_image`)
     image: np.ndarray
     material: str
     pixel_size: float | None
@@ -964,7 +966,7 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
             raise ValueError(f"pixel_size must be a positive number of Å/px, got {pixel_size}")
     if pixel_size_source not in ("given", "metadata"):
         raise ValueError(f"pixel_size_source must be 'given' or 'metadata', got {pixel_size_source!r}")
-    img, warnings = prepare_image(image, copy=False)  # float32 input: read in place, not copied
+    img, warnings = prepare_image(image, copy=False)  # float32 or 8/16-bit input: read in place, not copied
     frame = Frame(image=img, material=_formula(material), pixel_size=pixel_size,
                   pixel_size_source=pixel_size_source if pixel_size is not None else "unknown", warnings=warnings,
                   trust_pixel_size=bool(trust_pixel_size), pixel_size_given=pixel_size)

@@ -104,7 +104,7 @@ def find_domains(image: np.ndarray, a_px: float, material: str = "MoTe2", *, wor
         equally bright, an alloy's mixed sublattice is told by its spread:
         :func:`.domains.roles_by_spread`).
     """
-    img = np.asarray(image, dtype=np.float32)
+    img = np.asarray(image)
     if work is None:
         work = work_image(img, a_px)
     cols = find_columns(work)

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..geometry import block_mean
+from ..geometry import block_mean, is_exact_counts
 
 __all__ = ["Columns", "WorkImage", "background_rows", "find_columns", "local_background", "work_image"]
 
@@ -168,13 +168,16 @@ def work_image(image: np.ndarray, a_px: float) -> WorkImage:
     a_px : float
         Lattice constant in px of ``image``.
     """
-    img = np.asarray(image, dtype=np.float32)
+    img = np.asarray(image)
+    if not is_exact_counts(img):  # 8/16-bit counts are summed as float32 without a whole copy
+        img = img.astype(np.float32, copy=False)
     if img.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {img.shape}")
     if not (math.isfinite(a_px) and a_px > 0):
         raise ValueError(f"a_px must be a positive number of px, got {a_px!r}")
     f = max(1, int(a_px // WORK_PX_PER_A))
-    small = block_mean(img, f).astype(np.float32, copy=False)  # f == 1: the image itself, read only
+    # f == 1: the float32 image itself, read only
+    small = block_mean(img, f, dtype=np.float32)
     a_w = a_px / f
     sigma = max(0.6, SMOOTH_A * a_w)
     # white noise of std s becomes s / (2 sqrt(pi) sigma) after the Gaussian (measured
