@@ -1,10 +1,11 @@
 """End-to-end benchmark: time per stage, peak memory, cells/s, scaling, and Atomap side by side.
 
     python benchmarks/bench_pipeline.py [--atomap-python PATH] [--device cpu] [--repeats 3] \
-        [--out benchmarks/results/pipeline.md]
+        [--classifier small] [--hexagons sample] [--out benchmarks/results/pipeline.md]
 
 Frames are simulated (paper conditions, MoTe2, 10 % defects) so that every method is
-scored against the same ground truth. Each frame is analysed in a fresh subprocess (so
+scored against the same ground truth. ``--classifier`` and ``--hexagons`` choose the
+configuration (as in ``tmd-defects analyze``; ``small`` + ``sample`` is the fast one). Each frame is analysed in a fresh subprocess (so
 peak RSS is the pipeline's own) after one warm-up run in that process; torch uses 2
 threads on CPU. ``--atomap-python`` points at a Python that has ``atomap`` installed
 (Atomap pins its own stack, so it usually lives in its own environment); it runs
@@ -41,8 +42,6 @@ SITE_TOL_A = 0.3
 def _worker(args) -> None:
     """Run inside a subprocess: analyse one frame once to warm up, then ``--repeats`` times;
     print JSON of the median run."""
-    import resource
-
     import torch
 
     torch.set_num_threads(args.threads)
@@ -53,22 +52,37 @@ def _worker(args) -> None:
 
     image, _ = read_image(args.frame)
     det = load_detector(None, device=args.device)
-    clf = load_classifier(None, device=args.device)
-    analyze(image, args.pixel_size, detector=det, classifier=clf)  # warm-up
+    clf = load_classifier(args.classifier, device=args.device)
+    analyze(image, args.pixel_size, detector=det, classifier=clf, hexagons=args.hexagons)  # warm-up
     runs = []
     for _ in range(max(1, args.repeats)):
         t0 = time.perf_counter()
-        res = analyze(image, args.pixel_size, detector=det, classifier=clf)
+        res = analyze(image, args.pixel_size, detector=det, classifier=clf, hexagons=args.hexagons)
         runs.append((time.perf_counter() - t0, res))
     runs.sort(key=lambda r: r[0])
     wall, res = runs[len(runs) // 2]
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rss_mb = _peak_rss_mib()
     out = {
         "wall_s": wall, "timings": res.timings, "n_cells": res.n_cells, "peak_rss_mb": rss_mb,
         "x_sites": res.x_sites.tolist(), "m_sites": res.m_sites.tolist(), "labels": res.labels.tolist(),
         "boxes": res.boxes.tolist(), "x_unresolved": res.x_unresolved.tolist(),
     }
     print("RESULT " + json.dumps(out))
+
+
+def _peak_rss_mib() -> float:
+    """This process's RSS high-water mark (``VmHWM``, MiB). Not ``ru_maxrss``: on Linux that
+    keeps the parent's mark across fork and exec (the benchmark's own simulated frames)."""
+    import resource
+
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _occupied_columns(truth) -> np.ndarray:
@@ -90,9 +104,12 @@ def _site_accuracy(found: np.ndarray, truth_cols: np.ndarray, pixel_size: float)
     return float(ok.mean()), rms
 
 
-def _run_ours(frame: Path, pixel_size: float, device: str, threads: int, repeats: int = 3) -> dict:
+def _run_ours(frame: Path, pixel_size: float, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--frame", str(frame), "--pixel-size", str(pixel_size),
-           "--device", device, "--threads", str(threads), "--repeats", str(repeats)]
+           "--device", args.device, "--threads", str(args.threads), "--repeats", str(args.repeats),
+           "--hexagons", args.hexagons]
+    if args.classifier:
+        cmd += ["--classifier", args.classifier]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
     return json.loads(line[7:])
@@ -119,6 +136,9 @@ def main() -> None:
     ap.add_argument("--atomap-python", default=None, help="python with atomap installed (omit to skip)")
     ap.add_argument("--no-scaling", action="store_true")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per frame after the warm-up (median kept)")
+    ap.add_argument("--classifier", default=None, help="classifier weights or 'small' (default: the ResNet-18)")
+    ap.add_argument("--hexagons", default="frame", choices=["frame", "sample"],
+                    help="CNN-1 over every domain ('frame') or one detector tile per domain ('sample')")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--frame", help=argparse.SUPPRESS)
     ap.add_argument("--pixel-size", type=float, help=argparse.SUPPRESS)
@@ -137,7 +157,7 @@ def main() -> None:
             sim = simulate("MoTe2", size, pixel_size=ps, defect_fraction=0.1, seed=11)
             frame = Path(tmp) / f"frame_{size}.tif"
             write_tiff(frame, sim.image, ps)
-            r = _run_ours(frame, ps, args.device, args.threads, args.repeats)
+            r = _run_ours(frame, ps, args)
             cols = np.concatenate([np.asarray(r["x_sites"]).reshape(-1, 2), np.asarray(r["m_sites"]).reshape(-1, 2)])
             acc, rms = _site_accuracy(cols, _occupied_columns(sim.truth), ps)
 
@@ -152,7 +172,9 @@ def main() -> None:
             if args.atomap_python:
                 bond_px = 3.52 / 3**0.5 / ps
                 a = _run_atomap(args.atomap_python, frame, ps, bond_px)
-                found = np.stack([a["x"], a["y"]], axis=1) if a["x"] else np.zeros((0, 2))
+                found = np.stack([a["x"], a["y"]], axis=1).astype(float) if a["x"] else np.zeros((0, 2))
+                a["n_nonfinite"] = int(np.sum(~np.isfinite(found).all(axis=1)))  # failed refinements
+                found = found[np.isfinite(found).all(axis=1)]
                 aacc, arms = _site_accuracy(found, _occupied_columns(sim.truth), ps)
                 atom_rows.append((label, a, aacc, arms, r["wall_s"], acc, rms))
                 print(f"  Atomap: {a['times_s']['total']:.2f} s, site accuracy {aacc:.3f}")
@@ -161,22 +183,26 @@ def main() -> None:
                 sim = simulate("MoTe2", size, pixel_size=0.06, defect_fraction=0.1, seed=12)
                 frame = Path(tmp) / f"scale_{size}.tif"
                 write_tiff(frame, sim.image, 0.06)
-                r = _run_ours(frame, 0.06, args.device, args.threads, args.repeats)
+                r = _run_ours(frame, 0.06, args)
                 scale_rows.append((size, r))
                 print(f"scaling {size}²: {r['wall_s']:.2f} s")
 
     import torch
 
+    opts = (f"{' --atomap-python ATOMAP_ENV/bin/python' if args.atomap_python else ''}"
+            f"{' --classifier ' + args.classifier if args.classifier else ''}"
+            f"{' --hexagons ' + args.hexagons if args.hexagons != 'frame' else ''}")
     lines = [
         "# End-to-end pipeline benchmark",
         "",
-        f"Command: `python benchmarks/bench_pipeline.py{' --atomap-python ATOMAP_ENV/bin/python' if args.atomap_python else ''}` "
+        f"Command: `python benchmarks/bench_pipeline.py{opts}` "
         f"· device {args.device}{' (' + torch.cuda.get_device_name(0) + ')' if args.device.startswith('cuda') and torch.cuda.is_available() else ''}, "
         f"{args.threads} torch threads, {platform.machine()}, {os.cpu_count()} logical CPUs, "
         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.",
         "",
         f"Simulated MoTe2 frames (paper noise, 10 % defects); one warm-up run, then {args.repeats} timed "
-        "runs in the same fresh process, the median one reported; peak RSS of that process.",
+        "runs in the same fresh process, the median one reported; peak RSS: that process's high-water mark "
+        "(`VmHWM`: torch, the networks, the frame as read from its file, every run).",
         "",
         "Stages (s): *lattice* the FFT lattice and noise; *sites* columns, graph, domains, sites, cells "
         "and vacuum; *detection* CNN-1 hexagons; *classification* CNN-2 with contrast matching and the "
@@ -205,12 +231,13 @@ def main() -> None:
     if atom_rows:
         lines += ["", "Side by side with Atomap (peak finding with PCA, centre of mass, 2-D Gaussian "
                   "refinement; `benchmarks/atomap_runner.py`) on the same frames, 2 threads:", "",
-                  "| frame | Atomap s (fit) | ours s | time ratio | Atomap site accuracy | ours site accuracy | Atomap RMS Å | ours RMS Å |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| frame | Atomap s (fit) | ours s | time ratio | Atomap site accuracy | ours site accuracy | Atomap RMS Å | ours RMS Å "
+                  "| Atomap columns whose refinement failed (NaN) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for label, a, aacc, arms, ours_s, acc, rms in atom_rows:
             at = a["times_s"]["total"]
             lines.append(f"| {label} | {at:.2f} | {ours_s:.2f} | {at / ours_s:.1f}× | {100 * aacc:.1f} % | "
-                         f"{100 * acc:.1f} % | {arms:.3f} | {rms:.3f} |")
+                         f"{100 * acc:.1f} % | {arms:.3f} | {rms:.3f} | {a.get('n_nonfinite', 0)} |")
         lines += ["", "Atomap finds columns and their intensities; classifying defects from them "
                   "still needs thresholds or a human. Our pipeline returns classified unit cells."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
