@@ -28,6 +28,8 @@ pipeline's peak with torch, the networks and the frame loaded.
 
 Targets checked: 2048² at 0.1 Å/px in ≤ 1 s and ≤ 3× the reference; cost per cell
 constant within ±20 % from 512² to 8192² (in reference units); peak RSS ≤ 1.5 GB at 8192².
+The verdict also fits each frame's cost as a fixed part plus a constant per cell (least
+squares on relative residuals), which says how much of a small frame's cost is per frame.
 """
 
 from __future__ import annotations
@@ -280,6 +282,22 @@ def _fmt_mib(x: float) -> str:
     return f"{x:.0f}"
 
 
+def _linear_fit_line(size_rows: list[dict]) -> str:
+    """The frame's cost as a fixed part plus a constant per cell (reference units), fitted by
+    least squares on relative residuals (small frames weigh as much as large ones)."""
+    import numpy as np
+
+    n = np.array([r["res"]["n_cells"] for r in size_rows], float)
+    y = np.array([r["res"]["ratio_best"] for r in size_rows], float)
+    ref_s = float(np.median([r["res"]["best_s"] / r["res"]["ratio_best"] for r in size_rows]))
+    (fixed, per_cell), *_ = np.linalg.lstsq(np.stack([1.0 / y, n / y], 1), np.ones_like(y), rcond=None)
+    resid = np.abs((fixed + per_cell * n) / y - 1.0)
+    return (f"- linear in the number of cells (no target; a fixed part per frame is what raises a small "
+            f"frame's cost per cell): time ≈ {fixed:.2f}× ref ({fixed * ref_s:.2f} s) per frame + "
+            f"{1000 * per_cell:.2f}× ref per 1000 cells ({1000 * per_cell * ref_s:.2f} ms per cell); largest relative "
+            f"residual {100 * resid.max():.0f} %")
+
+
 def verdict(rows: list[dict], args) -> list[str]:
     """One line per target: PASS / FAIL / not measured, with the numbers."""
     ok = [r for r in rows if "error" not in r["res"]]
@@ -308,6 +326,7 @@ def verdict(rows: list[dict], args) -> list[str]:
         out.append(f"- cost per cell constant within ±{100 * TARGET_PER_CELL:.0f} % ({span} at "
                    f"{args.size_pixel_size:g} Å/px, reference units): **{p}** (largest deviation from the median "
                    f"{100 * dev:.0f} %, at {worst}²; largest / smallest {max(per) / min(per):.2f}){note}")
+        out.append(_linear_fit_line(size_rows))
     else:
         out.append("- cost per cell: not measured (fewer than two sizes)")
     big = [r for r in ok if r["size"] >= 8192]
