@@ -596,3 +596,27 @@ def test_sampled_hexagons_check_each_domain_on_one_tile():
     assert len(part.hexagon_boxes) < 0.8 * len(full.hexagon_boxes)
     with pytest.raises(ValueError, match="hexagons must be one of"):
         analyze(sim.image, 0.15, classify=False, hexagons="some")
+
+
+def test_networks_are_loaded_once_per_weights_file_and_again_when_it_changes(tmp_path):
+    import shutil
+
+    from napari_tmd_defects.pipeline import _resolve_model
+    from napari_tmd_defects.runtime import WeightsError, default_weights
+
+    assert _resolve_model(None, "detector", "cpu") is _resolve_model(None, "detector", "cpu")
+    small = _resolve_model("small", "classifier", "cpu")
+    assert small is _resolve_model("small", "classifier", "cpu")
+    assert small is not _resolve_model(None, "classifier", "cpu")
+    given = object()  # a model object passes as it is
+    assert _resolve_model(given, "classifier", "cpu") is given
+    f = tmp_path / "mine.pt"
+    shutil.copy(default_weights("classifier_small"), f)
+    mine = _resolve_model(f, "classifier", "cpu")
+    assert mine is _resolve_model(str(f), "classifier", "cpu") and mine is not small
+    f.write_bytes(b"not a weights file")  # written since: read again, and found corrupt
+    with pytest.raises(WeightsError):
+        _resolve_model(f, "classifier", "cpu")
+    f.unlink()
+    with pytest.raises(WeightsError):
+        _resolve_model(f, "classifier", "cpu")

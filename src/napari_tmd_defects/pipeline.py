@@ -1102,15 +1102,47 @@ def _model_image(frame: Frame, positions: np.ndarray, roles: np.ndarray, found: 
     return matched.image, MODEL_MATERIAL
 
 
+#: Networks loaded by :func:`_resolve_model`: ``(kind, weights file, device)`` ->
+#: ``((mtime ns, size), model)``; a file written since is loaded again.
+_LOADED: dict[tuple[str, str, str], tuple[tuple[int, int], Any]] = {}
+
+
+def _weights_file(model: str | Path | None, kind: str) -> Path:
+    """The weights file a name or path stands for (None: the shipped default)."""
+    from .runtime import default_weights
+
+    if model is None:
+        return default_weights(kind)
+    if kind == "classifier":
+        from .classification import SHIPPED_CLASSIFIERS
+
+        if str(model) in SHIPPED_CLASSIFIERS and not Path(model).exists():
+            return default_weights(SHIPPED_CLASSIFIERS[str(model)])
+    return Path(model)
+
+
 def _resolve_model(model, kind: str, device: str):
-    """A model object as given, or the one loaded from a path / the shipped weights."""
-    if model is None or isinstance(model, (str, Path)):
-        if kind == "detector":
-            from .detection import load_detector as loader
-        else:
-            from .classification import load_classifier as loader
-        return loader(model, device=device)
-    return model
+    """A model object as given, or the one loaded from a path / the shipped weights: loaded
+    once per file and device (a frame after frame, or a dock's every run, does not read the
+    weights again), again when the file has changed since."""
+    if model is not None and not isinstance(model, (str, Path)):
+        return model
+    if kind == "detector":
+        from .detection import load_detector as loader
+    else:
+        from .classification import load_classifier as loader
+    path = _weights_file(model, kind)
+    try:
+        stat = path.stat()
+    except OSError:
+        return loader(model, device=device)  # the loader's error names the missing file
+    key, signature = (kind, str(path.resolve()), device), (stat.st_mtime_ns, stat.st_size)
+    hit = _LOADED.get(key)
+    if hit is not None and hit[0] == signature:
+        return hit[1]
+    loaded = loader(model, device=device)
+    _LOADED[key] = (signature, loaded)
+    return loaded
 
 
 def _card_summary(card: dict[str, Any]) -> dict[str, Any]:
