@@ -87,6 +87,7 @@ __all__ = [
     "extract_crops",
     "fit_temperature",
     "jitter_boxes",
+    "classifier_weights",
     "load_classifier",
     "normalize_image",
     "predict_crops",
@@ -902,6 +903,17 @@ def _model_from_card(sd: dict, card: dict, path: Path):
     return model
 
 
+def classifier_weights(path: str | Path | None = None) -> Path:
+    """The weights file :func:`load_classifier` reads for ``path``: None the shipped
+    default, a name of :data:`SHIPPED_CLASSIFIERS` (unless a file of that name exists)
+    the shipped file, else the path itself."""
+    if path is None:
+        return default_weights("classifier")
+    if str(path) in SHIPPED_CLASSIFIERS and not Path(path).exists():
+        return default_weights(SHIPPED_CLASSIFIERS[str(path)])
+    return Path(path)
+
+
 def load_classifier(path: str | Path | None = None, device: str = "auto", batch_size: int = 512) -> CellClassifier:
     """Load a classifier written by ``tmd-defects train-classifier``.
 
@@ -920,12 +932,7 @@ def load_classifier(path: str | Path | None = None, device: str = "auto", batch_
     WeightsError
         If the file is missing, corrupt or not a classifier (the message names it).
     """
-    if path is None:
-        p = default_weights("classifier")
-    elif str(path) in SHIPPED_CLASSIFIERS and not Path(path).exists():
-        p = default_weights(SHIPPED_CLASSIFIERS[str(path)])
-    else:
-        p = Path(path)
+    p = classifier_weights(path)
     sd, card = load_weights(p)
     model = _model_from_card(sd, card, p)
     return CellClassifier(model, card, resolve_device(device), batch_size=batch_size)

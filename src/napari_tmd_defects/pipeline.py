@@ -1109,16 +1109,13 @@ _LOADED: dict[tuple[str, str, str], tuple[tuple[int, int], Any]] = {}
 
 def _weights_file(model: str | Path | None, kind: str) -> Path:
     """The weights file a name or path stands for (None: the shipped default)."""
+    if kind == "classifier":
+        from .classification import classifier_weights
+
+        return classifier_weights(model)
     from .runtime import default_weights
 
-    if model is None:
-        return default_weights(kind)
-    if kind == "classifier":
-        from .classification import SHIPPED_CLASSIFIERS
-
-        if str(model) in SHIPPED_CLASSIFIERS and not Path(model).exists():
-            return default_weights(SHIPPED_CLASSIFIERS[str(model)])
-    return Path(model)
+    return default_weights(kind) if model is None else Path(model)
 
 
 def _resolve_model(model, kind: str, device: str):
