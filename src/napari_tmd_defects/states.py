@@ -542,13 +542,20 @@ def _offset_levels(h: np.ndarray, post: np.ndarray, var: np.ndarray, cand: _Cand
 
 
 def _posterior(h: np.ndarray, k: float, sd: float, w: np.ndarray, cand: _Candidates, vac=None,
-               widen: float = 1.0, clipped: np.ndarray | None = None):
+               widen: float = 1.0, clipped: np.ndarray | None = None, extra_var: np.ndarray | None = None):
+    """Posteriors of every site's states and its distance (noise sigmas) from the nearest
+    level; ``extra_var`` (per site, grey levels²) widens a site's variance in that distance
+    (a measurement's own uncertainty: a column it fits no level of is doubtful, not an
+    unlisted substituent), not in the posteriors."""
     mu, var = _levels(k, sd, cand, vac)
     var = var * widen
+    extra = 0.0 if extra_var is None else np.asarray(extra_var, float)[:, None]
     z = None
     top = MIXED_EMPTY_LEVEL_MAX if cand.empty_from_levels else EMPTY_LEVEL_RANGE[1]
     if not (cand.offset and vac is not None and top > vac[0]):
         lp, z = _loglik(h, mu, var, clipped, float(mu[_most_common(cand, w)]))
+        if extra_var is not None:
+            z = z * np.sqrt(var[None] / (var[None] + extra))
         lp = lp + np.log(np.maximum(w, 1e-12))[None]
     else:
         # an empty column's level is known only roughly: what raises it (blur, the tails
@@ -568,7 +575,7 @@ def _posterior(h: np.ndarray, k: float, sd: float, w: np.ndarray, cand: _Candida
     post = np.exp(lp)
     post /= post.sum(axis=1, keepdims=True)
     if z is None:
-        z = np.abs(h[:, None] - mu[None]) / np.sqrt(var)[None]
+        z = np.abs(h[:, None] - mu[None]) / np.sqrt(var + extra)
     return post, z.min(axis=1)
 
 
@@ -719,8 +726,30 @@ def clipped_share(image: np.ndarray, model: SiteModel) -> np.ndarray:
     return out / n_px
 
 
+#: Least correlation of a site-state head's reading with the column heights (found,
+#: counted sites of each sublattice it reads) for the reading to be used.
+MIN_HEAD_AGREEMENT = 0.3
+
+
+def _head_disagrees(signal: np.ndarray, s, use: np.ndarray) -> str | None:
+    """Why a site-state head's per-site ``signal`` cannot stand for the heights (a network
+    whose output does not follow the image), or None when it can."""
+    for role in (ROLE_M, ROLE_X):
+        sel = use & (s.role == role) & ~s.placed & ~s.boundary
+        if sel.sum() < 10:
+            continue
+        sig, hgt = signal[sel], s.height[sel].astype(float)
+        if not np.all(np.isfinite(sig)) or np.median(sig) <= 0:
+            return "non-positive or non-finite column signals"
+        r = float(np.corrcoef(sig, hgt)[0, 1]) if np.std(sig) > 0 and np.std(hgt) > 0 else 0.0
+        if not r >= MIN_HEAD_AGREEMENT:
+            return f"correlation {r:.2f} with the heights, needs {MIN_HEAD_AGREEMENT}"
+    return None
+
+
 def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | None = None,
-                     voltage_kv: float = 80.0, image: np.ndarray | None = None) -> SiteStates:
+                     voltage_kv: float = 80.0, image: np.ndarray | None = None,
+                     site_head=None) -> SiteStates:
     """Read every site's state from its column intensity (see the module docstring).
 
     Parameters
@@ -736,6 +765,14 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
     image : (rows, cols) array, optional
         The frame the heights come from: metal columns that reach its clipping ceiling
         (:func:`clipped_share`) are read as at least as bright as they show.
+    site_head : SiteHead, str or Path, optional
+        An alloy or doped layer: read the states of the head's sublattices from the
+        column intensities a site-state head measures in ``image`` (:mod:`.sitehead`; a
+        path or ``"default"`` loads one) instead of the heights; the levels, fit and
+        posteriors stay as they are, a site whose predicted uncertainty exceeds the
+        sublattice's median has the noise widened by the excess where it is tested
+        against every level (an outlier is not an unlisted substituent). A binary keeps its
+        heights (the classifier reads its cells). Needs ``image``.
     """
     from .zcontrast import chalcogen_signal, effective_z, metal_signal
 
@@ -745,6 +782,29 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
     if n == 0:
         return out
     comp = parse_composition(material)
+    extra_var = None  # per site: the head's uncertainty beyond its sublattice's median (grey levels²)
+    if site_head is not None:
+        from .sitehead import SiteHead, load_site_head
+
+        if image is None:
+            raise ValueError("read_site_states: site_head needs the image")
+        head = site_head if isinstance(site_head, SiteHead) else load_site_head(
+            None if str(site_head) == "default" else site_head)
+        reading = head.read(image, model) if not comp.is_binary else None
+        use = np.isin(s.role, [ROLE_M if r == "M" else ROLE_X for r in head.roles])
+        why = _head_disagrees(reading.signal, s, use) if reading is not None else None
+        if why:
+            out.notes.append(f"the site-state head's reading does not fit the column heights ({why}): "
+                             "read from the heights")
+        elif reading is not None:
+            extra_var = np.zeros(n)
+            for role in (ROLE_M, ROLE_X):
+                sel = use & (s.role == role)
+                if sel.any():
+                    v = (reading.sigma[sel] * reading.scale) ** 2
+                    extra_var[sel] = np.maximum(v - np.median(v), 0.0)
+            s = dataclasses.replace(s, height=np.where(use, reading.signal * reading.scale, s.height))
+            model = dataclasses.replace(model, sites=s)
     host = get_material(material)
     area_nm2 = cell_area_nm2 if cell_area_nm2 is not None else host.cell_area_nm2
     counted = ~s.boundary
@@ -811,7 +871,8 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             if cand.empty_from_levels:
                 w = _missing_floor(w, cand)
             post, zmin = _posterior(height[sel], k, sd_host, w, cand, vac, widen,
-                                    clipped[sel] if clipped.any() else None)
+                                    clipped[sel] if clipped.any() else None,
+                                    None if extra_var is None else extra_var[sel])
             idx = np.flatnonzero(sel)
             best = post.argmax(axis=1)
             p = post[np.arange(len(idx)), best]
