@@ -38,6 +38,8 @@ class BatchOptions:
     classifier: str | None = None
     #: where CNN-1 looks (:data:`.pipeline.HEXAGON_COVERAGES`): "frame" or "sample"
     hexagons: str = "frame"
+    #: the site-state head an alloy's metal sites are read with ("default" or a weights file), or None
+    site_head: str | None = None
     overlay: bool = True
     #: overlay colours (:data:`.visualization.PALETTES`: "paper" or "colorblind") and cell style
     palette: str = "paper"
@@ -129,7 +131,7 @@ def analyze_file(path: str | Path, stem: str, opts: BatchOptions) -> FileOutcome
         det, clf = _models(opts)
         res = analyze(
             image, pixel_size=ps, material=opts.material, alpha=opts.alpha, beta=opts.beta,
-            detector=det, classifier=clf, classify=opts.classify, hexagons=opts.hexagons,
+            detector=det, classifier=clf, classify=opts.classify, hexagons=opts.hexagons, site_head=opts.site_head,
             pixel_size_source="given" if opts.pixel_size is not None else "metadata",
             trust_pixel_size=opts.trust_pixel_size,
         )

@@ -244,6 +244,10 @@ def _add_analyze(sub) -> None:
     p.add_argument("--classifier", default=None,
                    help="classifier weights, or a shipped one by name: resnet18 (default), small (distilled, ~10x faster per cell)")
     _add_hexagons_option(p)
+    p.add_argument("--site-head", nargs="?", const="default", default=None, metavar="WEIGHTS",
+                   help="read an alloy's or doped layer's metal sites with the site-state head (the shipped one, "
+                        "or WEIGHTS) instead of the column heights: better for blurred low-dose Mo-W alloys and "
+                        "heavy dopants, worse for light ones (see docs/reports/site_head.md)")
     p.set_defaults(func=_run_analyze)
 
 
@@ -258,8 +262,8 @@ def _run_analyze(args) -> int:
         out_dir=str(args.out), pixel_size=args.pixel_size, trust_pixel_size=args.trust_pixel_size,
         material=args.material, alpha=args.alpha,
         beta=args.beta, device=args.device, classify=not args.no_classify, detector=args.detector,
-        classifier=args.classifier, hexagons=args.hexagons, overlay=not args.no_overlay, palette=args.palette,
-        cell_style=args.cell_style,
+        classifier=args.classifier, hexagons=args.hexagons, site_head=args.site_head, overlay=not args.no_overlay,
+        palette=args.palette, cell_style=args.cell_style,
     )
     bar = progress_printer("analyze")
 

@@ -137,6 +137,9 @@ class Frame:
     pixel_size_lattice: float | None = None
     #: the pixel size (Å/px) given by the caller (typed or file metadata), None when none was
     pixel_size_given: float | None = None
+    #: the site-state head (:class:`~.sitehead.SiteHead`) whose column intensities an
+    #: alloy's or doped layer's metal sites are read from; None: the column heights
+    site_head: Any = None
 
 
 #: Weaker lattice reflections accepted when the lattice constant fits the given pixel size.
@@ -859,7 +862,7 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
 
     model = frame.model
     c, n = model.cells, len(model.cells)
-    st = read_site_states(model, frame.material, image=frame.image)
+    st = read_site_states(model, frame.material, image=frame.image, site_head=frame.site_head)
     frame.states = st
     info: dict[str, Any] = {}
     if not n:
@@ -1165,6 +1168,7 @@ def analyze(
     pixel_size_source: str = "given",
     trust_pixel_size: bool = False,
     hexagons: str = "frame",
+    site_head=None,
 ) -> Result:
     """Find and classify every unit cell of a HAADF-STEM image.
 
@@ -1204,6 +1208,12 @@ def analyze(
         (the hexagons layer covers the image); ``"sample"`` one detector tile per domain
         (at most :data:`MAX_SAMPLE_TILES`), enough to check each domain's hollow sites at
         a fraction of the cost; cells outside the tiles get support -1 (not checked).
+    site_head : SiteHead, str or Path, optional
+        Read an alloy's or doped layer's metal sites from the column intensities of the
+        site-state head (:mod:`.sitehead`; ``"default"`` the shipped one, or a weights
+        file) instead of the column heights: better on blurred, low-dose Mo–W alloys and
+        heavy dopants, worse on light ones (docs/reports/site_head.md). Binaries are read
+        from the heights either way.
     progress : callable(done, total), optional
         Percent done: lattice and sites 0–20, hexagons (CNN-1, per tile) 20–60, classes
         (CNN-2, per batch) 60–100.
@@ -1222,6 +1232,11 @@ def analyze(
     t_start = time.perf_counter()
     if hexagons not in HEXAGON_COVERAGES:
         raise ValueError(f"hexagons must be one of {HEXAGON_COVERAGES}, got {hexagons!r}")
+    if site_head is not None:  # a missing or corrupt head fails before any work
+        from .sitehead import SiteHead, load_site_head
+
+        if not isinstance(site_head, SiteHead):
+            site_head = load_site_head(None if str(site_head) == "default" else site_head)
     mat = get_material(material)
     steps = 100  # progress in percent: sites 0-20, hexagons 20-60, classes 60-100
 
@@ -1261,6 +1276,7 @@ def analyze(
     frame = locate_cells(image, pixel_size, material, exclude_vacuum, hexagons=find_hexagons if use_detector else None,
                          pixel_size_source=pixel_size_source, trust_pixel_size=trust_pixel_size,
                          progress=progress, cancel=cancel, keep_state=False)
+    frame.site_head = site_head
     img = frame.image
 
     def timed(name, fn, *args, **kw):
