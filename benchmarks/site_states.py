@@ -3,7 +3,7 @@ chalcogen atoms, ``unresolved`` and detection limits; optionally real frames und
 material flags.
 
     python benchmarks/site_states.py [--n 6] [--size 384] [--multislice 2] [--only SET[:PRESET] ...] \
-        [--real FRAME:PIXEL_SIZE:FLAG1;FLAG2 ...] [--out docs/reports/site_states.md]
+        [--real FRAME:PIXEL_SIZE:FLAG1;FLAG2 ...] [--site-head default|WEIGHTS] [--out docs/reports/site_states.md]
 
 Every frame is simulated here with its own seed (none of them is a test's frame) and
 analysed end to end with :func:`napari_tmd_defects.analyze` and the shipped networks.
@@ -113,7 +113,7 @@ def _pct(x) -> str:
     return "–" if x != x else f"{100 * x:.1f} %"
 
 
-def run_set(formula: str, preset: str, n: int, size: int, seed: int, multislice: bool = False):
+def run_set(formula: str, preset: str, n: int, size: int, seed: int, multislice: bool = False, site_head=None):
     rng = np.random.default_rng(seed)
     rows, limits, seconds = [], [], 0.0
     cells = CellScore()
@@ -131,7 +131,7 @@ def run_set(formula: str, preset: str, n: int, size: int, seed: int, multislice:
             sim = simulate(formula, size, class_weights=CLASS_WEIGHTS, seed=seed + k, **kw)
             ps = kw["pixel_size"]
         t0 = time.perf_counter()
-        res = analyze(sim.image, ps, formula)
+        res = analyze(sim.image, ps, formula, site_head=site_head)
         seconds += time.perf_counter() - t0
         rows.append(_score(res, sim.truth))
         limits.append(res.site_states.detection_limits if res.site_states is not None else {})
@@ -148,7 +148,7 @@ def _limit_text(limits: list[dict], role: str, state: str) -> str:
     return f"{100 * float(np.median(nums)):.2f} %" + (f" ({undet} undetectable)" if undet else "")
 
 
-def _real(spec: str) -> list[str]:
+def _real(spec: str, site_head=None) -> list[str]:
     from napari_tmd_defects.io import read_image
 
     path, ps, flags = spec.split(":", 2)
@@ -156,7 +156,7 @@ def _real(spec: str) -> list[str]:
     img = img[0] if isinstance(img, tuple) else img
     lines = []
     for flag in flags.split(";"):
-        res = analyze(img, float(ps) if ps else None, flag)
+        res = analyze(img, float(ps) if ps else None, flag, site_head=site_head)
         lab = res.labels[res.labels >= 0]
         m = res.site_state_counts().get("M", {})
         x = res.site_state_counts().get("X", {})
@@ -175,7 +175,18 @@ def main() -> None:
     ap.add_argument("--out", default="docs/reports/site_states.md")
     ap.add_argument("--only", nargs="*", default=[],
                     help="run only these sets, as FORMULA or FORMULA:PRESET (same seeds as the full run)")
+    ap.add_argument("--site-head", default=None,
+                    help="read the site states from a site-state head's column intensities (weights file, or "
+                         "'default' for the shipped one) instead of the column heights")
+    ap.add_argument("--site-head-roles", nargs="*", default=None, choices=["M", "X"],
+                    help="sublattices read from the head (default: the weights card's)")
     args = ap.parse_args()
+    head = None
+    if args.site_head:
+        from napari_tmd_defects.sitehead import load_site_head
+
+        head = load_site_head(None if args.site_head == "default" else args.site_head,
+                              roles=tuple(args.site_head_roles) if args.site_head_roles else None)
 
     metal, chalc, lim_rows, cell_rows = [], [], [], []
     plan = [(f, p, False) for f in SETS for p in ("paper", "realistic", "hard")]
@@ -185,7 +196,8 @@ def main() -> None:
             continue
         n = args.multislice if ms else args.n
         size = args.multislice_size if ms else args.size
-        rows, limits, sec, cells = run_set(formula, preset, n, size, seed=90_000 + 100 * i, multislice=ms)
+        rows, limits, sec, cells = run_set(formula, preset, n, size, seed=90_000 + 100 * i, multislice=ms,
+                                           site_head=head)
         name = f"{formula} ({preset}, {n} × {size}²)"
         host = get_material(formula).name
         metal.append(_metal_row(name, rows, host))
@@ -261,7 +273,7 @@ def main() -> None:
                   "`docs/reports/real_frames.md` for sources).", "",
                   "| frame | material | defective cells | metal sites | chalcogen sites |", "|---|---|---:|---|---|"]
         for spec in args.real:
-            lines += _real(spec)
+            lines += _real(spec, head)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
