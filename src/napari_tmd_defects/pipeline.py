@@ -1277,6 +1277,8 @@ def analyze(
                          pixel_size_source=pixel_size_source, trust_pixel_size=trust_pixel_size,
                          progress=progress, cancel=cancel, keep_state=False)
     frame.site_head = site_head
+    if site_head is not None:
+        frame.models["site_head"] = _card_summary(getattr(site_head, "card", {}))
     img = frame.image
 
     def timed(name, fn, *args, **kw):

@@ -272,6 +272,11 @@ class AnalysisWidget(Container):
         self._low = FloatSpinBox(label="low confidence", value=0.6, min=0.0, max=1.0, step=0.05,
                                  tooltip="cells below this confidence are flagged for review")
         self._labels = CheckBox(text="also a Labels layer", value=False)
+        self._site_head = CheckBox(text="alloy metal sites: site-state head", value=False)
+        self._site_head.native.setToolTip(
+            "read the metal sites of an alloy or doped layer from the site-state head's column intensities "
+            "instead of the column heights: better for blurred, low-dose Mo-W alloys and heavy dopants (Re), "
+            "worse for light ones (V, Cr); binaries are read from the heights either way")
         self._run_btn = PushButton(text="Run")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(value=0, min=0, max=100)
@@ -279,7 +284,8 @@ class AnalysisWidget(Container):
         form = Container(widgets=[self._image, self._material, self._composition, self._pixel, self._pixel_info,
                                   self._device, self._speed, self._low], labels=True)
         buttons = Container(widgets=[self._run_btn, self._cancel_btn], layout="horizontal", labels=False)
-        body = Container(widgets=[form, self._labels, buttons, self._progress, self._status], labels=False)
+        body = Container(widgets=[form, self._labels, self._site_head, buttons, self._progress, self._status],
+                         labels=False)
         for c in (form, buttons):
             c.margins = (0, 0, 0, 0)
         self._warnings = WarningsBox()
@@ -650,6 +656,7 @@ class AnalysisWidget(Container):
             "detector": self.detector,
             "classifier": self.classifier if self.classifier is not None else SPEEDS[self._speed.value]["classifier"],
             "hexagons": SPEEDS[self._speed.value]["hexagons"],
+            "site_head": "default" if self._site_head.value else None,
             "low_confidence": float(self._low.value),
         }
 
