@@ -185,7 +185,7 @@ def main() -> None:
     if args.site_head:
         from napari_tmd_defects.sitehead import load_site_head
 
-        head = load_site_head(None if args.site_head == "default" else args.site_head,
+        head = load_site_head(args.site_head,
                               roles=tuple(args.site_head_roles) if args.site_head_roles else None)
 
     metal, chalc, lim_rows, cell_rows = [], [], [], []

@@ -1236,7 +1236,7 @@ def analyze(
         from .sitehead import SiteHead, load_site_head
 
         if not isinstance(site_head, SiteHead):
-            site_head = load_site_head(None if str(site_head) == "default" else site_head)
+            site_head = load_site_head(site_head)
     mat = get_material(material)
     steps = 100  # progress in percent: sites 0-20, hexagons 20-60, classes 60-100
 

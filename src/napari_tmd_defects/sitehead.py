@@ -190,8 +190,8 @@ class SiteHead:
 
 
 def load_site_head(path: str | Path | None = None, roles: tuple[str, ...] | None = None) -> SiteHead:
-    """Load a site-state head (default: the shipped ``weights/site_head.pt``); ``roles``
-    as in :class:`SiteHead`.
+    """Load a site-state head (None or ``"default"``: the shipped ``weights/site_head.pt``);
+    ``roles`` as in :class:`SiteHead`.
 
     Raises
     ------
@@ -199,7 +199,7 @@ def load_site_head(path: str | Path | None = None, roles: tuple[str, ...] | None
         If the file is missing, corrupt or does not hold a site-state head (the message
         names the file).
     """
-    p = default_weights("site_head") if path is None else Path(path)
+    p = default_weights("site_head") if path is None or str(path) == "default" else Path(path)
     sd, card = load_weights(p)
     if card.get("task") != "site-state head":
         raise WeightsError(f"weights file {p} does not hold a site-state head (task {card.get('task')!r})")

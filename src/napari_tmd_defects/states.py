@@ -788,8 +788,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
 
         if image is None:
             raise ValueError("read_site_states: site_head needs the image")
-        head = site_head if isinstance(site_head, SiteHead) else load_site_head(
-            None if str(site_head) == "default" else site_head)
+        head = site_head if isinstance(site_head, SiteHead) else load_site_head(site_head)
         reading = head.read(image, model) if not comp.is_binary else None
         use = np.isin(s.role, [ROLE_M if r == "M" else ROLE_X for r in head.roles])
         why = _head_disagrees(reading.signal, s, use) if reading is not None else None
