@@ -1,7 +1,8 @@
 """Batch throughput (frames/s) against workers, through the command line as users run it.
 
     python benchmarks/bench_scaleout.py [--frames 50] [--size 1024] [--pixel-size 0.1] \
-        [--workers 1 2] [--paths cli dask] [--out benchmarks/results/scaleout.md] [--quick]
+        [--workers 1 2] [--paths cli dask] [--classifier small] [--hexagons sample] \
+        [--out benchmarks/results/scaleout.md] [--quick]
 
 ``--frames`` simulated MoTe2 frames (10 % defects, a new seed each) are written once as
 TIFFs with their pixel size (Å/px) in the metadata, into ``--cache-dir``. Each run is one
@@ -17,7 +18,9 @@ starting Python, imports and loading the networks in every worker, as a user see
 Before each run and after the last, a fresh process times the reference op (ResNet-18,
 batch 16 at 224², CPU, 2 threads; see ``bench_scaling.py``); throughput is also given in
 frames per reference-op time, which a loaded machine changes much less than frames/s.
-Every frame must come back ``ok`` in ``batch_summary.csv``.
+Every frame must come back ``ok`` in ``batch_summary.csv``. ``--classifier`` and
+``--hexagons`` are passed to ``tmd-defects analyze`` (``small`` + ``sample``: the fast
+configuration).
 """
 
 from __future__ import annotations
@@ -130,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None,
                     help="Markdown report (default benchmarks/results/scaleout.md; with --quick in the temp folder)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 6 frames of 512²")
+    ap.add_argument("--classifier", default=None, help="passed to tmd-defects analyze (e.g. small)")
+    ap.add_argument("--hexagons", default=None, choices=["frame", "sample"], help="passed to tmd-defects analyze")
     if "--quick" in (sys.argv[1:] if argv is None else argv):
         ap.set_defaults(**QUICK)  # explicit flags still win
     args = ap.parse_args(argv)
@@ -159,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
                     extra = ["--scheduler", cluster.scheduler_address]
                 else:
                     extra = ["--workers", str(n)]
+                extra += [a for k in ("classifier", "hexagons") if getattr(args, k) for a in (f"--{k}", getattr(args, k))]
                 try:
                     runs = [run_cli(folder, Path(tmp) / f"{path}_{n}", extra, not args.no_overlay)
                             for _ in range(max(1, args.repeats))]
