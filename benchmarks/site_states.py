@@ -3,7 +3,8 @@ chalcogen atoms, ``unresolved`` and detection limits; optionally real frames und
 material flags.
 
     python benchmarks/site_states.py [--n 6] [--size 384] [--multislice 2] [--only SET[:PRESET] ...] \
-        [--real FRAME:PIXEL_SIZE:FLAG1;FLAG2 ...] [--site-head default|WEIGHTS] [--out docs/reports/site_states.md]
+        [--real FRAME:PIXEL_SIZE:FLAG1;FLAG2 ...] [--site-head default|WEIGHTS [--site-head-light-metals]] \
+        [--out docs/reports/site_states.md]
 
 Every frame is simulated here with its own seed (none of them is a test's frame) and
 analysed end to end with :func:`napari_tmd_defects.analyze` and the shipped networks.
@@ -180,10 +181,18 @@ def main() -> None:
                          "'default' for the shipped one) instead of the column heights")
     ap.add_argument("--site-head-roles", nargs="*", default=None, choices=["M", "X"],
                     help="sublattices read from the head (default: the weights card's)")
+    ap.add_argument("--site-head-light-metals", action="store_true",
+                    help="use the head also for layers listing a light (3d) metal (states.HEAD_MIN_METAL_Z), "
+                         "which the reading otherwise keeps on the heights")
     args = ap.parse_args()
     head = None
     if args.site_head:
         from napari_tmd_defects.sitehead import load_site_head
+
+        if args.site_head_light_metals:
+            import napari_tmd_defects.states as states
+
+            states.HEAD_MIN_METAL_Z = 0
 
         head = load_site_head(args.site_head,
                               roles=tuple(args.site_head_roles) if args.site_head_roles else None)

@@ -133,3 +133,13 @@ def test_analyze_and_the_command_line_take_the_head(alloy_frame, tmp_path, monke
         args = build_parser().parse_args(["analyze", str(tmp_path), "--out", str(tmp_path / "o"), *extra])
         args.func(args)
         assert seen[-1].site_head == want
+
+
+def test_a_layer_with_a_light_metal_is_read_from_its_heights():
+    sim = simulate("WSe2:V0.05", 224, pixel_size=0.1, defect_fraction=0.08, noise=Noise(10.0, 20.0), seed=77)
+    frame = locate_cells(sim.image, 0.1, "WSe2:V0.05")
+    plain = read_site_states(frame.model, "WSe2:V0.05", image=frame.image)
+    head = read_site_states(frame.model, "WSe2:V0.05", image=frame.image, site_head="default")
+    np.testing.assert_array_equal(head.state, plain.state)
+    np.testing.assert_array_equal(head.level, plain.level)
+    assert any("not used" in note and "V" in note for note in head.notes)

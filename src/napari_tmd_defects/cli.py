@@ -247,7 +247,7 @@ def _add_analyze(sub) -> None:
     p.add_argument("--site-head", nargs="?", const="default", default=None, metavar="WEIGHTS",
                    help="read an alloy's or doped layer's metal sites with the site-state head (the shipped one, "
                         "or WEIGHTS) instead of the column heights: better for blurred low-dose Mo-W alloys and "
-                        "heavy dopants, worse for light ones (see docs/reports/site_head.md)")
+                        "heavy dopants; not used for light (3d) metals such as V or Cr (see docs/reports/site_head.md)")
     p.set_defaults(func=_run_analyze)
 
 

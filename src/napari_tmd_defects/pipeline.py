@@ -1212,8 +1212,8 @@ def analyze(
         Read an alloy's or doped layer's metal sites from the column intensities of the
         site-state head (:mod:`.sitehead`; ``"default"`` the shipped one, or a weights
         file) instead of the column heights: better on blurred, low-dose Mo–W alloys and
-        heavy dopants, worse on light ones (docs/reports/site_head.md). Binaries are read
-        from the heights either way.
+        heavy dopants (docs/reports/site_head.md). Binaries, and layers listing a light (3d)
+        metal (the head reads those as vacancies), are read from the heights either way.
     progress : callable(done, total), optional
         Percent done: lattice and sites 0–20, hexagons (CNN-1, per tile) 20–60, classes
         (CNN-2, per batch) 60–100.

@@ -726,6 +726,10 @@ def clipped_share(image: np.ndarray, model: SiteModel) -> np.ndarray:
     return out / n_px
 
 
+#: A site-state head is not used for a layer listing a metal lighter than this (Z): it
+#: reads light (3d) substituents as vacancies (V, Cr in WSe2 on held-out frames, and a
+#: real V-doped WSe2 frame: docs/reports/site_head.md).
+HEAD_MIN_METAL_Z = 30
 #: Least correlation of a site-state head's reading with the column heights (found,
 #: counted sites of each sublattice it reads) for the reading to be used.
 MIN_HEAD_AGREEMENT = 0.3
@@ -772,7 +776,8 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         posteriors stay as they are, a site whose predicted uncertainty exceeds the
         sublattice's median has the noise widened by the excess where it is tested
         against every level (an outlier is not an unlisted substituent). A binary keeps its
-        heights (the classifier reads its cells). Needs ``image``.
+        heights (the classifier reads its cells), and so does a layer listing a light metal
+        (:data:`HEAD_MIN_METAL_Z`). Needs ``image``.
     """
     from .zcontrast import chalcogen_signal, effective_z, metal_signal
 
@@ -789,7 +794,11 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         if image is None:
             raise ValueError("read_site_states: site_head needs the image")
         head = site_head if isinstance(site_head, SiteHead) else load_site_head(site_head)
-        reading = head.read(image, model) if not comp.is_binary else None
+        light = sorted({el for el, _ in comp.metals + comp.dopants if METALS[el] < HEAD_MIN_METAL_Z})
+        if light and not comp.is_binary:
+            out.notes.append(f"the site-state head is not used for a layer with {', '.join(light)}: it reads light "
+                             "(3d) metal columns as vacancies; read from the heights")
+        reading = head.read(image, model) if not comp.is_binary and not light else None
         use = np.isin(s.role, [ROLE_M if r == "M" else ROLE_X for r in head.roles])
         why = _head_disagrees(reading.signal, s, use) if reading is not None else None
         if why:
