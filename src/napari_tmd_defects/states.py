@@ -751,6 +751,37 @@ def _head_disagrees(signal: np.ndarray, s, use: np.ndarray) -> str | None:
     return None
 
 
+def _head_heights(site_head, image: np.ndarray | None, model: SiteModel, comp: Composition):
+    """``(heights (S,), extra variance (S,), None)`` of the sites with those of the head's
+    sublattices read by a site-state head (grey levels, grey levels²: its uncertainty beyond
+    its sublattice's median), or ``(None, None, note)`` where the head is not used (a
+    binary: no note; a light metal listed, or a reading that does not follow the heights)."""
+    from .sitehead import SiteHead, load_site_head
+
+    if image is None:
+        raise ValueError("read_site_states: site_head needs the image")
+    head = site_head if isinstance(site_head, SiteHead) else load_site_head(site_head)
+    if comp.is_binary:
+        return None, None, None
+    light = sorted({el for el, _ in comp.metals + comp.dopants if METALS[el] < HEAD_MIN_METAL_Z})
+    if light:
+        return None, None, (f"the site-state head is not used for a layer with {', '.join(light)}: it reads "
+                            "light (3d) metal columns as vacancies; read from the heights")
+    s = model.sites
+    reading = head.read(image, model)
+    use = np.isin(s.role, [ROLE_M if r == "M" else ROLE_X for r in head.roles])
+    why = _head_disagrees(reading.signal, s, use)
+    if why:
+        return None, None, f"the site-state head's reading does not fit the column heights ({why}): read from the heights"
+    extra_var = np.zeros(len(s))
+    for role in (ROLE_M, ROLE_X):
+        sel = use & (s.role == role)
+        if sel.any():
+            v = (reading.sigma[sel] * reading.scale) ** 2
+            extra_var[sel] = np.maximum(v - np.median(v), 0.0)
+    return np.where(use, reading.signal * reading.scale, s.height), extra_var, None
+
+
 def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | None = None,
                      voltage_kv: float = 80.0, image: np.ndarray | None = None,
                      site_head=None) -> SiteStates:
@@ -789,29 +820,11 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
     comp = parse_composition(material)
     extra_var = None  # per site: the head's uncertainty beyond its sublattice's median (grey levels²)
     if site_head is not None:
-        from .sitehead import SiteHead, load_site_head
-
-        if image is None:
-            raise ValueError("read_site_states: site_head needs the image")
-        head = site_head if isinstance(site_head, SiteHead) else load_site_head(site_head)
-        light = sorted({el for el, _ in comp.metals + comp.dopants if METALS[el] < HEAD_MIN_METAL_Z})
-        if light and not comp.is_binary:
-            out.notes.append(f"the site-state head is not used for a layer with {', '.join(light)}: it reads light "
-                             "(3d) metal columns as vacancies; read from the heights")
-        reading = head.read(image, model) if not comp.is_binary and not light else None
-        use = np.isin(s.role, [ROLE_M if r == "M" else ROLE_X for r in head.roles])
-        why = _head_disagrees(reading.signal, s, use) if reading is not None else None
-        if why:
-            out.notes.append(f"the site-state head's reading does not fit the column heights ({why}): "
-                             "read from the heights")
-        elif reading is not None:
-            extra_var = np.zeros(n)
-            for role in (ROLE_M, ROLE_X):
-                sel = use & (s.role == role)
-                if sel.any():
-                    v = (reading.sigma[sel] * reading.scale) ** 2
-                    extra_var[sel] = np.maximum(v - np.median(v), 0.0)
-            s = dataclasses.replace(s, height=np.where(use, reading.signal * reading.scale, s.height))
+        heights, extra_var, note = _head_heights(site_head, image, model, comp)
+        if note:
+            out.notes.append(note)
+        if heights is not None:
+            s = dataclasses.replace(s, height=heights)
             model = dataclasses.replace(model, sites=s)
     host = get_material(material)
     area_nm2 = cell_area_nm2 if cell_area_nm2 is not None else host.cell_area_nm2
