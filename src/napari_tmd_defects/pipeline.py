@@ -1116,6 +1116,10 @@ def _weights_file(model: str | Path | None, kind: str) -> Path:
         from .classification import classifier_weights
 
         return classifier_weights(model)
+    if kind == "site_head":
+        from .sitehead import site_head_weights
+
+        return site_head_weights(model)
     from .runtime import default_weights
 
     return default_weights(kind) if model is None else Path(model)
@@ -1129,6 +1133,11 @@ def _resolve_model(model, kind: str, device: str):
         return model
     if kind == "detector":
         from .detection import load_detector as loader
+    elif kind == "site_head":
+        from .sitehead import load_site_head
+
+        def loader(path, device):  # the head runs on the CPU
+            return load_site_head(path)
     else:
         from .classification import load_classifier as loader
     path = _weights_file(model, kind)
@@ -1233,10 +1242,7 @@ def analyze(
     if hexagons not in HEXAGON_COVERAGES:
         raise ValueError(f"hexagons must be one of {HEXAGON_COVERAGES}, got {hexagons!r}")
     if site_head is not None:  # a missing or corrupt head fails before any work
-        from .sitehead import SiteHead, load_site_head
-
-        if not isinstance(site_head, SiteHead):
-            site_head = load_site_head(site_head)
+        site_head = _resolve_model(site_head, "site_head", device)
     mat = get_material(material)
     steps = 100  # progress in percent: sites 0-20, hexagons 20-60, classes 60-100
 

@@ -46,6 +46,7 @@ __all__ = [
     "SiteHead",
     "build_site_head",
     "load_site_head",
+    "site_head_weights",
     "site_patches",
 ]
 
@@ -189,6 +190,12 @@ class SiteHead:
         return SiteReading(mean.astype(float), np.exp(0.5 * np.clip(logvar, -20, 10)).astype(float), scale)
 
 
+def site_head_weights(path: str | Path | None = None) -> Path:
+    """The weights file :func:`load_site_head` reads: None or ``"default"`` the shipped
+    ``weights/site_head.pt``, else the path itself."""
+    return default_weights("site_head") if path is None or str(path) == "default" else Path(path)
+
+
 def load_site_head(path: str | Path | None = None, roles: tuple[str, ...] | None = None) -> SiteHead:
     """Load a site-state head (None or ``"default"``: the shipped ``weights/site_head.pt``);
     ``roles`` as in :class:`SiteHead`.
@@ -199,7 +206,7 @@ def load_site_head(path: str | Path | None = None, roles: tuple[str, ...] | None
         If the file is missing, corrupt or does not hold a site-state head (the message
         names the file).
     """
-    p = default_weights("site_head") if path is None or str(path) == "default" else Path(path)
+    p = site_head_weights(path)
     sd, card = load_weights(p)
     if card.get("task") != "site-state head":
         raise WeightsError(f"weights file {p} does not hold a site-state head (task {card.get('task')!r})")
