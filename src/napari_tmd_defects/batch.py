@@ -13,7 +13,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from .io import IMAGE_SUFFIXES, atomic_write
 from .materials import get_material
@@ -100,23 +100,14 @@ def _stems(paths: list[Path]) -> list[str]:
     return stems
 
 
-_MODELS: dict[tuple, Any] = {}
-
-
 def _models(opts: BatchOptions):
-    """Load (once per process) the detector and classifier for these options."""
-    key = (opts.detector, opts.classifier, opts.device, opts.classify)
-    if key not in _MODELS:
-        from .detection import load_detector
+    """The detector and classifier for these options, loaded once per process (the
+    pipeline's loaded-network cache, :func:`~.pipeline._resolve_model`)."""
+    from .pipeline import _resolve_model
 
-        det = load_detector(opts.detector, device=opts.device)
-        clf = None
-        if opts.classify:
-            from .classification import load_classifier
-
-            clf = load_classifier(opts.classifier, device=opts.device)
-        _MODELS[key] = (det, clf)
-    return _MODELS[key]
+    det = _resolve_model(opts.detector, "detector", opts.device)
+    clf = _resolve_model(opts.classifier, "classifier", opts.device) if opts.classify else None
+    return det, clf
 
 
 def analyze_file(path: str | Path, stem: str, opts: BatchOptions) -> FileOutcome:
