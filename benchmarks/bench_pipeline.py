@@ -49,6 +49,7 @@ def _worker(args) -> None:
     from napari_tmd_defects.classification import load_classifier
     from napari_tmd_defects.detection import load_detector
     from napari_tmd_defects.io import read_image
+    from bench_scaling import peak_rss_mib  # this script's folder is on the path
 
     image, _ = read_image(args.frame)
     det = load_detector(None, device=args.device)
@@ -61,28 +62,13 @@ def _worker(args) -> None:
         runs.append((time.perf_counter() - t0, res))
     runs.sort(key=lambda r: r[0])
     wall, res = runs[len(runs) // 2]
-    rss_mb = _peak_rss_mib()
+    rss_mb = peak_rss_mib()  # VmHWM: ru_maxrss keeps the parent's mark across fork and exec
     out = {
         "wall_s": wall, "timings": res.timings, "n_cells": res.n_cells, "peak_rss_mb": rss_mb,
         "x_sites": res.x_sites.tolist(), "m_sites": res.m_sites.tolist(), "labels": res.labels.tolist(),
         "boxes": res.boxes.tolist(), "x_unresolved": res.x_unresolved.tolist(),
     }
     print("RESULT " + json.dumps(out))
-
-
-def _peak_rss_mib() -> float:
-    """This process's RSS high-water mark (``VmHWM``, MiB). Not ``ru_maxrss``: on Linux that
-    keeps the parent's mark across fork and exec (the benchmark's own simulated frames)."""
-    import resource
-
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _occupied_columns(truth) -> np.ndarray:

@@ -111,7 +111,7 @@ def _status_mib(key: str) -> float | None:
     return None
 
 
-def _peak_rss_mib() -> float:
+def peak_rss_mib() -> float:
     """The high-water mark ``VmHWM`` (Linux; what ``clear_refs`` resets), else ``ru_maxrss``."""
     peak = _status_mib("VmHWM")
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -142,7 +142,7 @@ def _simulate_worker(args) -> None:
     else:
         img = img.astype(np.float32)
     np.save(args.frame, img)
-    info = {"simulate_s": time.perf_counter() - t0, "peak_rss_mib": _peak_rss_mib(), "dtype": str(img.dtype),
+    info = {"simulate_s": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib(), "dtype": str(img.dtype),
             "n_cells_true": len(sim.truth.cell_label), "strip_rows": strips or None}
     Path(args.frame).with_suffix(".json").write_text(json.dumps(info))
 
@@ -170,7 +170,7 @@ def _analyze_worker(args) -> None:
         reset = _reset_peak_rss()
         res = analyze(image, args.pixel_size, material=MATERIAL, device="cpu", detector=det, classifier=clf,
                       hexagons=args.hexagons)
-        peaks.append(_peak_rss_mib())
+        peaks.append(peak_rss_mib())
         return res, reset
 
     peaks: list[float] = []
@@ -285,8 +285,6 @@ def _fmt_mib(x: float) -> str:
 def _linear_fit_line(size_rows: list[dict]) -> str:
     """The frame's cost as a fixed part plus a constant per cell (reference units), fitted by
     least squares on relative residuals (small frames weigh as much as large ones)."""
-    import numpy as np
-
     n = np.array([r["res"]["n_cells"] for r in size_rows], float)
     y = np.array([r["res"]["ratio_best"] for r in size_rows], float)
     ref_s = float(np.median([r["res"]["best_s"] / r["res"]["ratio_best"] for r in size_rows]))
