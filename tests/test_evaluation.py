@@ -85,6 +85,39 @@ def test_cells_paired_with_another_metal_neighbour_still_match():
     assert sc.largest_fake_cluster == 0
 
 
+def test_a_call_on_a_cell_the_truth_does_not_list_is_false_only_inside_the_image():
+    """The truth lists the cells whose box lies inside the image: a vacancy called on an
+    invented cell inside the frame is false, one on a cell crossing the edge is not scored."""
+    from types import SimpleNamespace
+
+    from napari_tmd_defects.evaluation import score_result
+    from napari_tmd_defects.simulation import Noise, simulate
+
+    t = simulate("MoTe2", 256, pixel_size=0.1, defect_fraction=0.0, noise=Noise(None, 0), seed=5).truth
+    a = t.a_px
+    n = t.n_cells
+    # an invented cell off the lattice inside the image, and one across the edge x = 0
+    xs = np.r_[t.cell_x_site, [[t.cell_x_site[:, 0].mean() + 0.37 * a, t.cell_x_site[:, 1].mean() + 0.41 * a]],
+               [[2.0, 128.0]]]
+    ms = np.r_[t.cell_m_site, xs[-2:] + [0.5 * a, 0.3 * a]]
+    boxes = np.r_[t.cell_box, [[xs[-2, 0] - 0.5 * a, xs[-2, 1] - 0.5 * a, xs[-2, 0] + 0.5 * a, xs[-2, 1] + 0.5 * a],
+                               [-0.3 * a, 128 - 0.5 * a, 0.7 * a, 128 + 0.5 * a]]]
+
+    def score(labels):
+        res = SimpleNamespace(n_cells=n + 2, labels=np.asarray(labels), boxes=boxes, x_sites=xs, m_sites=ms,
+                              x_unresolved=np.zeros(n + 2, bool), sites=None, timings={})
+        return score_result(res, t)
+
+    base = np.zeros(n + 2, int)
+    assert score(base).site_fp.tolist() == [0, 0, 0]
+    edge = base.copy()
+    edge[-1] = 3  # V_M on the cell that crosses the image's edge
+    assert score(edge).site_fp.tolist() == [0, 0, 0]
+    inside = base.copy()
+    inside[-2] = 3  # V_M on a cell the truth does not have, inside the image
+    assert score(inside).site_fp.tolist() == [1, 0, 0]
+
+
 def test_a_result_without_cells_scores_as_all_missed():
     from napari_tmd_defects.analysis import empty_result
     from napari_tmd_defects.evaluation import score_result

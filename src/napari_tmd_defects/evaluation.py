@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .geometry import box_iou
+from .geometry import box_iou, inside_boxes
 from .materials import CLASS_VACANCIES, N_CLASSES, get_material
 
 __all__ = ["CellScore", "match_cells", "match_result_cells", "match_sites", "score_result", "aggregate", "format_report"]
@@ -289,7 +289,8 @@ def score_result(result, truth) -> CellScore:
     sites (see the module doc); classes are scored on true cells off the domain
     boundaries (boundary cells are not point defects). Vacancy sites (V_M, V_X1, V_X2)
     are scored site by site in domain interiors (farther than :data:`INTERIOR_MARGIN_A` a
-    from a true boundary), calls on sites that are not there counting as false;
+    from a true boundary), calls on sites that are not there counting as false (on cells
+    whose box lies inside the image, as the truth's do: one crossing the edge is not scored);
     boundaries by the share of their length found within one lattice constant.
     """
     from scipy.spatial import cKDTree
@@ -334,6 +335,11 @@ def score_result(result, truth) -> CellScore:
             return np.ones(len(pts), bool)
         return line_tree.query(pts)[0] > INTERIOR_MARGIN_A * a
 
+    # the truth lists the cells whose box lies inside the image: a call on a cell that
+    # crosses the edge (within 0.05 a) has no true cell to be scored against
+    tol = 0.05 * a
+    listed = inside_boxes(np.asarray(result.boxes, float).reshape(-1, 4) + np.array([-tol, -tol, tol, tol]),
+                          truth.shape) if n_p else np.zeros(0, bool)
     for k, (t_xy, p_xy, on, t_has, p_has) in enumerate((
         (truth.cell_m_site, result.m_sites, on_m, tm, pm),
         (truth.cell_x_site, result.x_sites, on_x, tx == 1, px == 1),
@@ -349,7 +355,7 @@ def score_result(result, truth) -> CellScore:
         s.site_tp[k] += int(np.sum(t_has & called & sel))
         s.site_fn[k] += int(np.sum(t_has & ~called & sel))
         s.site_fp[k] += int(np.sum(~t_has & called & sel))
-        s.site_fp[k] += int(np.sum(calls & (on < 0) & deep(p_xy)))  # sites that are not there
+        s.site_fp[k] += int(np.sum(calls & (on < 0) & deep(p_xy) & listed))  # sites that are not there
     # ---- boundaries
     pc = 0.5 * (result.x_sites + result.m_sites) if n_p else np.zeros((0, 2))
     rep = result.sites.boundary_lines if getattr(result, "sites", None) is not None else []
