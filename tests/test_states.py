@@ -279,3 +279,24 @@ def test_an_unclipped_image_changes_no_reading():
     assert np.array_equal(a.state, b.state) and not b.clipped.any()
     np.testing.assert_array_equal(a.z_eff, b.z_eff)
     np.testing.assert_array_equal(a.probability, b.probability)
+
+
+def test_a_light_substituent_column_is_at_least_as_noisy_as_an_empty_one():
+    """The metal levels' noise: a column between empty and the host (a light dopant) is read
+    against at least the empty columns' fitted spread, rising to the host's at its level;
+    the host, heavier columns and the chalcogen states keep the signal-scaled noise."""
+    from napari_tmd_defects.states import _chalcogen_candidates, _levels, _metal_candidates, _var
+
+    comp = parse_composition("WSe2:Cr0.04")
+    cand = _metal_candidates(comp, 74, 80.0)
+    k, sd, vac = 100.0, 0.07, (0.02, 0.055)
+    mu, var = _levels(k, sd, cand, vac)
+    cr, w = cand.names.index("Cr"), cand.names.index("W")
+    assert 0 < cand.signal[cr] < 1
+    assert var[cr] >= (k * vac[1]) ** 2 > _var(k, sd, cand.signal, cand.flat)[cr]
+    assert var[cr] <= (k * sd) ** 2
+    assert var[w] == pytest.approx(_var(k, sd, cand.signal, cand.flat)[w])
+    # an empty-column spread above the host's does not raise the host's noise
+    assert _levels(k, sd, cand, (0.02, 0.2))[1][w] == pytest.approx((k * sd) ** 2)
+    xc = _chalcogen_candidates(parse_composition("WSe2"), 34, 80.0)
+    assert not xc.empty_noise_floor

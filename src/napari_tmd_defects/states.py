@@ -14,7 +14,9 @@ above the hollow background) with the levels the states would give:
    column intensities, started from every candidate for the dominant level, the best
    likelihood kept; the composition's fractions are a prior, open ones (``x``) are fitted
    and reported. The noise grows with the signal (:data:`FLAT_NOISE_SHARE`; a chalcogen
-   column's far less, :data:`CHALCOGEN_FLAT_NOISE_SHARE`). Chalcogen levels sit on the
+   column's far less, :data:`CHALCOGEN_FLAT_NOISE_SHARE`); a metal column is at least as
+   noisy as the frame's fitted empty columns (a light dopant's dim column is not a
+   confident vacancy where the empty columns spread as far). Chalcogen levels sit on the
    fitted empty column's level, whose uncertainty the posteriors average over, and the
    fit says how many columns miss atoms, not how they split between one and two. On a
    mixed chalcogen sublattice with given shares (``WS1.4Se0.6``) the empty level is the
@@ -215,6 +217,11 @@ class _Candidates:
     #: fit may split one species' spread into two levels, whose line says nothing of the
     #: empty column
     empty_from_levels: bool = False
+    #: a column's noise is at least the empty columns' fitted spread, rising to the host's
+    #: at its level (the metal sublattice: the flat noise a fixed share
+    #: :data:`FLAT_NOISE_SHARE` gives is too small on low-dose, blurred frames, where a
+    #: light (3d) substituent's column then reads as a confident vacancy)
+    empty_noise_floor: bool = False
 
 
 def _metal_candidates(comp: Composition, host_z: int, kv: float) -> _Candidates:
@@ -234,7 +241,7 @@ def _metal_candidates(comp: Composition, host_z: int, kv: float) -> _Candidates:
         prior.append(0.03 if f is None else f)
     sig = np.array([0.0 if z == 0 else float(metal_signal(z, kv)) for z in zs]) / float(metal_signal(host_z, kv))
     p = np.maximum(np.array(prior, float), 1e-3)
-    return _Candidates(names, sig, np.array([0] + [1] * (len(zs) - 1)), p / p.sum())
+    return _Candidates(names, sig, np.array([0] + [1] * (len(zs) - 1)), p / p.sum(), empty_noise_floor=True)
 
 
 def _chalcogen_candidates(comp: Composition, host_z: int, kv: float, ref: int | None = None) -> _Candidates:
@@ -347,6 +354,10 @@ def _levels(k: float, sd: float, cand: _Candidates, vac: tuple[float, float] | N
     sig = _signal(cand, vac)
     mu, var = k * sig, _var(k, sd, sig, cand.flat)
     if vac is not None:
+        if cand.empty_noise_floor:
+            f0 = min(vac[1] ** 2, sd**2)
+            floor = f0 + (sd**2 - f0) * np.clip(sig, 0.0, 1.0)
+            var = np.maximum(var, k**2 * floor)
         empty = cand.signal <= 0
         mu = np.where(empty, k * vac[0], mu)
         var = np.where(empty, (k * vac[1]) ** 2, var)
