@@ -1,7 +1,7 @@
 """Two site-state reports side by side (e.g. the column heights vs the site-state head).
 
-    python benchmarks/compare_site_states.py docs/reports/site_states.md \
-        docs/reports/site_states_head.md --names heights head --out docs/reports/site_head.md
+    python benchmarks/compare_site_states.py docs/reports/site_states_heights.md \
+        docs/reports/site_states.md --names heights head --out docs/reports/site_head.md
 
 Both reports are written by ``benchmarks/site_states.py`` (same sets and seeds). Every
 row of the metal, chalcogen and cell tables is shown with the figures that differ as

@@ -3,7 +3,7 @@ chalcogen atoms, ``unresolved`` and detection limits; optionally real frames und
 material flags.
 
     python benchmarks/site_states.py [--n 6] [--size 384] [--multislice 2] [--only SET[:PRESET] ...] \
-        [--real FRAME:PIXEL_SIZE:FLAG1;FLAG2 ...] [--site-head default|WEIGHTS [--site-head-light-metals]] \
+        [--real FRAME:PIXEL_SIZE:FLAG1;FLAG2 ...] [--site-head default|none|WEIGHTS [--site-head-light-metals]] \
         [--out docs/reports/site_states.md]
 
 Every frame is simulated here with its own seed (none of them is a test's frame) and
@@ -176,9 +176,9 @@ def main() -> None:
     ap.add_argument("--out", default="docs/reports/site_states.md")
     ap.add_argument("--only", nargs="*", default=[],
                     help="run only these sets, as FORMULA or FORMULA:PRESET (same seeds as the full run)")
-    ap.add_argument("--site-head", default=None,
-                    help="read the site states from a site-state head's column intensities (weights file, or "
-                         "'default' for the shipped one) instead of the column heights")
+    ap.add_argument("--site-head", default="default",
+                    help="the site-state head alloys' metal sites are read with (a weights file, or 'default': the "
+                         "shipped one, as analyze does), or 'none': the column heights")
     ap.add_argument("--site-head-roles", nargs="*", default=None, choices=["M", "X"],
                     help="sublattices read from the head (default: the weights card's)")
     ap.add_argument("--site-head-light-metals", action="store_true",
@@ -186,7 +186,7 @@ def main() -> None:
                          "which the reading otherwise keeps on the heights")
     args = ap.parse_args()
     head = None
-    if args.site_head:
+    if args.site_head != "none":
         from napari_tmd_defects.sitehead import load_site_head
 
         if args.site_head_light_metals:

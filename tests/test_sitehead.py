@@ -115,21 +115,22 @@ def test_analyze_and_the_command_line_take_the_head(alloy_frame, tmp_path, monke
     from napari_tmd_defects.cli import build_parser
 
     sim, _ = alloy_frame
-    plain = analyze(sim.image, 0.1, "Mo0.5W0.5Se2", device="cpu")
-    head = analyze(sim.image, 0.1, "Mo0.5W0.5Se2", device="cpu", site_head="default")
+    plain = analyze(sim.image, 0.1, "Mo0.5W0.5Se2", device="cpu", site_head=None)
+    head = analyze(sim.image, 0.1, "Mo0.5W0.5Se2", device="cpu")  # the shipped head by default
+    assert "site_head" in head.models and "site_head" not in plain.models
     m = head.sites.sites.role == ROLE_M
     assert not np.array_equal(head.site_states.level[m], plain.site_states.level[m])
     np.testing.assert_array_equal(head.site_states.state[~m], plain.site_states.state[~m])
     # a binary is read from its heights either way; a missing head fails before any work
     mote2 = simulate("MoTe2", 256, pixel_size=0.1, defect_fraction=0.1, seed=8).image
-    np.testing.assert_array_equal(analyze(mote2, 0.1, device="cpu", site_head="default").site_states.level,
-                                  analyze(mote2, 0.1, device="cpu").site_states.level)
+    np.testing.assert_array_equal(analyze(mote2, 0.1, device="cpu").site_states.level,
+                                  analyze(mote2, 0.1, device="cpu", site_head=None).site_states.level)
     with pytest.raises(WeightsError, match="not found"):
         analyze(sim.image, 0.1, "Mo0.5W0.5Se2", site_head=tmp_path / "none.pt")
-    # the command line: --site-head alone is the shipped head, with a value that file
+    # the command line: the shipped head unless --no-site-head, or --site-head WEIGHTS
     seen = []
     monkeypatch.setattr(batch, "run_batch", lambda inputs, opts, **kw: seen.append(opts) or [])
-    for extra, want in (([], None), (["--site-head"], "default"), (["--site-head", "mine.pt"], "mine.pt")):
+    for extra, want in (([], "default"), (["--no-site-head"], None), (["--site-head", "mine.pt"], "mine.pt")):
         args = build_parser().parse_args(["analyze", str(tmp_path), "--out", str(tmp_path / "o"), *extra])
         args.func(args)
         assert seen[-1].site_head == want
@@ -142,4 +143,4 @@ def test_a_layer_with_a_light_metal_is_read_from_its_heights():
     head = read_site_states(frame.model, "WSe2:V0.05", image=frame.image, site_head="default")
     np.testing.assert_array_equal(head.state, plain.state)
     np.testing.assert_array_equal(head.level, plain.level)
-    assert any("not used" in note and "V" in note for note in head.notes)
+    assert not any("head" in note for note in head.notes)  # the heights are the reading: nothing to say

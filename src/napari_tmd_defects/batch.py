@@ -38,8 +38,9 @@ class BatchOptions:
     classifier: str | None = None
     #: where CNN-1 looks (:data:`.pipeline.HEXAGON_COVERAGES`): "frame" or "sample"
     hexagons: str = "frame"
-    #: the site-state head an alloy's metal sites are read with ("default" or a weights file), or None
-    site_head: str | None = None
+    #: the site-state head an alloy's metal sites are read with ("default" or a weights file), or
+    #: None: the column heights
+    site_head: str | None = "default"
     overlay: bool = True
     #: overlay colours (:data:`.visualization.PALETTES`: "paper" or "colorblind") and cell style
     palette: str = "paper"

@@ -244,10 +244,14 @@ def _add_analyze(sub) -> None:
     p.add_argument("--classifier", default=None,
                    help="classifier weights, or a shipped one by name: resnet18 (default), small (distilled, ~10x faster per cell)")
     _add_hexagons_option(p)
-    p.add_argument("--site-head", nargs="?", const="default", default=None, metavar="WEIGHTS",
-                   help="read an alloy's or doped layer's metal sites with the site-state head (the shipped one, "
-                        "or WEIGHTS) instead of the column heights: better for blurred low-dose Mo-W alloys and "
-                        "heavy dopants; not used for light (3d) metals such as V or Cr (see docs/reports/site_head.md)")
+    head = p.add_mutually_exclusive_group()
+    head.add_argument("--site-head", default="default", metavar="WEIGHTS",
+                      help="the site-state head an alloy's or doped layer's metal sites are read with (default: "
+                           "the shipped one): better than the column heights for blurred low-dose Mo-W alloys and "
+                           "heavy dopants; binaries and light (3d) metals such as V or Cr are read from the heights "
+                           "(see docs/reports/site_head.md)")
+    head.add_argument("--no-site-head", dest="site_head", action="store_const", const=None,
+                      help="read every metal site from the column heights")
     p.set_defaults(func=_run_analyze)
 
 

@@ -1177,7 +1177,7 @@ def analyze(
     pixel_size_source: str = "given",
     trust_pixel_size: bool = False,
     hexagons: str = "frame",
-    site_head=None,
+    site_head="default",
 ) -> Result:
     """Find and classify every unit cell of a HAADF-STEM image.
 
@@ -1217,12 +1217,14 @@ def analyze(
         (the hexagons layer covers the image); ``"sample"`` one detector tile per domain
         (at most :data:`MAX_SAMPLE_TILES`), enough to check each domain's hollow sites at
         a fraction of the cost; cells outside the tiles get support -1 (not checked).
-    site_head : SiteHead, str or Path, optional
-        Read an alloy's or doped layer's metal sites from the column intensities of the
-        site-state head (:mod:`.sitehead`; ``"default"`` the shipped one, or a weights
-        file) instead of the column heights: better on blurred, low-dose Mo–W alloys and
-        heavy dopants (docs/reports/site_head.md). Binaries, and layers listing a light (3d)
-        metal (the head reads those as vacancies), are read from the heights either way.
+    site_head : SiteHead, str, Path or None
+        An alloy's or doped layer's metal sites are read from the column intensities the
+        site-state head measures (:mod:`.sitehead`; ``"default"`` the shipped one, or a
+        weights file), not from the column heights: on blurred, low-dose Mo–W alloys and
+        heavy dopants it tells vacancies from substituents far better
+        (docs/reports/site_head.md). None: the heights. Binaries, and layers listing a
+        light (3d) metal (the head reads those as vacancies), are read from the heights
+        either way (the head is not loaded for a binary).
     progress : callable(done, total), optional
         Percent done: lattice and sites 0–20, hexagons (CNN-1, per tile) 20–60, classes
         (CNN-2, per batch) 60–100.
@@ -1241,6 +1243,8 @@ def analyze(
     t_start = time.perf_counter()
     if hexagons not in HEXAGON_COVERAGES:
         raise ValueError(f"hexagons must be one of {HEXAGON_COVERAGES}, got {hexagons!r}")
+    if parse_composition(material).is_binary:
+        site_head = None  # the classifier reads a binary's cells
     if site_head is not None:  # a missing or corrupt head fails before any work
         site_head = _resolve_model(site_head, "site_head", device)
     mat = get_material(material)

@@ -766,7 +766,8 @@ def _head_heights(site_head, image: np.ndarray | None, model: SiteModel, comp: C
     """``(heights (S,), extra variance (S,), None)`` of the sites with those of the head's
     sublattices read by a site-state head (grey levels, grey levels²: its uncertainty beyond
     its sublattice's median), or ``(None, None, note)`` where the head is not used (a
-    binary: no note; a light metal listed, or a reading that does not follow the heights)."""
+    binary or a light metal listed: no note, the heights are the reading for those; a
+    reading that does not follow the heights: a note says so)."""
     from .sitehead import SiteHead, load_site_head
 
     if image is None:
@@ -774,10 +775,8 @@ def _head_heights(site_head, image: np.ndarray | None, model: SiteModel, comp: C
     head = site_head if isinstance(site_head, SiteHead) else load_site_head(site_head)
     if comp.is_binary:
         return None, None, None
-    light = sorted({el for el, _ in comp.metals + comp.dopants if METALS[el] < HEAD_MIN_METAL_Z})
-    if light:
-        return None, None, (f"the site-state head is not used for a layer with {', '.join(light)}: it reads "
-                            "light (3d) metal columns as vacancies; read from the heights")
+    if any(METALS[el] < HEAD_MIN_METAL_Z for el, _ in comp.metals + comp.dopants):
+        return None, None, None
     s = model.sites
     reading = head.read(image, model)
     use = np.isin(s.role, [ROLE_M if r == "M" else ROLE_X for r in head.roles])

@@ -153,11 +153,11 @@ def test_real_models_on_the_sample(viewer, qtbot):
     assert fast.checks["hexagons"] == "sample" and fast.models["classifier"]["model"] == "small"
     np.testing.assert_array_equal(fast.boxes, res.boxes)
     assert np.mean(fast.labels == res.labels) > 0.97
-    # the site-state head: recorded with the models; a binary is read from its heights either way
-    widget._site_head.value = True
-    head = widget.run()
-    assert "site_head" in head.models and "site_head" not in fast.models
-    np.testing.assert_array_equal(head.labels, fast.labels)
+    # the site-state head is on by default; a binary is read from its heights (the head not loaded)
+    assert widget._site_head.value and "site_head" not in fast.models
+    widget._site_head.value = False
+    plain = widget.run()
+    np.testing.assert_array_equal(plain.labels, fast.labels)
 
 
 def test_image_without_lattice_adds_no_layers(make_napari_viewer):

@@ -272,11 +272,12 @@ class AnalysisWidget(Container):
         self._low = FloatSpinBox(label="low confidence", value=0.6, min=0.0, max=1.0, step=0.05,
                                  tooltip="cells below this confidence are flagged for review")
         self._labels = CheckBox(text="also a Labels layer", value=False)
-        self._site_head = CheckBox(text="alloy metal sites: site-state head", value=False)
+        self._site_head = CheckBox(text="alloy metal sites: site-state head", value=True)
         self._site_head.native.setToolTip(
             "read the metal sites of an alloy or doped layer from the site-state head's column intensities "
-            "instead of the column heights: better for blurred, low-dose Mo-W alloys and heavy dopants (Re); "
-            "binaries and layers with light (3d) metals such as V or Cr are read from the heights either way")
+            "(on) or from the column heights (off): the head is better for blurred, low-dose Mo-W alloys and "
+            "heavy dopants (Re); binaries and layers with light (3d) metals such as V or Cr are read from the "
+            "heights either way")
         self._run_btn = PushButton(text="Run")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(value=0, min=0, max=100)
