@@ -140,7 +140,8 @@ class LatticeGraph:
     fitted : (N, 2)
         Each column's position averaged with where its linked neighbours put it (px).
     bad_links : (B, 2) int
-        Column pairs of one patch whose separation contradicts their indices.
+        Column pairs of one patch whose separation contradicts their indices (index steps
+        that disagree, or a loose link at a column with another one).
     orientation : (N,) float
         Local lattice orientation (rad), continuous within a patch.
     """
@@ -308,11 +309,16 @@ def index_columns(
     del keep
     # consistency of every link with the indices, judged in the unwrapped frame
     d, r = _round_offsets(v, _basis(0.5 * (theta_u[p] + theta_u[q]), 0.5 * (spacing[p] + spacing[q])))
-    good = np.all(nm[q] - nm[p] == d, axis=1) & (r < tolerance * a_f)
+    agree = np.all(nm[q] - nm[p] == d, axis=1)
+    good = agree & (r < tolerance * a_f)
     conflicts = np.bincount(p[~good], minlength=n) + np.bincount(q[~good], minlength=n)
-    bad_links = np.stack([p[~good], q[~good]], axis=1)
+    # a dislocation core: links whose index steps disagree with the indices, or a column
+    # with two or more loose links; one loose link between columns the indices agree on is
+    # a misplaced or noisy column (scan noise, a dim column's peak), not a core
+    core = ~agree | ((conflicts[p] >= 2) | (conflicts[q] >= 2))
+    bad_links = np.stack([p[~good & core], q[~good & core]], axis=1)
     p, q, v = p[good], q[good], v[good]
-    del d, r, good
+    del d, r, good, agree, core
     dn = (nm[q] - nm[p]).astype(float)
     # local affine basis: least squares v = B dn over the links around each column
     mm = np.einsum("ei,ej->eij", dn, dn).reshape(-1, 4)
