@@ -144,3 +144,7 @@ def test_a_layer_with_a_light_metal_is_read_from_its_heights():
     np.testing.assert_array_equal(head.state, plain.state)
     np.testing.assert_array_equal(head.level, plain.level)
     assert not any("head" in note for note in head.notes)  # the heights are the reading: nothing to say
+    # analyze does not load it for such a layer (nor records it with the models)
+    from napari_tmd_defects import analyze
+
+    assert "site_head" not in analyze(sim.image, 0.1, "WSe2:V0.05", device="cpu").models

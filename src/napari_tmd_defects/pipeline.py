@@ -1243,8 +1243,10 @@ def analyze(
     t_start = time.perf_counter()
     if hexagons not in HEXAGON_COVERAGES:
         raise ValueError(f"hexagons must be one of {HEXAGON_COVERAGES}, got {hexagons!r}")
-    if parse_composition(material).is_binary:
-        site_head = None  # the classifier reads a binary's cells
+    from .states import head_reads
+
+    if not head_reads(parse_composition(material)):
+        site_head = None  # a binary, or a light 3d metal listed: read from the heights, the head not loaded
     if site_head is not None:  # a missing or corrupt head fails before any work
         site_head = _resolve_model(site_head, "site_head", device)
     mat = get_material(material)

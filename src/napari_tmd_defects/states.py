@@ -57,6 +57,7 @@ __all__ = [
     "OUTLIER_SIGMAS",
     "SiteStates",
     "clipped_share",
+    "head_reads",
     "read_site_states",
 ]
 
@@ -746,6 +747,13 @@ HEAD_MIN_METAL_Z = 30
 MIN_HEAD_AGREEMENT = 0.3
 
 
+def head_reads(comp: Composition) -> bool:
+    """Whether a site-state head reads this layer's metal sites: an alloy or doped layer
+    that lists no metal lighter than :data:`HEAD_MIN_METAL_Z` (a binary's cells are the
+    classifier's; the head reads light 3d metal columns as vacancies)."""
+    return not comp.is_binary and all(METALS[el] >= HEAD_MIN_METAL_Z for el, _ in comp.metals + comp.dopants)
+
+
 def _head_disagrees(signal: np.ndarray, s, use: np.ndarray) -> str | None:
     """Why a site-state head's per-site ``signal`` cannot stand for the heights (a network
     whose output does not follow the image), or None when it can."""
@@ -773,9 +781,7 @@ def _head_heights(site_head, image: np.ndarray | None, model: SiteModel, comp: C
     if image is None:
         raise ValueError("read_site_states: site_head needs the image")
     head = site_head if isinstance(site_head, SiteHead) else load_site_head(site_head)
-    if comp.is_binary:
-        return None, None, None
-    if any(METALS[el] < HEAD_MIN_METAL_Z for el, _ in comp.metals + comp.dopants):
+    if not head_reads(comp):
         return None, None, None
     s = model.sites
     reading = head.read(image, model)
