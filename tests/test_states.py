@@ -1,5 +1,7 @@
 """Site states read from column intensities (:mod:`napari_tmd_defects.states`)."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -223,6 +225,17 @@ def test_an_open_chalcogen_alloy_reads_the_same_whatever_the_formula_order():
     xa, xb = a.site_state_counts()["X"], b.site_state_counts()["X"]
     assert xa == xb
     assert a.site_states.host["X"] == b.site_states.host["X"] == "SS"
+
+
+def test_an_end_member_under_an_open_formula_reads_as_itself():
+    """A pure WS2 frame analysed as WS2(1-x)Se2x: the chalcogen fit alone cannot say which
+    pair its one level is (its scale is free); the metal columns of the same domain can
+    (the calibrated chalcogen/metal ratio), so the columns read SS, not SeSe."""
+    sim = simulate("WS2", 288, 0.1, defect_fraction=0.05, seed=3, noise=Noise(15, 20))
+    st = analyze(sim.image, 0.1, "WS2(1-x)Se2x", use_detector=False).site_states
+    assert st.host["X"] == "SS"
+    counts = Counter(st.state[st.atoms == 2].tolist())
+    assert counts["SS"] >= 0.9 * sum(counts.values())
 
 
 def test_local_heights_in_blocks_of_sites_are_the_same(monkeypatch):

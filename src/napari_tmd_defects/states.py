@@ -13,7 +13,8 @@ above the hollow background) with the levels the states would give:
    columns) are fitted by EM to the
    column intensities, started from every candidate for the dominant level, the best
    likelihood kept; the composition's fractions are a prior, open ones (``x``) are fitted
-   and reported. The noise grows with the signal (:data:`FLAT_NOISE_SHARE`; a chalcogen
+   and reported; an open chalcogen alloy's one level is named with the help of the metal
+   columns (:data:`METAL_RATIO_SIGMA`). The noise grows with the signal (:data:`FLAT_NOISE_SHARE`; a chalcogen
    column's far less, :data:`CHALCOGEN_FLAT_NOISE_SHARE`); a metal column is at least as
    noisy as the frame's fitted empty columns (a light dopant's dim column is not a
    confident vacancy where the empty columns spread as far). Chalcogen levels sit on the
@@ -387,7 +388,7 @@ def _with_gamma(cand: _Candidates, gamma: float, ref: float = 1.0) -> _Candidate
 
 
 def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fit_gamma: bool = False,
-         n_iter: int = 40, clipped: np.ndarray | None = None):
+         n_iter: int = 40, clipped: np.ndarray | None = None, mode_state: int | None = None):
     """EM fit of ``k`` (host level), the state fractions, the host column's relative noise
     and (``fit_gamma``) a contrast exponent ``γ`` on the species' signal ratios.
 
@@ -414,7 +415,7 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
     best = None
     full = cand0.atoms == cand0.atoms.max()
     for s in range(len(cand0.names)):
-        if cand0.signal[s] <= 0 or (cand0.split_missing and not full[s]):
+        if cand0.signal[s] <= 0 or (cand0.split_missing and not full[s]) or mode_state not in (None, s):
             continue  # (chalcogens: most columns of a layer are full)
         gamma, cand = 1.0, cand0
         k = mode / cand.signal[s]
@@ -624,6 +625,12 @@ def _detection_limits(k, sd_host, w, cand: _Candidates, host: int, n_host: int, 
                      "detection_probability": round(p_d, 4), "false_positive_rate": float(f"{p_fp:.3g}")}
     return out
 
+
+#: Spread (natural log) of an open chalcogen alloy's column signal against its metal
+#: columns' (the calibrated ratio): the Z-contrast exponent (1.6-2.1 on the realistic
+#: preset), blur and the detector move it by tens of percent; the pairs SS, SSe, SeSe,
+#: STe, TeTe lie a factor >= 1.6 apart (docs/reports/open_alloys.md).
+METAL_RATIO_SIGMA = 0.3
 
 #: Radius (lattice constants) of the neighbourhood whose columns set a site's local scale.
 LOCAL_RADIUS_A = 3.0
@@ -865,6 +872,9 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
     # the formula's order, the image says which is most common
     open_alloy = {role: len(g) > 1 and any(f is None for _, f in g)
                   for role, g in ((ROLE_M, comp.metals), (ROLE_X, comp.chalcogens))}
+    # per metal site: the grey level of one W atom's own signal in its fit (the host level
+    # less the empty column's, over the calibrated signal)
+    w_metal = np.full(n, np.nan)
     for role, rname in ((ROLE_M, "M"), (ROLE_X, "X")):
         cand0 = cand = cands[role]
         hi = cand.names.index(hosts[role])
@@ -883,8 +893,13 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             groups.append((rest, frame_sel if np.sum(rest & counted) < MIN_SITES_PER_FIT else rest & counted))
         # the noise model and the empty level's range are in units of the reference column:
         # an open chalcogen alloy's is its most common full column, not the formula's first.
-        # Each full column is tried as the reference; a fit whose most common column is its
-        # reference is self-consistent, the best of those is kept
+        # Each full column is tried as the reference (and as the most common level). The
+        # chalcogen levels alone cannot name a frame's one level (each fit's scale is free:
+        # a pure WS2 frame fits as SeSe as well as SS); the metal columns of the same domains
+        # can: the kept fit has the best likelihood plus a log-normal prior (σ
+        # :data:`METAL_RATIO_SIGMA`) on its column signal against the metal columns' (the
+        # calibrated chalcogen/metal ratio). Without metal columns: the best self-consistent
+        # fit (its most common column its reference)
         refs = []
         if role == ROLE_X and open_alloy[role]:
             refs = [(int(r), _chalcogen_candidates(comp, host.z_chalcogen, voltage_kv, int(r)))
@@ -895,11 +910,17 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 continue
             k_scale = 1.0  # the reference column's signal over the host's
             tried = []
+            w_m = np.nan
+            if refs:
+                near = (s.role == ROLE_M) & np.isin(s.domain, np.unique(s.domain[sel])) & np.isfinite(w_metal)
+                w_m = float(np.median(w_metal[near])) if near.any() else np.nan
             for r, cand_r in refs:
-                f = _fit(height[fit_sel], cand_r, -1, fixed_fractions=fixed)
-                tried.append((_main_state(f[6], f[2]) == r, f[3], f, float(cand0.signal[r])))
+                f = _fit(height[fit_sel], cand_r, -1, fixed_fractions=fixed, mode_state=r if w_m > 0 else None)
+                own = f[0] * (1.0 - float(np.clip(f[5][0], 0.0, 0.9))) / float(cand0.signal[r]) / host_abs[ROLE_X]
+                prior = -0.5 * (math.log(own / w_m) / METAL_RATIO_SIGMA) ** 2 if (w_m > 0 and own > 0) else 0.0
+                tried.append((_main_state(f[6], f[2]) == r, f[3] + prior, f, float(cand0.signal[r])))
             if tried:
-                _, _, f, k_scale = max(tried, key=lambda t: (t[0], t[1]))
+                _, _, f, k_scale = max(tried, key=(lambda t: t[1]) if w_m > 0 else (lambda t: (t[0], t[1])))
                 k, sd_host, w, _, gamma, vac, cand = f
             else:
                 k, sd_host, w, _, gamma, vac, cand = _fit(height[fit_sel], cand0, -1 if open_alloy[role] else hi,
@@ -952,6 +973,8 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             out.count_probability[idx] = p_atoms
             out.empty_probability[idx] = post[:, cand.atoms == 0].sum(axis=1)
             fits.append((k, sd_host, w, int(fit_sel.sum()), cand, gamma, vac, k_scale))
+            if role == ROLE_M:
+                w_metal[idx] = k * (1.0 - float(np.clip(vac[0], 0.0, 0.9))) / host_abs[ROLE_M]
         if not fits:
             continue
         # the frame's figures: the largest group's fit
