@@ -227,15 +227,18 @@ def test_an_open_chalcogen_alloy_reads_the_same_whatever_the_formula_order():
     assert a.site_states.host["X"] == b.site_states.host["X"] == "SS"
 
 
-def test_an_end_member_under_an_open_formula_reads_as_itself():
-    """A pure WS2 frame analysed as WS2(1-x)Se2x: the chalcogen fit alone cannot say which
-    pair its one level is (its scale is free); the metal columns of the same domain can
-    (the calibrated chalcogen/metal ratio), so the columns read SS, not SeSe."""
-    sim = simulate("WS2", 288, 0.1, defect_fraction=0.05, seed=3, noise=Noise(15, 20))
-    st = analyze(sim.image, 0.1, "WS2(1-x)Se2x", use_detector=False).site_states
-    assert st.host["X"] == "SS"
-    counts = Counter(st.state[st.atoms == 2].tolist())
-    assert counts["SS"] >= 0.9 * sum(counts.values())
+def test_an_end_member_under_an_open_formula_reads_as_itself_or_not_at_all():
+    """A pure WS2 or WSe2 frame analysed as WS2(1-x)Se2x: the chalcogen fit alone cannot say
+    which pair its one level is (its scale is free); the metal columns of the same domain
+    can, roughly (the calibrated chalcogen/metal ratio). The columns read as the end member,
+    or, where the other pairs keep weight, as ``2 atoms?`` with a note: never as another pair
+    (a WS2 frame read SeSe before)."""
+    for formula, pair in (("WS2", "SS"), ("WSe2", "SeSe")):
+        sim = simulate(formula, 288, 0.1, defect_fraction=0.05, seed=3, noise=Noise(15, 20))
+        st = analyze(sim.image, 0.1, "WS2(1-x)Se2x", use_detector=False).site_states
+        counts = Counter(st.state[st.atoms == 2].tolist())
+        assert counts[pair] + counts["2 atoms?"] >= 0.95 * sum(counts.values())
+        assert counts["2 atoms?"] == 0 or any("cannot be told" in note for note in st.notes)
 
 
 def test_local_heights_in_blocks_of_sites_are_the_same(monkeypatch):

@@ -898,8 +898,11 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         # a pure WS2 frame fits as SeSe as well as SS); the metal columns of the same domains
         # can: the kept fit has the best likelihood plus a log-normal prior (σ
         # :data:`METAL_RATIO_SIGMA`) on its column signal against the metal columns' (the
-        # calibrated chalcogen/metal ratio). Without metal columns: the best self-consistent
-        # fit (its most common column its reference)
+        # calibrated chalcogen/metal ratio). Where the fits naming the most common column
+        # otherwise keep 5 % or more of the weight (exp(score)), the species are not read
+        # (``2 atoms?``, ``1 atom?``): an end member's one level, or a low-dose frame, often
+        # cannot be named. Without metal columns: the best self-consistent fit (its most
+        # common column its reference)
         refs = []
         if role == ROLE_X and open_alloy[role]:
             refs = [(int(r), _chalcogen_candidates(comp, host.z_chalcogen, voltage_kv, int(r)))
@@ -909,6 +912,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             if not fit_sel.any():
                 continue
             k_scale = 1.0  # the reference column's signal over the host's
+            label_p = 1.0  # probability that the frame's most common column is the one named
             tried = []
             w_m = np.nan
             if refs:
@@ -922,6 +926,13 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             if tried:
                 _, _, f, k_scale = max(tried, key=(lambda t: t[1]) if w_m > 0 else (lambda t: (t[0], t[1])))
                 k, sd_host, w, _, gamma, vac, cand = f
+                if w_m > 0:
+                    # the fits that name the most common level otherwise, weighed by their scores
+                    main = cand.names[_main_state(cand, w)]
+                    best_score = max(t[1] for t in tried)
+                    other = sum(math.exp(t[1] - best_score) for t in tried
+                                if t[2][6].names[_main_state(t[2][6], t[2][2])] != main)
+                    label_p = 1.0 / (1.0 + other)
             else:
                 k, sd_host, w, _, gamma, vac, cand = _fit(height[fit_sel], cand0, -1 if open_alloy[role] else hi,
                                                           fixed_fractions=fixed, fit_gamma=role == ROLE_M,
@@ -948,6 +959,12 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             several = np.array([np.sum(cand.atoms == a) > 1 for a in counts])[np.searchsorted(counts, atoms)]
             vague = np.where(role == ROLE_M, "metal?", np.where(atoms == 2, "2 atoms?", "1 atom?"))
             names = np.where(several & (p_species < MIN_POSTERIOR), vague, names).astype(object)
+            if label_p < MIN_POSTERIOR:  # which pair the frame's columns are is not settled
+                names = np.where(atoms > 0, vague, names).astype(object)
+                out.notes.append(
+                    f"which chalcogen pair the most common column is cannot be told in this frame (the fit's best, "
+                    f"{main}, at {100 * label_p:.0f} %: the chalcogen levels leave their scale open and the metal "
+                    "columns fix it only to tens of percent): atom counts are read, species are not")
             ok = p_atoms >= MIN_POSTERIOR
             state = np.where(ok, names, "unresolved").astype(object)
             atoms = np.where(ok, atoms, -1)
