@@ -14,10 +14,11 @@ above the hollow background) with the levels the states would give:
    column intensities, started from every candidate for the dominant level, the best
    likelihood kept; the composition's fractions are a prior, open ones (``x``) are fitted
    and reported; an open chalcogen alloy's one level is named with the help of the metal
-   columns (:data:`METAL_RATIO_SIGMA`). The noise grows with the signal (:data:`FLAT_NOISE_SHARE`; a chalcogen
-   column's far less, :data:`CHALCOGEN_FLAT_NOISE_SHARE`); a metal column is at least as
-   noisy as the frame's fitted empty columns (a light dopant's dim column is not a
-   confident vacancy where the empty columns spread as far). Chalcogen levels sit on the
+   columns (:data:`METAL_RATIO_SIGMA`), or its species are not read. The noise grows with
+   the signal (:data:`FLAT_NOISE_SHARE`; a chalcogen column's far less,
+   :data:`CHALCOGEN_FLAT_NOISE_SHARE`); a metal column is at least as noisy as the frame's
+   fitted empty columns (a light dopant's dim column is not a confident vacancy where the
+   empty columns spread as far). Chalcogen levels sit on the
    fitted empty column's level, whose uncertainty the posteriors average over, and the
    fit says how many columns miss atoms, not how they split between one and two. On a
    mixed chalcogen sublattice with given shares (``WS1.4Se0.6``) the empty level is the
