@@ -923,17 +923,15 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 f = _fit(height[fit_sel], cand_r, -1, fixed_fractions=fixed, mode_state=r if w_m > 0 else None)
                 own = f[0] * (1.0 - float(np.clip(f[5][0], 0.0, 0.9))) / float(cand0.signal[r]) / host_abs[ROLE_X]
                 prior = -0.5 * (math.log(own / w_m) / METAL_RATIO_SIGMA) ** 2 if (w_m > 0 and own > 0) else 0.0
-                tried.append((_main_state(f[6], f[2]) == r, f[3] + prior, f, float(cand0.signal[r])))
+                m = _main_state(f[6], f[2])  # the state the fit finds most common
+                tried.append((m == r, f[3] + prior, f, float(cand0.signal[r]), m))
             if tried:
-                _, _, f, k_scale = max(tried, key=(lambda t: t[1]) if w_m > 0 else (lambda t: (t[0], t[1])))
+                _, score, f, k_scale, m = max(tried, key=(lambda t: t[1]) if w_m > 0 else (lambda t: (t[0], t[1])))
                 k, sd_host, w, _, gamma, vac, cand = f
                 if w_m > 0:
                     # the fits that name the most common level otherwise, weighed by their scores
-                    main = cand.names[_main_state(cand, w)]
-                    best_score = max(t[1] for t in tried)
-                    other = sum(math.exp(t[1] - best_score) for t in tried
-                                if t[2][6].names[_main_state(t[2][6], t[2][2])] != main)
-                    label_p = 1.0 / (1.0 + other)
+                    main = cand.names[m]
+                    label_p = 1.0 / (1.0 + sum(math.exp(t[1] - score) for t in tried if t[4] != m))
             else:
                 k, sd_host, w, _, gamma, vac, cand = _fit(height[fit_sel], cand0, -1 if open_alloy[role] else hi,
                                                           fixed_fractions=fixed, fit_gamma=role == ROLE_M,
