@@ -316,3 +316,34 @@ def test_a_light_substituent_column_is_at_least_as_noisy_as_an_empty_one():
     assert _levels(k, sd, cand, (0.02, 0.2))[1][w] == pytest.approx((k * sd) ** 2)
     xc = _chalcogen_candidates(parse_composition("WSe2"), 34, 80.0)
     assert not xc.empty_noise_floor
+
+
+@pytest.mark.parametrize("formula, strict_metal, seed, dose", [("WSe2:Cr0.06", True, 4, 3), ("Mo0.8W0.2S2", False, 3, 2)])
+def test_faint_columns_short_of_atoms_need_the_stricter_posterior(monkeypatch, formula, strict_metal, seed, dose):
+    """In an alloy or doped layer a chalcogen column short of atoms, and a light-metal layer's
+    vacant metal site, is called only at MIN_VACANCY_POSTERIOR: the calls between it and
+    MIN_POSTERIOR become ``unresolved`` and nothing else changes."""
+    import napari_tmd_defects.states as states
+
+    sim = simulate(formula, 320, 0.1, defect_fraction=0.15, class_weights=(1, 1, 3, 1, 1), seed=seed,
+                   noise=Noise(dose, 20), rotation_deg=7.0)
+    model = locate_cells(sim.image, 0.1, formula).model
+    strict = read_site_states(model, formula)
+    p_min = states.MIN_VACANCY_POSTERIOR
+    assert p_min > states.MIN_POSTERIOR
+    monkeypatch.setattr(states, "MIN_VACANCY_POSTERIOR", states.MIN_POSTERIOR)
+    loose = read_site_states(model, formula)
+    s = model.sites
+    short = np.where(s.role == ROLE_X, (loose.atoms >= 0) & (loose.atoms < 2), loose.state == "vacant")
+    applies = (s.role == ROLE_X) | strict_metal
+    between = short & applies & (loose.count_probability < p_min)
+    assert between.any()
+    changed = strict.state != loose.state
+    np.testing.assert_array_equal(changed, between)
+    assert np.all(strict.state[changed] == "unresolved")
+    # every call short of atoms left stands at the stricter posterior where it applies
+    kept = np.where(s.role == ROLE_X, (strict.atoms >= 0) & (strict.atoms < 2), strict.state == "vacant") & applies
+    assert np.all(strict.count_probability[kept] >= p_min)
+    if not strict_metal:  # a layer of heavy metals: its metal vacancies are called as before
+        m_vac = (s.role == ROLE_M) & (loose.state == "vacant")
+        assert np.array_equal(strict.state[m_vac], loose.state[m_vac])
