@@ -347,3 +347,20 @@ def test_faint_columns_short_of_atoms_need_the_stricter_posterior(monkeypatch, f
     if not strict_metal:  # a layer of heavy metals: its metal vacancies are called as before
         m_vac = (s.role == ROLE_M) & (loose.state == "vacant")
         assert np.array_equal(strict.state[m_vac], loose.state[m_vac])
+
+
+def test_the_level_fit_stops_at_its_fixed_point():
+    """The EM fit stops once a step returns its parameters unchanged: more allowed steps
+    change nothing, bit for bit (metal levels with the contrast exponent fitted)."""
+    from napari_tmd_defects.states import _fit, _metal_candidates
+
+    rng = np.random.default_rng(5)
+    cand = _metal_candidates(parse_composition("Mo0.8W0.2Se2"), 42, 80.0)
+    sig = cand.signal[[cand.names.index("Mo"), cand.names.index("W"), cand.names.index("vacant")]]
+    h = 100.0 * np.concatenate([sig[0] + 0.05 * rng.standard_normal(400), sig[1] + 0.05 * rng.standard_normal(100),
+                                sig[2] + 0.03 * rng.standard_normal(20)])
+    a = _fit(h, cand, cand.names.index("Mo"), fixed_fractions=True, fit_gamma=True)
+    b = _fit(h, cand, cand.names.index("Mo"), fixed_fractions=True, fit_gamma=True, n_iter=400)
+    assert a[0] == b[0] and a[1] == b[1] and a[3] == b[3] and a[4] == b[4] and a[5] == b[5]
+    np.testing.assert_array_equal(a[2], b[2])
+    np.testing.assert_array_equal(a[6].signal, b[6].signal)

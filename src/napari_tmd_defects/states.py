@@ -405,7 +405,8 @@ def _with_gamma(cand: _Candidates, gamma: float, ref: float = 1.0) -> _Candidate
 def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fit_gamma: bool = False,
          n_iter: int = 40, clipped: np.ndarray | None = None, mode_state: int | None = None):
     """EM fit of ``k`` (host level), the state fractions, the host column's relative noise
-    and (``fit_gamma``) a contrast exponent ``γ`` on the species' signal ratios.
+    and (``fit_gamma``) a contrast exponent ``γ`` on the species' signal ratios: at most
+    ``n_iter`` steps, fewer where a step returns its parameters unchanged.
 
     ``γ`` (:data:`GAMMA_RANGE`) absorbs a detector or voltage whose Z-contrast differs
     from the calibration; it is fitted (by the marginal likelihood, gently held at 1) only
@@ -448,6 +449,10 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
                 vac = (float(np.clip(np.median(low) / k, *EMPTY_LEVEL_RANGE)), vac[1])
         ll = -np.inf
         for _ in range(n_iter):
+            # the parameters this step starts from: where the step returns them unchanged
+            # (bit for bit) the fit has reached its fixed point and every further step
+            # would repeat this one
+            before = (k, sd, w.copy(), vac, cand.signal.copy())
             mu, var = _levels(k, sd, cand, vac)
             lp = _loglik(h, mu, var, clipped, float(mu[_most_common(cand, w)]))[0] + np.log(np.maximum(w, 1e-12))[None]
             # a flat component takes what fits no state (contamination, a stray column)
@@ -517,6 +522,9 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
                     q.append(float(np.sum(mg + np.log(np.exp(lg - mg[:, None]).sum(axis=1)))) - 5.0 * (g - 1.0) ** 2)
                 gamma = float(gammas[int(np.argmax(q))])
                 cand = _with_gamma(cand0, gamma, ref)
+            if (k == before[0] and sd == before[1] and np.array_equal(w, before[2]) and vac == before[3]
+                    and np.array_equal(cand.signal, before[4])):
+                break
         score = ll + (len(h) * math.log(max(w[host], 1e-3)) if host >= 0 and w[host] < 0.05 else 0.0)
         if cand0.split_missing and w[~full].sum() > 0.5:
             # most columns missing atoms: not the layer (a fit that floated the empty and
