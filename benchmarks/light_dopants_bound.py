@@ -19,6 +19,11 @@ metal site's height (``SiteStates.level``, host units) is read twice:
   to estimate, so what it cannot decide the heights do not hold (an upper bound for any
   reading of these heights, not of the image: a better measurement of the column could
   do more).
+* **oracle on other measures**: the same oracle on two other local measures of each
+  metal column from the image (less the hollow background the heights use): a Gaussian-
+  weighted mean (σ :data:`GAUSS_A` a) and the mean over a disk (radius :data:`DISK_A` a),
+  each in units of the frame's median host column — does a wider look at the column hold
+  more than its smoothed peak?
 
 Per set: vacant and dopant sites told apart (share of all of them; the rest undecided or
 wrong) and the precision of the vacancy calls, for both.
@@ -27,6 +32,7 @@ wrong) and the precision of the vacancy calls, for both.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
 import time
@@ -40,6 +46,7 @@ from site_states import CLASS_WEIGHTS, SETS  # noqa: E402  (the same held-out fr
 from napari_tmd_defects import analyze  # noqa: E402
 from napari_tmd_defects.datasets import sample_conditions  # noqa: E402
 from napari_tmd_defects.evaluation import match_sites  # noqa: E402
+from napari_tmd_defects.lattice.columns import local_background  # noqa: E402
 from napari_tmd_defects.materials import get_material  # noqa: E402
 from napari_tmd_defects.simulation import simulate  # noqa: E402
 from napari_tmd_defects.states import MIN_POSTERIOR, MIN_VACANCY_POSTERIOR  # noqa: E402
@@ -48,11 +55,35 @@ PRESETS = ("paper", "realistic", "hard")
 #: fewer true sites of a state than this in a frame: its Gaussian is the set's
 MIN_CLASS = 4
 VACANT, DOPANT, HOST = 0, 1, 2
+#: the other column measures: Gaussian weight σ and disk radius (lattice constants)
+GAUSS_A = 0.14
+DISK_A = 0.22
+#: smoothing (lattice constants) of the image whose local minimum is the hollow background
+#: (as the working image's, :data:`napari_tmd_defects.lattice.columns.SMOOTH_A`)
+BACKGROUND_SMOOTH_A = 0.09
+
+
+def _other_measures(image: np.ndarray, xy: np.ndarray, a_px: float) -> dict[str, np.ndarray]:
+    """A Gaussian-weighted and a disk mean of the image less its hollow background at the
+    sites ``xy`` (N, 2) px."""
+    from scipy import ndimage as ndi
+
+    img = np.asarray(image, float)
+    bg = local_background(ndi.gaussian_filter(img, BACKGROUND_SMOOTH_A * a_px).astype(np.float32), a_px)
+    sub = img - bg
+    r = DISK_A * a_px
+    k = int(math.ceil(r))
+    dy, dx = np.mgrid[-k:k + 1, -k:k + 1]
+    disk = (dx ** 2 + dy ** 2 <= r * r).astype(float)
+    at = [xy[:, 1], xy[:, 0]]
+    return {f"Gaussian σ {GAUSS_A} a": ndi.map_coordinates(ndi.gaussian_filter(sub, GAUSS_A * a_px), at, order=1),
+            f"disk r {DISK_A} a": ndi.map_coordinates(ndi.correlate(sub, disk / disk.sum()), at, order=1)}
 
 
 def _frames(formula: str, preset: str, n: int, size: int):
     """The frames ``site_states.py`` analyses for this set (same seeds): per frame the
-    matched interior metal sites' true state, reading and level."""
+    matched interior metal sites' true state, reading and measures (the reading's level
+    first, each in units of the frame's median host column)."""
     i = SETS.index(formula) * len(PRESETS) + PRESETS.index(preset)
     seed = 90_000 + 100 * i
     rng = np.random.default_rng(seed)
@@ -77,12 +108,18 @@ def _frames(formula: str, preset: str, n: int, size: int):
         state = st.state[idx].astype(str)
         read = np.where(state == "vacant", VACANT, np.where(state == host_name, HOST,
                         np.where(np.isin(state, ["unresolved", "metal?"]), -1, DOPANT)))
-        out.append((true, read, st.level[idx].astype(float)))
+        meas = {"heights": st.level[idx].astype(float)}
+        meas.update(_other_measures(sim.image, model.sites.xy[idx], model.a_px))
+        for key, v in meas.items():
+            host_level = float(np.median(v[true == HOST])) if np.any(true == HOST) else 1.0
+            meas[key] = v / host_level if host_level > 0 else v
+        out.append((true, read, meas))
     return out
 
 
-def _oracle(frames) -> list[np.ndarray]:
+def _oracle(frames, measure: str = "heights") -> list[np.ndarray]:
     """Per frame the oracle's call (-1: undecided) from Gaussians fitted to the truth."""
+    frames = [(t, r, m[measure]) for t, r, m in frames]
     pooled = {}
     for s in (VACANT, DOPANT, HOST):
         v = np.concatenate([lv[t == s] for t, _, lv in frames])
@@ -136,7 +173,9 @@ def main() -> None:
             true = np.concatenate([f[0] for f in frames])
             ours = _score(true, np.concatenate([f[1] for f in frames]))
             orc = _score(true, np.concatenate(_oracle(frames)))
-            rows.append((f"{formula} ({preset}, {args.n} × {args.size}²)", ours, orc))
+            others = {key: _score(true, np.concatenate(_oracle(frames, key)))["told"]
+                      for key in frames[0][2] if key != "heights"} if frames else {}
+            rows.append((f"{formula} ({preset}, {args.n} × {args.size}²)", ours, orc, others))
             print(f"{rows[-1][0]}: told apart {_pct(ours['told'])} (oracle {_pct(orc['told'])}), vacancy precision "
                   f"{_pct(ours['vac_precision'])} (oracle {_pct(orc['vac_precision'])}) "
                   f"[{time.perf_counter() - t0:.0f} s]", flush=True)
@@ -151,16 +190,21 @@ def main() -> None:
         "sites that are vacant or hold the dopant (a substituent): *told apart* is the share read as what they "
         "are (vacant, or the substituent), *undecided* the share left `unresolved` (or `metal?`); *oracle*: "
         "the same heights read with Gaussians fitted to the truth's own sites of each frame and the frame's true "
-        "shares, the same posterior thresholds — what no reading of these heights can beat by much. Mo0.5W0.5Se2 "
-        "(read by the site-state head, its heights are the head's) for comparison.",
+        "shares, the same posterior thresholds — what no reading of these heights can beat by much; the last "
+        "columns: the same oracle on two other local measures of the column (the image less its hollow "
+        "background, weighted by a Gaussian or averaged over a disk). Mo0.5W0.5Se2 (read by the site-state head, "
+        "its heights are the head's) for comparison.",
         "",
-        "| set | vacant + dopant sites | told apart (reading) | told apart (oracle) | undecided (reading) "
-        "| undecided (oracle) | vacancy precision (reading) | vacancy precision (oracle) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, o, q in rows:
+    keys = list(rows[0][3]) if rows else []
+    lines += ["| set | vacant + dopant sites | told apart (reading) | told apart (oracle) | undecided (reading) "
+              "| undecided (oracle) | vacancy precision (reading) | vacancy precision (oracle) | "
+              + " | ".join(f"told apart (oracle, {k})" for k in keys) + " |",
+              "|---|" + "---:|" * (7 + len(keys))]
+    for name, o, q, others in rows:
         lines.append(f"| {name} | {o['n']} | {_pct(o['told'])} | {_pct(q['told'])} | {_pct(o['undecided'])} | "
-                     f"{_pct(q['undecided'])} | {_pct(o['vac_precision'])} | {_pct(q['vac_precision'])} |")
+                     f"{_pct(q['undecided'])} | {_pct(o['vac_precision'])} | {_pct(q['vac_precision'])} | "
+                     + " | ".join(_pct(others.get(k, float("nan"))) for k in keys) + " |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
