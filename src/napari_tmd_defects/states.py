@@ -778,11 +778,16 @@ HEAD_MIN_METAL_Z = 30
 MIN_HEAD_AGREEMENT = 0.3
 
 
+def _lists_light_metal(comp: Composition) -> bool:
+    """Whether the layer lists a metal lighter than :data:`HEAD_MIN_METAL_Z` (a 3d metal)."""
+    return any(METALS[el] < HEAD_MIN_METAL_Z for el, _ in comp.metals + comp.dopants)
+
+
 def head_reads(comp: Composition) -> bool:
     """Whether a site-state head reads this layer's metal sites: an alloy or doped layer
     that lists no metal lighter than :data:`HEAD_MIN_METAL_Z` (a binary's cells are the
     classifier's; the head reads light 3d metal columns as vacancies)."""
-    return not comp.is_binary and all(METALS[el] >= HEAD_MIN_METAL_Z for el, _ in comp.metals + comp.dopants)
+    return not comp.is_binary and not _lists_light_metal(comp)
 
 
 def _head_disagrees(signal: np.ndarray, s, use: np.ndarray) -> str | None:
@@ -878,8 +883,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
     counted = ~s.boundary
     widen = 1.0 if comp.is_binary else POSTERIOR_VARIANCE_FACTOR
     # sublattices whose calls short of atoms need MIN_VACANCY_POSTERIOR
-    light_metal = any(METALS[el] < HEAD_MIN_METAL_Z for el, _ in comp.metals + comp.dopants)
-    strict = {ROLE_X: not comp.is_binary, ROLE_M: not comp.is_binary and light_metal}
+    strict = {ROLE_X: not comp.is_binary, ROLE_M: not comp.is_binary and _lists_light_metal(comp)}
     cands = {ROLE_M: _metal_candidates(comp, host.z_metal, voltage_kv),
              ROLE_X: _chalcogen_candidates(comp, host.z_chalcogen, voltage_kv)}
     hosts = {ROLE_M: host.metal, ROLE_X: host.chalcogen * 2}
