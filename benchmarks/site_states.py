@@ -2,7 +2,8 @@
 chalcogen atoms, ``unresolved`` and detection limits; optionally real frames under several
 material flags.
 
-    python benchmarks/site_states.py [--n 6] [--size 384] [--multislice 2] [--only SET[:PRESET] ...] \
+    python benchmarks/site_states.py [--n 6] [--size 384] [--multislice 2] [--multislice-sets F ...] \
+        [--only SET[:PRESET] ...] \
         [--real FRAME:PIXEL_SIZE:FLAG1;FLAG2 ...] [--site-head default|none|WEIGHTS [--site-head-light-metals]] \
         [--out docs/reports/site_states.md]
 
@@ -172,6 +173,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--multislice", type=int, default=0, help="multislice frames per multislice set (0: none)")
     ap.add_argument("--multislice-size", type=int, default=128)
+    ap.add_argument("--multislice-sets", nargs="*", default=MULTISLICE_SETS,
+                    help="compositions simulated by multislice (after the default ones, more keep those' seeds)")
     ap.add_argument("--real", nargs="*", default=[], help="FRAME:PIXEL_SIZE:FLAG1;FLAG2 (pixel size may be empty)")
     ap.add_argument("--out", default="docs/reports/site_states.md")
     ap.add_argument("--only", nargs="*", default=[],
@@ -199,7 +202,7 @@ def main() -> None:
 
     metal, chalc, lim_rows, cell_rows = [], [], [], []
     plan = [(f, p, False) for f in SETS for p in ("paper", "realistic", "hard")]
-    plan += [(f, "multislice", True) for f in MULTISLICE_SETS if args.multislice > 0]
+    plan += [(f, "multislice", True) for f in args.multislice_sets if args.multislice > 0]
     for i, (formula, preset, ms) in enumerate(plan):
         if args.only and formula not in args.only and f"{formula}:{preset}" not in args.only:
             continue
