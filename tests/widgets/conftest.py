@@ -54,7 +54,9 @@ def analysed(viewer, truth_models, qtbot):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
     widget.detector, widget.classifier = truth_models
     widget.start()
-    qtbot.waitUntil(lambda: not widget.running, timeout=30000)
+    # the first run in a process also imports and sets up torch in the worker (~15 s on
+    # 2 free cores): generous, so a busy machine does not fail it
+    qtbot.waitUntil(lambda: not widget.running, timeout=120000)
     assert widget.result is not None, widget.status
     return viewer, widget
 

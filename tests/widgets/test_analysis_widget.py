@@ -99,7 +99,7 @@ def test_missing_model_is_reported_in_the_widget(viewer, qtbot, tmp_path):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
     widget.detector = str(tmp_path / "no_such_detector.pt")
     widget.start()
-    qtbot.waitUntil(lambda: not widget.running, timeout=30000)
+    qtbot.waitUntil(lambda: not widget.running, timeout=120000)
     assert widget.status.startswith("model missing"), widget.status
     assert widget.result is None
     assert not any(L.RESULT_KEY in lay.metadata for lay in viewer.layers)
@@ -110,7 +110,7 @@ def test_bad_input_is_reported_in_the_widget(make_napari_viewer, qtbot):
     viewer.add_image(np.zeros((3, 64, 64)), name="stack", rgb=False)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
     widget.start()
-    qtbot.waitUntil(lambda: not widget.running, timeout=30000)
+    qtbot.waitUntil(lambda: not widget.running, timeout=120000)
     assert widget.status.startswith("cannot analyse this image") and "2-D" in widget.status
 
 
@@ -235,7 +235,7 @@ def test_pixel_size_off_by_10x_asks_and_no_keeps_the_old_result(analysed, qtbot)
     assert "typed 0.9" in widget.pixel_info
     widget.ask = _answers(None)  # the user cancels the question
     widget.start()
-    qtbot.waitUntil(lambda: not widget.running, timeout=30000)
+    qtbot.waitUntil(lambda: not widget.running, timeout=120000)
     (title, text, options), = widget.ask.asked
     assert "disagrees with the lattice" in title and "given pixel size 0.9 Å/px" in text
     assert set(options) == {"lattice", "given"}
