@@ -41,17 +41,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from site_states import CLASS_WEIGHTS, SETS  # noqa: E402  (the same held-out frames)
+from site_states import PRESETS, fast_seed, held_out_frames  # noqa: E402  (the same held-out frames)
 
 from napari_tmd_defects import analyze  # noqa: E402
-from napari_tmd_defects.datasets import sample_conditions  # noqa: E402
 from napari_tmd_defects.evaluation import match_sites  # noqa: E402
 from napari_tmd_defects.lattice.columns import local_background  # noqa: E402
 from napari_tmd_defects.materials import get_material  # noqa: E402
-from napari_tmd_defects.simulation import simulate  # noqa: E402
 from napari_tmd_defects.states import MIN_POSTERIOR, MIN_VACANCY_POSTERIOR  # noqa: E402
 
-PRESETS = ("paper", "realistic", "hard")
 #: fewer true sites of a state than this in a frame: its Gaussian is the set's
 MIN_CLASS = 4
 VACANT, DOPANT, HOST = 0, 1, 2
@@ -84,17 +81,11 @@ def _frames(formula: str, preset: str, n: int, size: int):
     """The frames ``site_states.py`` analyses for this set (same seeds): per frame the
     matched interior metal sites' true state, reading and measures (the reading's level
     first, each in units of the frame's median host column)."""
-    i = SETS.index(formula) * len(PRESETS) + PRESETS.index(preset)
-    seed = 90_000 + 100 * i
-    rng = np.random.default_rng(seed)
     host_z = get_material(formula).z_metal
     host_name = get_material(formula).metal
     out = []
-    for k in range(n):
-        kw = sample_conditions(preset, rng, (size, size), pixel_size=(0.08, 0.12), rotation="random",
-                               defect_fraction=0.12)
-        sim = simulate(formula, size, class_weights=CLASS_WEIGHTS, seed=seed + k, **kw)
-        res = analyze(sim.image, kw["pixel_size"], formula)
+    for sim, ps in held_out_frames(formula, preset, n, size, fast_seed(formula, preset)):
+        res = analyze(sim.image, ps, formula)
         st, model, truth = res.site_states, res.sites, sim.truth
         if st is None or model is None:
             continue

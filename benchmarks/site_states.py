@@ -43,6 +43,8 @@ SETS = [
     "WS2",
 ]
 MULTISLICE_SETS = ["Mo0.8W0.2Se2", "MoS2:Re0.05"]
+#: fast-model presets, in the plan's order
+PRESETS = ("paper", "realistic", "hard")
 CLASS_WEIGHTS = (1, 1, 2, 1, 1)  # more metal vacancies than the paper's mix: both kinds to tell apart
 
 
@@ -115,10 +117,19 @@ def _pct(x) -> str:
     return "–" if x != x else f"{100 * x:.1f} %"
 
 
-def run_set(formula: str, preset: str, n: int, size: int, seed: int, multislice: bool = False, site_head=None):
+def plan_seed(index: int) -> int:
+    """The seed of the set at ``index`` in the benchmark's plan (fast-model sets first)."""
+    return 90_000 + 100 * index
+
+
+def fast_seed(formula: str, preset: str) -> int:
+    """The seed of a fast-model set (``formula`` in :data:`SETS`, ``preset`` in :data:`PRESETS`)."""
+    return plan_seed(SETS.index(formula) * len(PRESETS) + PRESETS.index(preset))
+
+
+def held_out_frames(formula: str, preset: str, n: int, size: int, seed: int, multislice: bool = False):
+    """The set's ``n`` frames, simulated in order from ``seed``: yields ``(simulation, pixel size Å/px)``."""
     rng = np.random.default_rng(seed)
-    rows, limits, seconds = [], [], 0.0
-    cells = CellScore()
     for k in range(n):
         if multislice:
             from napari_tmd_defects.multislice import simulate_multislice
@@ -126,12 +137,17 @@ def run_set(formula: str, preset: str, n: int, size: int, seed: int, multislice:
             sim = simulate_multislice(formula, size, 0.1, rotation_deg=float(rng.uniform(0, 60)),
                                       defect_fraction=0.12, class_weights=CLASS_WEIGHTS, seed=seed + k,
                                       frozen_phonons=0, noise=Noise(12.0, 20.0))
-            ps = 0.1
+            yield sim, 0.1
         else:
             kw = sample_conditions(preset, rng, (size, size), pixel_size=(0.08, 0.12), rotation="random",
                                    defect_fraction=0.12)
-            sim = simulate(formula, size, class_weights=CLASS_WEIGHTS, seed=seed + k, **kw)
-            ps = kw["pixel_size"]
+            yield simulate(formula, size, class_weights=CLASS_WEIGHTS, seed=seed + k, **kw), kw["pixel_size"]
+
+
+def run_set(formula: str, preset: str, n: int, size: int, seed: int, multislice: bool = False, site_head=None):
+    rows, limits, seconds = [], [], 0.0
+    cells = CellScore()
+    for sim, ps in held_out_frames(formula, preset, n, size, seed, multislice):
         t0 = time.perf_counter()
         res = analyze(sim.image, ps, formula, site_head=site_head)
         seconds += time.perf_counter() - t0
@@ -201,14 +217,14 @@ def main() -> None:
                               roles=tuple(args.site_head_roles) if args.site_head_roles else None)
 
     metal, chalc, lim_rows, cell_rows = [], [], [], []
-    plan = [(f, p, False) for f in SETS for p in ("paper", "realistic", "hard")]
+    plan = [(f, p, False) for f in SETS for p in PRESETS]
     plan += [(f, "multislice", True) for f in args.multislice_sets if args.multislice > 0]
     for i, (formula, preset, ms) in enumerate(plan):
         if args.only and formula not in args.only and f"{formula}:{preset}" not in args.only:
             continue
         n = args.multislice if ms else args.n
         size = args.multislice_size if ms else args.size
-        rows, limits, sec, cells = run_set(formula, preset, n, size, seed=90_000 + 100 * i, multislice=ms,
+        rows, limits, sec, cells = run_set(formula, preset, n, size, seed=plan_seed(i), multislice=ms,
                                            site_head=head)
         name = f"{formula} ({preset}, {n} × {size}²)"
         host = get_material(formula).name
