@@ -376,3 +376,26 @@ def test_strips_refuse_noise_and_jitter_that_act_on_the_whole_frame():
         simulate("MoTe2", 64, pixel_size=0.1, noise=Noise(contamination=0.2), strip_rows=16)
     with pytest.raises(ValueError, match="row jitter"):
         simulate("MoTe2", 64, pixel_size=0.1, distortion=Distortion(row_jitter_px=0.5), strip_rows=16)
+
+
+def test_a_mixed_chalcogen_column_is_brighter_with_its_lighter_atom_on_the_entrance_side():
+    """As in multislice, the fast model's S/Se column depends on which atom faces the beam
+    (``x_z[:, 0]`` the entrance atom); columns of one species and metals do not."""
+    from napari_tmd_defects.simulation import species_weights
+    from napari_tmd_defects.zcontrast import chalcogen_order_split
+
+    m_z = np.array([74, 74, 74, 42])
+    x_z = np.array([[16, 34], [34, 16], [34, 34], [0, 16]])
+    plain_x, plain_m = species_weights(m_z, x_z, 1.7, 0.5)
+    x_w, m_w = species_weights(m_z, x_z, 1.7, 0.5, voltage_kv=80.0)
+    d = chalcogen_order_split(16, 34, 80.0)
+    assert x_w[0] == pytest.approx(plain_x[0] * (1 + d)) and x_w[1] == pytest.approx(plain_x[1] * (1 - d))
+    assert plain_x[0] == plain_x[1] and x_w[0] / x_w[1] > 1.09
+    np.testing.assert_array_equal(x_w[2:], plain_x[2:])
+    np.testing.assert_array_equal(m_w, plain_m)
+    # a binary's columns are what they were: none is mixed
+    from napari_tmd_defects.simulation import column_weights, place_species
+
+    lab = np.arange(6)
+    mz, xz = place_species("WSe2", lab)
+    np.testing.assert_array_equal(species_weights(mz, xz, 1.7, 0.5, 80.0)[0], column_weights("WSe2", lab, 1.7, 0.5)[0])

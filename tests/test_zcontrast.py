@@ -189,3 +189,25 @@ def test_non_monotonic_table_raises(monkeypatch, tmp_path):
     monkeypatch.setattr(zcontrast, "_TABLE_PATH", path)
     with pytest.raises(ZContrastTableError, match="increase with Z"):
         z_exponent(80)
+
+
+def test_mixed_chalcogen_columns_depend_on_their_order_along_the_beam():
+    """The split between a mixed column's two orders is the table's: the lighter atom on the
+    entrance side gives signal · (1 + δ), the other order · (1 - δ)."""
+    from napari_tmd_defects.zcontrast import chalcogen_order_split
+
+    for kv in (60, 80, 100, 200):
+        t = load_table(kv)
+        for key, (light_first, heavy_first) in t["chalcogen_sides"].items():
+            z1, z2 = (int(z) for z in key.split(","))
+            d = chalcogen_order_split(z1, z2, kv)
+            assert chalcogen_order_split(z2, z1, kv) == d
+            if z1 == 0 or z1 == z2:
+                assert d == 0.0  # one species, or one atom: no order to tell
+                continue
+            assert 0.02 < d < 0.1, key
+            mean = chalcogen_signal(z1, z2, kv)
+            assert mean * (1 + d) == pytest.approx(light_first, rel=1e-3)
+            assert mean * (1 - d) == pytest.approx(heavy_first, rel=1e-3)
+    out = chalcogen_order_split(np.array([16, 34, 52]), 34)
+    assert out.shape == (3,) and out[1] == 0.0 and out[0] > 0 and out[2] > 0

@@ -571,14 +571,28 @@ def place_species(
 
 
 def species_weights(
-    m_z: np.ndarray, x_z: np.ndarray, z_exponent: float = 1.7, x1_fraction: float = 0.5
+    m_z: np.ndarray, x_z: np.ndarray, z_exponent: float = 1.7, x1_fraction: float = 0.5,
+    voltage_kv: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Incoherent weights of X and M columns from their atoms (:func:`place_species`):
     ``sum Z**n``, a one-atom chalcogen column ``2 x1_fraction Z**n`` (channelling, as in
-    :func:`column_weights`, which this equals for a binary)."""
+    :func:`column_weights`, which this equals for a binary).
+
+    With ``voltage_kv`` a column of two different chalcogens also depends on their order
+    along the beam (``x_z[:, 0]`` the entrance atom), as in multislice: ``· (1 ± δ)``, ``+``
+    with the lighter atom on the entrance side (:func:`~.zcontrast.chalcogen_order_split`).
+    """
     zx = np.asarray(x_z, float) ** z_exponent * (np.asarray(x_z) > 0)
     k = (np.asarray(x_z) > 0).sum(axis=1)
     x_w = np.where(k == 1, 2.0 * x1_fraction * zx.sum(axis=1), zx.sum(axis=1))
+    xz = np.asarray(x_z, np.int64).reshape(-1, 2)
+    mixed = (xz[:, 0] != xz[:, 1]) & (xz > 0).all(axis=1)
+    if voltage_kv is not None and mixed.any():
+        from .zcontrast import chalcogen_order_split
+
+        delta = chalcogen_order_split(xz[mixed, 0], xz[mixed, 1], voltage_kv)
+        x_w = x_w.astype(float)
+        x_w[mixed] *= 1.0 + np.where(xz[mixed, 0] < xz[mixed, 1], delta, -delta)
     m_w = np.asarray(m_z, float) ** z_exponent * (np.asarray(m_z) > 0)
     return x_w.astype(float), m_w.astype(float)
 
@@ -1417,7 +1431,7 @@ def simulate(
     )
     mat, shape, lat, offsets = scene.material, scene.shape, scene.lattice, scene.row_offsets
 
-    x_w, m_w = species_weights(scene.m_z, scene.x_z, optics.z_exponent, optics.x1_fraction)
+    x_w, m_w = species_weights(scene.m_z, scene.x_z, optics.z_exponent, optics.x1_fraction, optics.voltage_kv)
     if scene.vacuum is not None:
         x_w[scene.vacuum] = 0.0
         m_w[scene.vacuum] = 0.0
