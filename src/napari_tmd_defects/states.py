@@ -239,6 +239,11 @@ class _Candidates:
     #: :data:`FLAT_NOISE_SHARE` gives is too small on low-dose, blurred frames, where a
     #: light (3d) substituent's column then reads as a confident vacancy)
     empty_noise_floor: bool = False
+    #: per state, the relative half-difference of its own signal between the two orders of
+    #: its atoms along the beam (a mixed chalcogen pair, :func:`~.zcontrast.chalcogen_order_split`;
+    #: 0 for the others): the columns of that state stand at ``(1 ± δ)`` of its level, read
+    #: as extra variance ``(k δ S)²``; None: none
+    order_split: np.ndarray | None = None
 
 
 def _metal_candidates(comp: Composition, host_z: int, kv: float) -> _Candidates:
@@ -264,27 +269,30 @@ def _metal_candidates(comp: Composition, host_z: int, kv: float) -> _Candidates:
 def _chalcogen_candidates(comp: Composition, host_z: int, kv: float, ref: int | None = None) -> _Candidates:
     """Chalcogen column states; levels relative to the host's full column, or to the state
     ``ref`` (an index into the states, a full column: an open alloy's most common one)."""
-    from .zcontrast import chalcogen_signal
+    from .zcontrast import chalcogen_order_split, chalcogen_signal
 
     species = [(x, CHALCOGENS[x], f) for x, f in comp.shares(comp.chalcogens).items()]
     species.sort(key=lambda t: t[1])
-    names, sig, atoms, prior = ["vacant"], [0.0], [0], [0.01]
+    names, sig, atoms, prior, split = ["vacant"], [0.0], [0], [0.01], [0.0]
     for x, z, f in species:  # one atom left
         names.append(x)
         sig.append(float(chalcogen_signal(0, z, kv)))
         atoms.append(1)
         prior.append(0.03 * f)
+        split.append(0.0)
     for i, (x1, z1, f1) in enumerate(species):
         for x2, z2, f2 in species[i:]:
             names.append(x1 + x2)
             sig.append(float(chalcogen_signal(z1, z2, kv)))
             atoms.append(2)
             prior.append(f1 * f2 * (1 if x1 == x2 else 2))
+            split.append(float(chalcogen_order_split(z1, z2, kv)))
     ref_signal = sig[ref] if ref is not None else float(chalcogen_signal(host_z, host_z, kv))
     p = np.maximum(np.array(prior, float), 1e-3)
     return _Candidates(names, np.array(sig) / ref_signal, np.array(atoms), p / p.sum(), CHALCOGEN_FLAT_NOISE_SHARE,
                        offset=True, empty_floor=1.0, split_missing=True,
-                       empty_from_levels=len(species) > 1 and all(f is not None for _, f in comp.chalcogens))
+                       empty_from_levels=len(species) > 1 and all(f is not None for _, f in comp.chalcogens),
+                       order_split=np.array(split) if any(split) else None)
 
 
 def _main_state(cand: _Candidates, w: np.ndarray) -> int:
@@ -364,12 +372,53 @@ def _signal(cand: _Candidates, vac: tuple[float, float] | None = None) -> np.nda
     return sig
 
 
+def _order_spread(cand: _Candidates, vac: tuple[float, float] | None = None) -> np.ndarray | float:
+    """Per state, the spread (relative to the host level) its columns' two orders along the
+    beam add: ``δ`` times the state's own signal (above the empty column's level)."""
+    if cand.order_split is None:
+        return 0.0
+    own = np.maximum(np.asarray(cand.signal, float), 0.0)
+    if cand.offset and vac is not None:
+        own = own * (1.0 - vac[0])
+    return cand.order_split * own
+
+
+#: Quantile of the absolute residuals that :func:`_split_sigma` matches: the median's is
+#: flat in ``σ`` where the split is about as large as the noise, the 80th percentile's is not
+SPLIT_QUANTILE = 0.8
+
+
+def _split_sigma(res: np.ndarray, d: float) -> float:
+    """The noise ``σ`` of residuals ``±d + σ ε`` (the two orders of a mixed column along the
+    beam, equally common; ``ε`` standard normal) from their absolute values' quantile
+    :data:`SPLIT_QUANTILE` ``q``: the root of ``Φ((q_r - d)/σ) + Φ((q_r + d)/σ) = 1 + q``;
+    at least 0.3 of the spread that leaves the split out (``1.4826 · median |res|``: the
+    calibrated split may be larger than the frame's)."""
+    from scipy.special import ndtr
+
+    a = np.abs(np.asarray(res, float))
+    floor = 0.3 * 1.4826 * float(np.median(a))
+    m = float(np.quantile(a, SPLIT_QUANTILE))
+    target = 1.0 + SPLIT_QUANTILE
+    lo, hi = floor, 2.0 * m
+    if not m > 0 or ndtr((m - d) / lo) + ndtr((m + d) / lo) <= target:
+        return floor
+    for _ in range(40):  # the left side falls as σ grows
+        mid = 0.5 * (lo + hi)
+        if ndtr((m - d) / mid) + ndtr((m + d) / mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
 def _levels(k: float, sd: float, cand: _Candidates, vac: tuple[float, float] | None = None):
     """Mean and variance (grey levels) of every candidate state. ``vac = (level, sd)`` of an
     empty column relative to the host (fitted from the frame: blur, contamination and the
     background leave it off zero); None: 0 and the flat noise."""
     sig = _signal(cand, vac)
     mu, var = k * sig, _var(k, sd, sig, cand.flat)
+    var = var + (k * _order_spread(cand, vac)) ** 2
     if vac is not None:
         if cand.empty_noise_floor:
             f0 = min(vac[1] ** 2, sd**2)
@@ -507,7 +556,13 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
             if at.sum() > 5:
                 s_main = _signal(cand, vac)[main]
                 shape = flat + (1.0 - flat) * s_main
-                sd = max(1.4826 * float(np.median(np.abs(h[at] - k * s_main))) / (k * math.sqrt(shape)), 0.01)
+                # the host's noise without its columns' order along the beam (a mixed pair)
+                d_main = float(np.broadcast_to(_order_spread(cand, vac), (len(cand.names),))[main])
+                if d_main > 0:
+                    spread = _split_sigma((h[at] - k * s_main) / k, d_main)
+                else:
+                    spread = 1.4826 * float(np.median(np.abs(h[at] - k * s_main))) / k
+                sd = max(spread / math.sqrt(shape), 0.01)
             if fit_gamma and np.sum(cand0.signal > 0) >= 2:
                 # the marginal likelihood over γ (a species the current γ misplaces sits in
                 # the flat component, so the complete-data one would not move it)
@@ -834,6 +889,15 @@ def _head_heights(site_head, image: np.ndarray | None, model: SiteModel, comp: C
     return np.where(use, reading.signal * reading.scale, s.height), extra_var, None
 
 
+def _named_share(tried: list, m: int) -> float:
+    """Weight (``exp`` of the scores) of the best fit naming state ``m`` the most common,
+    against it plus the fits naming another (entries ``(_, score, _, _, most common)``)."""
+    own = max((t[1] for t in tried if t[4] == m), default=-math.inf)
+    if own == -math.inf:
+        return 0.0
+    return 1.0 / (1.0 + sum(math.exp(t[1] - own) for t in tried if t[4] != m))
+
+
 def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | None = None,
                      voltage_kv: float = 80.0, image: np.ndarray | None = None,
                      site_head=None) -> SiteStates:
@@ -949,19 +1013,29 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             if refs:
                 near = (s.role == ROLE_M) & np.isin(s.domain, np.unique(s.domain[sel])) & np.isfinite(w_metal)
                 w_m = float(np.median(w_metal[near])) if near.any() else np.nan
+            # each hypothesis also fitted without the mixed pairs' split (two orders along the
+            # beam; ``plain``): on a frame of one full level the split's fit differs from the
+            # others' in shape only (its host noise, shared by the rarer states, comes out
+            # narrower), and its score then names the level on no evidence; the species are
+            # read only where both sets of fits name the most common column alike
+            plain = []
             for r, cand_r in refs:
-                f = _fit(height[fit_sel], cand_r, -1, fixed_fractions=fixed, mode_state=r if w_m > 0 else None)
-                own = f[0] * (1.0 - float(np.clip(f[5][0], 0.0, 0.9))) / float(cand0.signal[r]) / host_abs[ROLE_X]
-                prior = -0.5 * (math.log(own / w_m) / METAL_RATIO_SIGMA) ** 2 if (w_m > 0 and own > 0) else 0.0
-                m = _main_state(f[6], f[2])  # the state the fit finds most common
-                tried.append((m == r, f[3] + prior, f, float(cand0.signal[r]), m))
+                for fits_of, c in ((tried, cand_r), (plain, dataclasses.replace(cand_r, order_split=None))):
+                    if fits_of is plain and cand_r.order_split is None:
+                        plain.append(tried[-1])
+                        continue
+                    f = _fit(height[fit_sel], c, -1, fixed_fractions=fixed, mode_state=r if w_m > 0 else None)
+                    own = f[0] * (1.0 - float(np.clip(f[5][0], 0.0, 0.9))) / float(cand0.signal[r]) / host_abs[ROLE_X]
+                    prior = -0.5 * (math.log(own / w_m) / METAL_RATIO_SIGMA) ** 2 if (w_m > 0 and own > 0) else 0.0
+                    m = _main_state(f[6], f[2])  # the state the fit finds most common
+                    fits_of.append((m == r, f[3] + prior, f, float(cand0.signal[r]), m))
             if tried:
-                _, score, f, k_scale, m = max(tried, key=(lambda t: t[1]) if w_m > 0 else (lambda t: (t[0], t[1])))
+                _, _, f, k_scale, m = max(tried, key=(lambda t: t[1]) if w_m > 0 else (lambda t: (t[0], t[1])))
                 k, sd_host, w, _, gamma, vac, cand = f
                 if w_m > 0:
                     # the fits that name the most common level otherwise, weighed by their scores
                     main = cand.names[m]
-                    label_p = 1.0 / (1.0 + sum(math.exp(t[1] - score) for t in tried if t[4] != m))
+                    label_p = min(_named_share(tried, m), _named_share(plain, m))
             else:
                 k, sd_host, w, _, gamma, vac, cand = _fit(height[fit_sel], cand0, -1 if open_alloy[role] else hi,
                                                           fixed_fractions=fixed, fit_gamma=role == ROLE_M,
