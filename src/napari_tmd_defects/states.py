@@ -25,7 +25,10 @@ above the hollow background) with the levels the states would give:
    intercept of the full columns' levels against their signals (a blurred frame raises
    it far off zero, and its few empty columns alone cannot place it), and the posteriors
    keep at least the composition's share of columns missing atoms: where the full
-   columns' spread hides one- and no-atom columns, those read ``unresolved``.
+   columns' spread hides one- and no-atom columns, those read ``unresolved``. A mixed
+   column (``SSe``) stands 3-7 % above or below its level as its lighter or heavier atom
+   faces the beam (:func:`~.zcontrast.chalcogen_order_split`): that split widens its
+   level, and where it is the most common column the fitted noise leaves it out.
 3. **Decision.** A site gets the most probable state if its posterior is at least
    :data:`MIN_POSTERIOR`, else ``unresolved``; in an alloy or doped layer, whose
    vacancies the reading alone counts, a chalcogen column short of atoms, and a vacant
@@ -83,7 +86,7 @@ MIN_VACANCY_POSTERIOR = 0.98
 OUTLIER_SIGMAS = 5.0
 #: For an alloy or doped layer the posteriors widen every level's variance by this factor:
 #: its many levels come from a calibration and a fit, not from the frame's exact physics
-#: (channelling, probe tails, the entrance/exit order of mixed columns), and an
+#: (channelling, probe tails), and an
 #: overconfident call is worse than an unresolved one. (A binary's two or three levels are
 #: far apart and the classifier reads its cells; there the factor is 1.)
 POSTERIOR_VARIANCE_FACTOR = 1.5
