@@ -117,6 +117,58 @@ def hardware() -> str:
     return hw()
 
 
+def write_report(args, rows: list[dict], command: str, load_start: float, sim_s: float, done: bool) -> None:
+    """The report of the settings run so far (written after each one: a run stopped early
+    still leaves what it measured)."""
+    import torch
+
+    lines = [
+        "# Batch throughput against workers",
+        "",
+        f"Command: `{command.strip()}`",
+        "",
+        (f"Hardware: {hardware()}. Torch {torch.__version__} (CPU), Python {platform.python_version()}"
+         + (f", dask.distributed {__import__('distributed').__version__}" if "dask" in args.paths else "")
+         + f". Date: {time.strftime('%Y-%m-%d %H:%M')}. Load average at the start {load_start:.2f}, "
+         f"at the end {os.getloadavg()[0]:.2f}."),
+        "",
+        (f"{args.frames} simulated MoTe2 frames of {args.size}² at {args.pixel_size:g} Å/px (TIFF with the pixel "
+         f"size; simulated in {sim_s:.0f} s, not counted), one `tmd-defects analyze FOLDER` run per setting "
+         f"({'median of ' + str(args.repeats) if args.repeats > 1 else 'one run'}), timed from start to exit: "
+         "Python start, imports and network loading in each worker included"
+         f"{'' if args.no_overlay else ', overlay PNGs written'}. *cli* `--workers N` (N = 1: in the command's "
+         "process, torch's default threads; N > 1: N processes, one thread each); *dask* `--scheduler` of a "
+         "`LocalCluster(n_workers=N, threads_per_worker=1)` started beforehand (start-up not counted). "
+         "*ref* is the reference op (ResNet-18, batch 16 at 224², CPU, 2 threads) timed in a fresh process "
+         "before and after each run (mean of the two); *frames / ref* = frames/s × ref s, steadier than "
+         "frames/s on a loaded machine."),
+        "",
+        ("| path | workers | frames ok | wall s | frames/s | speed-up | frames / ref | speed-up (ref units) "
+        "| ref s | cluster start s |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        base = next((b for b in rows if b["path"] == r["path"] and b["workers"] == min(args.workers)), r)
+        fps, bfps = r["ok"] / r["wall_s"], base["ok"] / base["wall_s"]
+        fref, bref = fps * r["ref_s"], bfps * base["ref_s"]
+        status = f"{r['ok']}/{args.frames}" + (" (failed: see below)" if r["error"] else "")
+        start = f"{r['cluster_start_s']:.1f}" if r["path"] == "dask" else "–"
+        up = fps / bfps if bfps else float("nan")
+        up_ref = fref / bref if bref else float("nan")
+        lines.append(f"| {r['path']} | {r['workers']} | {status} | {r['wall_s']:.1f} | {fps:.3f} | {up:.2f}× | "
+                     f"{fref:.3f} | {up_ref:.2f}× | {r['ref_s']:.3f} | {start} |")
+    n_cpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not done:
+        lines += ["", "**Incomplete**: the run stopped (or is still running) after the settings above."]
+    lines += ["", (f"Speed-up is against {min(args.workers)} worker(s) of the same path. This machine has "
+              f"{n_cpu} usable CPU(s): scale-out beyond {n_cpu} workers cannot show on it.")]
+    for r in rows:
+        if r["error"]:
+            lines += ["", f"{r['path']} × {r['workers']} failed:", "", "```", r["error"], "```"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=50, help="number of frames (default 50)")
@@ -180,52 +232,9 @@ def main(argv: list[str] | None = None) -> None:
                 msg = f"  {err.splitlines()[-1]}" if err else ""
                 print(f"{path} × {n}: {wall:.1f} s, {n_ok}/{args.frames} ok, {n_ok / wall:.3f} frames/s, "
                       f"ref {ref:.3f} s{msg}", flush=True)
+                write_report(args, rows, command, load_start, sim_s, done=False)
 
-    import torch
-
-    lines = [
-        "# Batch throughput against workers",
-        "",
-        f"Command: `{command.strip()}`",
-        "",
-        (f"Hardware: {hardware()}. Torch {torch.__version__} (CPU), Python {platform.python_version()}"
-         + (f", dask.distributed {__import__('distributed').__version__}" if "dask" in args.paths else "")
-         + f". Date: {time.strftime('%Y-%m-%d %H:%M')}. Load average at the start {load_start:.2f}, "
-         f"at the end {os.getloadavg()[0]:.2f}."),
-        "",
-        (f"{args.frames} simulated MoTe2 frames of {args.size}² at {args.pixel_size:g} Å/px (TIFF with the pixel "
-         f"size; simulated in {sim_s:.0f} s, not counted), one `tmd-defects analyze FOLDER` run per setting "
-         f"({'median of ' + str(args.repeats) if args.repeats > 1 else 'one run'}), timed from start to exit: "
-         "Python start, imports and network loading in each worker included"
-         f"{'' if args.no_overlay else ', overlay PNGs written'}. *cli* `--workers N` (N = 1: in the command's "
-         "process, torch's default threads; N > 1: N processes, one thread each); *dask* `--scheduler` of a "
-         "`LocalCluster(n_workers=N, threads_per_worker=1)` started beforehand (start-up not counted). "
-         "*ref* is the reference op (ResNet-18, batch 16 at 224², CPU, 2 threads) timed in a fresh process "
-         "before and after each run (mean of the two); *frames / ref* = frames/s × ref s, steadier than "
-         "frames/s on a loaded machine."),
-        "",
-        ("| path | workers | frames ok | wall s | frames/s | speed-up | frames / ref | speed-up (ref units) "
-        "| ref s | cluster start s |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        base = next((b for b in rows if b["path"] == r["path"] and b["workers"] == min(args.workers)), r)
-        fps, bfps = r["ok"] / r["wall_s"], base["ok"] / base["wall_s"]
-        fref, bref = fps * r["ref_s"], bfps * base["ref_s"]
-        status = f"{r['ok']}/{args.frames}" + (" (failed: see below)" if r["error"] else "")
-        start = f"{r['cluster_start_s']:.1f}" if r["path"] == "dask" else "–"
-        up = fps / bfps if bfps else float("nan")
-        up_ref = fref / bref if bref else float("nan")
-        lines.append(f"| {r['path']} | {r['workers']} | {status} | {r['wall_s']:.1f} | {fps:.3f} | {up:.2f}× | "
-                     f"{fref:.3f} | {up_ref:.2f}× | {r['ref_s']:.3f} | {start} |")
-    n_cpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    lines += ["", (f"Speed-up is against {min(args.workers)} worker(s) of the same path. This machine has "
-              f"{n_cpu} usable CPU(s): scale-out beyond {n_cpu} workers cannot show on it.")]
-    for r in rows:
-        if r["error"]:
-            lines += ["", f"{r['path']} × {r['workers']} failed:", "", "```", r["error"], "```"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    write_report(args, rows, command, load_start, sim_s, done=True)
     print(f"wrote {args.out}")
 
 
