@@ -1011,6 +1011,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 continue
             k_scale = 1.0  # the reference column's signal over the host's
             label_p = 1.0  # probability that the frame's most common column is the one named
+            shares = (1.0, 1.0)  # the same with and without the mixed columns' split
             tried = []
             w_m = np.nan
             if refs:
@@ -1038,7 +1039,8 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 if w_m > 0:
                     # the fits that name the most common level otherwise, weighed by their scores
                     main = cand.names[m]
-                    label_p = min(_named_share(tried, m), _named_share(plain, m))
+                    shares = (_named_share(tried, m), _named_share(plain, m))
+                    label_p = min(shares)
             else:
                 k, sd_host, w, _, gamma, vac, cand = _fit(height[fit_sel], cand0, -1 if open_alloy[role] else hi,
                                                           fixed_fractions=fixed, fit_gamma=role == ROLE_M,
@@ -1070,7 +1072,8 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 names = np.where(atoms > 0, vague, names).astype(object)
                 out.notes.append(
                     f"which chalcogen pair the most common column is cannot be told in this frame (the fit's best, "
-                    f"{main}, at {100 * label_p:.0f} %: the chalcogen levels leave their scale open and the metal "
+                    f"{main}, at {100 * shares[0]:.0f} %, {100 * shares[1]:.0f} % without the mixed columns' split by "
+                    "their order along the beam: the chalcogen levels leave their scale open and the metal "
                     "columns fix it only to tens of percent): atom counts are read, species are not")
             ok = p_atoms >= min_post[np.searchsorted(counts, atoms)]
             state = np.where(ok, names, "unresolved").astype(object)
