@@ -392,3 +392,15 @@ def test_the_order_of_a_mixed_host_column_along_the_beam_is_not_read_as_noise(sd
     without = _fit(h, dataclasses.replace(cand, order_split=None), i["SSe"], fixed_fractions=False)[1]
     assert with_split == pytest.approx(sd, rel=0.4)
     assert without > 1.25 * with_split
+
+
+def test_the_split_aware_noise_of_quantised_residuals_is_finite():
+    """Residuals that are mostly exactly zero (a flat, quantised export) give no noise,
+    not a division by zero; the split-free case is 1.4826 times their median."""
+    from napari_tmd_defects.states import _split_sigma
+
+    assert _split_sigma(np.r_[np.zeros(6), np.ones(4)], 0.1) == 0.0
+    rng = np.random.default_rng(0)
+    r = rng.standard_normal(20000)
+    assert _split_sigma(r, 0.0) == pytest.approx(1.0, rel=0.03)
+    assert _split_sigma(0.1 * rng.choice([-1, 1], 20000) + 0.05 * r, 0.1) == pytest.approx(0.05, rel=0.1)

@@ -404,7 +404,7 @@ def _split_sigma(res: np.ndarray, d: float) -> float:
     m = float(np.quantile(a, SPLIT_QUANTILE))
     target = 1.0 + SPLIT_QUANTILE
     lo, hi = floor, 2.0 * m
-    if not m > 0 or ndtr((m - d) / lo) + ndtr((m + d) / lo) <= target:
+    if not (m > 0 and floor > 0) or ndtr((m - d) / lo) + ndtr((m + d) / lo) <= target:
         return floor
     for _ in range(40):  # the left side falls as σ grows
         mid = 0.5 * (lo + hi)
