@@ -455,7 +455,8 @@ def _with_gamma(cand: _Candidates, gamma: float, ref: float = 1.0) -> _Candidate
 
 
 def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fit_gamma: bool = False,
-         n_iter: int = 40, clipped: np.ndarray | None = None, mode_state: int | None = None):
+         n_iter: int = 40, clipped: np.ndarray | None = None, mode_state: int | None = None,
+         split_noise: bool = True):
     """EM fit of ``k`` (host level), the state fractions, the host column's relative noise
     and (``fit_gamma``) a contrast exponent ``γ`` on the species' signal ratios: at most
     ``n_iter`` steps, fewer where a step returns its parameters unchanged.
@@ -466,7 +467,9 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
     most common level. Returns ``(k, sd_host, weights, loglik, γ, vacant level, candidates
     with γ applied)``; every candidate (non-vacant) state is tried as the frame's most common
     level, the best likelihood kept. ``clipped`` sites are as likely anywhere a brighter
-    state could be cut down to (:func:`_loglik`).
+    state could be cut down to (:func:`_loglik`). ``split_noise``: where the most common
+    state is a mixed pair, its columns' order along the beam is left out of the host noise
+    (:func:`_split_sigma`); False: the noise is their whole spread.
     """
     h = np.asarray(h, float)
     if len(h) == 0:
@@ -561,7 +564,7 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
                 shape = flat + (1.0 - flat) * s_main
                 # the host's noise without its columns' order along the beam (a mixed pair)
                 d_main = float(np.broadcast_to(_order_spread(cand, vac), (len(cand.names),))[main])
-                if d_main > 0:
+                if d_main > 0 and split_noise:
                     spread = _split_sigma((h[at] - k * s_main) / k, d_main)
                 else:
                     spread = 1.4826 * float(np.median(np.abs(h[at] - k * s_main))) / k
@@ -1011,24 +1014,26 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 continue
             k_scale = 1.0  # the reference column's signal over the host's
             label_p = 1.0  # probability that the frame's most common column is the one named
-            shares = (1.0, 1.0)  # the same with and without the mixed columns' split
+            shares = (1.0, 1.0)  # the same with the host noise without and with the split
             tried = []
             w_m = np.nan
             if refs:
                 near = (s.role == ROLE_M) & np.isin(s.domain, np.unique(s.domain[sel])) & np.isfinite(w_metal)
                 w_m = float(np.median(w_metal[near])) if near.any() else np.nan
-            # each hypothesis also fitted without the mixed pairs' split (two orders along the
-            # beam; ``plain``): on a frame of one full level the split's fit differs from the
-            # others' in shape only (its host noise, shared by the rarer states, comes out
-            # narrower), and its score then names the level on no evidence; the species are
-            # read only where both sets of fits name the most common column alike
-            plain = []
+            # each hypothesis also fitted with its host noise taken whole (``naive``: where the
+            # most common column is a mixed pair, its split left in): on a frame of one full
+            # level, a mixed pair's hypothesis with the split taken out of the noise gets a
+            # narrower noise for its rarer states too, and its score then names the level on
+            # no evidence; the species are read only where both sets of fits name the most
+            # common column alike
+            naive = []
             for r, cand_r in refs:
-                for fits_of, c in ((tried, cand_r), (plain, dataclasses.replace(cand_r, order_split=None))):
-                    if fits_of is plain and cand_r.order_split is None:
-                        plain.append(tried[-1])
+                for fits_of in (tried, naive):
+                    if fits_of is naive and cand_r.order_split is None:
+                        naive.append(tried[-1])
                         continue
-                    f = _fit(height[fit_sel], c, -1, fixed_fractions=fixed, mode_state=r if w_m > 0 else None)
+                    f = _fit(height[fit_sel], cand_r, -1, fixed_fractions=fixed, mode_state=r if w_m > 0 else None,
+                             split_noise=fits_of is tried)
                     own = f[0] * (1.0 - float(np.clip(f[5][0], 0.0, 0.9))) / float(cand0.signal[r]) / host_abs[ROLE_X]
                     prior = -0.5 * (math.log(own / w_m) / METAL_RATIO_SIGMA) ** 2 if (w_m > 0 and own > 0) else 0.0
                     m = _main_state(f[6], f[2])  # the state the fit finds most common
@@ -1039,7 +1044,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 if w_m > 0:
                     # the fits that name the most common level otherwise, weighed by their scores
                     main = cand.names[m]
-                    shares = (_named_share(tried, m), _named_share(plain, m))
+                    shares = (_named_share(tried, m), _named_share(naive, m))
                     label_p = min(shares)
             else:
                 k, sd_host, w, _, gamma, vac, cand = _fit(height[fit_sel], cand0, -1 if open_alloy[role] else hi,
@@ -1072,8 +1077,8 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 names = np.where(atoms > 0, vague, names).astype(object)
                 out.notes.append(
                     f"which chalcogen pair the most common column is cannot be told in this frame (the fit's best, "
-                    f"{main}, at {100 * shares[0]:.0f} %, {100 * shares[1]:.0f} % without the mixed columns' split by "
-                    "their order along the beam: the chalcogen levels leave their scale open and the metal "
+                    f"{main}, at {100 * shares[0]:.0f} %, {100 * shares[1]:.0f} % with the mixed columns' split by "
+                    "their order along the beam left in the noise: the chalcogen levels leave their scale open and the metal "
                     "columns fix it only to tens of percent): atom counts are read, species are not")
             ok = p_atoms >= min_post[np.searchsorted(counts, atoms)]
             state = np.where(ok, names, "unresolved").astype(object)
