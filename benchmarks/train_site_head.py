@@ -18,7 +18,7 @@ Targets: the column's own signal over the mean signal of the frame's found metal
 frames the simulator's column weights (``species_weights`` with the frame's Z exponent,
 one-atom share and voltage), on multislice frames the calibrated Z-contrast
 (``metal_signal``, ``chalcogen_signal`` with a mixed column's order along the beam,
-``chalcogen_order_split``).
+``chalcogen_order_factor``).
 
 ``train`` fits the network with a Gaussian negative log-likelihood (mean and
 log-variance), random 90° turns and flips of the patches, AdamW with a one-cycle
@@ -63,7 +63,7 @@ def _targets(model, truth, ms: bool, optics) -> tuple[np.ndarray, np.ndarray]:
     from napari_tmd_defects.evaluation import match_sites
     from napari_tmd_defects.simulation import species_weights
     from napari_tmd_defects.sites import ROLE_M, ROLE_X
-    from napari_tmd_defects.zcontrast import chalcogen_order_split, chalcogen_signal, metal_signal
+    from napari_tmd_defects.zcontrast import chalcogen_order_factor, chalcogen_signal, metal_signal
 
     s = model.sites
     mz, xz = np.asarray(truth.cell_m_z), np.asarray(truth.cell_x_z).reshape(-1, 2)
@@ -71,8 +71,7 @@ def _targets(model, truth, ms: bool, optics) -> tuple[np.ndarray, np.ndarray]:
         kv = optics.voltage_kv
         wm = np.asarray(metal_signal(mz, kv), float)
         wx = np.asarray(chalcogen_signal(xz[:, 0], xz[:, 1], kv), float).reshape(-1)
-        d = np.asarray(chalcogen_order_split(xz[:, 0], xz[:, 1], kv), float).reshape(-1)
-        wx = wx * (1.0 + np.where(xz[:, 0] < xz[:, 1], d, -d))  # x_z[:, 0]: the entrance atom
+        wx = wx * chalcogen_order_factor(xz[:, 0], xz[:, 1], kv)  # x_z[:, 0]: the entrance atom
     else:
         wx, wm = species_weights(mz, xz, optics.z_exponent, optics.x1_fraction, optics.voltage_kv)
     tgt = np.full(len(s), np.nan)

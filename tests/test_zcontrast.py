@@ -211,3 +211,8 @@ def test_mixed_chalcogen_columns_depend_on_their_order_along_the_beam():
             assert mean * (1 - d) == pytest.approx(heavy_first, rel=1e-3)
     out = chalcogen_order_split(np.array([16, 34, 52]), 34)
     assert out.shape == (3,) and out[1] == 0.0 and out[0] > 0 and out[2] > 0
+    # per column (entrance, exit): the factor over the mean of the two orders
+    from napari_tmd_defects.zcontrast import chalcogen_order_factor
+
+    d = chalcogen_order_split(16, 34)
+    np.testing.assert_allclose(chalcogen_order_factor([16, 34, 34, 0], [34, 16, 34, 16]), [1 + d, 1 - d, 1, 1])

@@ -580,19 +580,16 @@ def species_weights(
 
     With ``voltage_kv`` a column of two different chalcogens also depends on their order
     along the beam (``x_z[:, 0]`` the entrance atom), as in multislice: ``· (1 ± δ)``, ``+``
-    with the lighter atom on the entrance side (:func:`~.zcontrast.chalcogen_order_split`).
+    with the lighter atom on the entrance side (:func:`~.zcontrast.chalcogen_order_factor`).
     """
     zx = np.asarray(x_z, float) ** z_exponent * (np.asarray(x_z) > 0)
     k = (np.asarray(x_z) > 0).sum(axis=1)
     x_w = np.where(k == 1, 2.0 * x1_fraction * zx.sum(axis=1), zx.sum(axis=1))
-    xz = np.asarray(x_z, np.int64).reshape(-1, 2)
-    mixed = (xz[:, 0] != xz[:, 1]) & (xz > 0).all(axis=1)
-    if voltage_kv is not None and mixed.any():
-        from .zcontrast import chalcogen_order_split
+    if voltage_kv is not None:
+        from .zcontrast import chalcogen_order_factor
 
-        delta = chalcogen_order_split(xz[mixed, 0], xz[mixed, 1], voltage_kv)
-        x_w = x_w.astype(float)
-        x_w[mixed] *= 1.0 + np.where(xz[mixed, 0] < xz[mixed, 1], delta, -delta)
+        xz = np.asarray(x_z, np.int64).reshape(-1, 2)
+        x_w = x_w * chalcogen_order_factor(xz[:, 0], xz[:, 1], voltage_kv)
     m_w = np.asarray(m_z, float) ** z_exponent * (np.asarray(m_z) > 0)
     return x_w.astype(float), m_w.astype(float)
 

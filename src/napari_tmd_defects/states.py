@@ -375,11 +375,11 @@ def _signal(cand: _Candidates, vac: tuple[float, float] | None = None) -> np.nda
     return sig
 
 
-def _order_spread(cand: _Candidates, vac: tuple[float, float] | None = None) -> np.ndarray | float:
+def _order_spread(cand: _Candidates, vac: tuple[float, float] | None = None) -> np.ndarray:
     """Per state, the spread (relative to the host level) its columns' two orders along the
     beam add: ``δ`` times the state's own signal (above the empty column's level)."""
     if cand.order_split is None:
-        return 0.0
+        return np.zeros(len(cand.names))
     own = np.maximum(np.asarray(cand.signal, float), 0.0)
     if cand.offset and vac is not None:
         own = own * (1.0 - vac[0])
@@ -563,7 +563,7 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
                 s_main = _signal(cand, vac)[main]
                 shape = flat + (1.0 - flat) * s_main
                 # the host's noise without its columns' order along the beam (a mixed pair)
-                d_main = float(np.broadcast_to(_order_spread(cand, vac), (len(cand.names),))[main])
+                d_main = float(_order_spread(cand, vac)[main])
                 if d_main > 0 and split_noise:
                     spread = _split_sigma((h[at] - k * s_main) / k, d_main)
                 else:

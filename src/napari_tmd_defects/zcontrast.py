@@ -36,6 +36,7 @@ import numpy as np
 __all__ = [
     "ZContrastTableError",
     "calibrated_voltages",
+    "chalcogen_order_factor",
     "chalcogen_order_split",
     "chalcogen_signal",
     "effective_z",
@@ -305,11 +306,17 @@ def chalcogen_signal(z1, z2, voltage_kv: float = 80.0) -> float | np.ndarray:
         Relative signal (dimensionless): a float for scalar inputs, else an array of the
         broadcast shape.
     """
+    return _per_pair(_pair, z1, z2, voltage_kv)
+
+
+def _per_pair(f, z1, z2, voltage_kv: float) -> float | np.ndarray:
+    """``f(table entry, z1, z2)`` of every pair of the broadcast ``z1``, ``z2``: a float for
+    scalar inputs, else an array of the broadcast shape."""
     entry = _entry(voltage_kv)
     a, b = np.broadcast_arrays(np.asarray(z1), np.asarray(z2))
     if np.any(a < 0) or np.any(b < 0) or np.any(a != np.round(a)) or np.any(b != np.round(b)):
         raise ValueError("chalcogen atomic numbers must be non-negative integers")
-    out = np.array([_pair(entry, int(p), int(q)) for p, q in zip(a.ravel(), b.ravel())], dtype=float)
+    out = np.array([f(entry, int(p), int(q)) for p, q in zip(a.ravel(), b.ravel())], dtype=float)
     if a.ndim == 0:
         return float(out[0])
     return out.reshape(a.shape)
@@ -335,9 +342,18 @@ def chalcogen_order_split(z1, z2, voltage_kv: float = 80.0) -> float | np.ndarra
     on the beam-entrance side and ``· (1 - δ)`` the other way round (at 80 kV: S/Se 0.050,
     S/Te 0.067, Se/Te 0.034). Arguments as :func:`chalcogen_signal`.
     """
-    entry = _entry(voltage_kv)
-    a, b = np.broadcast_arrays(np.asarray(z1), np.asarray(z2))
-    out = np.array([_order_split(entry, int(p), int(q)) for p, q in zip(a.ravel(), b.ravel())], dtype=float)
-    if a.ndim == 0:
-        return float(out[0])
-    return out.reshape(a.shape)
+    return _per_pair(_order_split, z1, z2, voltage_kv)
+
+
+def chalcogen_order_factor(entrance, exit_, voltage_kv: float = 80.0) -> np.ndarray:
+    """Per column of atoms ``entrance`` (beam-entrance side) and ``exit_``: its signal over
+    the mean of its two orders, ``1 + δ`` with the lighter atom on the entrance side, ``1 - δ``
+    the other way round, 1 for a column of one species or one atom
+    (:func:`chalcogen_order_split`). Arrays of the broadcast shape."""
+    a, b = np.broadcast_arrays(np.asarray(entrance, np.int64), np.asarray(exit_, np.int64))
+    out = np.ones(a.shape)
+    mixed = (a != b) & (a > 0) & (b > 0)
+    if mixed.any():
+        d = chalcogen_order_split(a[mixed], b[mixed], voltage_kv)
+        out[mixed] += np.where(a[mixed] < b[mixed], d, -d)
+    return out
