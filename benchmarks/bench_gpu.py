@@ -41,7 +41,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_scaling import MATERIAL, STAGES, ensure_frame, reference_op  # noqa: E402
+from bench_scaling import CACHE_DIR, MATERIAL, STAGES, ensure_frame, hardware, reference_op  # noqa: E402
 
 SETS = ("paper", "realistic", "ms_realistic", "hard", "vacuum", "mat_MoSe2", "mat_WSe2", "mat_MoS2", "mat_WS2",
         "structure", "structure_MoSe2", "structure_WSe2", "ms_structure")
@@ -198,7 +198,7 @@ def _pct(a: float, b: float) -> str:
 def report(info: dict, sp: dict | None, ag: dict | None, command: str) -> str:
     lines = ["# The CUDA path: speed and agreement with the CPU path", "",
              f"Command: `{command}`", "",
-             f"Hardware: {info['gpu']}; host {info['cpu']} ({info['cpu_count']} logical CPUs); "
+             f"Hardware: {info['gpu']}; host {info['host']}; "
              f"torch {info['torch']}, CUDA {info['cuda']}, Python {info['python']}.", ""]
     if sp:
         lines += ["## Speed: 2048² MoTe2 at 0.1 Å/px", "",
@@ -265,13 +265,9 @@ def main(argv=None) -> int:
     if GPU == "cuda" and not torch.cuda.is_available():
         print("bench_gpu.py needs a CUDA device; none is available here (--device cpu: a dry run)", file=sys.stderr)
         return 2
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"gpu": torch.cuda.get_device_name(0) if GPU == "cuda" else f"none (a dry run on {GPU})", "cpu": cpu, "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
+    info = {"gpu": torch.cuda.get_device_name(0) if GPU == "cuda" else f"none (a dry run on {GPU})",
+            "host": hardware(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version()}
     print(info, flush=True)
     command = "python benchmarks/bench_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     sp = ag = None
@@ -284,10 +280,7 @@ def main(argv=None) -> int:
 
     if not args.skip_speed:
         try:
-            import tempfile
-
-            cache = args.frame_cache or Path(tempfile.gettempdir()) / "tmd_defects_bench_frames"
-            path, _ = ensure_frame(cache, 2048, 0.1, 21, "uint16", None)
+            path, _ = ensure_frame(args.frame_cache or CACHE_DIR, 2048, 0.1, 21, "uint16", None)
             sp = speed(np.load(path), args.repeats, args.detector_half)
         except Exception:
             traceback.print_exc()

@@ -39,6 +39,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_scaling import CACHE_DIR, hardware  # noqa: E402
+
 QUICK = {"frames": 6, "size": 512, "ref_runs": 3}
 
 
@@ -110,13 +114,6 @@ def start_cluster(n: int):
     return cluster, time.perf_counter() - t0
 
 
-def hardware() -> str:
-    sys.path.insert(0, str(HERE))
-    from bench_scaling import hardware as hw
-
-    return hw()
-
-
 def write_report(args, rows: list[dict], command: str, load_start: float, sim_s: float, done: bool) -> None:
     """The report of the settings run so far (written after each one: a run stopped early
     still leaves what it measured)."""
@@ -180,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=1, help="runs per setting (median kept, default 1)")
     ap.add_argument("--ref-runs", type=int, default=5, help="reference-op runs per measurement (default 5)")
     ap.add_argument("--no-overlay", action="store_true", help="pass --no-overlay (default: overlays written)")
-    ap.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "tmd_defects_bench_frames",
+    ap.add_argument("--cache-dir", type=Path, default=CACHE_DIR,
                     help="the frames are kept here (default: in the temp folder)")
     ap.add_argument("--out", type=Path, default=None,
                     help="Markdown report (default benchmarks/results/scaleout.md; with --quick in the temp folder)")

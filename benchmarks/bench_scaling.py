@@ -61,6 +61,8 @@ REF_THREADS = 2
 #: frames this large (px) are simulated in strips of this many rows (one lattice, same
 #: noise model; ``simulate(strip_rows=...)``): at once an 8192² frame needs ~14 GB
 STRIP_FROM, STRIP_ROWS = 8192, 512
+#: where simulated benchmark frames are cached (``--cache-dir``; also bench_scaleout.py's, bench_gpu.py's)
+CACHE_DIR = Path(tempfile.gettempdir()) / "tmd_defects_bench_frames"
 QUICK = {"sizes": [512, 1024], "pixel_sizes": [0.06, 0.15], "sweep_size": 1024, "repeats": 1, "ref_runs": 2}
 
 
@@ -452,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--strip-rows", type=int, default=None,
                     help=f"simulate frames in strips of this many rows (0: whole; default: {STRIP_ROWS} rows from "
                          f"{STRIP_FROM}² on, whole below)")
-    ap.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "tmd_defects_bench_frames",
+    ap.add_argument("--cache-dir", type=Path, default=CACHE_DIR,
                     help="simulated frames are kept here as .npy (default: in the temp folder)")
     ap.add_argument("--out", type=Path, default=None,
                     help="Markdown report (default benchmarks/results/scaling.md; with --quick in the temp folder)")
