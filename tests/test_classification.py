@@ -273,7 +273,9 @@ def test_streamed_prediction_equals_the_whole_frame_one(sample, monkeypatch, fra
     assert max(written) <= 6 < -(-sample.image.shape[0] // 24)  # a few of the frame's 11 bands at once
     shuffled = np.random.default_rng(1).permutation(len(boxes))  # any order: bands kept while read
     kw = dict(frames=fr[shuffled]) if frames else {}
-    np.testing.assert_array_equal(clf.predict(sample.image, boxes[shuffled], t.pixel_size, **kw), ref[shuffled])
+    # other batches: float32 convolutions may differ in the last bits with the batch's composition
+    np.testing.assert_allclose(clf.predict(sample.image, boxes[shuffled], t.pixel_size, **kw), ref[shuffled],
+                               rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- model
