@@ -3,7 +3,8 @@
 The stages, in order (each a function below, on the data model of :mod:`.sites`):
 
 1. :func:`check_image`      validate the image, find its lattice constant (FFT, then the
-                            columns), settle the pixel size;
+                            columns), settle the pixel size; :func:`mask_annotations`
+                            fills burned-in scale bars and labels (:mod:`.overlays`);
 2. :func:`estimate_noise`   shot and read noise of the frame;
 3. :func:`find_sites`       columns -> local lattice -> domains -> sites -> cells
                             (:mod:`.lattice`), boundaries;
@@ -126,6 +127,9 @@ class Frame:
     model: SiteModel | None = None
     vacuum: np.ndarray | None = None
     n_vacuum: int = 0
+    #: burned-in annotations (scale bar, labels) grown by half a lattice constant: their
+    #: cells are left out as the vacuum's are (:mod:`.overlays`); None when there are none
+    annotations: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)
@@ -312,6 +316,21 @@ def complete_sites(frame: Frame) -> None:
                 f"domain {d.id}: metal and chalcogen columns are about equally bright (contrast {d.contrast:.2f}); "
                 f"which sublattice is the metal follows the {mat.name} prior and may be wrong")
             break
+
+
+def mask_annotations(frame: Frame, rgb: np.ndarray | None = None) -> None:
+    """Burned-in scale bars, labels and marks (:mod:`.overlays`; ``rgb``: the RGB original
+    of a converted frame): filled with the frame's dark level in a copy of the image, so
+    no column is found on them, and their cells left out."""
+    from .overlays import annotation_mask, fill_annotations
+
+    mask = annotation_mask(frame.image, frame.a_px, rgb)
+    if mask is None:
+        return
+    frame.image, frame.annotations = fill_annotations(frame.image, mask, frame.a_px)
+    frame.warnings.append(
+        f"burned-in annotation (a scale bar, label or marks: flat regions at the brightest grey level, or coloured "
+        f"pixels) covers {100 * mask.mean():.1f} % of the image: filled as vacuum, the cells on it left out")
 
 
 def find_vacuum(frame: Frame) -> None:
@@ -987,6 +1006,7 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
 
     if not timed("lattice", check_image, frame, done=5):
         return frame
+    timed("lattice", mask_annotations, frame, image if np.ndim(image) == 3 else None)
     timed("noise", estimate_noise, frame, done=8)
     timed("sites", find_domains, frame, done=18)
     if hexagons is not None:
@@ -1001,6 +1021,8 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
         release_memory()
     if exclude_vacuum:
         timed("vacuum", find_vacuum, frame)
+    if frame.annotations is not None:
+        frame.vacuum = frame.annotations if frame.vacuum is None else frame.vacuum | frame.annotations
     model = frame.model
     if frame.vacuum is not None and len(model.cells):
         from .geometry import nearest_pixel

@@ -1,0 +1,103 @@
+"""Burned-in annotations: scale bars, labels and marks drawn into an exported frame.
+
+Frames exported from acquisition software or cut from figure panels often carry a scale
+bar or a label, drawn at the brightest grey level or in colour. Read as crystal, a bar's
+pixels become very bright "substituent" columns, and its flat maximum bends the frame's
+noise and level fits everywhere. An annotation is
+
+* a flat region at the image's exact maximum that is wider than any column can be (at
+  least one lattice constant across; a clipped column top is a fraction of that), or
+* coloured pixels in an otherwise grey RGB frame (a colour-mapped frame, mostly coloured,
+  is not taken for one).
+
+:func:`~.pipeline.locate_cells` fills the annotation's pixels with the frame's dark level
+(so no column is found there and it reads as vacuum) and leaves the cells on it out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = ["annotation_mask", "colour_mask", "fill_annotations", "flat_maximum_mask"]
+
+#: Smallest extent of a flat region at the image's maximum taken for an annotation, in
+#: lattice constants.
+MIN_FLAT_EXTENT_A = 1.0
+#: A pixel is coloured when its channels spread by more than this fraction of the grey range.
+COLOUR_SPREAD = 0.08
+#: A frame with more coloured pixels than this is colour-mapped, not annotated.
+MAX_COLOUR_FRACTION = 0.2
+#: Annotations covering more of the frame than this are not taken for annotations (a
+#: heavily clipped export, say): nothing is masked.
+MAX_ANNOTATION_FRACTION = 0.25
+#: Cells within this many lattice constants of an annotation are left out.
+EXCLUSION_MARGIN_A = 0.5
+
+
+def flat_maximum_mask(image: np.ndarray, a_px: float) -> np.ndarray | None:
+    """Pixels of the flat regions at the image's exact maximum that are at least
+    :data:`MIN_FLAT_EXTENT_A` lattice constants (``a_px``, px) across; None when there are none."""
+    top = image == image.max()
+    if top.sum() < 4:
+        return None
+    labels, n = ndi.label(top, structure=np.ones((3, 3), bool))
+    min_extent = max(MIN_FLAT_EXTENT_A * a_px, 4.0)
+    keep = [i + 1 for i, sl in enumerate(ndi.find_objects(labels))
+            if max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) >= min_extent]
+    if not keep:
+        return None
+    return np.isin(labels, keep)
+
+
+def colour_mask(rgb: np.ndarray) -> np.ndarray | None:
+    """Coloured pixels of a mostly grey RGB(A) frame ``(rows, cols, 3 or 4)``; None for a
+    grey or a colour-mapped frame."""
+    c = np.asarray(rgb)[..., :3].astype(np.float32)
+    spread = c.max(axis=-1) - c.min(axis=-1)
+    span = float(c.max() - c.min())
+    if span <= 0:
+        return None
+    mask = spread > COLOUR_SPREAD * span
+    if not mask.any() or mask.mean() > MAX_COLOUR_FRACTION:
+        return None
+    return mask
+
+
+def annotation_mask(image: np.ndarray, a_px: float, rgb: np.ndarray | None = None) -> np.ndarray | None:
+    """The burned-in annotations of a grey ``image`` (the RGB original as ``rgb`` where
+    there is one); None when there are none or when they would cover more than
+    :data:`MAX_ANNOTATION_FRACTION` of the frame."""
+    masks = [m for m in (flat_maximum_mask(image, a_px), colour_mask(rgb) if rgb is not None else None)
+             if m is not None]
+    if not masks:
+        return None
+    mask = np.logical_or.reduce(masks)
+    if mask.mean() > MAX_ANNOTATION_FRACTION:
+        return None
+    return mask
+
+
+def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+    """``mask`` grown by ``radius`` px (a disk), on the mask's bounding box only."""
+    r = int(np.ceil(radius))
+    if r < 1:
+        return mask
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    r0, r1 = max(rows[0] - r, 0), min(rows[-1] + r + 1, mask.shape[0])
+    c0, c1 = max(cols[0] - r, 0), min(cols[-1] + r + 1, mask.shape[1])
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    out = mask.copy()
+    out[r0:r1, c0:c1] = ndi.binary_dilation(mask[r0:r1, c0:c1], structure=yy**2 + xx**2 <= radius**2)
+    return out
+
+
+def fill_annotations(image: np.ndarray, mask: np.ndarray, a_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(filled, excluded)``: a float32 copy of ``image`` with the annotation (grown by two
+    pixels, for its anti-aliased rim) set to the frame's dark level (the 1st percentile of
+    the other pixels), and the region whose cells are left out (the annotation grown by
+    :data:`EXCLUSION_MARGIN_A` lattice constants)."""
+    filled = np.array(image, dtype=np.float32, copy=True)
+    rim = _dilate(mask, 2.0)
+    filled[rim] = np.percentile(filled[~rim], 1.0)
+    return filled, _dilate(mask, max(EXCLUSION_MARGIN_A * a_px, 2.0))

@@ -1,0 +1,79 @@
+"""Burned-in annotations (scale bars, labels): found, filled, their cells left out."""
+
+import numpy as np
+import pytest
+
+from napari_tmd_defects.evaluation import score_result
+from napari_tmd_defects.overlays import annotation_mask, colour_mask, fill_annotations, flat_maximum_mask
+from napari_tmd_defects.pipeline import analyze
+from napari_tmd_defects.simulation import Noise, simulate
+
+
+def _burn_bar(img: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """A scale bar and a label block at the frame's brightest grey level, bottom left."""
+    out = img.copy()
+    h, w = img.shape
+    bar = (slice(int(0.90 * h), int(0.93 * h)), slice(int(0.05 * w), int(0.35 * w)))
+    out[bar] = img.max()
+    out[int(0.83 * h):int(0.87 * h), int(0.05 * w):int(0.15 * w)] = img.max()
+    return out, bar
+
+
+@pytest.mark.parametrize("pixel_size", [0.03, 0.15])
+def test_clipped_column_tops_are_not_annotations(pixel_size):
+    # a background-subtracted, auto-contrasted 8-bit export clips the brightest column tops flat
+    sim = simulate("WSe2", shape=384, pixel_size=pixel_size, defect_fraction=0.1, seed=3,
+                   noise=Noise(12, 5, quantize_8bit=True, subtract_background=True))
+    a_px = 3.28 / pixel_size
+    assert (sim.image == sim.image.max()).sum() > 10  # tops are clipped ...
+    assert flat_maximum_mask(sim.image, a_px) is None  # ... but none is a lattice constant wide
+
+
+def test_a_scale_bar_is_found_and_filled():
+    sim = simulate("MoTe2", shape=320, pixel_size=0.1, defect_fraction=0.1, seed=4, noise=Noise(12, 20))
+    img, bar = _burn_bar(sim.image)
+    mask = annotation_mask(img, 35.2)
+    assert mask is not None and mask[bar].all()
+    assert mask.mean() < 0.1 and not mask[:200].any()
+    filled, excluded = fill_annotations(img, mask, 35.2)
+    assert filled.dtype == np.float32 and filled[bar].max() < np.percentile(img, 5)
+    assert np.array_equal(filled[:200], img[:200].astype(np.float32))  # the crystal untouched
+    assert excluded[mask].all() and excluded.sum() > mask.sum()
+    # nearly all the frame at one level is a clipped export, not an annotation
+    flat = img.copy()
+    flat[: int(0.6 * flat.shape[0])] = img.max()
+    assert annotation_mask(flat, 35.2) is None
+
+
+def test_colour_marks_on_a_grey_frame():
+    grey = np.random.default_rng(0).uniform(0, 200, (64, 64)).astype(np.float32)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    assert colour_mask(rgb) is None
+    rgb[50:54, 5:40] = (255, 255, 0)  # a yellow scale bar
+    m = colour_mask(rgb)
+    assert m is not None and m[50:54, 5:40].all() and m.sum() == 4 * 35
+    # a colour-mapped frame is coloured everywhere: not an annotation
+    cmap = np.stack([grey, 0.5 * grey + 60, 255 - grey], axis=-1)
+    assert colour_mask(cmap) is None
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+def test_analyze_leaves_a_burned_in_scale_bar_out(rgb):
+    sim = simulate("MoTe2", shape=448, pixel_size=0.09, defect_fraction=0.1, seed=11, noise=Noise(12, 20))
+    img, bar = _burn_bar(sim.image)
+    if rgb:  # the bar in yellow on an RGB export
+        img = np.repeat(np.clip(sim.image, 0, None)[..., None], 3, axis=-1)
+        img[bar] = (img.max(), img.max(), 0)
+    ref = analyze(sim.image, 0.09, device="cpu")
+    res = analyze(img, 0.09, device="cpu")
+    assert not any("annotation" in w for w in ref.warnings)
+    assert any("burned-in annotation" in w for w in res.warnings)
+    assert res.vacuum_mask is not None and res.vacuum_mask[bar].all()
+    # the cells off the bar read as without it: no bright "substituents" or vacancies on the bar
+    s = score_result(res, sim.truth)
+    assert s.precision > 0.99 and s.class_accuracy > 0.98
+    assert ref.n_cells - 40 < res.n_cells < ref.n_cells
+    assert res.site_state_counts()["M"].get("heavier", 0) == 0
+    bad = {k: v for k, v in res.counts().items() if k not in ("Perfect", "boundary")}
+    ref_bad = {k: v for k, v in ref.counts().items() if k not in ("Perfect", "boundary")}
+    assert sum(bad.values()) <= sum(ref_bad.values())
