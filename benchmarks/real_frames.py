@@ -143,7 +143,8 @@ def main(argv=None) -> int:
                 defect_fraction=frac, cluster=res.checks.get("largest_same_class_cluster", 0),
                 brighter=brighter_share(res), domains=len(res.domains), boundary_nm=res.boundary_length_nm,
                 boundary_cells=int(res.boundary.sum()), placed=int(np.sum(res.placed > 0)),
-                detector=res.checks.get("hexagons_on_hollows"), seconds=dt, warnings=list(res.warnings),
+                detector=res.checks.get("hexagons_on_hollows"), polarity=res.checks.get("column_polarity"),
+                seconds=dt, warnings=list(res.warnings),
             ))
             if args.overlays and variant == args.variants[0]:
                 from PIL import Image
@@ -192,7 +193,9 @@ def write_report(args, rows) -> None:
         "cells over classified cells. Cluster: largest group of adjacent cells of one defect class (> 12 is "
         "flagged). Brighter: share of Perfect cells whose physically brighter column is brighter at the reported "
         "sites (≥ 0.9 expected where the two sublattices differ). Placed: cells with a site placed from its "
-        "neighbours (no column found there).", "",
+        "neighbours (no column found there). Polarity: skewness of the band-passed intensity "
+        "(`exports.column_polarity`; positive: bright columns, as in HAADF; below -0.2 the analysis warns of "
+        "dark columns).", "",
     ]
     for variant in args.variants:
         sel = [r for r in rows if r["variant"] == variant]
@@ -200,15 +203,16 @@ def write_report(args, rows) -> None:
             continue
         lines += [f"## {variant}", "",
                   "| frame | material (flag) | Å/px | cells | coverage | defect fraction | cluster | brighter | "
-                  "domains | boundary nm | boundary cells | placed | hexagons on hollows | s |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "domains | boundary nm | boundary cells | placed | hexagons on hollows | polarity | s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sel:
             det = "—" if r["detector"] is None else f"{r['detector']:.2f}"
             ps = f"{r['pixel_size']:.4f}" + ("*" if "estimated" in r["source"] else "")
+            pol = "—" if r["polarity"] is None else f"{r['polarity']:+.2f}"
             lines.append(
                 f"| {r['frame']} | {r['material']} | {ps} | {r['cells']} | {r['coverage']:.2f} | "
                 f"{r['defect_fraction']:.3f} | {r['cluster']} | {r['brighter']:.2f} | {r['domains']} | "
-                f"{r['boundary_nm']:.1f} | {r['boundary_cells']} | {r['placed']} | {det} | {r['seconds']:.1f} |")
+                f"{r['boundary_nm']:.1f} | {r['boundary_cells']} | {r['placed']} | {det} | {pol} | {r['seconds']:.1f} |")
         n = len(sel)
         pure_fail = sum(1 for r in sel if r["defect_fraction"] > 0.2 or r["cluster"] > 12)
         lines += ["", f"{n} frames; {pure_fail} over 20 % defective or with a same-class cluster of more than "

@@ -3,8 +3,9 @@
 The stages, in order (each a function below, on the data model of :mod:`.sites`):
 
 1. :func:`check_image`      validate the image, find its lattice constant (FFT, then the
-                            columns), settle the pixel size; :func:`mask_annotations`
-                            fills burned-in scale bars and labels (:mod:`.overlays`);
+                            columns), settle the pixel size; :func:`check_export`
+                            fills burned-in scale bars and labels, warns of dark
+                            columns (:mod:`.exports`);
 2. :func:`estimate_noise`   shot and read noise of the frame;
 3. :func:`find_sites`       columns -> local lattice -> domains -> sites -> cells
                             (:mod:`.lattice`), boundaries;
@@ -127,8 +128,10 @@ class Frame:
     model: SiteModel | None = None
     vacuum: np.ndarray | None = None
     n_vacuum: int = 0
+    #: the columns' polarity (:func:`~.exports.column_polarity`: positive for bright columns)
+    column_polarity: float = float("nan")
     #: burned-in annotations (scale bar, labels) grown by half a lattice constant: their
-    #: cells are left out as the vacuum's are (:mod:`.overlays`); None when there are none
+    #: cells are left out as the vacuum's are (:mod:`.exports`); None when there are none
     annotations: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -212,10 +215,14 @@ def check_pixel_size(image: np.ndarray, material: str = "MoTe2", pixel_size: flo
                           None if lat is None else float(mat.a / lat.a_px), source)
 
 
-def pixel_size_checks(frame: Frame) -> dict[str, float]:
-    """The given and the lattice-implied pixel sizes (Å/px) for ``Result.checks``."""
+def image_checks(frame: Frame) -> dict[str, float]:
+    """The given and the lattice-implied pixel sizes (Å/px) and the columns' polarity
+    (:func:`check_export`) for ``Result.checks``."""
     out = {"pixel_size_given_A": frame.pixel_size_given, "pixel_size_lattice_A": frame.pixel_size_lattice}
-    return {k: round(float(v), 6) for k, v in out.items() if v is not None}
+    out = {k: round(float(v), 6) for k, v in out.items() if v is not None}
+    if math.isfinite(frame.column_polarity):
+        out["column_polarity"] = round(frame.column_polarity, 3)
+    return out
 
 
 # --------------------------------------------------------------------------- stages
@@ -318,12 +325,20 @@ def complete_sites(frame: Frame) -> None:
             break
 
 
-def mask_annotations(frame: Frame, rgb: np.ndarray | None = None) -> None:
-    """Burned-in scale bars, labels and marks (:mod:`.overlays`; ``rgb``: the RGB original
-    of a converted frame): filled with the frame's dark level in a copy of the image, so
-    no column is found on them, and their cells left out."""
-    from .overlays import annotation_mask, fill_annotations
+def check_export(frame: Frame, rgb: np.ndarray | None = None) -> None:
+    """What the export added (:mod:`.exports`; ``rgb``: the RGB original of a converted
+    frame): a warning where the columns look dark (bright field, ABF, inverted contrast);
+    burned-in scale bars, labels and marks filled with the frame's dark level in a copy of
+    the image, so no column is found on them, and their cells left out."""
+    from .exports import DARK_COLUMNS_POLARITY, annotation_mask, column_polarity, fill_annotations
 
+    frame.column_polarity = polarity = column_polarity(frame.image, frame.a_px)
+    if polarity < DARK_COLUMNS_POLARITY:
+        frame.warnings.append(
+            f"DARK COLUMNS: the atomic columns look darker than the space between them (polarity {polarity:+.2f}; "
+            "HAADF frames read +0.3 or more): a bright-field or ABF image, or inverted contrast? The analysis "
+            "assumes HAADF (Z-contrast, columns bright): invert the image (maximum minus image) or do not trust "
+            "these cells")
     mask = annotation_mask(frame.image, frame.a_px, rgb)
     if mask is None:
         return
@@ -1006,7 +1021,7 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
 
     if not timed("lattice", check_image, frame, done=5):
         return frame
-    timed("lattice", mask_annotations, frame, image if np.ndim(image) == 3 else None)
+    timed("lattice", check_export, frame, image if np.ndim(image) == 3 else None)
     timed("noise", estimate_noise, frame, done=8)
     timed("sites", find_domains, frame, done=18)
     if hexagons is not None:
@@ -1339,7 +1354,7 @@ def analyze(
     n = len(cells)
     hexagons_out = None
     support = np.zeros(n, np.int64)
-    checks: dict[str, Any] = pixel_size_checks(frame)
+    checks: dict[str, Any] = image_checks(frame)
     if use_detector and "hexagons" in found:
         det = found["det"]
         hex_boxes, hex_scores, centres, windows = found["hexagons"]

@@ -1,12 +1,14 @@
-"""Burned-in annotations (scale bars, labels): found, filled, their cells left out."""
+"""What an export adds: burned-in annotations (scale bars, labels) found, filled and their
+cells left out; dark columns (bright field, inverted contrast) told from HAADF."""
 
 import numpy as np
 import pytest
 
 from napari_tmd_defects.evaluation import score_result
-from napari_tmd_defects.overlays import annotation_mask, colour_mask, fill_annotations, flat_maximum_mask
+from napari_tmd_defects.exports import (DARK_COLUMNS_POLARITY, annotation_mask, colour_mask, column_polarity,
+                                        fill_annotations, flat_maximum_mask)
 from napari_tmd_defects.pipeline import analyze
-from napari_tmd_defects.simulation import Noise, simulate
+from napari_tmd_defects.simulation import Noise, Vacuum, simulate
 
 
 def _burn_bar(img: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
@@ -77,3 +79,31 @@ def test_analyze_leaves_a_burned_in_scale_bar_out(rgb):
     bad = {k: v for k, v in res.counts().items() if k not in ("Perfect", "boundary")}
     ref_bad = {k: v for k, v in ref.counts().items() if k not in ("Perfect", "boundary")}
     assert sum(bad.values()) <= sum(ref_bad.values())
+
+
+@pytest.mark.parametrize("material, kw", [
+    ("MoTe2", dict(noise=Noise(3, 30))),
+    ("WS2", dict(noise=Noise(5, 20), pixel_size=0.15)),
+    ("WSe2", dict(noise=Noise(4, 30, background=0.3, contamination=0.5))),
+    ("MoS2", dict(noise=Noise(12, 5, quantize_8bit=True, subtract_background=True))),
+    ("MoTe2", dict(noise=Noise(8, 20), vacuum=Vacuum("hole", 0.4))),
+])
+def test_column_polarity_tells_bright_columns_from_dark(material, kw):
+    kw.setdefault("pixel_size", 0.09)
+    sim = simulate(material, shape=384, defect_fraction=0.1, seed=1, **kw)
+    from napari_tmd_defects.materials import get_material
+
+    a_px = get_material(material).a / kw["pixel_size"]
+    bright = column_polarity(sim.image, a_px)
+    assert bright > 0.5
+    assert column_polarity(sim.image.max() - sim.image, a_px) < DARK_COLUMNS_POLARITY < 0 < bright
+    assert np.isnan(column_polarity(sim.image[:10, :10], a_px))
+
+
+def test_analyze_warns_of_dark_columns():
+    sim = simulate("MoTe2", shape=320, pixel_size=0.1, defect_fraction=0.05, seed=2, noise=Noise(12, 20))
+    ok = analyze(sim.image, 0.1, device="cpu", classify=False)
+    dark = analyze(sim.image.max() - sim.image, 0.1, device="cpu", classify=False)
+    assert ok.checks["column_polarity"] > 0.5 and not any("DARK COLUMNS" in w for w in ok.warnings)
+    assert dark.checks["column_polarity"] < DARK_COLUMNS_POLARITY
+    assert any("DARK COLUMNS" in w for w in dark.warnings)
