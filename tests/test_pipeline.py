@@ -107,6 +107,8 @@ def test_bad_inputs():
     assert np.isfinite(out).all() and "NaN" in warn[0]
     with pytest.raises(ValueError, match="NaN"):
         prepare_image(np.full((10, 10), np.nan))
+    with pytest.raises(ValueError, match="NaN"):  # more than half
+        prepare_image(np.where(np.arange(100)[:, None] < 60, np.nan, img))
     # constant, tiny and lattice-free images give empty, valid results (no model needed)
     for im in (np.zeros((128, 128)), np.ones((20, 20))):
         res = analyze(im, 0.1)
@@ -620,3 +622,20 @@ def test_networks_are_loaded_once_per_weights_file_and_again_when_it_changes(tmp
     f.unlink()
     with pytest.raises(WeightsError):
         _resolve_model(f, "classifier", "cpu")
+
+
+def test_a_nan_border_reads_as_vacuum():
+    # an aligned stack's border: NaN over 30 % of the frame, filled dark, its cells left out
+    sim = simulate(shape=384, pixel_size=0.09, defect_fraction=0.1, noise=Noise(12, 20), seed=6)
+    img = sim.image.astype(np.float32)
+    img[:, :100] = np.nan
+    img[:40] = np.nan
+    out, warn = prepare_image(img)
+    assert np.isfinite(out).all() and out[0, 0] == pytest.approx(np.nanpercentile(img, 1.0))
+    assert "aligned stack" in warn[0]
+    ref = analyze(sim.image, 0.09, device="cpu")
+    res = analyze(img, 0.09, device="cpu")
+    assert res.vacuum_fraction > 0.25
+    assert 0.5 * ref.n_cells < res.n_cells < 0.8 * ref.n_cells
+    s = score_result(res, sim.truth)
+    assert s.precision > 0.99 and s.class_accuracy > 0.98

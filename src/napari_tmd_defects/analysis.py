@@ -613,11 +613,19 @@ def empty_result(shape, material, pixel_size, source, alpha, beta, warnings, low
     )
 
 
+#: :func:`prepare_image`: non-finite pixels up to this share of the image are dead pixels
+#: (replaced by the median); more, up to :data:`MAX_NONFINITE_FRACTION`, a region (filled
+#: with the dark level); more than that, an error.
+DEAD_PIXEL_FRACTION = 0.05
+MAX_NONFINITE_FRACTION = 0.5
+
+
 def prepare_image(image: np.ndarray, copy: bool = True) -> tuple[np.ndarray, list[str]]:
     """Validate an input image -> (2-D float32 copy, warnings).
 
-    RGB(A) images are converted to grey; a few non-finite pixels (≤ 5 %) are replaced by
-    the median. ``copy=False``: a C-contiguous image that is float32 with all pixels
+    RGB(A) images are converted to grey; a few non-finite pixels (≤ 5 %: dead pixels) are
+    replaced by the median, larger non-finite regions (up to half the image: the border of
+    an aligned stack) by the frame's dark level (its 1st percentile), so they read as vacuum. ``copy=False``: a C-contiguous image that is float32 with all pixels
     finite, or 8/16-bit integers (counts, exact in float32: :func:`is_exact_counts`),
     comes back as a read-only view of itself (no second full-size array; nothing can write
     into the caller's data; the stages read integers as float32 a band or crop at a time);
@@ -651,10 +659,15 @@ def prepare_image(image: np.ndarray, copy: bool = True) -> tuple[np.ndarray, lis
     bad = ~np.isfinite(a) if maybe_bad and not np.isfinite(a.sum(dtype=np.float64)) else None
     if bad is not None and bad.any():
         frac = bad.mean()
-        if frac > 0.05:
+        if frac > MAX_NONFINITE_FRACTION:
             raise ValueError(f"{frac:.0%} of the image is NaN or infinite; cannot analyse it")
-        a[bad] = np.median(a[~bad])
-        warnings.append(f"{int(bad.sum())} NaN/inf pixels replaced by the median")
+        if frac > DEAD_PIXEL_FRACTION:
+            a[bad] = np.percentile(a[~bad], 1.0)
+            warnings.append(f"{100 * frac:.0f} % of the image is NaN or infinite (an aligned stack's border?): "
+                            "filled with the frame's dark level, it reads as vacuum")
+        else:
+            a[bad] = np.median(a[~bad])
+            warnings.append(f"{int(bad.sum())} NaN/inf pixels replaced by the median")
     return a, warnings
 
 

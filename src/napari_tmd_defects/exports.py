@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 
 from .geometry import block_mean
 
-__all__ = ["annotation_mask", "colour_mask", "column_polarity", "fill_annotations", "flat_maximum_mask"]
+__all__ = ["annotation_mask", "colour_mask", "column_polarity", "exclusion_zone", "fill_annotations", "flat_maximum_mask"]
 
 #: Smallest extent of a flat region at the image's maximum taken for an annotation, in
 #: lattice constants.
@@ -108,15 +108,20 @@ def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
     return out
 
 
+def exclusion_zone(mask: np.ndarray, a_px: float) -> np.ndarray:
+    """The region whose cells are left out for pixels ``mask`` that do not show the
+    crystal: the mask grown by :data:`EXCLUSION_MARGIN_A` lattice constants (``a_px``, px)."""
+    return _dilate(mask, max(EXCLUSION_MARGIN_A * a_px, 2.0))
+
+
 def fill_annotations(image: np.ndarray, mask: np.ndarray, a_px: float) -> tuple[np.ndarray, np.ndarray]:
     """``(filled, excluded)``: a float32 copy of ``image`` with the annotation (grown by two
     pixels, for its anti-aliased rim) set to the frame's dark level (the 1st percentile of
-    the other pixels), and the region whose cells are left out (the annotation grown by
-    :data:`EXCLUSION_MARGIN_A` lattice constants)."""
+    the other pixels), and the region whose cells are left out (:func:`exclusion_zone`)."""
     filled = np.array(image, dtype=np.float32, copy=True)
     rim = _dilate(mask, 2.0)
     filled[rim] = np.percentile(filled[~rim], 1.0)
-    return filled, _dilate(mask, max(EXCLUSION_MARGIN_A * a_px, 2.0))
+    return filled, exclusion_zone(mask, a_px)
 
 
 def column_polarity(image: np.ndarray, a_px: float) -> float:

@@ -130,9 +130,10 @@ class Frame:
     n_vacuum: int = 0
     #: the columns' polarity (:func:`~.exports.column_polarity`: positive for bright columns)
     column_polarity: float = float("nan")
-    #: burned-in annotations (scale bar, labels) grown by half a lattice constant: their
-    #: cells are left out as the vacuum's are (:mod:`.exports`); None when there are none
-    annotations: np.ndarray | None = None
+    #: pixels that show no crystal: burned-in annotations (scale bar, labels) and non-finite
+    #: pixels, grown by half a lattice constant; their cells are left out as the vacuum's are
+    #: (:mod:`.exports`); None when there are none
+    masked: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)
@@ -325,12 +326,13 @@ def complete_sites(frame: Frame) -> None:
             break
 
 
-def check_export(frame: Frame, rgb: np.ndarray | None = None) -> None:
+def check_export(frame: Frame, rgb: np.ndarray | None = None, missing: np.ndarray | None = None) -> None:
     """What the export added (:mod:`.exports`; ``rgb``: the RGB original of a converted
     frame): a warning where the columns look dark (bright field, ABF, inverted contrast);
     burned-in scale bars, labels and marks filled with the frame's dark level in a copy of
-    the image, so no column is found on them, and their cells left out."""
-    from .exports import DARK_COLUMNS_POLARITY, annotation_mask, column_polarity, fill_annotations
+    the image, so no column is found on them, and their cells left out, as those of the
+    ``missing`` pixels (non-finite in the input; :func:`~.analysis.prepare_image` filled them)."""
+    from .exports import DARK_COLUMNS_POLARITY, annotation_mask, column_polarity, exclusion_zone, fill_annotations
 
     frame.column_polarity = polarity = column_polarity(frame.image, frame.a_px)
     if polarity < DARK_COLUMNS_POLARITY:
@@ -340,12 +342,14 @@ def check_export(frame: Frame, rgb: np.ndarray | None = None) -> None:
             "assumes HAADF (Z-contrast, columns bright): invert the image (maximum minus image) or do not trust "
             "these cells")
     mask = annotation_mask(frame.image, frame.a_px, rgb)
-    if mask is None:
-        return
-    frame.image, frame.annotations = fill_annotations(frame.image, mask, frame.a_px)
-    frame.warnings.append(
-        f"burned-in annotation (a scale bar, label or marks: flat regions at the brightest grey level, or coloured "
-        f"pixels) covers {100 * mask.mean():.1f} % of the image: filled as vacuum, the cells on it left out")
+    if mask is not None:
+        frame.image, frame.masked = fill_annotations(frame.image, mask, frame.a_px)
+        frame.warnings.append(
+            f"burned-in annotation (a scale bar, label or marks: flat regions at the brightest grey level, or "
+            f"coloured pixels) covers {100 * mask.mean():.1f} % of the image: filled as vacuum, the cells on it left out")
+    if missing is not None and missing.any():
+        lost = exclusion_zone(missing, frame.a_px)
+        frame.masked = lost if frame.masked is None else frame.masked | lost
 
 
 def find_vacuum(frame: Frame) -> None:
@@ -977,6 +981,14 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
 
 
 # --------------------------------------------------------------------------- shared runs
+def _non_finite(image) -> np.ndarray | None:
+    """The non-finite pixels of a 2-D float image (None where every pixel is finite)."""
+    a = np.asarray(image)
+    if a.ndim != 2 or a.dtype.kind != "f" or np.isfinite(a.sum(dtype=np.float64)):
+        return None
+    return ~np.isfinite(a)
+
+
 def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exclude_vacuum: bool = True,
                  timings: dict[str, float] | None = None, hexagons=None, *, pixel_size_source: str = "given",
                  trust_pixel_size: bool = False, progress: ProgressCallback | None = None,
@@ -1021,7 +1033,7 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
 
     if not timed("lattice", check_image, frame, done=5):
         return frame
-    timed("lattice", check_export, frame, image if np.ndim(image) == 3 else None)
+    timed("lattice", check_export, frame, image if np.ndim(image) == 3 else None, _non_finite(image))
     timed("noise", estimate_noise, frame, done=8)
     timed("sites", find_domains, frame, done=18)
     if hexagons is not None:
@@ -1036,8 +1048,8 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
         release_memory()
     if exclude_vacuum:
         timed("vacuum", find_vacuum, frame)
-    if frame.annotations is not None:
-        frame.vacuum = frame.annotations if frame.vacuum is None else frame.vacuum | frame.annotations
+    if frame.masked is not None:
+        frame.vacuum = frame.masked if frame.vacuum is None else frame.vacuum | frame.masked
     model = frame.model
     if frame.vacuum is not None and len(model.cells):
         from .geometry import nearest_pixel
