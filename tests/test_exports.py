@@ -38,7 +38,10 @@ def test_a_scale_bar_is_found_and_filled():
     assert mask is not None and mask[bar].all()
     assert mask.mean() < 0.1 and not mask[:200].any()
     filled, excluded = fill_annotations(img, mask, 35.2)
-    assert filled.dtype == np.float32 and filled[bar].max() < np.percentile(img, 5)
+    # the bar's flat maximum replaced by the frame's own pixels: its histogram barely moves
+    assert filled.dtype == np.float32 and np.mean(filled[bar] == img.max()) < 0.01
+    q = [1, 50, 99]
+    assert np.allclose(np.percentile(filled, q), np.percentile(img[~mask], q), atol=0.02 * np.ptp(img))
     assert np.array_equal(filled[:200], img[:200].astype(np.float32))  # the crystal untouched
     assert excluded[mask].all() and excluded.sum() > mask.sum()
     # nearly all the frame at one level is a clipped export, not an annotation

@@ -625,8 +625,9 @@ def prepare_image(image: np.ndarray, copy: bool = True) -> tuple[np.ndarray, lis
 
     RGB(A) images are converted to grey; a few non-finite pixels (≤ 5 %: dead pixels) are
     replaced by the median, larger non-finite regions (up to half the image: the border of
-    an aligned stack) by the frame's dark level (its 1st percentile), so they read as vacuum. ``copy=False``: a C-contiguous image that is float32 with all pixels
-    finite, or 8/16-bit integers (counts, exact in float32: :func:`is_exact_counts`),
+    an aligned stack) by the frame's dark level (its 1st percentile), so they read as vacuum.
+    ``copy=False``: a C-contiguous image that is float32 with all pixels finite, or
+    8/16-bit integers (counts, exact in float32: :func:`is_exact_counts`),
     comes back as a read-only view of itself (no second full-size array; nothing can write
     into the caller's data; the stages read integers as float32 a band or crop at a time);
     any other image is converted as with ``copy=True``.

@@ -329,8 +329,8 @@ def complete_sites(frame: Frame) -> None:
 def check_export(frame: Frame, rgb: np.ndarray | None = None, missing: np.ndarray | None = None) -> None:
     """What the export added (:mod:`.exports`; ``rgb``: the RGB original of a converted
     frame): a warning where the columns look dark (bright field, ABF, inverted contrast);
-    burned-in scale bars, labels and marks filled with the frame's dark level in a copy of
-    the image, so no column is found on them, and their cells left out, as those of the
+    burned-in scale bars, labels and marks filled with the frame's other pixels drawn at
+    random in a copy of the image, so no column is found on them, and their cells left out, as those of the
     ``missing`` pixels (non-finite in the input; :func:`~.analysis.prepare_image` filled them)."""
     from .exports import DARK_COLUMNS_POLARITY, annotation_mask, column_polarity, exclusion_zone, fill_annotations
 
@@ -346,7 +346,7 @@ def check_export(frame: Frame, rgb: np.ndarray | None = None, missing: np.ndarra
         frame.image, frame.masked = fill_annotations(frame.image, mask, frame.a_px)
         frame.warnings.append(
             f"burned-in annotation (a scale bar, label or marks: flat regions at the brightest grey level, or "
-            f"coloured pixels) covers {100 * mask.mean():.1f} % of the image: filled as vacuum, the cells on it left out")
+            f"coloured pixels) covers {100 * mask.mean():.1f} % of the image: masked, the cells on it left out")
     if missing is not None and missing.any():
         lost = exclusion_zone(missing, frame.a_px)
         frame.masked = lost if frame.masked is None else frame.masked | lost
