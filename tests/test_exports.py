@@ -31,6 +31,24 @@ def test_clipped_column_tops_are_not_annotations(pixel_size):
     assert flat_maximum_mask(sim.image, a_px) is None  # ... but none is a lattice constant wide
 
 
+@pytest.mark.parametrize("pixel_size", [0.06, 0.1])
+def test_chains_of_clipped_column_tops_are_not_annotations(pixel_size):
+    # an export saturated at its 80th percentile: the flat tops join into chains longer
+    # than a lattice constant, but no solid region stands behind them
+    sim = simulate("MoTe2", shape=384, pixel_size=pixel_size, defect_fraction=0.1, seed=5,
+                   noise=Noise(8, 10, contamination=0.3))
+    img = np.minimum(sim.image, np.percentile(sim.image, 80))
+    a_px = 3.52 / pixel_size
+    from scipy import ndimage as ndi
+
+    labels, _ = ndi.label(img == img.max(), structure=np.ones((3, 3), bool))
+    assert max(max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) for sl in ndi.find_objects(labels)) > a_px
+    assert flat_maximum_mask(img, a_px) is None
+    img, bar = _burn_bar(img)  # a bar on that frame is still found
+    mask = flat_maximum_mask(img, a_px)
+    assert mask is not None and mask[bar].all() and mask.mean() < 0.1
+
+
 def test_a_scale_bar_is_found_and_filled():
     sim = simulate("MoTe2", shape=320, pixel_size=0.1, defect_fraction=0.1, seed=4, noise=Noise(12, 20))
     img, bar = _burn_bar(sim.image)

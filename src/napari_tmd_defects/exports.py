@@ -6,8 +6,9 @@ bar or a label, drawn at the brightest grey level or in colour. Read as crystal,
 pixels become very bright "substituent" columns, and its flat maximum bends the frame's
 noise and level fits everywhere. An annotation is
 
-* a flat region at the image's exact maximum that is wider than any column can be (at
-  least one lattice constant across; a clipped column top is a fraction of that), or
+* a solid flat region at the image's exact maximum that is wider than any column can be
+  (its core at least one lattice constant across; a clipped column top is a fraction of
+  that, and a chain of clipped tops has no core), or
 * coloured pixels in an otherwise grey RGB frame (a colour-mapped frame, mostly coloured,
   is not taken for one).
 
@@ -29,9 +30,11 @@ from .geometry import block_mean
 
 __all__ = ["annotation_mask", "colour_mask", "column_polarity", "exclusion_zone", "fill_annotations", "flat_maximum_mask"]
 
-#: Smallest extent of a flat region at the image's maximum taken for an annotation, in
-#: lattice constants.
+#: Smallest extent of a flat region's core at the image's maximum taken for an annotation,
+#: in lattice constants ...
 MIN_FLAT_EXTENT_A = 1.0
+#: ... the core being the region less a rim this many px wide.
+SOLID_CORE_PX = 2
 #: A pixel is coloured when its channels spread by more than this fraction of the grey range.
 COLOUR_SPREAD = 0.08
 #: A frame with more coloured pixels than this is colour-mapped, not annotated.
@@ -52,18 +55,27 @@ _POLARITY_TILES = 9
 
 
 def flat_maximum_mask(image: np.ndarray, a_px: float) -> np.ndarray | None:
-    """Pixels of the flat regions at the image's exact maximum that are at least
-    :data:`MIN_FLAT_EXTENT_A` lattice constants (``a_px``, px) across; None when there are none."""
+    """Pixels of the solid flat regions at the image's exact maximum whose core (the region
+    less a :data:`SOLID_CORE_PX` px rim) is at least :data:`MIN_FLAT_EXTENT_A` lattice
+    constants (``a_px``, px) across; None when there are none. The core keeps a bar or a
+    label block whole but breaks the chains of clipped column tops of a saturated export
+    (tops joined by thin necks) into tops, each far smaller than a lattice constant."""
     top = image == image.max()
     if top.sum() < 4:
         return None
-    labels, n = ndi.label(top, structure=np.ones((3, 3), bool))
-    min_extent = max(MIN_FLAT_EXTENT_A * a_px, 4.0)
-    keep = [i + 1 for i, sl in enumerate(ndi.find_objects(labels))
-            if max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) >= min_extent]
-    if not keep:
+    k = 2 * SOLID_CORE_PX + 1
+    core = ndi.binary_erosion(top, structure=np.ones((k, k), bool))
+    if not core.any():
         return None
-    return np.isin(labels, keep)
+    eight = np.ones((3, 3), bool)
+    cores, _ = ndi.label(core, structure=eight)
+    min_extent = max(MIN_FLAT_EXTENT_A * a_px, 4.0)
+    big = [i + 1 for i, sl in enumerate(ndi.find_objects(cores))
+           if max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) >= min_extent]
+    if not big:
+        return None
+    labels, _ = ndi.label(top, structure=eight)
+    return np.isin(labels, np.unique(labels[np.isin(cores, big)]))
 
 
 def colour_mask(rgb: np.ndarray) -> np.ndarray | None:

@@ -44,10 +44,16 @@ def local_background(smooth: np.ndarray, a_px: float) -> np.ndarray:
     return _background(smooth, a_px)
 
 
-def _background(smooth: np.ndarray, a_px: float, subtract: bool = False) -> np.ndarray:
+#: :func:`background_rows`: excluded pixels (vacuum) are grown by this many lattice constants.
+EXCLUDE_GROW_A = 1.0
+
+
+def _background(smooth: np.ndarray, a_px: float, subtract: bool = False, exclude: np.ndarray | None = None
+                ) -> np.ndarray:
     """:func:`local_background`, or with ``subtract`` that background taken off ``smooth`` in
-    place, a band of rows at a time (no full-size background array); returns ``smooth`` then."""
-    rows = background_rows(smooth, a_px)
+    place, a band of rows at a time (no full-size background array); returns ``smooth`` then.
+    ``exclude``: as in :func:`background_rows`."""
+    rows = background_rows(smooth, a_px, exclude=exclude)
     out = smooth if subtract else np.empty(smooth.shape, np.float32)
     for r0 in range(0, smooth.shape[0], 256):
         r1 = min(smooth.shape[0], r0 + 256)
@@ -58,10 +64,13 @@ def _background(smooth: np.ndarray, a_px: float, subtract: bool = False) -> np.n
     return out
 
 
-def background_rows(smooth: np.ndarray, a_px: float, keep: bool = False) -> Callable[[int, int], np.ndarray]:
+def background_rows(smooth: np.ndarray, a_px: float, keep: bool = False, exclude: np.ndarray | None = None
+                    ) -> Callable[[int, int], np.ndarray]:
     """``rows(r0, r1)``: rows ``r0:r1`` (float32) of :func:`local_background` of ``smooth``,
     each band interpolated on request from the coarse background (no full-size array);
-    ``keep``: each band is computed once and kept (costs a full-size array)."""
+    ``keep``: each band is computed once and kept (costs a full-size array). ``exclude``
+    (bool, ``smooth``'s shape): pixels that are not film (vacuum, padding) and do not set
+    the background: near them it is the film's own hollow level, not the darker vacuum."""
     h, w = smooth.shape
     # the hollow-site level on a grid with >= 6 px per lattice constant: its minimum over
     # 1.5 a, smoothed over a
@@ -69,7 +78,21 @@ def background_rows(smooth: np.ndarray, a_px: float, keep: bool = False) -> Call
     coarse = block_mean(smooth, f)
     hc, wc = coarse.shape
     win = max(3, int(math.ceil(1.5 * a_px / f)) | 1)
+    if exclude is not None:
+        out = block_mean(np.asarray(exclude, np.float32), f) > 0.5
+        if out.any():  # grown by a lattice constant: a vacuum mask stops short of the film's edge
+            r = int(math.ceil(EXCLUDE_GROW_A * a_px / f))
+            yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+            out = ndi.binary_dilation(out, structure=yy**2 + xx**2 <= r * r)
+        if out.any() and not out.all():
+            coarse = np.array(coarse, copy=True)  # f == 1: not the caller's image
+            coarse[out] = np.inf
     bg = ndi.minimum_filter(coarse, size=win, mode="nearest")
+    if exclude is not None and not np.isfinite(bg).all():
+        # windows of vacuum only: the nearest film's level
+        bad = ~np.isfinite(bg)
+        near = ndi.distance_transform_edt(bad, return_distances=False, return_indices=True)
+        bg = bg[tuple(near)]
     bg = np.asarray(ndi.gaussian_filter(bg, a_px / f, mode="nearest"), float)
     del coarse
     if f == 1 and bg.shape == smooth.shape:
@@ -140,8 +163,25 @@ class WorkImage:
         return ndi.map_coordinates(self.signal, [p[:, 1], p[:, 0]], order=1, mode="nearest")
 
 
-def _noise_std(img: np.ndarray) -> float:
-    """Robust std of pixel noise: MAD of the difference to the 4-neighbour mean."""
+def _flat_regions(img: np.ndarray, min_area: float) -> np.ndarray | None:
+    """Interior pixels ``(rows - 2, cols - 2)`` of flat regions (each pixel equal to its four
+    neighbours) of at least ``min_area`` px: zero padding, a filled border, clipped vacuum;
+    None where there are none (a clipped column top or hollow is far smaller)."""
+    c = img[1:-1, 1:-1]
+    eq = (c == img[:-2, 1:-1]) & (c == img[2:, 1:-1]) & (c == img[1:-1, :-2]) & (c == img[1:-1, 2:])
+    if eq.sum() < min_area:
+        return None
+    labels, _ = ndi.label(eq)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    big = np.flatnonzero(sizes >= min_area)
+    return np.isin(labels, big) if len(big) else None
+
+
+def _noise_std(img: np.ndarray, min_flat_area: float | None = None) -> float:
+    """Robust std of pixel noise: MAD of the difference to the 4-neighbour mean; with
+    ``min_flat_area`` (px), over the pixels outside flat regions at least that large
+    (:func:`_flat_regions`: padding or a filled border holds no noise to measure)."""
     if min(img.shape) < 3:
         return 0.0
     h, w = img.shape
@@ -152,13 +192,16 @@ def _noise_std(img: np.ndarray) -> float:
         r1 = min(h - 1, r0 + band)
         d[r0 - 1 : r1 - 1] = img[r0:r1, 1:-1] - 0.25 * (img[r0 - 1 : r1 - 1, 1:-1] + img[r0 + 1 : r1 + 1, 1:-1]
                                                         + img[r0:r1, :-2] + img[r0:r1, 2:])
+    flat = _flat_regions(img, min_flat_area) if min_flat_area is not None else None
+    if flat is not None and not flat.all():
+        d = d[~flat]
     d -= np.median(d, overwrite_input=True)
     np.abs(d, out=d)
     mad = float(np.median(d, overwrite_input=True))
     return 1.4826 * mad / math.sqrt(1.25)
 
 
-def work_image(image: np.ndarray, a_px: float) -> WorkImage:
+def work_image(image: np.ndarray, a_px: float, exclude: np.ndarray | None = None) -> WorkImage:
     """Block-average to ~:data:`WORK_PX_PER_A` px per a, smooth, remove the background.
 
     Parameters
@@ -167,6 +210,9 @@ def work_image(image: np.ndarray, a_px: float) -> WorkImage:
         Grey levels, finite.
     a_px : float
         Lattice constant in px of ``image``.
+    exclude : (rows, cols) bool array, optional
+        Pixels that are not film (vacuum): left out of the background, so that columns
+        next to a hole are measured against the film's hollows, not the darker vacuum.
     """
     img = np.asarray(image)
     if not is_exact_counts(img):  # 8/16-bit counts are summed as float32 without a whole copy
@@ -182,10 +228,11 @@ def work_image(image: np.ndarray, a_px: float) -> WorkImage:
     sigma = max(0.6, SMOOTH_A * a_w)
     # white noise of std s becomes s / (2 sqrt(pi) sigma) after the Gaussian (measured
     # first: the block-averaged copy is let go as soon as it is smoothed)
-    noise = _noise_std(small) / (2.0 * math.sqrt(math.pi) * sigma)
+    noise = _noise_std(small, min_flat_area=a_w * a_w) / (2.0 * math.sqrt(math.pi) * sigma)
     signal = ndi.gaussian_filter(small, sigma, mode="nearest")
     del small
-    _background(signal, a_w, subtract=True)  # in place: the smoothed copy becomes the signal
+    ex = None if exclude is None else block_mean(np.asarray(exclude, np.float32), f) > 0.5
+    _background(signal, a_w, subtract=True, exclude=ex)  # in place: the smoothed copy becomes the signal
     return WorkImage(signal=signal, factor=f, a_work=float(a_w), noise=float(noise))
 
 
