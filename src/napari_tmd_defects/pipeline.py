@@ -10,6 +10,8 @@ The stages, in order (each a function below, on the data model of :mod:`.sites`)
 3. :func:`find_sites`       columns -> local lattice -> domains -> sites -> cells
                             (:mod:`.lattice`), boundaries;
 4. :func:`find_vacuum`      holes and film edges, whose cells are left out;
+                            :func:`remeasure_heights` reads the columns against the
+                            film's hollows, not the vacuum;
 5. :func:`detect_hexagons`  CNN-1 hexagons, checked against the sites (support, votes);
 6. :func:`classify_cells`   CNN-2 on every cell, cropped in its own frame (other
                             materials contrast-matched to the networks' one);
