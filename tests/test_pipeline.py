@@ -625,16 +625,13 @@ def test_networks_are_loaded_once_per_weights_file_and_again_when_it_changes(tmp
 
 
 def test_a_nan_border_reads_as_vacuum():
-    # an aligned stack's border: NaN over 30 % of the frame, filled with the frame's own
-    # pixels (its histogram kept), its cells left out
+    # an aligned stack's border: NaN over 30 % of the frame, filled dark, its cells left out
     sim = simulate(shape=384, pixel_size=0.09, defect_fraction=0.1, noise=Noise(12, 20), seed=6)
     img = sim.image.astype(np.float32)
     img[:, :100] = np.nan
     img[:40] = np.nan
     out, warn = prepare_image(img)
-    assert np.isfinite(out).all() and np.isin(out[:40], img[40:, 100:]).all()
-    q = [1, 50, 99]
-    assert np.allclose(np.percentile(out, q), np.nanpercentile(img, q), atol=0.02 * np.nanmax(img))
+    assert np.isfinite(out).all() and out[0, 0] == pytest.approx(np.nanpercentile(img, 1.0))
     assert "aligned stack" in warn[0]
     ref = analyze(sim.image, 0.09, device="cpu")
     res = analyze(img, 0.09, device="cpu")

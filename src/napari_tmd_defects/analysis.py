@@ -615,7 +615,7 @@ def empty_result(shape, material, pixel_size, source, alpha, beta, warnings, low
 
 #: :func:`prepare_image`: non-finite pixels up to this share of the image are dead pixels
 #: (replaced by the median); more, up to :data:`MAX_NONFINITE_FRACTION`, a region (filled
-#: with the frame's own pixels, left out); more than that, an error.
+#: with the dark level, left out); more than that, an error.
 DEAD_PIXEL_FRACTION = 0.05
 MAX_NONFINITE_FRACTION = 0.5
 
@@ -625,9 +625,10 @@ def prepare_image(image: np.ndarray, copy: bool = True) -> tuple[np.ndarray, lis
 
     RGB(A) images are converted to grey; a few non-finite pixels (≤ 5 %: dead pixels) are
     replaced by the median, larger non-finite regions (up to half the image: the border of
-    an aligned stack) by the frame's finite pixels drawn at random (fixed seed; no lattice
-    there, and the histogram the stages normalise by stays the frame's), so they read as
-    vacuum (:func:`~.pipeline.analyze` also leaves their cells out).
+    an aligned stack) by the frame's dark level (its 1st percentile: flat, so no column is
+    found there; the frame's own pixels drawn at random let the column finder build
+    spurious domains in a third of a real frame and read its V dopants as vacancies), so
+    they read as vacuum (:func:`~.pipeline.analyze` also leaves their cells out).
     ``copy=False``: a C-contiguous image that is float32 with all pixels finite, or
     8/16-bit integers (counts, exact in float32: :func:`is_exact_counts`),
     comes back as a read-only view of itself (no second full-size array; nothing can write
@@ -665,7 +666,7 @@ def prepare_image(image: np.ndarray, copy: bool = True) -> tuple[np.ndarray, lis
         if frac > MAX_NONFINITE_FRACTION:
             raise ValueError(f"{frac:.0%} of the image is NaN or infinite; cannot analyse it")
         if frac > DEAD_PIXEL_FRACTION:
-            a[bad] = np.random.default_rng(0).choice(a[~bad], int(bad.sum()))
+            a[bad] = np.percentile(a[~bad], 1.0)
             warnings.append(f"{100 * frac:.0f} % of the image is NaN or infinite (an aligned stack's border?): "
                             "masked, the cells there left out")
         else:
