@@ -639,3 +639,14 @@ def test_a_nan_border_reads_as_vacuum():
     assert 0.5 * ref.n_cells < res.n_cells < 0.8 * ref.n_cells
     s = score_result(res, sim.truth)
     assert s.precision > 0.99 and s.class_accuracy > 0.98
+
+
+def test_the_lattice_is_sought_without_a_nan_border():
+    from napari_tmd_defects.pipeline import _finite_window
+
+    missing = np.zeros((400, 500), bool)
+    missing[:50] = True  # top rows and left columns: an aligned stack's border
+    missing[:, :100] = True
+    assert _finite_window(missing) == (slice(50, 400), slice(100, 500))
+    assert _finite_window(np.ones((400, 500), bool)) is None
+    assert _finite_window(np.zeros((400, 500), bool)) == (slice(0, 400), slice(0, 500))

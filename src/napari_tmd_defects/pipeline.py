@@ -229,8 +229,26 @@ def image_checks(frame: Frame) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- stages
-def check_image(frame: Frame) -> bool:
+def _finite_window(missing: np.ndarray) -> tuple[slice, slice] | None:
+    """The rows and columns of an image that are (nearly: < 5 %) free of ``missing``
+    pixels, as one window (an aligned stack's NaN border cut away); None when it is small."""
+    cols = np.flatnonzero(missing.mean(axis=0) < 0.5)  # then rows, then columns, each within the other
+    if len(cols) < 32:
+        return None
+    rows = np.flatnonzero(missing[:, cols[0]:cols[-1] + 1].mean(axis=1) < 0.05)
+    if len(rows) < 32:
+        return None
+    cols = np.flatnonzero(missing[rows[0]:rows[-1] + 1].mean(axis=0) < 0.05)
+    if len(cols) < 32:
+        return None
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def check_image(frame: Frame, missing: np.ndarray | None = None) -> bool:
     """Lattice constant from the image and the pixel size; False when there is no lattice.
+    ``missing``: pixels that were non-finite in the input (filled flat by
+    :func:`~.analysis.prepare_image`); where the whole frame shows no lattice (a filled
+    border's straight edges swamp the reflections), it is sought in the window without them.
 
     A given pixel size that disagrees with the lattice by more than
     :data:`PIXEL_SIZE_TOLERANCE` is replaced by the lattice's (source ``"lattice"``, with a
@@ -243,6 +261,9 @@ def check_image(frame: Frame) -> bool:
         frame.warnings.append("image too small or constant: no lattice to analyse")
         return False
     lat = _find_lattice(img, frame.material, frame.pixel_size)
+    window = _finite_window(missing) if lat is None and missing is not None else None
+    if window is not None:
+        lat = _find_lattice(img[window], frame.material, frame.pixel_size)
     frame.lattice = lat
     if lat is None:
         frame.warnings.append("no crystal lattice found in the image" if frame.pixel_size is not None else
@@ -1047,9 +1068,10 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
         check_cancel(cancel)
         return out
 
-    if not timed("lattice", check_image, frame, done=5):
+    missing = _non_finite(image)
+    if not timed("lattice", check_image, frame, missing, done=5):
         return frame
-    timed("lattice", check_export, frame, image if np.ndim(image) == 3 else None, _non_finite(image))
+    timed("lattice", check_export, frame, image if np.ndim(image) == 3 else None, missing)
     timed("noise", estimate_noise, frame, done=8)
     timed("sites", find_domains, frame, done=18)
     if hexagons is not None:
