@@ -353,8 +353,9 @@ def check_export(frame: Frame, rgb: np.ndarray | None = None, missing: np.ndarra
     """What the export added (:mod:`.exports`; ``rgb``: the RGB original of a converted
     frame): a warning where the columns look dark (bright field, ABF, inverted contrast);
     burned-in scale bars, labels and marks filled with the frame's other pixels drawn at
-    random in a copy of the image, so no column is found on them, and their cells left out, as those of the
-    ``missing`` pixels (non-finite in the input; :func:`~.analysis.prepare_image` filled them)."""
+    random in a copy of the image, so no column is found on them, and their cells left
+    out, as those of the ``missing`` pixels (non-finite in the input, filled by
+    :func:`~.analysis.prepare_image`)."""
     from .exports import DARK_COLUMNS_POLARITY, annotation_mask, column_polarity, exclusion_zone, fill_annotations
 
     frame.column_polarity = polarity = column_polarity(frame.image, frame.a_px)
@@ -390,11 +391,12 @@ def find_vacuum(frame: Frame) -> None:
 
 
 def remeasure_heights(frame: Frame) -> None:
-    """The sites' column heights measured again with the vacuum (and the masked pixels, which
-    :func:`locate_cells` adds to it) left out of the background (:func:`.lattice.work_image`): next to a hole the background was the
-    vacuum's, darker than the film's hollows, and the columns there read up to ~10 % too
-    bright (on a real V-doped MoS2 frame with a vacuum border most metal sites were then
-    read as another element)."""
+    """The sites' column heights measured again with the vacuum (and the masked pixels,
+    which :func:`locate_cells` adds to it) left out of the background
+    (:func:`.lattice.work_image`): next to a hole the background was the vacuum's, darker
+    than the film's hollows, and the columns within two lattice constants of it read
+    30-40 % too bright (a real V-doped MoS2 frame with a black border then read most of its
+    metal sites as V)."""
     from .lattice import work_image
 
     if frame.vacuum is None or frame.model is None or not len(frame.model.sites):
