@@ -28,7 +28,8 @@ from scipy import ndimage as ndi
 
 from .geometry import block_mean
 
-__all__ = ["annotation_mask", "colour_mask", "column_polarity", "exclusion_zone", "fill_annotations", "flat_maximum_mask"]
+__all__ = ["annotation_mask", "colour_mask", "column_polarity", "exclusion_zone", "fill_annotations",
+           "flat_maximum_mask"]
 
 #: Smallest extent of a flat region's core at the image's maximum taken for an annotation,
 #: in lattice constants ...
