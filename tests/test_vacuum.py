@@ -123,3 +123,27 @@ def test_distance_to_mask_in_bands_of_rows(monkeypatch):
     for band_elements in (40, 120, 1 << 22):  # one row, three rows, the whole mask per band
         monkeypatch.setattr(vacuum, "_EDGE_BAND_ELEMENTS", band_elements)
         assert np.array_equal(vacuum.distance_to_mask(mask, rows, cols), ref)
+
+
+def test_columns_next_to_vacuum_are_read_against_the_film():
+    # a black border (padding, a canvas): the columns are measured against the film's
+    # hollows, not the darker vacuum
+    from scipy.spatial import cKDTree
+
+    from napari_tmd_defects.pipeline import locate_cells
+    from napari_tmd_defects.sites import ROLE_M
+
+    sim = simulate("MoS2:Re0.03", shape=320, pixel_size=0.1, defect_fraction=0.05, seed=4,
+                   noise=Noise(12, 10, background=0.1))
+    img = sim.image.astype(np.float32)
+    img += 0.15 * img.max()  # the film's hollows well above the vacuum (a support, contamination)
+    pad = 60
+    padded = np.pad(img, pad)
+    plain, framed = locate_cells(img, 0.1, "MoS2:Re0.03"), locate_cells(padded, 0.1, "MoS2:Re0.03")
+    assert framed.vacuum is not None and plain.vacuum is None
+    sa, sb = plain.model.sites, framed.model.sites
+    d, j = cKDTree(sb.xy - pad).query(sa.xy)
+    m = (d < 1.0) & (sa.role == ROLE_M) & ~sa.placed & ~sb.placed[j]
+    ratio = sb.height[j[m]] / sa.height[m]
+    assert m.sum() > 100 and np.median(ratio) == pytest.approx(1.0, abs=0.05)
+    # measured against the vacuum, the columns read 25 % brighter (median) and the rim's far more
