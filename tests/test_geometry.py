@@ -299,3 +299,22 @@ def test_rotation_warp_is_float32_without_float64_copies():
                                output_shape=turned.out_shape, order=1, mode="constant", cval=5.0)
     assert out.dtype == np.float32 and np.array_equal(out, ref.astype(np.float32))
     assert peak < 1.5 * out.nbytes  # a float64 canvas alone would be 2x
+
+
+def test_dilate_disk_is_the_full_dilation_by_a_disk():
+    from scipy import ndimage as ndi
+
+    from napari_tmd_defects.geometry import dilate_disk
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((60, 80), bool)
+    mask[rng.integers(5, 55, 6), rng.integers(5, 75, 6)] = True
+    mask[0, 40] = mask[59, 79] = True  # at the edges
+    for radius in (1, 2.0, 3.5, 7):
+        r = int(np.ceil(radius))
+        yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+        full = ndi.binary_dilation(mask, structure=yy**2 + xx**2 <= radius**2)
+        assert np.array_equal(dilate_disk(mask, radius), full)
+    empty = np.zeros((5, 5), bool)
+    assert not dilate_disk(empty, 3).any() and dilate_disk(empty, 3) is not empty
+    assert np.array_equal(dilate_disk(mask, 0.0), mask)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .geometry import block_mean
+from .geometry import block_mean, dilate_disk
 
 __all__ = ["annotation_mask", "colour_mask", "column_polarity", "exclusion_zone", "fill_annotations",
            "flat_maximum_mask"]
@@ -107,24 +107,10 @@ def annotation_mask(image: np.ndarray, a_px: float, rgb: np.ndarray | None = Non
     return mask
 
 
-def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
-    """``mask`` grown by ``radius`` px (a disk), on the mask's bounding box only."""
-    r = int(np.ceil(radius))
-    if r < 1:
-        return mask
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    r0, r1 = max(rows[0] - r, 0), min(rows[-1] + r + 1, mask.shape[0])
-    c0, c1 = max(cols[0] - r, 0), min(cols[-1] + r + 1, mask.shape[1])
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    out = mask.copy()
-    out[r0:r1, c0:c1] = ndi.binary_dilation(mask[r0:r1, c0:c1], structure=yy**2 + xx**2 <= radius**2)
-    return out
-
-
 def exclusion_zone(mask: np.ndarray, a_px: float) -> np.ndarray:
     """The region whose cells are left out for pixels ``mask`` that do not show the
     crystal: the mask grown by :data:`EXCLUSION_MARGIN_A` lattice constants (``a_px``, px)."""
-    return _dilate(mask, max(EXCLUSION_MARGIN_A * a_px, 2.0))
+    return dilate_disk(mask, max(EXCLUSION_MARGIN_A * a_px, 2.0))
 
 
 def fill_annotations(image: np.ndarray, mask: np.ndarray, a_px: float) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +121,7 @@ def fill_annotations(image: np.ndarray, mask: np.ndarray, a_px: float) -> tuple[
     enough to change hundreds of flagged cells on a noisy real frame), and the region whose
     cells are left out (:func:`exclusion_zone`)."""
     filled = np.array(image, dtype=np.float32, copy=True)
-    rim = _dilate(mask, 2.0)
+    rim = dilate_disk(mask, 2.0)
     filled[rim] = np.random.default_rng(0).choice(filled[~rim], int(rim.sum()))
     return filled, exclusion_zone(mask, a_px)
 

@@ -28,9 +28,11 @@ import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from scipy import ndimage as ndi
 
 __all__ = [
     "window_max",
+    "dilate_disk",
     "bbox_of_points",
     "box_iou",
     "cast_hexagons",
@@ -541,6 +543,21 @@ def block_mean(image: np.ndarray, f: int, dtype=None) -> np.ndarray:
         for j in range(1, f):
             o += rows[:, j::f]
     out /= f * f
+    return out
+
+
+def dilate_disk(mask: np.ndarray, radius: float) -> np.ndarray:
+    """``mask`` (bool) grown by a disk of ``radius`` px (the pixels within ``radius`` of it),
+    worked on its bounding box grown by the radius only: the same as over the whole array."""
+    r = int(math.ceil(radius))
+    if r < 1 or not mask.any():
+        return mask.copy()
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    r0, r1 = max(rows[0] - r, 0), min(rows[-1] + r + 1, mask.shape[0])
+    c0, c1 = max(cols[0] - r, 0), min(cols[-1] + r + 1, mask.shape[1])
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    out = mask.copy()
+    out[r0:r1, c0:c1] = ndi.binary_dilation(mask[r0:r1, c0:c1], structure=yy**2 + xx**2 <= radius**2)
     return out
 
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from ..geometry import dilate_disk
 from ..sites import (
     CANONICAL_HOLLOW,
     CANONICAL_PARTNER,
@@ -348,11 +348,9 @@ def boundary_lines(sites: Sites, shape: tuple[int, int], a_px: float) -> tuple[l
     d, k = cKDTree(sites.xy).query(grid, distance_upper_bound=0.9 * a_px)
     lab = np.where(np.isfinite(d), sites.domain[np.minimum(k, len(sites) - 1)], -1).reshape(gx.shape)
     r = max(1, int(round(0.6 * a_px / g)))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    disc = xx * xx + yy * yy <= r * r
     count = np.zeros(lab.shape, np.int64)
     for dm in doms:
-        count += ndi.binary_dilation(lab == dm, structure=disc)
+        count += dilate_disk(lab == dm, r)
     zone = count >= 2
     if not zone.any():
         return [], 0.0

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..geometry import block_mean, is_exact_counts
+from ..geometry import block_mean, dilate_disk, is_exact_counts
 
 __all__ = ["Columns", "WorkImage", "background_rows", "find_columns", "local_background", "work_image"]
 
@@ -80,10 +80,8 @@ def background_rows(smooth: np.ndarray, a_px: float, keep: bool = False, exclude
     win = max(3, int(math.ceil(1.5 * a_px / f)) | 1)
     if exclude is not None:
         out = block_mean(np.asarray(exclude, np.float32), f) > 0.5
-        if out.any():  # grown by a lattice constant: a vacuum mask stops short of the film's edge
-            r = int(math.ceil(EXCLUDE_GROW_A * a_px / f))
-            yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-            out = ndi.binary_dilation(out, structure=yy**2 + xx**2 <= r * r)
+        # grown by a lattice constant: a vacuum mask stops short of the film's edge
+        out = dilate_disk(out, math.ceil(EXCLUDE_GROW_A * a_px / f))
         if out.any() and not out.all():
             coarse = np.array(coarse, copy=True)  # f == 1: not the caller's image
             coarse[out] = np.inf
