@@ -314,6 +314,7 @@ def find_domains(frame: Frame) -> None:
 def complete_sites(frame: Frame) -> None:
     """Sites with local gap filling, cells and boundaries (:func:`.lattice.complete_sites`);
     the pixel size from the measured lattice when none was given."""
+    from .lattice import brighter_ambiguous, x_brighter
     from .lattice import complete_sites as _complete
 
     mat = get_material(frame.material)
@@ -341,12 +342,20 @@ def complete_sites(frame: Frame) -> None:
             f"{len(big)} domains (grains, twin or inversion domains) with boundaries "
             f"{model.boundary_length_px * frame.pixel_size / 10:.1f} nm long: cells on the boundaries are classed "
             "'boundary' and left out of the concentrations")
-    for d in doms:
-        if d.contrast < 0.1 and d.n_sites >= 40 and not d.roles_from_spread:
-            frame.warnings.append(
-                f"domain {d.id}: metal and chalcogen columns are about equally bright (contrast {d.contrast:.2f}); "
-                f"which sublattice is the metal follows the {mat.name} prior and may be wrong")
-            break
+    big = [d for d in doms if d.n_sites >= 40]
+    if brighter_ambiguous(frame.material) and big and not any(d.roles_from_spread for d in big):
+        frame.warnings.append(
+            f"which sublattice is the metal is a guess: the end members of {frame.material} differ in which column "
+            "is brighter and the frame's columns do not show which sublattice is alloyed; the roles follow the "
+            f"equal-share prior (the metal column {'dimmer' if x_brighter(frame.material) else 'brighter'}). Near an "
+            "end member give its formula (e.g. MoSe2, Mo0.9W0.1Se2)")
+    else:
+        for d in big:
+            if d.contrast < 0.1 and not d.roles_from_spread:
+                frame.warnings.append(
+                    f"domain {d.id}: metal and chalcogen columns are about equally bright (contrast "
+                    f"{d.contrast:.2f}); which sublattice is the metal follows the {mat.name} prior and may be wrong")
+                break
 
 
 def check_export(frame: Frame, rgb: np.ndarray | None = None, missing: np.ndarray | None = None) -> None:

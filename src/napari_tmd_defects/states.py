@@ -92,6 +92,11 @@ OUTLIER_SIGMAS = 5.0
 POSTERIOR_VARIANCE_FACTOR = 1.5
 #: Range of the fitted contrast exponent on the species' signal ratios.
 GAMMA_RANGE = (0.5, 2.0)
+#: Contrast exponents with which a fit may name an open metal alloy's most common metal
+#: (:func:`_open_metal_mode`): the calibrated W/Mo column ratio (2.0) within a factor
+#: 1.35 down and 1.8 up. Fits of the right host on held-out frames gave 0.72-1.33 (one
+#: blurred frame 0.53); those naming the wrong one on a real Mo-rich frame 0.50.
+NAMING_GAMMA_RANGE = (0.6, 1.8)
 #: An empty column's level is fitted (within this range, host units) once this many sites
 #: read as empty.
 MIN_EMPTY_SITES = 3
@@ -456,7 +461,7 @@ def _with_gamma(cand: _Candidates, gamma: float, ref: float = 1.0) -> _Candidate
 
 def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fit_gamma: bool = False,
          n_iter: int = 40, clipped: np.ndarray | None = None, mode_state: int | None = None,
-         split_noise: bool = True):
+         split_noise: bool = True, gamma_range: tuple[float, float] = GAMMA_RANGE):
     """EM fit of ``k`` (host level), the state fractions, the host column's relative noise
     and (``fit_gamma``) a contrast exponent ``γ`` on the species' signal ratios: at most
     ``n_iter`` steps, fewer where a step returns its parameters unchanged.
@@ -572,7 +577,7 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
             if fit_gamma and np.sum(cand0.signal > 0) >= 2:
                 # the marginal likelihood over γ (a species the current γ misplaces sits in
                 # the flat component, so the complete-data one would not move it)
-                gammas = np.linspace(*GAMMA_RANGE, 61)
+                gammas = np.linspace(*gamma_range, 61)
                 ref = float(cand0.signal[_most_common(cand0, w)])  # the most common level
                 q = []
                 for g in gammas:
@@ -904,6 +909,33 @@ def _named_share(tried: list, m: int) -> float:
     return 1.0 / (1.0 + sum(math.exp(t[1] - own) for t in tried if t[4] != m))
 
 
+def _open_metal_mode(h: np.ndarray, cand: _Candidates, clipped: np.ndarray | None = None) -> tuple[int, float]:
+    """The most common metal of a layer whose metal shares are open (``(Mo,W)S2``) and the
+    weight its fits keep against those naming another: ``(state index, share)``.
+
+    Each listed metal is tried as the frame's most common column (EM with a free contrast
+    exponent ``γ``). A fit whose ``γ`` leaves :data:`NAMING_GAMMA_RANGE` (where the other
+    metals take :data:`MIN_LEVEL_SITES` sites or more) puts its species
+    at ratios the Z-contrast does not give: on a Mo-rich frame a "W host" fit squeezes Mo up
+    to 0.7 of W (``γ`` 0.5) to take the host's low tail and leaves the real W columns, 2x
+    brighter, as outliers. Such fits are dropped while one inside the range remains. The
+    share is the kept fits' (exp of the log-likelihoods): where no metal keeps
+    :data:`MIN_POSTERIOR` of it (an end member alone, whose one level any metal fits) the
+    frame cannot name its metal.
+    """
+    tried = []
+    for st in np.flatnonzero(cand.atoms == cand.atoms.max()):
+        f = _fit(h, cand, -1, fixed_fractions=False, fit_gamma=True, mode_state=int(st), clipped=clipped)
+        full = (cand.atoms == cand.atoms.max()) & (np.arange(len(cand.names)) != _main_state(f[6], f[2]))
+        # γ places the other metals: it says nothing where they hold a site or two
+        minor = float(np.sum(f[2][full])) * len(h)
+        plausible = minor < MIN_LEVEL_SITES or NAMING_GAMMA_RANGE[0] <= f[4] <= NAMING_GAMMA_RANGE[1]
+        tried.append((plausible, f[3], f, 0.0, _main_state(f[6], f[2]), int(st)))
+    kept = [t for t in tried if t[0]] or tried
+    best = max(kept, key=lambda t: t[1])
+    return best[5], _named_share(kept, best[4])
+
+
 def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | None = None,
                      voltage_kv: float = 80.0, image: np.ndarray | None = None,
                      site_head=None) -> SiteStates:
@@ -976,6 +1008,13 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
     # per metal site: the grey level of one W atom's own signal in its fit (the host level
     # less the empty column's, over the calibrated signal)
     w_metal = np.full(n, np.nan)
+    # open metal shares: the frame's most common metal, named once for all its domains
+    metal_mode, metal_share = None, 1.0
+    if open_alloy[ROLE_M]:
+        sel_m = (s.role == ROLE_M) & counted
+        if sel_m.sum() >= MIN_SITES_PER_FIT:
+            metal_mode, metal_share = _open_metal_mode(height[sel_m], cands[ROLE_M],
+                                                       clipped[sel_m] if clipped.any() else None)
     for role, rname in ((ROLE_M, "M"), (ROLE_X, "X")):
         cand0 = cand = cands[role]
         hi = cand.names.index(hosts[role])
@@ -1049,7 +1088,8 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             else:
                 k, sd_host, w, _, gamma, vac, cand = _fit(height[fit_sel], cand0, -1 if open_alloy[role] else hi,
                                                           fixed_fractions=fixed, fit_gamma=role == ROLE_M,
-                                                          clipped=clipped[fit_sel] if clipped.any() else None)
+                                                          clipped=clipped[fit_sel] if clipped.any() else None,
+                                                          mode_state=metal_mode if role == ROLE_M else None)
             if cand.empty_from_levels:
                 w = _missing_floor(w, cand)
             post, zmin = _posterior(height[sel], k, sd_host, w, cand, vac, widen,
@@ -1073,6 +1113,8 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             several = np.array([np.sum(cand.atoms == a) > 1 for a in counts])[np.searchsorted(counts, atoms)]
             vague = np.where(role == ROLE_M, "metal?", np.where(atoms == 2, "2 atoms?", "1 atom?"))
             names = np.where(several & (p_species < MIN_POSTERIOR), vague, names).astype(object)
+            if role == ROLE_M and metal_share < MIN_POSTERIOR:  # which metal the frame's columns are
+                names = np.where(atoms > 0, vague, names).astype(object)
             if label_p < MIN_POSTERIOR:  # which pair the frame's columns are is not settled
                 names = np.where(atoms > 0, vague, names).astype(object)
                 out.notes.append(
@@ -1115,6 +1157,8 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             out.contrast_exponent = round(gamma, 3)
         # an open alloy's host is its most common full column, the formula's first otherwise
         out.host[rname] = str(cand.names[_main_state(cand, w)]) if open_alloy[role] else hosts[role]
+        if role == ROLE_M and metal_share < MIN_POSTERIOR:
+            out.host[rname] = "metal?"
         out.sigma[rname] = sd_host
         out.empty_level[rname] = float(vac[0])
         out.w_atom_level[rname] = k / k_scale / host_abs[role]
@@ -1128,6 +1172,10 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         min_post = np.where(strict[role] & (cand.atoms < cand.atoms.max()), MIN_VACANCY_POSTERIOR, MIN_POSTERIOR)
         out.detection_limits[rname] = _detection_limits(k, sd_host, w, cand, hi, n_host,
                                                         n_sites * area_nm2 * 1e-14, n_sites, vac, widen, min_post)
+    if metal_share < MIN_POSTERIOR:
+        out.notes.append(f"which metal the most common column is cannot be told in this frame (the best fit's "
+                         f"keeps {100 * metal_share:.0f} % of the weight): its metal columns are read as present "
+                         "(metal?) or vacant, not by species")
     n_clip = int(np.sum(clipped & counted))
     if n_clip:
         out.notes.append(f"{n_clip} metal columns are cut flat by the image's ceiling (a clipped export): read as "

@@ -132,3 +132,24 @@ def test_a_binary_keeps_its_prior_where_metal_and_chalcogen_are_equally_bright()
     st = find_domains(sim.image, sim.truth.a_px, "MoSe2")
     assert st.mixed is None and not any(d.roles_from_spread for d in st.domains)
     assert _role_accuracy(st, sim.truth)[0] > 0.98
+
+
+@pytest.mark.parametrize("material, ambiguous", [("(Mo,W)Se2", True), ("MoS2(1-x)Se2x", True),
+                                                 ("(Mo,W)(S,Se)2", True), ("(Mo,W)S2", False),
+                                                 ("WS2(1-x)Se2x", False), ("Mo0.5W0.5Se2", False), ("MoSe2", False)])
+def test_open_shares_whose_end_members_disagree_on_the_brighter_column(material, ambiguous):
+    from napari_tmd_defects.lattice import brighter_ambiguous
+
+    assert brighter_ambiguous(material) is ambiguous
+
+
+def test_a_guessed_metal_sublattice_is_warned_of():
+    """Pure MoSe2 analysed as (Mo,W)Se2: the end members differ in which column is brighter
+    and nothing in the frame shows the alloyed sublattice: the roles are a guess, and said so."""
+    from napari_tmd_defects.pipeline import analyze
+
+    sim = simulate("MoSe2", 288, 0.1, defect_fraction=0.05, seed=4, noise=Noise(15, 20))
+    res = analyze(sim.image, 0.1, "(Mo,W)Se2", use_detector=False)
+    assert any("which sublattice is the metal is a guess" in w for w in res.warnings)
+    assert not any("which sublattice is the metal is a guess" in w
+                   for w in analyze(sim.image, 0.1, "MoSe2", use_detector=False).warnings)

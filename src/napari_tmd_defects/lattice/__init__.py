@@ -31,7 +31,7 @@ from .columns import Columns, WorkImage, find_columns, work_image
 from .domains import apply_hollow_votes, assign_domains, mixed_sublattice, roles_by_spread
 from .graph import LatticeGraph, index_columns
 
-__all__ = ["LatticeState", "complete_sites", "find_domains", "find_sites", "measured_a", "x_brighter", "WorkImage",
+__all__ = ["LatticeState", "brighter_ambiguous", "complete_sites", "find_domains", "find_sites", "measured_a", "x_brighter", "WorkImage",
            "work_image"]
 
 #: Z exponent of the material prior that says which sublattice is brighter.
@@ -48,6 +48,20 @@ def x_brighter(material: str) -> bool:
 
     table = {**METALS, **CHALCOGENS}
     return 2.0 * mean_z(comp.chalcogens) > mean_z(comp.metals)
+
+
+def brighter_ambiguous(material: str) -> bool:
+    """True when ``material`` leaves shares open (``(Mo,W)Se2``, ``MoS2(1-x)Se2x``) and its
+    end members disagree on which full column is brighter (Z^1.7): MoSe2's chalcogen, WSe2's
+    metal. The prior of :func:`x_brighter` (equal shares) is then a guess; only the site
+    spread of an alloyed sublattice can settle it (:func:`.domains.roles_by_spread`)."""
+    comp = parse_composition(material if isinstance(material, str) else get_material(material).name)
+    if all(f is not None for _, f in comp.metals + comp.chalcogens):
+        return False
+    table = {**METALS, **CHALCOGENS}
+    signs = {2.0 * table[x] ** PRIOR_Z_EXPONENT > table[m] ** PRIOR_Z_EXPONENT
+             for m, _ in comp.metals for x, _ in comp.chalcogens}
+    return len(signs) > 1
 
 
 def measured_a(sites) -> float | None:
