@@ -147,3 +147,46 @@ def test_columns_next_to_vacuum_are_read_against_the_film():
     ratio = sb.height[j[m]] / sa.height[m]
     assert m.sum() > 100 and np.median(ratio) == pytest.approx(1.0, abs=0.05)
     # measured against the vacuum, the columns read 25 % brighter (median) and the rim's far more
+
+
+def test_a_flat_dark_border_is_vacuum_to_its_edge():
+    """Zero padding next to a film well above zero: the step carries power at the lattice
+    frequencies, so the lattice amplitude leaves much of the pad unmasked; the flat region
+    is masked to within a block of its edge."""
+    from napari_tmd_defects.vacuum import flat_vacuum
+
+    sim = simulate("MoS2", shape=256, pixel_size=0.1, defect_fraction=0.0, seed=1, noise=Noise(12, 10))
+    img = sim.image.astype(np.float32) + 0.15 * float(sim.image.max())
+    padded = np.pad(img, 64)
+    flat = flat_vacuum(padded, sim.truth.a_px)
+    pad = np.ones(padded.shape, bool)
+    pad[64:-64, 64:-64] = False
+    assert flat is not None and not flat[~pad].any()
+    assert flat[pad].mean() > 0.97
+
+
+@pytest.mark.parametrize("material", ["MoS2", "WSe2"])
+def test_hollows_clipped_at_zero_are_not_vacuum(material):
+    """A background-subtracted 8-bit export clips the hollows (and faint chalcogen columns)
+    at zero: flat dark pixels linked between the columns, with no room for the disk a
+    padded border holds."""
+    from napari_tmd_defects.vacuum import flat_vacuum
+
+    sim = simulate(material, shape=256, pixel_size=0.1, defect_fraction=0.05, seed=2, noise=Noise(30, 5))
+    img = sim.image.astype(np.float64)
+    for q in (50, 70):  # the chalcogen columns clipped too at the 70th percentile
+        clipped = np.clip((img - np.percentile(img, q)) / np.ptp(img) * 255, 0, 255).astype(np.uint8)
+        assert (clipped == 0).mean() > 0.4
+        assert flat_vacuum(clipped, sim.truth.a_px) is None
+
+
+def test_a_padded_doped_frame_reads_its_dopants_as_without_the_pad():
+    """MoS2:Re with its film 15 % of the peak above a zero pad: read as without the pad (the
+    rim's metal columns read 20 Re before: the site-state head's patches took the pad's
+    zero as their low level, and the vacuum mask covered a fifth of the pad)."""
+    sim = simulate("MoS2:Re0.02", 320, 0.1, defect_fraction=0.05, seed=1, noise=Noise(20, 10))
+    img = sim.image.astype(np.float32)
+    img = img - img.min() + 0.15 * (img.max() - img.min())
+    counts = [analyze(a, 0.1, "MoS2:Re0.02").site_state_counts()["M"].get("Re", 0) for a in (img, np.pad(img, 64))]
+    n_re = int(np.sum(sim.truth.cell_m_z[sim.truth.interior] == 75))
+    assert abs(counts[1] - counts[0]) <= 2 and counts[1] <= n_re + 3

@@ -386,12 +386,16 @@ def check_export(frame: Frame, rgb: np.ndarray | None = None, missing: np.ndarra
 
 
 def find_vacuum(frame: Frame) -> None:
-    """Vacuum from the local lattice amplitude of every domain orientation (:mod:`.vacuum`)."""
-    from .vacuum import domain_lattices, vacuum_mask
+    """Vacuum from the local lattice amplitude of every domain orientation, and flat dark
+    regions (padding, a black canvas: :func:`.vacuum.flat_vacuum`) (:mod:`.vacuum`)."""
+    from .vacuum import domain_lattices, flat_vacuum, vacuum_mask
 
     model = frame.model
     lattices = domain_lattices(model) if model is not None and model.domains else [frame.lattice]
     mask = vacuum_mask(frame.image, lattices)
+    flat = flat_vacuum(frame.image, frame.a_px)
+    if flat is not None:
+        mask |= flat
     if not mask.any():
         return
     frame.vacuum = mask
@@ -912,6 +916,21 @@ def reading_confidence(states, cells, labels: np.ndarray, temperature: float | N
     return np.where(np.asarray(labels) >= 0, calibrated_reading(p_m, p_x, temperature), 0.0)
 
 
+def head_image(image: np.ndarray, vacuum: np.ndarray) -> np.ndarray:
+    """A copy of ``image`` with the ``vacuum`` (and masked) pixels at the film's low level
+    (:data:`~.sitehead.BACKGROUND_PERCENTILE` of the film's pixels) for the site-state head:
+    each of its patches subtracts its own low level, which a patch reaching into a black
+    border takes from the border, reading the columns next to it too bright."""
+    from .sitehead import BACKGROUND_PERCENTILE
+
+    film = image[~vacuum]
+    if not film.size:
+        return image
+    out = np.array(image, dtype=np.float32, copy=True)
+    out[vacuum] = np.float32(np.percentile(film, BACKGROUND_PERCENTILE))
+    return out
+
+
 def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
                 probabilities: np.ndarray | None = None,
                 x_unresolved: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -948,7 +967,10 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
 
     model = frame.model
     c, n = model.cells, len(model.cells)
-    st = read_site_states(model, frame.material, image=frame.image, site_head=frame.site_head)
+    image = frame.image
+    if frame.site_head is not None and frame.vacuum is not None and frame.vacuum.any():
+        image = head_image(frame.image, frame.vacuum)
+    st = read_site_states(model, frame.material, image=image, site_head=frame.site_head)
     frame.states = st
     info: dict[str, Any] = {}
     if not n:

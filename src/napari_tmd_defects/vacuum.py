@@ -20,7 +20,8 @@ from scipy import ndimage as ndi
 
 from .geometry import LatticeEstimate, block_mean, nearest_pixel
 
-__all__ = ["distance_to_mask", "domain_lattices", "grow_into_empty_cells", "lattice_amplitude", "vacuum_mask", "VACUUM_THRESHOLD"]
+__all__ = ["distance_to_mask", "domain_lattices", "flat_vacuum", "grow_into_empty_cells", "lattice_amplitude",
+           "vacuum_mask", "VACUUM_THRESHOLD"]
 
 #: Vacuum where the lattice amplitude is below this fraction of the crystal's.
 VACUUM_THRESHOLD = 0.3
@@ -225,6 +226,86 @@ def vacuum_mask(image: np.ndarray, lattice: LatticeEstimate | list[LatticeEstima
     keep = sizes >= min_cells * cell_area
     keep[0] = False
     return _to_image(keep[lab], f, shape)
+
+
+#: A flat dark region is vacuum where disks of this radius (lattice constants) fit in it:
+#: a background-subtracted export's hollows clipped at zero link up between the columns
+#: (even where the chalcogen columns are clipped too, the largest empty disk between metal
+#: columns is ~0.3 a), padding, a canvas or a filled border holds far larger ones.
+FLAT_VACUUM_RADIUS_A = 0.5
+
+
+def flat_vacuum(image: np.ndarray, a_px: float, radius_a: float = FLAT_VACUUM_RADIUS_A) -> np.ndarray | None:
+    """Boolean mask (image shape) of the flat dark regions of ``image`` (every pixel equal to
+    its four neighbours, below the median of the rest) that disks of ``radius_a`` lattice
+    constants fit in, with at least :data:`MIN_VACUUM_CELLS` unit cells of area: zero
+    padding, a black canvas, a filled border. None where there are none.
+
+    :func:`vacuum_mask` finds a hole by its missing lattice; next to a sharp, high-contrast
+    step into padding the step itself carries power at the lattice frequencies and the
+    amplitude stays up over much of the pad. Worked on blocks of about a third of the
+    radius (a block is flat where all its pixels are): the opening and the regions on the
+    block grid, the flat test at full resolution, in bands of rows; the blocks around a
+    region add their pixels at its values (its edge to the pixel).
+    """
+    img = np.asarray(image)
+    h, w = img.shape
+    r_px = radius_a * a_px
+    if min(h, w) < 3 or r_px < 1:
+        return None
+    b = max(1, int(r_px // 3))
+    # a disk of the radius holds several points of the block grid, all alike: none alike, no region
+    s = img[::b, ::b]
+    if not np.any((s[1:, 1:] == s[:-1, 1:]) & (s[1:, 1:] == s[1:, :-1])):
+        return None
+    hb, wb = -(-h // b), -(-w // b)
+    blocks = np.ones((hb, wb), bool)
+    band = max(b, ((1 << 20) // w) // b * b)
+    for r0 in range(0, h, band):
+        r1 = min(h, r0 + band)
+        s0, s1 = max(r0 - 1, 0), min(r1 + 1, h)
+        c = img[s0:s1]
+        eq = np.ones(c.shape, bool)
+        eq[1:] &= c[1:] == c[:-1]
+        eq[:-1] &= c[:-1] == c[1:]
+        eq[:, 1:] &= c[:, 1:] == c[:, :-1]
+        eq[:, :-1] &= c[:, :-1] == c[:, 1:]
+        eq = eq[r0 - s0 : r0 - s0 + (r1 - r0)]
+        pad_r, pad_c = -(-(r1 - r0) // b) * b - (r1 - r0), wb * b - w
+        if pad_r or pad_c:
+            eq = np.pad(eq, ((0, pad_r), (0, pad_c)), mode="edge")
+        blocks[r0 // b : r0 // b + eq.shape[0] // b] &= eq.reshape(eq.shape[0] // b, b, wb, b).all(axis=(1, 3))
+    if not blocks.any():
+        return None
+    film = s[:hb, :wb][~blocks]
+    if not film.size:
+        return None
+    blocks &= s[:hb, :wb] < np.median(film)
+    rb = r_px / b
+    k = int(math.ceil(rb))
+    yy, xx = np.mgrid[-k : k + 1, -k : k + 1]
+    opened = ndi.binary_opening(blocks, structure=yy**2 + xx**2 <= rb**2)
+    if not opened.any():
+        return None
+    lab, n = ndi.label(opened)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1) * float(b * b)
+    keep = sizes >= MIN_VACUUM_CELLS * math.sqrt(3) / 2 * a_px**2
+    keep[0] = False
+    if not keep.any():
+        return None
+    kept = keep[lab]
+    # the blocks that straddle the region's edge: their pixels at the region's values
+    values = np.unique(s[:hb, :wb][kept])
+    grown = ndi.binary_dilation(kept, structure=np.ones((3, 3), bool))
+    out = np.repeat(np.repeat(grown, b, axis=0), b, axis=1)[:h, :w]
+    if len(values) <= 8:
+        same = np.zeros((h, w), bool)
+        for v in values:
+            same |= img == v
+        out &= same
+    else:
+        out = np.repeat(np.repeat(kept, b, axis=0), b, axis=1)[:h, :w]
+    return out
 
 
 def domain_lattices(model, tolerance_deg: float = 3.0) -> list[LatticeEstimate]:
