@@ -89,12 +89,14 @@ class LatticeState:
     notes: list[str] = field(default_factory=list)
     #: the sublattice the composition mixes ("M", "X"; None: neither or an explicit prior)
     mixed: str | None = None
+    #: the formula's end members disagree on the brighter column (:func:`brighter_ambiguous`)
+    ambiguous: bool = False
 
     def check_hollows(self, points: np.ndarray) -> list[str]:
         """Let points on hollow sites (hexagon centres) check the domains' roles
         (:func:`.domains.apply_hollow_votes`)."""
         notes = apply_hollow_votes(self.graph, self.domain, self.role, self.domains, points, self.x_brighter,
-                                   self.work.noise, work=self.work, mixed=self.mixed)
+                                   self.work.noise, work=self.work, mixed=self.mixed, ambiguous=self.ambiguous)
         self.notes.extend(notes)
         return notes
 
@@ -126,9 +128,10 @@ def find_domains(image: np.ndarray, a_px: float, material: str = "MoTe2", *, wor
     prior = x_brighter(material) if x_is_brighter is None else bool(x_is_brighter)
     domain, role, domains = assign_domains(graph, work, prior)
     mixed = mixed_sublattice(material, PRIOR_Z_EXPONENT) if x_is_brighter is None else None
-    notes = roles_by_spread(graph, work, domain, role, domains, mixed)
+    ambiguous = x_is_brighter is None and brighter_ambiguous(material)
+    notes = roles_by_spread(graph, work, domain, role, domains, mixed, ambiguous)
     return LatticeState(shape=tuple(img.shape), work=work, columns=cols, graph=graph, domain=domain, role=role,
-                        domains=domains, x_brighter=prior, notes=notes, mixed=mixed)
+                        domains=domains, x_brighter=prior, notes=notes, mixed=mixed, ambiguous=ambiguous)
 
 
 def complete_sites(state: LatticeState) -> SiteModel:

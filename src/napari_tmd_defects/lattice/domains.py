@@ -59,6 +59,20 @@ MIN_SPREAD_Z = 2.5
 #: ... measured on at least this many sites of each class (bootstrap resamples for the error).
 MIN_SPREAD_SITES = 30
 SPREAD_BOOTSTRAP = 200
+#: Where a formula's end members disagree on the brighter column (open shares,
+#: :func:`~napari_tmd_defects.lattice.brighter_ambiguous`), the class whose upper tail
+#: ((q95 - q50) / (q75 - q50) of its site intensities) is at least this many times the
+#: other's ...
+MIN_TAIL_RATIO = 2.0
+#: ... and this many standard errors (bootstrap) above it is the alloyed sublattice, at any
+#: contrast: a heavier minority (W in a Mo-rich (Mo,W)Se2) stretches that tail; noise
+#: stretches it as much as the upper quartile, vacancies and lighter species neither. On
+#: (Mo,W)Se2 frames of 0-100 % W (paper, realistic, hard presets) the other frames' tails
+#: stayed within a factor 1.95 of each other; the Mo-rich ones' stood up to 40x apart (the
+#: q95 of ~100 sites is noisy: z 1.7-6.9 where the ratio exceeded 2).
+MIN_TAIL_Z = 1.8
+#: ``(q95 - q50) / (q75 - q50)`` of a Gaussian.
+GAUSS_UPPER_TAIL = 1.6449 / 0.6745
 
 _NORM2 = FINE_OFFSETS[:, 0] ** 2 + FINE_OFFSETS[:, 1] ** 2 + FINE_OFFSETS[:, 0] * FINE_OFFSETS[:, 1]
 SHELL1 = FINE_OFFSETS[_NORM2 == 1]
@@ -510,6 +524,58 @@ def _spread_z(a: np.ndarray, b: np.ndarray, n_boot: int = SPREAD_BOOTSTRAP, max_
     return d / max(float(np.std(boot)), 1e-9)
 
 
+def _upper_spread_z(a: np.ndarray, b: np.ndarray, n_boot: int = SPREAD_BOOTSTRAP,
+                    max_sites: int = 2000) -> tuple[float, float, float]:
+    """How much longer the upper tail of ``a`` is than that of ``b``: the log ratio of their
+    ``(q95 - q50) / (q75 - q50)``, that ratio in standard errors from a bootstrap (fixed
+    seed; at most ``max_sites`` values of each), and the log ratio of the longer one to a
+    Gaussian's (:data:`GAUSS_UPPER_TAIL`)."""
+    rng = np.random.default_rng(0)
+    a, b = (v if len(v) <= max_sites else rng.choice(v, max_sites, replace=False) for v in (a, b))
+
+    def log_upper(v: np.ndarray) -> np.ndarray:
+        q50, q75, q95 = np.percentile(v, [50.0, 75.0, 95.0], axis=-1)
+        return np.log(np.maximum(q95 - q50, 1e-12) / np.maximum(q75 - q50, 1e-12))
+
+    la, lb = float(log_upper(a)), float(log_upper(b))
+    boot = log_upper(a[rng.integers(0, len(a), (n_boot, len(a)))]) - log_upper(b[rng.integers(0, len(b), (n_boot, len(b)))])
+    return la - lb, (la - lb) / max(float(np.std(boot)), 1e-9), max(la, lb) - math.log(GAUSS_UPPER_TAIL)
+
+
+def _swap_roles(graph: LatticeGraph, domain: np.ndarray, role: np.ndarray, d: Domain) -> None:
+    """Domain ``d``'s metal and chalcogen classes trade roles (``role`` updated in place)."""
+    h_cls = 3 - d.x_class - d.m_class
+    new_x = d.m_class
+    b_cls = max((d.x_class, d.m_class), key=lambda k: d.class_levels[k])
+    set_roles(d, d.class_levels, h_cls, new_x == b_cls)
+    members = np.flatnonzero(domain == d.id)
+    role[members] = _roles_of(graph.sublattice()[members], d)
+
+
+def _tail_decides(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, role: np.ndarray, d: Domain,
+                  mixed: str | None) -> bool:
+    """Where the formula cannot say which column is brighter, let the class whose sites
+    have the clearly longer upper tail (:data:`MIN_TAIL_RATIO` times the other's and a
+    Gaussian's, :data:`MIN_TAIL_Z`) be the ``mixed`` sublattice (swapping the roles if
+    needed). Returns True when it decided."""
+    if mixed not in ("M", "X") or d.class_levels is None:
+        return False
+    members = np.flatnonzero(domain == d.id)
+    hx = _class_site_heights(graph, work, members, d.x_class)
+    hm = _class_site_heights(graph, work, members, d.m_class)
+    if min(len(hx), len(hm)) < MIN_SPREAD_SITES or np.median(hx) <= 0 or np.median(hm) <= 0:
+        return False
+    lr, z, excess = _upper_spread_z(hm, hx)  # lr > 0: the metal class's upper tail is the longer
+    # the longer tail also stands out of a Gaussian's by the same factor (a minority of a
+    # quarter or more moves the upper quartile too and shortens its own class's ratio)
+    if min(abs(lr), excess) < math.log(MIN_TAIL_RATIO) or abs(z) < MIN_TAIL_Z:
+        return False
+    if (lr > 0) != (mixed == "M"):
+        _swap_roles(graph, domain, role, d)
+    d.roles_from_spread = True
+    return True
+
+
 def _spread_decides(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, role: np.ndarray, d: Domain,
                     mixed: str | None) -> bool:
     """Where domain ``d``'s two occupied classes are about equally bright, let the one whose
@@ -527,17 +593,13 @@ def _spread_decides(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, ro
         return False
     m_broader = z > 0
     if m_broader != (mixed == "M"):
-        h_cls = 3 - d.x_class - d.m_class
-        new_x = d.m_class  # the classes trade roles
-        b_cls = max((d.x_class, d.m_class), key=lambda k: d.class_levels[k])
-        set_roles(d, d.class_levels, h_cls, new_x == b_cls)
-        role[members] = _roles_of(graph.sublattice()[members], d)
+        _swap_roles(graph, domain, role, d)
     d.roles_from_spread = True
     return True
 
 
 def roles_by_spread(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, role: np.ndarray,
-                    domains: list[Domain], mixed: str | None) -> list[str]:
+                    domains: list[Domain], mixed: str | None, ambiguous: bool = False) -> list[str]:
     """Metal or chalcogen by the site-to-site spread where intensity cannot tell.
 
     In a domain whose two occupied classes are closer than :data:`MIN_SWAP_MARGIN` (the
@@ -546,17 +608,23 @@ def roles_by_spread(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, ro
     intensities spread more (interquartile range relative to the median, at least
     :data:`MIN_SPREAD_Z` standard errors more, on :data:`MIN_SPREAD_SITES` sites or more of
     each) is that sublattice.
+    Where the formula's end members disagree on the brighter column (``ambiguous``), at
+    any contrast the class with the clearly longer upper tail of site intensities is that
+    sublattice (:func:`_tail_decides`).
     Updates ``role`` and ``domains`` in place (``roles_from_spread``); returns notes.
     """
     notes = []
+    what = "metal" if mixed == "M" else "chalcogen"
     for d in domains:
         before = d.m_class
+        flipped = " (not the material's prior)"
         if _spread_decides(graph, work, domain, role, d, mixed):
-            what = "metal" if mixed == "M" else "chalcogen"
             notes.append(f"domain {d.id}: metal and chalcogen columns are about equally bright (contrast "
                          f"{d.contrast:.2f}); the {what} sublattice is the one whose columns vary more from site "
-                         "to site (the composition mixes it)" + (" (not the material's prior)" if d.m_class != before
-                                                                 else ""))
+                         "to site (the composition mixes it)" + (flipped if d.m_class != before else ""))
+        elif ambiguous and _tail_decides(graph, work, domain, role, d, mixed):
+            notes.append(f"domain {d.id}: the {what} sublattice is the one with a tail of brighter columns (a "
+                         "heavier species of the alloy)" + (flipped if d.m_class != before else ""))
     return notes
 
 
@@ -586,7 +654,7 @@ def hollow_votes(graph: LatticeGraph, domain: np.ndarray, points: np.ndarray,
 def apply_hollow_votes(graph: LatticeGraph, domain: np.ndarray, role: np.ndarray, domains: list[Domain],
                        points: np.ndarray, x_brighter: bool, noise: float, *, min_votes: int = 10,
                        min_share: float = 0.7, min_sigmas: float = 3.0, work: WorkImage | None = None,
-                       mixed: str | None = None) -> list[str]:
+                       mixed: str | None = None, ambiguous: bool = False) -> list[str]:
     """Let hexagon centres (the hollows of 2DIP-Net's hexagons) check each domain's hollows.
 
     Where most of a domain's hexagons sit on another class than the intensities made the
@@ -617,8 +685,8 @@ def apply_hollow_votes(graph: LatticeGraph, domain: np.ndarray, role: np.ndarray
             d.hexagons_on_hollows = float(v[top] / v.sum())
             d.roles_from_hexagons = True
             d.roles_from_spread = False
-            if work is not None:
-                _spread_decides(graph, work, domain, role, d, mixed)
+            if work is not None and not _spread_decides(graph, work, domain, role, d, mixed) and ambiguous:
+                _tail_decides(graph, work, domain, role, d, mixed)
             notes.append(f"domain {d.id}: the intensities could not tell the hollow sites; taken from the "
                          f"hexagon detector ({100 * d.hexagons_on_hollows:.0f} % of its hexagons there)")
         else:
