@@ -909,7 +909,8 @@ def _named_share(tried: list, m: int) -> float:
     return 1.0 / (1.0 + sum(math.exp(t[1] - own) for t in tried if t[4] != m))
 
 
-def _open_metal_mode(h: np.ndarray, cand: _Candidates, clipped: np.ndarray | None = None) -> tuple[int, float]:
+def _open_metal_mode(h: np.ndarray, cand: _Candidates, clipped: np.ndarray | None = None,
+                     host_level: float | None = None) -> tuple[int, float]:
     """The most common metal of a layer whose metal shares are open (``(Mo,W)S2``) and the
     weight its fits keep against those naming another: ``(state index, share)``.
 
@@ -921,7 +922,11 @@ def _open_metal_mode(h: np.ndarray, cand: _Candidates, clipped: np.ndarray | Non
     brighter, as outliers. Such fits are dropped while one inside the range remains. The
     share is the kept fits' (exp of the log-likelihoods): where no metal keeps
     :data:`MIN_POSTERIOR` of it (an end member alone, whose one level any metal fits) the
-    frame cannot name its metal.
+    frame cannot name its metal. ``host_level``: where the chalcogen columns are one
+    species, the grey level of a column of the host metal (``cand`` levels' 1) as their
+    calibrated ratio puts it; each fit's score then carries a log-normal prior (σ
+    :data:`METAL_RATIO_SIGMA`) on its own host level against it (Mo and W columns stand a
+    factor 2 apart against S2: an end member alone is named where the ratio holds).
     """
     tried = []
     for st in np.flatnonzero(cand.atoms == cand.atoms.max()):
@@ -930,7 +935,11 @@ def _open_metal_mode(h: np.ndarray, cand: _Candidates, clipped: np.ndarray | Non
         # γ places the other metals: it says nothing where they hold a site or two
         minor = float(np.sum(f[2][full])) * len(h)
         plausible = minor < MIN_LEVEL_SITES or NAMING_GAMMA_RANGE[0] <= f[4] <= NAMING_GAMMA_RANGE[1]
-        tried.append((plausible, f[3], f, 0.0, _main_state(f[6], f[2]), int(st)))
+        prior = 0.0
+        own = f[0] * (1.0 - float(np.clip(f[5][0], 0.0, 0.9)))
+        if host_level is not None and host_level > 0 and own > 0:
+            prior = -0.5 * (math.log(own / host_level) / METAL_RATIO_SIGMA) ** 2
+        tried.append((plausible, f[3] + prior, f, 0.0, _main_state(f[6], f[2]), int(st)))
     kept = [t for t in tried if t[0]] or tried
     best = max(kept, key=lambda t: t[1])
     return best[5], _named_share(kept, best[4])
@@ -1012,9 +1021,16 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
     metal_mode, metal_share = None, 1.0
     if open_alloy[ROLE_M]:
         sel_m = (s.role == ROLE_M) & counted
+        sel_x = (s.role == ROLE_X) & counted
+        scale = None  # one chalcogen species: the grey level of its calibrated unit signal
+        if len(comp.chalcogens) == 1 and sel_x.sum() >= MIN_SITES_PER_FIT:
+            cx = cands[ROLE_X]
+            fx = _fit(height[sel_x], cx, cx.names.index(hosts[ROLE_X]), fixed_fractions=True)
+            scale = fx[0] * (1.0 - float(np.clip(fx[5][0], 0.0, 0.9))) / host_abs[ROLE_X]
         if sel_m.sum() >= MIN_SITES_PER_FIT:
             metal_mode, metal_share = _open_metal_mode(height[sel_m], cands[ROLE_M],
-                                                       clipped[sel_m] if clipped.any() else None)
+                                                       clipped[sel_m] if clipped.any() else None,
+                                                       None if scale is None else scale * host_abs[ROLE_M])
     for role, rname in ((ROLE_M, "M"), (ROLE_X, "X")):
         cand0 = cand = cands[role]
         hi = cand.names.index(hosts[role])
