@@ -14,7 +14,9 @@ above the hollow background) with the levels the states would give:
    column intensities, started from every candidate for the dominant level, the best
    likelihood kept; the composition's fractions are a prior, open ones (``x``) are fitted
    and reported; an open chalcogen alloy's one level is named with the help of the metal
-   columns (:data:`METAL_RATIO_SIGMA`), or its species are not read. The noise grows with
+   columns (:data:`METAL_RATIO_SIGMA`), or its species are not read; an open metal
+   alloy's most common metal is named once per frame (:func:`_open_metal_mode`), or its
+   metal columns read ``metal?``. The noise grows with
    the signal (:data:`FLAT_NOISE_SHARE`; a chalcogen column's far less,
    :data:`CHALCOGEN_FLAT_NOISE_SHARE`); a metal column is at least as noisy as the frame's
    fitted empty columns (a light dopant's dim column is not a confident vacancy where the
@@ -94,8 +96,8 @@ POSTERIOR_VARIANCE_FACTOR = 1.5
 GAMMA_RANGE = (0.5, 2.0)
 #: Contrast exponents with which a fit may name an open metal alloy's most common metal
 #: (:func:`_open_metal_mode`): the calibrated W/Mo column ratio (2.0) within a factor
-#: 1.35 down and 1.8 up. Fits of the right host on held-out frames gave 0.72-1.33 (one
-#: blurred frame 0.53); those naming the wrong one on a real Mo-rich frame 0.50.
+#: 1.35 down and 1.8 up. Fits naming the right host of simulated (Mo,W)S2 frames gave
+#: 0.72-1.33 (one blurred frame 0.53); those naming W on a real Mo-rich frame 0.50.
 NAMING_GAMMA_RANGE = (0.6, 1.8)
 #: An empty column's level is fitted (within this range, host units) once this many sites
 #: read as empty.
@@ -461,7 +463,7 @@ def _with_gamma(cand: _Candidates, gamma: float, ref: float = 1.0) -> _Candidate
 
 def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fit_gamma: bool = False,
          n_iter: int = 40, clipped: np.ndarray | None = None, mode_state: int | None = None,
-         split_noise: bool = True, gamma_range: tuple[float, float] = GAMMA_RANGE):
+         split_noise: bool = True):
     """EM fit of ``k`` (host level), the state fractions, the host column's relative noise
     and (``fit_gamma``) a contrast exponent ``γ`` on the species' signal ratios: at most
     ``n_iter`` steps, fewer where a step returns its parameters unchanged.
@@ -577,7 +579,7 @@ def _fit(h: np.ndarray, cand0: _Candidates, host: int, fixed_fractions: bool, fi
             if fit_gamma and np.sum(cand0.signal > 0) >= 2:
                 # the marginal likelihood over γ (a species the current γ misplaces sits in
                 # the flat component, so the complete-data one would not move it)
-                gammas = np.linspace(*gamma_range, 61)
+                gammas = np.linspace(*GAMMA_RANGE, 61)
                 ref = float(cand0.signal[_most_common(cand0, w)])  # the most common level
                 q = []
                 for g in gammas:
