@@ -538,7 +538,8 @@ def _upper_spread_z(a: np.ndarray, b: np.ndarray, n_boot: int = SPREAD_BOOTSTRAP
         return np.log(np.maximum(q95 - q50, 1e-12) / np.maximum(q75 - q50, 1e-12))
 
     la, lb = float(log_upper(a)), float(log_upper(b))
-    boot = log_upper(a[rng.integers(0, len(a), (n_boot, len(a)))]) - log_upper(b[rng.integers(0, len(b), (n_boot, len(b)))])
+    boot = (log_upper(a[rng.integers(0, len(a), (n_boot, len(a)))])
+            - log_upper(b[rng.integers(0, len(b), (n_boot, len(b)))]))
     return la - lb, (la - lb) / max(float(np.std(boot)), 1e-9), max(la, lb) - math.log(GAUSS_UPPER_TAIL)
 
 
