@@ -122,8 +122,21 @@ def fill_annotations(image: np.ndarray, mask: np.ndarray, a_px: float) -> tuple[
     cells are left out (:func:`exclusion_zone`)."""
     filled = np.array(image, dtype=np.float32, copy=True)
     rim = dilate_disk(mask, 2.0)
-    filled[rim] = np.random.default_rng(0).choice(filled[~rim], int(rim.sum()))
+    n = int(rim.sum())
+    if n and n < rim.size:
+        filled[rim] = filled.ravel()[_draw_outside(rim, n, np.random.default_rng(0))]
     return filled, exclusion_zone(mask, a_px)
+
+
+def _draw_outside(mask: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` flat indices of pixels outside ``mask`` drawn uniformly with replacement, by
+    rejection (memory of the draw only, not of a copy of every other pixel)."""
+    flat = mask.ravel()
+    out = np.empty(0, np.int64)
+    while len(out) < n:
+        k = rng.integers(0, flat.size, max(2 * (n - len(out)), 1024))
+        out = np.concatenate([out, k[~flat[k]]])
+    return out[:n]
 
 
 def column_polarity(image: np.ndarray, a_px: float) -> float:
