@@ -75,3 +75,11 @@ def test_alloy_lattice_constant_follows_vegard():
 def test_bad_formulas_say_why(bad, why):
     with pytest.raises(ValueError, match=why):
         parse_composition(bad)
+
+
+@pytest.mark.parametrize("formula, host", [("(Cr,W)S2", "WS2"), ("(W,Cr)S2", "WS2"), ("Cr0.6W0.4Se2", "WSe2"),
+                                           ("(V,Mo)S2", "MoS2"), ("(Mo,W)(S,Se)2", "MoS2")])
+def test_an_alloy_whose_first_or_majority_metal_has_no_binary_takes_a_listed_one_as_host(formula, host):
+    """A Cr-W alloy is a WS2 lattice with Cr on metal sites: the host is the listed metal
+    that forms a known binary (before: an error, 'no known host CrS2')."""
+    assert parse_composition(formula).host.name == host

@@ -163,13 +163,16 @@ class Composition:
 
     @property
     def host_metal(self) -> str:
-        """The majority (or first-named) metal."""
-        return _majority(self.metals)
+        """The majority (or first-named) metal that forms a known host with a listed
+        chalcogen (``(Cr,W)S2``: W), else the majority (or first-named) one."""
+        return _majority(self.metals, lambda m: any(m + x + "2" in MATERIALS for x, _ in self.chalcogens))
 
     @property
     def host_chalcogen(self) -> str:
-        """The majority (or first-named) chalcogen."""
-        return _majority(self.chalcogens)
+        """The majority (or first-named) chalcogen that forms a known host with
+        :attr:`host_metal`, else the majority (or first-named) one."""
+        metal = self.host_metal
+        return _majority(self.chalcogens, lambda x: metal + x + "2" in MATERIALS)
 
     @property
     def metal_species(self) -> tuple[str, ...]:
@@ -217,11 +220,13 @@ class Composition:
         return m if self.is_binary else replace(m, a=round(self.lattice_constant, 4))
 
 
-def _majority(group) -> str:
+def _majority(group, ok=lambda s: True) -> str:
+    """The species of ``group`` with the largest given fraction (the first named on a tie,
+    or where fractions are open) among those ``ok`` accepts, else regardless of ``ok``."""
     known = [(f, -i, s) for i, (s, f) in enumerate(group) if f is not None]
-    if len(known) == len(group) and known:
-        return max(known)[2]
-    return group[0][0]
+    order = [s for _, _, s in sorted(known, reverse=True)] if len(known) == len(group) and known else [
+        s for s, _ in group]
+    return next((s for s in order if ok(s)), order[0])
 
 
 _AMOUNT = r"(?:1-x|(?:\d*\.?\d+)?(?:\(1-x\)|\(x\)|x)?)"
