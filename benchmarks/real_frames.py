@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     from napari_tmd_defects.classification import load_classifier
     from napari_tmd_defects.detection import load_detector
     from napari_tmd_defects.io import read_image
-    from napari_tmd_defects.pipeline import analyze
+    from napari_tmd_defects.pipeline import analyze, column_ratio_range
 
     det, clf = load_detector(device="cpu"), load_classifier(device="cpu")
     frames = [f for folder in args.folders for f in frames_in(folder)]
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
                 brighter=brighter_share(res), domains=len(res.domains), boundary_nm=res.boundary_length_nm,
                 boundary_cells=int(res.boundary.sum()), placed=int(np.sum(res.placed > 0)),
                 detector=res.checks.get("hexagons_on_hollows"), polarity=res.checks.get("column_polarity"),
-                seconds=dt, warnings=list(res.warnings),
+                ratio=res.checks.get("metal_chalcogen_ratio"), ratio_range=column_ratio_range(mat), seconds=dt, warnings=list(res.warnings),
             ))
             if args.overlays and variant == args.variants[0]:
                 from PIL import Image
@@ -195,7 +195,9 @@ def write_report(args, rows) -> None:
         "sites (≥ 0.9 expected where the two sublattices differ). Placed: cells with a site placed from its "
         "neighbours (no column found there). Polarity: skewness of the band-passed intensity "
         "(`exports.column_polarity`; positive: bright columns, as in HAADF; below -0.2 the analysis warns of "
-        "dark columns).", "",
+        "dark columns). M/X: median metal over median chalcogen column height at the found sites, and in brackets "
+        "the factor by which it lies outside the range the material's end members give (calibrated at 80 kV, "
+        "`pipeline.column_ratio_range`; 1.00: inside; above 3 the analysis warns).", "",
     ]
     for variant in args.variants:
         sel = [r for r in rows if r["variant"] == variant]
@@ -203,16 +205,21 @@ def write_report(args, rows) -> None:
             continue
         lines += [f"## {variant}", "",
                   "| frame | material (flag) | Å/px | cells | coverage | defect fraction | cluster | brighter | "
-                  "domains | boundary nm | boundary cells | placed | hexagons on hollows | polarity | s |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "domains | boundary nm | boundary cells | placed | hexagons on hollows | polarity | M/X | s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sel:
             det = "—" if r["detector"] is None else f"{r['detector']:.2f}"
             ps = f"{r['pixel_size']:.4f}" + ("*" if "estimated" in r["source"] else "")
             pol = "—" if r["polarity"] is None else f"{r['polarity']:+.2f}"
+            mx = "—"
+            if r["ratio"]:
+                lo, hi = r["ratio_range"]
+                mx = f"{r['ratio']:.2f} ({max(1.0, lo / r['ratio'], r['ratio'] / hi):.2f})"
             lines.append(
                 f"| {r['frame']} | {r['material']} | {ps} | {r['cells']} | {r['coverage']:.2f} | "
                 f"{r['defect_fraction']:.3f} | {r['cluster']} | {r['brighter']:.2f} | {r['domains']} | "
-                f"{r['boundary_nm']:.1f} | {r['boundary_cells']} | {r['placed']} | {det} | {pol} | {r['seconds']:.1f} |")
+                f"{r['boundary_nm']:.1f} | {r['boundary_cells']} | {r['placed']} | {det} | {pol} | {mx} | "
+                f"{r['seconds']:.1f} |")
         n = len(sel)
         pure_fail = sum(1 for r in sel if r["defect_fraction"] > 0.2 or r["cluster"] > 12)
         lines += ["", f"{n} frames; {pure_fail} over 20 % defective or with a same-class cluster of more than "

@@ -650,3 +650,18 @@ def test_the_lattice_is_sought_without_a_nan_border():
     assert _finite_window(missing) == (slice(50, 400), slice(100, 500))
     assert _finite_window(np.ones((400, 500), bool)) is None
     assert _finite_window(np.zeros((400, 500), bool)) == (slice(0, 400), slice(0, 500))
+
+
+def test_columns_far_from_the_material_s_ratio_are_warned_of():
+    """A WS2 frame analysed as WSe2: its W columns stand ~5x its S2 columns, WSe2's at 1.25x
+    (calibrated): the ratio is reported and warned of; analysed as WS2 it is not."""
+    from napari_tmd_defects.pipeline import MAX_COLUMN_RATIO_FACTOR, column_ratio_range
+
+    sim = simulate("WS2", 288, 0.1, defect_fraction=0.03, seed=3, noise=Noise(20, 10))
+    right, wrong = (analyze(sim.image, 0.1, m, use_detector=False) for m in ("WS2", "WSe2"))
+    lo, hi = column_ratio_range("WS2")
+    assert lo / MAX_COLUMN_RATIO_FACTOR < right.checks["metal_chalcogen_ratio"] < hi * MAX_COLUMN_RATIO_FACTOR
+    assert not any("far from" in w for w in right.warnings)
+    assert any("far from" in w and "bilayer" in w for w in wrong.warnings)
+    assert column_ratio_range("(Mo,W)(S,Se)2") == pytest.approx((column_ratio_range("MoSe2")[0],
+                                                                 column_ratio_range("WS2")[1]))
