@@ -453,3 +453,16 @@ def test_a_pure_frame_under_an_open_metal_formula_is_named_by_its_chalcogen_colu
     m = Counter(st.state[st.atoms == 1].tolist())
     assert st.host["M"] == metal
     assert m[metal] >= 0.95 * sum(m.values())
+
+
+def test_an_alloy_far_from_the_calibrated_ratio_is_still_named_by_the_fit_that_explains_it():
+    """(Cr,W)S2 whose Cr columns stand at 0.41 of W (the calibration says 0.21: γ 0.57, out of the
+    plausible range; a real frame: 0.36-0.4): named W with its Cr, not Cr with one
+    level (a fit outside the range pays per site it places, it is not dropped)."""
+    from napari_tmd_defects.states import _metal_candidates, _open_metal_mode
+
+    cand = _metal_candidates(parse_composition("(Cr,W)S2"), 74, 80.0)
+    rng = np.random.default_rng(0)
+    h = 100.0 * np.concatenate([1.0 + 0.08 * rng.standard_normal(1300), 0.41 + 0.05 * rng.standard_normal(520)])
+    mode, share = _open_metal_mode(h, cand)
+    assert cand.names[mode] == "W" and share >= 0.95
