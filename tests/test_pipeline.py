@@ -665,3 +665,18 @@ def test_columns_far_from_the_material_s_ratio_are_warned_of():
     assert any("far from" in w and "bilayer" in w for w in wrong.warnings)
     assert column_ratio_range("(Mo,W)(S,Se)2") == pytest.approx((column_ratio_range("MoSe2")[0],
                                                                  column_ratio_range("WS2")[1]))
+
+
+def test_a_nan_border_does_not_set_the_lattice():
+    """The lattice of a frame with a NaN border (filled flat) is sought in the window without
+    it first: its straight edges mimic reflections (a real MoS2 frame with one read a
+    lattice constant √3 too short, then no cell; so does this frame: 0.0733 Å/px, 72 cells).
+    The pixel size estimated with the border is the one without it."""
+    sim = simulate("MoS2", 480, 0.127, defect_fraction=0.02, seed=5, noise=Noise(8, 20), rotation_deg=0.0)
+    img = sim.image.astype(np.float32)
+    bordered = img.copy()
+    bordered[:, :96] = np.nan  # as benchmarks/export_artefacts.py's NaN border
+    bordered[:60] = np.nan
+    a, b = (analyze(x, None, "MoS2", use_detector=False) for x in (img, bordered))
+    assert b.pixel_size == pytest.approx(a.pixel_size, rel=0.02)
+    assert b.n_cells > 0.5 * a.n_cells

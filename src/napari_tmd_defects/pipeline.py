@@ -252,8 +252,9 @@ def _finite_window(missing: np.ndarray) -> tuple[slice, slice] | None:
 def check_image(frame: Frame, missing: np.ndarray | None = None) -> bool:
     """Lattice constant from the image and the pixel size; False when there is no lattice.
     ``missing``: pixels that were non-finite in the input (filled flat by
-    :func:`~.analysis.prepare_image`); where the whole frame shows no lattice (a filled
-    border's straight edges swamp the reflections), it is sought in the window without them.
+    :func:`~.analysis.prepare_image`): the lattice is sought in the window without them
+    first (a filled border's straight edges swamp or mimic the reflections), in the whole
+    frame where that window is small or shows none.
 
     A given pixel size that disagrees with the lattice by more than
     :data:`PIXEL_SIZE_TOLERANCE` is replaced by the lattice's (source ``"lattice"``, with a
@@ -265,10 +266,13 @@ def check_image(frame: Frame, missing: np.ndarray | None = None) -> bool:
     if min(img.shape) < 32 or np.ptp(img) == 0:
         frame.warnings.append("image too small or constant: no lattice to analyse")
         return False
-    lat = _find_lattice(img, frame.material, frame.pixel_size)
-    window = _finite_window(missing) if lat is None and missing is not None else None
-    if window is not None:
-        lat = _find_lattice(img[window], frame.material, frame.pixel_size)
+    # a filled border's straight edges put power where the reflections are (no lattice, or a
+    # wrong one: a real MoS2 frame with a NaN border read a lattice constant √3 too short):
+    # the window without the missing pixels first, the whole frame where it shows none
+    window = _finite_window(missing) if missing is not None and missing.any() else None
+    lat = _find_lattice(img[window], frame.material, frame.pixel_size) if window is not None else None
+    if lat is None:
+        lat = _find_lattice(img, frame.material, frame.pixel_size)
     frame.lattice = lat
     if lat is None:
         frame.warnings.append("no crystal lattice found in the image" if frame.pixel_size is not None else
