@@ -1200,7 +1200,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         out.detection_limits[rname] = _detection_limits(k, sd_host, w, cand, hi, n_host,
                                                         n_sites * area_nm2 * 1e-14, n_sites, vac, widen, min_post)
     if metal_share < MIN_POSTERIOR:
-        out.notes.append(f"which metal the most common column is cannot be told in this frame (the best fit's "
+        out.notes.append(f"which metal the most common column is cannot be told in this frame (the best fit "
                          f"keeps {100 * metal_share:.0f} % of the weight): its metal columns are read as present "
                          "(metal?) or vacant, not by species")
     n_clip = int(np.sum(clipped & counted))
