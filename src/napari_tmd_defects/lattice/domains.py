@@ -553,28 +553,53 @@ def _swap_roles(graph: LatticeGraph, domain: np.ndarray, role: np.ndarray, d: Do
     role[members] = _roles_of(graph.sublattice()[members], d)
 
 
-def _tail_decides(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, role: np.ndarray, d: Domain,
-                  mixed: str | None) -> bool:
-    """Where the formula cannot say which column is brighter, let the class whose sites
-    have the clearly longer upper tail (:data:`MIN_TAIL_RATIO` times the other's and a
-    Gaussian's, :data:`MIN_TAIL_Z`) be the ``mixed`` sublattice (swapping the roles if
-    needed). Returns True when it decided."""
+def _sites_decide(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, role: np.ndarray, d: Domain,
+                  mixed: str | None, test) -> bool:
+    """Let ``test(hm, hx)`` on the site intensities of domain ``d``'s metal and chalcogen
+    classes (> 0: the metal class is the ``mixed`` sublattice, < 0: the chalcogen class, 0:
+    it cannot tell) name the ``mixed`` sublattice, swapping the roles if needed (at least
+    :data:`MIN_SPREAD_SITES` sites of each class). Returns True when it decided."""
     if mixed not in ("M", "X") or d.class_levels is None:
         return False
     members = np.flatnonzero(domain == d.id)
     hx = _class_site_heights(graph, work, members, d.x_class)
     hm = _class_site_heights(graph, work, members, d.m_class)
-    if min(len(hx), len(hm)) < MIN_SPREAD_SITES or np.median(hx) <= 0 or np.median(hm) <= 0:
+    if min(len(hx), len(hm)) < MIN_SPREAD_SITES:
         return False
+    side = test(hm, hx)
+    if side == 0:
+        return False
+    if (side > 0) != (mixed == "M"):
+        _swap_roles(graph, domain, role, d)
+    d.roles_from_spread = True
+    return True
+
+
+def _longer_tail(hm: np.ndarray, hx: np.ndarray) -> int:
+    """+1 / -1 where the metal / chalcogen class has the clearly longer upper tail
+    (:data:`MIN_TAIL_RATIO` times the other's and a Gaussian's, :data:`MIN_TAIL_Z`), else 0."""
+    if np.median(hx) <= 0 or np.median(hm) <= 0:
+        return 0
     lr, z, excess = _upper_spread_z(hm, hx)  # lr > 0: the metal class's upper tail is the longer
     # the longer tail also stands out of a Gaussian's by the same factor (a minority of a
     # quarter or more moves the upper quartile too and shortens its own class's ratio)
     if min(abs(lr), excess) < math.log(MIN_TAIL_RATIO) or abs(z) < MIN_TAIL_Z:
-        return False
-    if (lr > 0) != (mixed == "M"):
-        _swap_roles(graph, domain, role, d)
-    d.roles_from_spread = True
-    return True
+        return 0
+    return 1 if lr > 0 else -1
+
+
+def _broader(hm: np.ndarray, hx: np.ndarray) -> int:
+    """+1 / -1 where the metal / chalcogen class spreads more (:data:`MIN_SPREAD_Z`), else 0."""
+    z = _spread_z(hm, hx)  # > 0: the metal class spreads more
+    return 0 if abs(z) < MIN_SPREAD_Z else (1 if z > 0 else -1)
+
+
+def _tail_decides(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, role: np.ndarray, d: Domain,
+                  mixed: str | None) -> bool:
+    """Where the formula cannot say which column is brighter, let the class whose sites
+    have the clearly longer upper tail (:func:`_longer_tail`) be the ``mixed`` sublattice
+    (swapping the roles if needed). Returns True when it decided."""
+    return _sites_decide(graph, work, domain, role, d, mixed, _longer_tail)
 
 
 def _spread_decides(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, role: np.ndarray, d: Domain,
@@ -582,21 +607,9 @@ def _spread_decides(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, ro
     """Where domain ``d``'s two occupied classes are about equally bright, let the one whose
     sites spread more be the ``mixed`` sublattice (swapping the roles if needed). Returns
     True when the spread decided."""
-    if mixed not in ("M", "X") or d.class_levels is None or d.contrast >= MIN_SWAP_MARGIN:
+    if d.contrast >= MIN_SWAP_MARGIN:
         return False
-    members = np.flatnonzero(domain == d.id)
-    hx = _class_site_heights(graph, work, members, d.x_class)
-    hm = _class_site_heights(graph, work, members, d.m_class)
-    if min(len(hx), len(hm)) < MIN_SPREAD_SITES:
-        return False
-    z = _spread_z(hm, hx)  # > 0: the metal class spreads more
-    if abs(z) < MIN_SPREAD_Z:
-        return False
-    m_broader = z > 0
-    if m_broader != (mixed == "M"):
-        _swap_roles(graph, domain, role, d)
-    d.roles_from_spread = True
-    return True
+    return _sites_decide(graph, work, domain, role, d, mixed, _broader)
 
 
 def roles_by_spread(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, role: np.ndarray,
