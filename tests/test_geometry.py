@@ -318,3 +318,17 @@ def test_dilate_disk_is_the_full_dilation_by_a_disk():
     empty = np.zeros((5, 5), bool)
     assert not dilate_disk(empty, 3).any() and dilate_disk(empty, 3) is not empty
     assert np.array_equal(dilate_disk(mask, 0.0), mask)
+
+
+def test_flat_pixels_in_bands_are_the_whole_mask_and_the_four_neighbour_test():
+    from napari_tmd_defects.geometry import flat_pixels
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 2, (37, 23)).astype(np.uint8)
+    img[5:20, 3:15] = 7  # a flat block
+    whole = flat_pixels(img)
+    assert np.array_equal(whole, np.concatenate([flat_pixels(img, r, min(r + 4, 37)) for r in range(0, 37, 4)]))
+    c = img[1:-1, 1:-1]
+    inner = (c == img[:-2, 1:-1]) & (c == img[2:, 1:-1]) & (c == img[1:-1, :-2]) & (c == img[1:-1, 2:])
+    assert np.array_equal(whole[1:-1, 1:-1], inner)
+    assert whole[6:19, 4:14].all() and not whole[5, 3]  # the block's inside, not its corner

@@ -33,6 +33,7 @@ from scipy import ndimage as ndi
 __all__ = [
     "window_max",
     "dilate_disk",
+    "flat_pixels",
     "bbox_of_points",
     "box_iou",
     "cast_hexagons",
@@ -559,6 +560,22 @@ def dilate_disk(mask: np.ndarray, radius: float) -> np.ndarray:
     out = mask.copy()
     out[r0:r1, c0:c1] = ndi.binary_dilation(mask[r0:r1, c0:c1], structure=yy**2 + xx**2 <= radius**2)
     return out
+
+
+def flat_pixels(image: np.ndarray, r0: int = 0, r1: int | None = None) -> np.ndarray:
+    """Rows ``r0:r1`` of the mask of pixels equal to each of their four neighbours (those
+    the image has: an edge pixel is compared with the ones inside), reading one row more on
+    each side (a band at a time: no full-size temporaries)."""
+    h = image.shape[0]
+    r1 = h if r1 is None else r1
+    s0, s1 = max(r0 - 1, 0), min(r1 + 1, h)
+    c = image[s0:s1]
+    eq = np.ones(c.shape, bool)
+    eq[1:] &= c[1:] == c[:-1]
+    eq[:-1] &= c[:-1] == c[1:]
+    eq[:, 1:] &= c[:, 1:] == c[:, :-1]
+    eq[:, :-1] &= c[:, :-1] == c[:, 1:]
+    return eq[r0 - s0 : r0 - s0 + (r1 - r0)]
 
 
 def nearest_pixel(points: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

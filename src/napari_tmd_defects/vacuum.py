@@ -18,7 +18,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 
-from .geometry import LatticeEstimate, block_mean, nearest_pixel
+from .geometry import LatticeEstimate, block_mean, flat_pixels, nearest_pixel
 
 __all__ = ["distance_to_mask", "domain_lattices", "flat_vacuum", "grow_into_empty_cells", "lattice_amplitude",
            "vacuum_mask", "VACUUM_THRESHOLD"]
@@ -263,14 +263,7 @@ def flat_vacuum(image: np.ndarray, a_px: float, radius_a: float = FLAT_VACUUM_RA
     band = max(b, ((1 << 20) // w) // b * b)
     for r0 in range(0, h, band):
         r1 = min(h, r0 + band)
-        s0, s1 = max(r0 - 1, 0), min(r1 + 1, h)
-        c = img[s0:s1]
-        eq = np.ones(c.shape, bool)
-        eq[1:] &= c[1:] == c[:-1]
-        eq[:-1] &= c[:-1] == c[1:]
-        eq[:, 1:] &= c[:, 1:] == c[:, :-1]
-        eq[:, :-1] &= c[:, :-1] == c[:, 1:]
-        eq = eq[r0 - s0 : r0 - s0 + (r1 - r0)]
+        eq = flat_pixels(img, r0, r1)
         pad_r, pad_c = -(-(r1 - r0) // b) * b - (r1 - r0), wb * b - w
         if pad_r or pad_c:
             eq = np.pad(eq, ((0, pad_r), (0, pad_c)), mode="edge")

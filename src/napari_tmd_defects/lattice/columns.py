@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..geometry import block_mean, dilate_disk, is_exact_counts
+from ..geometry import block_mean, dilate_disk, flat_pixels, is_exact_counts
 
 __all__ = ["Columns", "WorkImage", "background_rows", "find_columns", "local_background", "work_image"]
 
@@ -165,8 +165,7 @@ def _flat_regions(img: np.ndarray, min_area: float) -> np.ndarray | None:
     """Interior pixels ``(rows - 2, cols - 2)`` of flat regions (each pixel equal to its four
     neighbours) of at least ``min_area`` px: zero padding, a filled border, clipped vacuum;
     None where there are none (a clipped column top or hollow is far smaller)."""
-    c = img[1:-1, 1:-1]
-    eq = (c == img[:-2, 1:-1]) & (c == img[2:, 1:-1]) & (c == img[1:-1, :-2]) & (c == img[1:-1, 2:])
+    eq = flat_pixels(img, 1, img.shape[0] - 1)[:, 1:-1]
     if eq.sum() < min_area:
         return None
     labels, _ = ndi.label(eq)
