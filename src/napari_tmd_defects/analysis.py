@@ -21,7 +21,7 @@ from .geometry import is_exact_counts
 from .materials import N_CLASSES, get_material
 from .sites import SiteModel
 
-__all__ = ["BOUNDARY", "Result", "UNCLASSIFIED", "pixel_size_text", "prepare_image"]
+__all__ = ["BOUNDARY", "Result", "UNCLASSIFIED", "dark_level", "pixel_size_text", "prepare_image"]
 
 #: Label of cells that were not classified.
 UNCLASSIFIED = -1
@@ -620,6 +620,12 @@ DEAD_PIXEL_FRACTION = 0.05
 MAX_NONFINITE_FRACTION = 0.5
 
 
+def dark_level(image: np.ndarray, exclude: np.ndarray) -> float:
+    """The frame's dark level: the 1st percentile of its pixels outside ``exclude`` (what a
+    NaN border or a vacuum region is filled with: flat, so no column is found there)."""
+    return float(np.percentile(image[~exclude], 1.0))
+
+
 def prepare_image(image: np.ndarray, copy: bool = True) -> tuple[np.ndarray, list[str]]:
     """Validate an input image -> (2-D float32 copy, warnings).
 
@@ -666,7 +672,7 @@ def prepare_image(image: np.ndarray, copy: bool = True) -> tuple[np.ndarray, lis
         if frac > MAX_NONFINITE_FRACTION:
             raise ValueError(f"{frac:.0%} of the image is NaN or infinite; cannot analyse it")
         if frac > DEAD_PIXEL_FRACTION:
-            a[bad] = np.percentile(a[~bad], 1.0)
+            a[bad] = dark_level(a, bad)
             warnings.append(f"{100 * frac:.0f} % of the image is NaN or infinite (an aligned stack's border?): "
                             "masked, the cells there left out")
         else:

@@ -42,6 +42,7 @@ from .analysis import (
     TRAINED_PIXEL_SIZES,
     UNCLASSIFIED,
     Result,
+    dark_level,
     empty_result,
     prepare_image,
 )
@@ -953,15 +954,13 @@ def reading_confidence(states, cells, labels: np.ndarray, temperature: float | N
 
 def head_image(image: np.ndarray, vacuum: np.ndarray) -> np.ndarray:
     """A copy of ``image`` with the ``vacuum`` (and masked) pixels at the film's dark level
-    (its 1st percentile, as a NaN border is filled: :func:`~.analysis.prepare_image`) for
-    the site-state head: each of its patches subtracts its own low level, which a patch
-    reaching into a black border takes from the border, reading the columns next to it too
-    bright."""
-    film = image[~vacuum]
-    if not film.size:
+    (:func:`~.analysis.dark_level`, as a NaN border is filled) for the site-state head: each
+    of its patches subtracts its own low level, which a patch reaching into a black border
+    takes from the border, reading the columns next to it too bright."""
+    if vacuum.all():
         return image
     out = np.array(image, dtype=np.float32, copy=True)
-    out[vacuum] = np.float32(np.percentile(film, 1.0))
+    out[vacuum] = np.float32(dark_level(image, vacuum))
     return out
 
 
