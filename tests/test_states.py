@@ -428,7 +428,7 @@ def test_an_open_metal_alloy_is_named_by_the_columns_at_the_calibrated_ratio(see
     h = _mo_rich_heights(seed)
     free = _fit(h, cand, -1, fixed_fractions=False, fit_gamma=True)
     assert cand.names[_main_state(free[6], free[2])] == "W"  # the trap is there
-    mode, share = _open_metal_mode(h, cand)
+    mode, share, _ = _open_metal_mode(h, cand)
     assert cand.names[mode] == "Mo" and share >= 0.95
 
 
@@ -464,5 +464,5 @@ def test_an_alloy_far_from_the_calibrated_ratio_is_still_named_by_the_fit_that_e
     cand = _metal_candidates(parse_composition("(Cr,W)S2"), 74, 80.0)
     rng = np.random.default_rng(0)
     h = 100.0 * np.concatenate([1.0 + 0.08 * rng.standard_normal(1300), 0.41 + 0.05 * rng.standard_normal(520)])
-    mode, share = _open_metal_mode(h, cand)
+    mode, share, _ = _open_metal_mode(h, cand)
     assert cand.names[mode] == "W" and share >= 0.95

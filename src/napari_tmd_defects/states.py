@@ -914,9 +914,10 @@ def _named_share(tried: list, m: int) -> float:
 
 
 def _open_metal_mode(h: np.ndarray, cand: _Candidates, clipped: np.ndarray | None = None,
-                     host_level: float | None = None) -> tuple[int, float]:
-    """The most common metal of a layer whose metal shares are open (``(Mo,W)S2``) and the
-    weight its fits keep against those naming another: ``(state index, share)``.
+                     host_level: float | None = None) -> tuple[int, float, tuple]:
+    """The most common metal of a layer whose metal shares are open (``(Mo,W)S2``), the
+    weight its fits keep against those naming another, and its fit (as :func:`_fit`
+    returns it): ``(state index, share, fit)``.
 
     Each listed metal is tried as the frame's most common column (EM with a free contrast
     exponent ``γ``), scored by its log-likelihood. A fit whose ``γ`` leaves
@@ -953,7 +954,7 @@ def _open_metal_mode(h: np.ndarray, cand: _Candidates, clipped: np.ndarray | Non
         tried.append((not at_bound, score, f, 0.0, main, int(st)))
     tried = [t for t in tried if t[0]] or tried
     best = max(tried, key=lambda t: t[1])
-    return best[5], _named_share(tried, best[4])
+    return best[5], _named_share(tried, best[4]), best[2]
 
 
 def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | None = None,
@@ -1029,7 +1030,7 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
     # less the empty column's, over the calibrated signal)
     w_metal = np.full(n, np.nan)
     # open metal shares: the frame's most common metal, named once for all its domains
-    metal_mode, metal_share = None, 1.0
+    metal_mode, metal_share, metal_fit = None, 1.0, None
     if open_alloy[ROLE_M]:
         sel_m = (s.role == ROLE_M) & counted
         sel_x = (s.role == ROLE_X) & counted
@@ -1039,9 +1040,10 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
             fx = _fit(height[sel_x], cx, cx.names.index(hosts[ROLE_X]), fixed_fractions=True)
             scale = fx[0] * (1.0 - float(np.clip(fx[5][0], 0.0, 0.9))) / host_abs[ROLE_X]
         if sel_m.sum() >= MIN_SITES_PER_FIT:
-            metal_mode, metal_share = _open_metal_mode(height[sel_m], cands[ROLE_M],
-                                                       clipped[sel_m] if clipped.any() else None,
-                                                       None if scale is None else scale * host_abs[ROLE_M])
+            metal_mode, metal_share, f = _open_metal_mode(height[sel_m], cands[ROLE_M],
+                                                          clipped[sel_m] if clipped.any() else None,
+                                                          None if scale is None else scale * host_abs[ROLE_M])
+            metal_fit = (sel_m, f)  # the fit a group of these very sites would repeat
     for role, rname in ((ROLE_M, "M"), (ROLE_X, "X")):
         cand0 = cand = cands[role]
         hi = cand.names.index(hosts[role])
@@ -1112,6 +1114,8 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                     main = cand.names[m]
                     shares = (_named_share(tried, m), _named_share(naive, m))
                     label_p = min(shares)
+            elif role == ROLE_M and metal_fit is not None and np.array_equal(fit_sel, metal_fit[0]):
+                k, sd_host, w, _, gamma, vac, cand = metal_fit[1]
             else:
                 k, sd_host, w, _, gamma, vac, cand = _fit(height[fit_sel], cand0, -1 if open_alloy[role] else hi,
                                                           fixed_fractions=fixed, fit_gamma=role == ROLE_M,
