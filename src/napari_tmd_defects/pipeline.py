@@ -67,9 +67,10 @@ MAX_PLAUSIBLE_DEFECT_FRACTION = 0.2
 #: More adjacent cells than this sharing one defect class are flagged.
 MAX_PLAUSIBLE_CLUSTER = 12
 #: A frame whose metal/chalcogen column ratio lies more than this factor outside the range
-#: its composition's end members give (:func:`column_ratio_range`) is warned of: monolayer
-#: frames of 23 real sources stood within 2.3x of it (the farthest a 100 kV WSe2 frame with
-#: faint Se columns); in a 2H-stacked bilayer every column holds a metal and two chalcogens.
+#: its composition's end members give (:func:`column_ratio_range`) is warned of: 29 real
+#: monolayer frames from 12 repositories stood within 2.2x of it (the farthest a 100 kV WSe2
+#: frame with faint Se columns; docs/reports/real_frames.md); in a 2H-stacked bilayer every
+#: column holds a metal and two chalcogens.
 MAX_COLUMN_RATIO_FACTOR = 3.0
 #: The detector's hexagons must sit on hollow sites at least this often ...
 MIN_HEXAGONS_ON_HOLLOWS = 0.7
