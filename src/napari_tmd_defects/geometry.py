@@ -120,6 +120,17 @@ def _refine_peak(power: np.ndarray, ky: float, kx: float, r: int = 2) -> tuple[f
 #: A ring of reflections counts as present when it has this many times the power of the
 #: same ring between reflections.
 MIN_RING_CONTRAST = 3.0
+#: A candidate lattice's first ring holds at least this share of its second ring's power
+#: (a honeycomb's {100} / {110} structure factors give >= 1/4 before blur, which only
+#: raises it), and its second ring at least this contrast: a lattice sqrt(3) too large
+#: whose "first ring" is low-frequency clutter (0.07-0.09 of its second ring, the real
+#: reflections), or one whose second ring falls where a grain turned 30° has its
+#: reflections (contrast < 0.5), is not taken over the real one.
+MIN_FIRST_RING_SHARE = 0.15
+MIN_SECOND_RING_CONTRAST = 0.5
+#: Candidates within this relative distance of the strongest one's spatial frequency, or
+#: of sqrt(3) or 3 times it, are read as the same lattice's rings.
+RELATED_TOLERANCE = 0.06
 #: Images larger than this (px) are block-averaged before the lattice FFT.
 LATTICE_FFT_SIZE = 1024
 
@@ -279,9 +290,10 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
 
     # The honeycomb's {100}, {110} and {300} rings make the lattice look sqrt(3) smaller or
     # larger than it is. Every candidate ring is judged by how far its six reflections stand
-    # out of the same ring turned 15-45° away (noise and contamination give ~1): the largest
-    # lattice whose first ring clearly stands out wins (a real lattice has reflections
-    # there); without one, the best combined contrast of both rings.
+    # out of the same ring turned 15-45° away (noise and contamination give ~1): of the
+    # strongest clear candidate and those sqrt(3) or 3x larger, the largest whose first ring
+    # clearly stands out wins (a real lattice has reflections there); without one, the best
+    # combined contrast of both rings.
     trials = []
     for iy, ix in zip(iys, ixs):
         pk = float(np.hypot(k1[iy], k1[ix]))
@@ -296,19 +308,27 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
     cands = []
     for (k100, theta), p in zip(trials, pw):
         r1, r2 = contrast(p[0]), contrast(p[1])
-        cands.append((2.0 * math.log(max(r1, 1e-12)) + math.log(max(r2, 1e-12)), k100, theta, r1))
+        share = float(p[0][0] / max(p[1][0], 1e-30))
+        cands.append((2.0 * math.log(max(r1, 1e-12)) + math.log(max(r2, 1e-12)), k100, theta, r1, r2, share))
     clear = [c for c in cands if c[3] >= MIN_RING_CONTRAST]
     if a_hint is not None:
         # a first-order ring at 2 / (sqrt(3) a): the candidates that fit the expectation
         fit = [c for c in clear if abs(2.0 / (SQRT3 * c[1]) / a_hint - 1.0) < 0.2]
         if fit:
             clear = fit
+    # several grains: clutter below the first ring, or a grain turned 30°, can make a wrong
+    # candidate clear; one with both rings in a honeycomb's proportion goes first
+    clear = [c for c in clear if c[5] >= MIN_FIRST_RING_SHARE and c[4] >= MIN_SECOND_RING_CONTRAST] or clear
     if clear:
-        k_min = min(c[1] for c in clear)
-        best = max((c for c in clear if c[1] <= 1.03 * k_min), key=lambda c: c[0])
+        # the largest lattice among the strongest candidate's own (itself, sqrt(3) and 3x
+        # larger: its {110} or {300} ring taken for the first), not any that barely stands out
+        top = max(clear, key=lambda c: c[0])
+        own = [c for c in clear if any(abs(c[1] * SQRT3**n / top[1] - 1.0) < RELATED_TOLERANCE for n in (0, 1, 2))]
+        k_min = min(c[1] for c in own)
+        best = max((c for c in own if c[1] <= 1.03 * k_min), key=lambda c: c[0])
     else:
         best = max(cands, key=lambda c: c[0])
-    _, k100, theta, _ = best
+    k100, theta = best[1], best[2]
     # the pattern's power (both rings) at the lattice and turned 15, 30, 45° away from it
     turns = (0.0, 15.0, 30.0, 45.0)
     pw = ring_powers([(k100, theta + d) for d in turns] + [(k100 * SQRT3, theta + d + 30.0) for d in turns])
