@@ -136,6 +136,15 @@ def test_estimate_lattice_in_three_grains_is_not_fooled_by_a_marginal_ring(seed)
     assert est.strength > 10
 
 
+def test_tile_lattice_constant():
+    from napari_tmd_defects.simulation import simulate
+
+    sim = simulate(shape=320, pixel_size=0.12, rotation_deg=12.0, seed=4)
+    assert geo.tile_lattice_constant(sim.image, 4.5) == pytest.approx(sim.truth.a_px, rel=0.02)
+    assert geo.tile_lattice_constant(sim.image[:120, :120], 4.5) is None  # tiles under 64 px
+    assert geo.tile_lattice_constant(np.random.default_rng(0).normal(size=(320, 320)), 4.5) is None
+
+
 # --------------------------------------------------------------------------- casting
 from napari_tmd_defects.simulation import Distortion, simulate
 

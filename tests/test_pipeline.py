@@ -680,3 +680,24 @@ def test_a_nan_border_does_not_set_the_lattice():
     a, b = (analyze(x, None, "MoS2", use_detector=False) for x in (img, bordered))
     assert b.pixel_size == pytest.approx(a.pixel_size, rel=0.02)
     assert b.n_cells > 0.5 * a.n_cells
+
+
+def test_lattice_of_two_grains_without_a_pixel_size_from_what_the_tiles_agree_on():
+    # two grains 34° apart, bent, with drift and flyback: the whole frame's reflections are
+    # too weak for a lattice without a pixel size to expect one (strength 3.4 < 4.5); its
+    # half-size tiles each show one clearly and agree on it
+    from napari_tmd_defects.pipeline import check_pixel_size
+    from napari_tmd_defects.simulation import Optics
+
+    sim = simulate("Mo0.5W0.5S2", 384, pixel_size=0.1082, rotation_deg=173.8, defect_fraction=0.12, seed=5,
+                   optics=Optics(convergence_mrad=28.9, defocus_a=17.2, astigmatism_a=4.5, astigmatism_deg=137.8,
+                                 source_fwhm_a=0.72, z_exponent=1.86),
+                   noise=Noise(poisson_lambda=37.8, gaussian_mu=6.2, background=0.27, quantize_8bit=True),
+                   distortion=Distortion(row_jitter_corr=2.5, drift_px=(12.2, 6.8), bend_px=5.06, bend_period=1.48,
+                                         flyback_px=7.7, flyback_width=0.076),
+                   boundaries=[Boundary(kind="grain", angle_deg=142.0, offset=0.014, misorientation_deg=33.9,
+                                        variant="X", shift=(2 / 3, 0.0))])
+    chk = check_pixel_size(sim.image, "Mo0.5W0.5S2", None)
+    assert chk.lattice == pytest.approx(0.1082, rel=0.03)
+    # noise has no tiles that agree
+    assert check_pixel_size(np.random.default_rng(1).normal(size=(384, 384)), "MoS2", None).lattice is None

@@ -175,6 +175,34 @@ def estimate_lattice(image: np.ndarray, a_range_px: tuple[float, float] = (6.0, 
     return _estimate_lattice(crop, a_range_px, a_hint)
 
 
+def tile_lattice_constant(image: np.ndarray, min_strength: float, agree: float = 0.05,
+                          min_tiles: int = 3) -> float | None:
+    """The lattice constant (px) that the image's half-size tiles (3 x 3, overlapping) agree
+    on: the median of the tiles whose own lattice has at least ``min_strength``, where at
+    least ``min_tiles`` of them lie within ``agree`` (relative) of it; else None.
+
+    Several grains, or one bent by the scan, spread the whole frame's reflections over
+    orientations while each tile holds fewer of them; tiles of a few lattice constants can
+    take the honeycomb's {110} ring for the first, so this only backs up a whole-frame
+    estimate, never replaces it.
+    """
+    img = np.asarray(image)
+    h, w = img.shape
+    th, tw = h // 2, w // 2
+    if min(th, tw) < 64:
+        return None
+    a = []
+    for y in (0, h // 4, h - th):
+        for x in (0, w // 4, w - tw):
+            est = estimate_lattice(img[y:y + th, x:x + tw])
+            if est is not None and est.strength >= min_strength:
+                a.append(est.a_px)
+    if len(a) < min_tiles:
+        return None
+    med = float(np.median(a))
+    return med if sum(abs(v / med - 1.0) < agree for v in a) >= min_tiles else None
+
+
 def _power_spectrum(img: np.ndarray, n: int) -> np.ndarray:
     """``|fftshift(fft2(img, s=(n, n)))|²`` of a real image, from its half spectrum (rfft2)."""
     from scipy import fft as sfft

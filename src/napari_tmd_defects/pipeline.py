@@ -198,20 +198,30 @@ class PixelSizeCheck:
 
 
 def _find_lattice(img: np.ndarray, material: str, pixel_size: float | None):
-    """The image's lattice (:func:`.geometry.estimate_lattice`, hinted by the pixel size),
-    or None when there is none clear enough."""
-    from .geometry import estimate_lattice
+    """The image's lattice (:func:`.geometry.estimate_lattice`, hinted by the pixel size,
+    else by what its tiles agree on: :func:`.geometry.tile_lattice_constant`), or None when
+    there is none clear enough."""
+    from .geometry import estimate_lattice, tile_lattice_constant
+
+    def found(lat, a_hint) -> bool:
+        # several grains or heavy noise spread the reflections: a weaker lattice is taken
+        # when it has the lattice constant expected (noise rarely does both)
+        return lat is not None and (
+            lat.strength >= MIN_LATTICE_STRENGTH
+            or (a_hint is not None and lat.strength >= MIN_LATTICE_STRENGTH_AT_HINT
+                and abs(lat.a_px / a_hint - 1.0) < HINT_TOLERANCE))
 
     a_hint = None if pixel_size is None else get_material(material).a / pixel_size
     lat = estimate_lattice(img, a_hint=a_hint)
-    # several grains or heavy noise spread the reflections: a weaker lattice is taken when
-    # it has the lattice constant the pixel size predicts (noise rarely does both)
-    has_lattice = lat is not None and (
-        lat.strength >= MIN_LATTICE_STRENGTH
-        or (a_hint is not None and lat.strength >= MIN_LATTICE_STRENGTH_AT_HINT
-            and abs(lat.a_px / a_hint - 1.0) < HINT_TOLERANCE)
-    )
-    return lat if has_lattice else None
+    if found(lat, a_hint):
+        return lat
+    # none clear enough in the whole frame: the lattice constant its tiles agree on (each
+    # holds fewer grains) is the expectation, as a pixel size would be
+    a_tiles = tile_lattice_constant(img, MIN_LATTICE_STRENGTH)
+    if a_tiles is None:
+        return None
+    lat = estimate_lattice(img, a_hint=a_tiles)
+    return lat if found(lat, a_tiles) else None
 
 
 def check_pixel_size(image: np.ndarray, material: str = "MoTe2", pixel_size: float | None = None,
