@@ -74,6 +74,16 @@ def test_estimate_lattice_pixel_size_and_rotation(pixel_size, rotation):
     assert est.strength > 10
 
 
+def test_estimate_lattice_gives_none_where_the_refined_reflections_are_no_hexagon():
+    from scipy import ndimage as ndi
+
+    # smooth noise whose three refined "reflections" make no hexagonal basis (raised
+    # StopIteration from inside the estimate)
+    x = ndi.gaussian_filter(np.random.default_rng(13).normal(size=(128, 128)), 3)
+    est = geo.estimate_lattice(x)
+    assert est is None or est.strength < 4.5
+
+
 def test_estimate_lattice_sees_no_lattice_in_noise():
     rng = np.random.default_rng(3)
     for img in (rng.normal(size=(256, 256)), rng.poisson(3.0, size=(256, 256)).astype(float)):

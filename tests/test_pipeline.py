@@ -701,3 +701,25 @@ def test_lattice_of_two_grains_without_a_pixel_size_from_what_the_tiles_agree_on
     assert chk.lattice == pytest.approx(0.1082, rel=0.03)
     # noise has no tiles that agree
     assert check_pixel_size(np.random.default_rng(1).normal(size=(384, 384)), "MoS2", None).lattice is None
+
+
+def test_weak_lattice_of_three_grains_is_taken_where_the_tiles_show_it_too():
+    # ~10 cells across, three grains, 8-bit with contamination: the whole frame's lattice
+    # (strength 3.9) is below what a frame without a pixel size needs (4.5), and a pixel size
+    # 25 % off does not vouch for it; four or more of its tiles show it on their own
+    from napari_tmd_defects.pipeline import check_pixel_size
+    from napari_tmd_defects.simulation import Optics
+
+    sim = simulate("MoTe2", 384, pixel_size=0.088, rotation_deg=337.9, defect_fraction=0.056, seed=3,
+                   optics=Optics(convergence_mrad=24.6, defocus_a=-2.5, astigmatism_a=6.5, astigmatism_deg=120.0,
+                                 source_fwhm_a=0.64, z_exponent=1.62),
+                   noise=Noise(poisson_lambda=27.0, gaussian_mu=29.7, background=0.115, contamination=0.27,
+                               contamination_scale_a=11.1, quantize_8bit=True, jpeg_quality=93),
+                   distortion=Distortion(row_jitter_px=0.33, row_jitter_corr=2.5, drift_px=(-7.1, 15.2), bend_px=2.77,
+                                         bend_period=1.34),
+                   boundaries=[Boundary(kind="grain", angle_deg=49.8, offset=-0.17, misorientation_deg=-18.7,
+                                        variant="X", shift=(2 / 3, 0.5)),
+                               Boundary(kind="grain", angle_deg=143.1, offset=0.087, misorientation_deg=-28.4,
+                                        variant="M", shift=(1 / 3, 0.5))])
+    for given in (None, 0.088 * 1.25):
+        assert check_pixel_size(sim.image, "MoTe2", given).lattice == pytest.approx(0.088, rel=0.05)

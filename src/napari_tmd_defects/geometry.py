@@ -176,10 +176,12 @@ def estimate_lattice(image: np.ndarray, a_range_px: tuple[float, float] = (6.0, 
 
 
 def tile_lattice_constant(image: np.ndarray, min_strength: float, agree: float = 0.05,
-                          min_tiles: int = 3) -> float | None:
+                          min_tiles: int = 3, near: float | None = None) -> float | None:
     """The lattice constant (px) that the image's half-size tiles (3 x 3, overlapping) agree
     on: the median of the tiles whose own lattice has at least ``min_strength``, where at
-    least ``min_tiles`` of them lie within ``agree`` (relative) of it; else None.
+    least ``min_tiles`` of them lie within ``agree`` (relative) of it; else None. With
+    ``near`` (px), the tiles are asked about that lattice constant only (each tile's
+    estimate hinted by it, those within ``agree`` of it counted).
 
     Several grains, or one bent by the scan, spread the whole frame's reflections over
     orientations while each tile holds fewer of them; tiles of a few lattice constants can
@@ -194,9 +196,11 @@ def tile_lattice_constant(image: np.ndarray, min_strength: float, agree: float =
     a = []
     for y in (0, h // 4, h - th):
         for x in (0, w // 4, w - tw):
-            est = estimate_lattice(img[y:y + th, x:x + tw])
+            est = estimate_lattice(img[y:y + th, x:x + tw], a_hint=near)
             if est is not None and est.strength >= min_strength:
                 a.append(est.a_px)
+    if near is not None:
+        a = [v for v in a if abs(v / near - 1.0) < agree]
     if len(a) < min_tiles:
         return None
     med = float(np.median(a))
@@ -389,7 +393,10 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
     a1 = cands[k]
     rot = ang[k]
     # a2 is a1 turned 60° clockwise on screen (down-right at rotation 0)
-    a2 = next(v for v in cands if abs(((math.degrees(math.atan2(-v[1], v[0])) - (rot - 60.0) + 180) % 360) - 180) < 20)
+    a2 = next((v for v in cands if abs(((math.degrees(math.atan2(-v[1], v[0])) - (rot - 60.0) + 180) % 360) - 180) < 20),
+              None)
+    if a2 is None:  # the refined reflections are no hexagon (noise): no lattice
+        return None
     a_px = float((np.linalg.norm(a1) + np.linalg.norm(a2)) / 2.0)
     # strength: lattice reflections over the same pattern turned away from them
     strength = float(on[0] / max(np.mean(on[1:]), 1e-30))

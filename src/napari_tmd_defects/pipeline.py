@@ -215,8 +215,12 @@ def _find_lattice(img: np.ndarray, material: str, pixel_size: float | None):
     lat = estimate_lattice(img, a_hint=a_hint)
     if found(lat, a_hint):
         return lat
-    # none clear enough in the whole frame: the lattice constant its tiles agree on (each
-    # holds fewer grains) is the expectation, as a pixel size would be
+    # none clear enough in the whole frame: a weaker one that its tiles (each holding fewer
+    # grains) show too, or else the lattice constant the tiles agree on is the expectation,
+    # as a pixel size would be
+    if lat is not None and lat.strength >= MIN_LATTICE_STRENGTH_AT_HINT and (
+            tile_lattice_constant(img, MIN_LATTICE_STRENGTH_AT_HINT, min_tiles=4, near=lat.a_px) is not None):
+        return lat
     a_tiles = tile_lattice_constant(img, MIN_LATTICE_STRENGTH)
     if a_tiles is None:
         return None
