@@ -44,6 +44,10 @@ MIN_GRAIN_TWIST_DEG = 5.0
 MIN_ISLAND_COLUMNS = 20
 #: Local orders closer than this (fraction of the bright-hollow span) defer to the patch's.
 MIN_MARGIN = 0.12
+#: Where a patch's dimmer occupied class stands closer than this to its hollow (fraction of
+#: the span), the columns whose own margin is that close too take the patch's hollow place
+#: relative to their bright class.
+HOLLOW_MARGIN = 2 * MIN_MARGIN
 #: A metal/chalcogen swap needs the two occupied classes this far apart (fraction of the span).
 MIN_SWAP_MARGIN = 0.2
 #: ... or, where the whole patch's two classes are closer than that, a local difference of
@@ -219,7 +223,7 @@ def assign_domains(
     # bright class: a guess the hexagons can correct)
     for p in np.unique(patch):
         sel = patch == p
-        ph, pb, mb, _ = _order(np.median(levels[sel], axis=0)[None])
+        ph, pb, mb, mh = _order(np.median(levels[sel], axis=0)[None])
         weak_b = sel & (m_bright < MIN_SWAP_MARGIN)
         bright[weak_b] = pb[0]
         if mb[0] < MIN_SWAP_MARGIN:
@@ -230,6 +234,13 @@ def assign_domains(
             z = _swap_significance(levels, w, sel, int(pb[0]), int(3 - ph[0] - pb[0]))
             if _two_regions(z):
                 bright[np.flatnonzero(sel)[z < 0.0]] = 3 - ph[0] - pb[0]
+        # the dimmer occupied class hardly seen in the patch (a chalcogen at the noise
+        # level): where it is not seen locally either, the hollow keeps the patch's place
+        # relative to the bright class, so a region whose bright class differs (a
+        # translation domain) stays whole instead of splitting at random into islands
+        if mh[0] < HOLLOW_MARGIN:
+            weak_h = sel & (m_hollow < HOLLOW_MARGIN)
+            hollow[weak_h] = (bright[weak_h] + (ph[0] - pb[0])) % 3
     pattern = hollow * 3 + bright
     # majority of the neighbourhood (removes single noisy columns)
     votes = np.stack([np.asarray(w @ (pattern == k).astype(float)).reshape(-1) for k in range(9)], axis=1)
@@ -254,7 +265,11 @@ def assign_domains(
         # a small island of another order inside a patch is noise: it takes the order of the
         # largest region it is linked to (larger islands count as noise in patches whose
         # two column classes are hard to tell apart overall)
-        small = sizes[comp] < island_size
+        # ... but not a region whose columns mostly show their order clearly on their own
+        # (two balanced inversion domains make a patch's overall contrast low)
+        clear = np.bincount(comp, weights=(m_bright >= MIN_SWAP_MARGIN).astype(float), minlength=n_comp) / sizes
+        need = np.where(clear[comp] >= 0.5, MIN_ISLAND_COLUMNS, island_size)
+        small = sizes[comp] < need
         cross = ~keep & (small[lp] != small[lq])
         if not cross.any():
             break
