@@ -250,7 +250,10 @@ def assign_domains(
         pattern = pattern + 9 * _orientation_groups(np.degrees(graph.orientation[idx]), patch, w,
                                                     graph.xy[idx], graph.a_fine)
     # domains: linked columns of one patch and one pattern
-    patch_contrast = {p: _order(np.median(levels[patch == p], axis=0)[None])[2][0] for p in np.unique(patch)}
+    # (the contrast the patch's columns show around them: two balanced inversion domains, each
+    # clearly ordered, give a low contrast of the patch's median levels)
+    patch_contrast = {p: max(_order(np.median(levels[patch == p], axis=0)[None])[2][0],
+                             float(np.median(m_bright[patch == p]))) for p in np.unique(patch)}
     island_size = np.array([MIN_ISLAND_COLUMNS * (3 if patch_contrast[p] < MIN_SWAP_MARGIN else 1) for p in patch])
     pos = np.full(n, -1, np.int64)
     pos[idx] = np.arange(len(idx))
@@ -265,11 +268,7 @@ def assign_domains(
         # a small island of another order inside a patch is noise: it takes the order of the
         # largest region it is linked to (larger islands count as noise in patches whose
         # two column classes are hard to tell apart overall)
-        # ... but not a region whose columns mostly show their order clearly on their own
-        # (two balanced inversion domains make a patch's overall contrast low)
-        clear = np.bincount(comp, weights=(m_bright >= MIN_SWAP_MARGIN).astype(float), minlength=n_comp) / sizes
-        need = np.where(clear[comp] >= 0.5, MIN_ISLAND_COLUMNS, island_size)
-        small = sizes[comp] < need
+        small = sizes[comp] < island_size
         cross = ~keep & (small[lp] != small[lq])
         if not cross.any():
             break
