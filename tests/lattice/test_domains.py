@@ -228,3 +228,25 @@ def test_two_balanced_inversion_domains_are_both_kept():
     assert len(st.domains) == 2
     acc, n = _role_accuracy(st, sim.truth)
     assert n > 60 and acc > 0.95
+
+
+def test_a_mirror_twin_with_faint_chalcogens_keeps_its_own_hollow():
+    # WS1.4Se0.6 at 100 kV, background-subtracted 8-bit: the chalcogen columns stand only
+    # ~0.2 of the span above the hollows, and the two mirror domains (same metal sublattice,
+    # chalcogen and hollow swapped) blur the patch's median levels into "not seen"; the
+    # hollow rule for unseen chalcogens must not merge them
+    from napari_tmd_defects.simulation import Distortion, Optics
+
+    sim = simulate("WS1.4Se0.6", 384, pixel_size=0.0882, rotation_deg=29.5, defect_fraction=0.075, seed=707005,
+                   optics=Optics(voltage_kv=100.0, convergence_mrad=28.4, defocus_a=-0.65, astigmatism_a=16.0,
+                                 astigmatism_deg=91.4, source_fwhm_a=0.51, z_exponent=1.9),
+                   noise=Noise(poisson_lambda=32.4, gaussian_mu=20.6, background=0.37, contamination=0.14,
+                               contamination_scale_a=5.3, quantize_8bit=True, subtract_background=True),
+                   distortion=Distortion(row_jitter_px=1.07, row_jitter_corr=2.96, drift_px=(15.4, 7.5), bend_px=4.0,
+                                         bend_period=0.94, flyback_px=8.7, flyback_width=0.06),
+                   boundaries=[Boundary(kind="mirror", angle_deg=10.3, offset=0.042, misorientation_deg=48.8,
+                                        variant="M", shift=(1 / 3, 0.0))])
+    st = find_domains(sim.image, sim.truth.a_px, "WS1.4Se0.6")
+    assert len(st.domains) == 2
+    acc, n = _role_accuracy(st, sim.truth)
+    assert n > 60 and acc > 0.95

@@ -235,11 +235,13 @@ def assign_domains(
             if _two_regions(z):
                 bright[np.flatnonzero(sel)[z < 0.0]] = 3 - ph[0] - pb[0]
         # the dimmer occupied class hardly seen in the patch (a chalcogen at the noise
-        # level): where it is not seen locally either, the hollow keeps the patch's place
-        # relative to the bright class, so a region whose bright class differs (a
-        # translation domain) stays whole instead of splitting at random into islands
+        # level): in a region whose bright class differs from the patch's (a translation
+        # domain) and where it is not seen locally either, the hollow keeps the patch's
+        # place relative to the bright class, so the region stays whole instead of
+        # splitting at random into islands the larger domain swallows (a twin domain,
+        # whose bright class is the patch's, keeps the hollow its columns show)
         if mh[0] < HOLLOW_MARGIN:
-            weak_h = sel & (m_hollow < HOLLOW_MARGIN)
+            weak_h = sel & (m_hollow < HOLLOW_MARGIN) & (bright != pb[0])
             hollow[weak_h] = (bright[weak_h] + (ph[0] - pb[0])) % 3
     pattern = hollow * 3 + bright
     # majority of the neighbourhood (removes single noisy columns)
