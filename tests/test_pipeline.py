@@ -723,3 +723,19 @@ def test_weak_lattice_of_three_grains_is_taken_where_the_tiles_show_it_too():
                                         variant="M", shift=(1 / 3, 0.5))])
     for given in (None, 0.088 * 1.25):
         assert check_pixel_size(sim.image, "MoTe2", given).lattice == pytest.approx(0.088, rel=0.05)
+
+
+def test_unread_chalcogen_columns_are_said_to_leave_the_counts_lower_bounds():
+    from napari_tmd_defects.pipeline import Frame, unresolved_chalcogen_warning
+
+    frame = Frame(image=np.zeros((8, 8), np.float32), material="MoTe2", pixel_size=0.1, pixel_size_source="given")
+    labels = np.array([0, 0, 3, 1, -2])
+    unread = np.array([True, True, True, False, True])  # the boundary cell is not counted
+    probs = np.eye(6)[[1, 0, 4, 1, 0]]  # the classifier: V_Te1, Perfect, V_Te1+V_Mo, ...
+    unresolved_chalcogen_warning(frame, labels, unread, probs)
+    assert frame.warnings == ["3 cells' Te columns could not be read (unresolved): their Te vacancies are not "
+                              "counted, so the counts of the classes with one are lower bounds; the classifier "
+                              "called 2 of them a chalcogen vacancy"]
+    frame.warnings.clear()
+    unresolved_chalcogen_warning(frame, labels, np.zeros(5, bool), probs)
+    assert frame.warnings == []

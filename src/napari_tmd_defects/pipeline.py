@@ -46,7 +46,7 @@ from .analysis import (
     empty_result,
     prepare_image,
 )
-from .materials import N_CLASSES, get_material, parse_composition
+from .materials import CLASS_VACANCIES, N_CLASSES, get_material, parse_composition
 from .runtime import CancelCallback, ProgressCallback, check_cancel, release_memory
 from .sites import ROLE_M, ROLE_X, SiteModel
 
@@ -1181,6 +1181,27 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
     return frame
 
 
+def unresolved_chalcogen_warning(frame: Frame, labels: np.ndarray, x_unresolved: np.ndarray,
+                                 probabilities: np.ndarray | None) -> None:
+    """Warn where counted cells' chalcogen columns could not be read (``x_unresolved``):
+    their chalcogen vacancies are not in the counts, which are then lower bounds for the
+    classes with one (the unread columns are mostly the doubtful ones, so a frame's V_X1
+    count can fall well short); says how many of them the classifier called such a class."""
+    counted = (labels >= 0) & x_unresolved
+    k = int(counted.sum())
+    if not k:
+        return
+    x_vac = np.array([v[0] > 0 for v in CLASS_VACANCIES])
+    called = ""
+    if probabilities is not None and len(probabilities) == len(labels):
+        top = np.argmax(np.asarray(probabilities)[counted], axis=1)
+        called = f"; the classifier called {int(np.sum(x_vac[top]))} of them a chalcogen vacancy"
+    mat = get_material(frame.material)
+    frame.warnings.append(
+        f"{k} cells' {mat.chalcogen} columns could not be read (unresolved): their {mat.chalcogen} vacancies are not "
+        f"counted, so the counts of the classes with one are lower bounds{called}")
+
+
 def make_result(frame: Frame, labels: np.ndarray, confidence: np.ndarray, probabilities: np.ndarray | None,
                 *, alpha: float = 0.65, beta: float = 0.5, low_confidence: float = 0.6,
                 hexagons: tuple[np.ndarray, np.ndarray] | None = None, support: np.ndarray | None = None,
@@ -1219,6 +1240,8 @@ def make_result(frame: Frame, labels: np.ndarray, confidence: np.ndarray, probab
         frame.timings["states"] = time.perf_counter() - t0
     if n:
         checks.update(check_plausibility(frame, labels, flagged))
+        if "cells_unresolved" not in checks:  # else the frame-wide warning of check_states says it
+            unresolved_chalcogen_warning(frame, labels, x_unresolved, probabilities)
     else:
         frame.warnings.append("no unit cells found")
     for d in model.domains:
