@@ -45,8 +45,8 @@ MIN_ISLAND_COLUMNS = 20
 #: Local orders closer than this (fraction of the bright-hollow span) defer to the patch's.
 MIN_MARGIN = 0.12
 #: Where a patch's dimmer occupied class stands closer than this to its hollow (fraction of
-#: the span), the columns whose own margin is that close too take the patch's hollow place
-#: relative to their bright class.
+#: the span), the columns whose own margin is that close too and whose bright class is not
+#: the patch's take the patch's hollow place relative to their bright class.
 HOLLOW_MARGIN = 2 * MIN_MARGIN
 #: A metal/chalcogen swap needs the two occupied classes this far apart (fraction of the span).
 MIN_SWAP_MARGIN = 0.2
