@@ -735,7 +735,29 @@ def test_unread_chalcogen_columns_are_said_to_leave_the_counts_lower_bounds():
     unresolved_chalcogen_warning(frame, labels, unread, probs)
     assert frame.warnings == ["3 cells' Te columns could not be read (unresolved): their Te vacancies are not "
                               "counted, so the counts of the classes with one are lower bounds; the classifier "
-                              "called 2 of them a chalcogen vacancy"]
+                              "called 2 of them a chalcogen vacancy (counts_unread_as_classified in the summary "
+                              "counts them so)"]
     frame.warnings.clear()
     unresolved_chalcogen_warning(frame, labels, np.zeros(5, bool), probs)
     assert frame.warnings == []
+
+
+def test_counts_with_the_unread_cells_as_classified():
+    from napari_tmd_defects.analysis import Result
+
+    labels = np.array([0, 0, 3, 1, -2, 0])
+    n = len(labels)
+    probs = np.eye(6)[[1, 2, 4, 1, 0, 1]]  # the classifier: V_Te1, V_Te2, V_Te1+V_Mo, V_Te1, -, V_Te1
+    res = Result(material="MoTe2", pixel_size=0.1, pixel_size_source="given", image_shape=(64, 64), alpha=0.65,
+                 beta=0.5, hexagon_boxes=np.zeros((0, 4)), hexagon_scores=np.zeros(0), boxes=np.zeros((n, 4)),
+                 x_sites=np.zeros((n, 2)), m_sites=np.zeros((n, 2)), ij=np.zeros((n, 2), int),
+                 support=np.zeros(n, int), labels=labels, confidence=np.ones(n), probabilities=probs,
+                 flagged=np.zeros(n, bool), corrected=np.array([0, 0, 0, 0, 0, 1], bool),
+                 x_unresolved=np.array([1, 1, 1, 0, 1, 1], bool))
+    assert list(res.counts().values()) == [3, 1, 0, 1, 0, 0]
+    # the unread cells take the classifier's chalcogen state and keep their metal state as
+    # read; a cell corrected by hand and the boundary cell are left as they are
+    assert list(res.counts_unread_as_classified().values()) == [1, 2, 1, 0, 1, 0]
+    assert res.summary()["counts_unread_as_classified"] == res.counts_unread_as_classified()
+    res.probabilities = None
+    assert res.counts_unread_as_classified() is None

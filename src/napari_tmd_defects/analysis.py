@@ -176,6 +176,23 @@ class Result:
         c = np.bincount(lab, minlength=N_CLASSES)
         return {n: int(k) for n, k in zip(self.class_names, c)}
 
+    def counts_unread_as_classified(self) -> dict[str, int] | None:
+        """Cells per class with every counted cell whose chalcogen column could not be read
+        (``x_unresolved``) given the classifier's chalcogen state (its metal state as read):
+        the other end of the range that :meth:`counts` leaves open from below for the classes
+        with a chalcogen vacancy. Cells corrected by hand keep their class; None without the
+        classifier's probabilities."""
+        lab = np.asarray(self.labels)
+        if self.probabilities is None or len(self.probabilities) != len(lab):
+            return None
+        unread = (lab >= 0) & np.asarray(self.x_unresolved, bool) & ~np.asarray(self.corrected, bool)
+        out = lab.copy()
+        if unread.any():
+            top = np.argmax(np.asarray(self.probabilities)[unread], axis=1)
+            out[unread] = top % 3 + 3 * (lab[unread] // 3)  # class id = X atoms missing + 3 x metal missing
+        c = np.bincount(out[out >= 0], minlength=N_CLASSES)
+        return {n: int(k) for n, k in zip(self.class_names, c)}
+
     @property
     def n_counted(self) -> int:
         """Cells in the area: all but boundary cells."""
@@ -287,6 +304,7 @@ class Result:
             "area_nm2": round(self.area_nm2, 4),
             "concentration_cm2": {k: float(f"{v:.4g}") for k, v in self.concentrations_cm2().items()},
             "counts_uncertainty": {k: round(v, 2) for k, v in unc.items()},
+            "counts_unread_as_classified": self.counts_unread_as_classified(),
             "concentration_uncertainty_cm2": {k: float(f"{(v / area_cm2 if area_cm2 > 0 else 0.0):.3g}")
                                               for k, v in unc.items()},
             "site_states": self.site_state_counts(),

@@ -1199,7 +1199,8 @@ def unresolved_chalcogen_warning(frame: Frame, labels: np.ndarray, x_unresolved:
     mat = get_material(frame.material)
     frame.warnings.append(
         f"{k} cells' {mat.chalcogen} columns could not be read (unresolved): their {mat.chalcogen} vacancies are not "
-        f"counted, so the counts of the classes with one are lower bounds{called}")
+        f"counted, so the counts of the classes with one are lower bounds{called} (counts_unread_as_classified in "
+        "the summary counts them so)")
 
 
 def make_result(frame: Frame, labels: np.ndarray, confidence: np.ndarray, probabilities: np.ndarray | None,
