@@ -221,9 +221,14 @@ def assign_domains(
     # domains; a patch of two inversion domains is balanced overall); the hollow needs to stand out of the dimmer class
     # (where that class is not seen, the hollow keeps the patch's place relative to the
     # bright class: a guess the hexagons can correct)
+    # a patch's contrast for the island rule below: the larger of its median levels' and of
+    # the contrast its columns show around them (two balanced inversion domains, each clearly
+    # ordered, give a low contrast of the patch's median levels)
+    patch_contrast = {}
     for p in np.unique(patch):
         sel = patch == p
         ph, pb, mb, mh = _order(np.median(levels[sel], axis=0)[None])
+        patch_contrast[p] = max(mb[0], float(np.median(m_bright[sel])))
         weak_b = sel & (m_bright < MIN_SWAP_MARGIN)
         bright[weak_b] = pb[0]
         if mb[0] < MIN_SWAP_MARGIN:
@@ -252,10 +257,6 @@ def assign_domains(
         pattern = pattern + 9 * _orientation_groups(np.degrees(graph.orientation[idx]), patch, w,
                                                     graph.xy[idx], graph.a_fine)
     # domains: linked columns of one patch and one pattern
-    # (the contrast the patch's columns show around them: two balanced inversion domains, each
-    # clearly ordered, give a low contrast of the patch's median levels)
-    patch_contrast = {p: max(_order(np.median(levels[patch == p], axis=0)[None])[2][0],
-                             float(np.median(m_bright[patch == p]))) for p in np.unique(patch)}
     island_size = np.array([MIN_ISLAND_COLUMNS * (3 if patch_contrast[p] < MIN_SWAP_MARGIN else 1) for p in patch])
     pos = np.full(n, -1, np.int64)
     pos[idx] = np.arange(len(idx))
