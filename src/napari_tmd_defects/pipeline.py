@@ -736,8 +736,6 @@ def check_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray) -> tuple
     and are marked ``x_unresolved``. Updates ``flagged``; returns ``(labels, x_unresolved,
     info)``.
     """
-    from .materials import CLASS_VACANCIES
-
     model = frame.model
     c = model.cells
     n = len(c)
@@ -940,8 +938,6 @@ def reading_probabilities(states, cells, labels: np.ndarray) -> tuple[np.ndarray
     """The column reading's probabilities (untempered) of each cell's class: of its metal
     site's count (the class's: vacant or not) and of its chalcogen column's (its read
     count, or empty for a class with both atoms missing)."""
-    from .materials import CLASS_VACANCIES
-
     vac = np.asarray(CLASS_VACANCIES)
     lab = np.clip(np.asarray(labels, int), 0, N_CLASSES - 1)
     p_empty_m = states.empty_probability[cells.m]
@@ -1010,7 +1006,6 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
     Returns the labels, the cells whose class the reading changed, and the numbers for
     ``checks``.
     """
-    from .materials import CLASS_VACANCIES
     from .states import MIN_POSTERIOR, read_site_states
 
     model = frame.model
@@ -1191,7 +1186,7 @@ def unresolved_chalcogen_warning(frame: Frame, labels: np.ndarray, x_unresolved:
     k = int(counted.sum())
     if not k:
         return
-    x_vac = np.array([v[0] > 0 for v in CLASS_VACANCIES])
+    x_vac = np.asarray(CLASS_VACANCIES)[:, 0] > 0
     called = ""
     if probabilities is not None and len(probabilities) == len(labels):
         top = np.argmax(np.asarray(probabilities)[counted], axis=1)
