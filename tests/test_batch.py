@@ -49,6 +49,18 @@ def test_bad_file_is_skipped_and_others_finish(files, tmp_path):
     true = sim.truth.counts()
     assert sum(abs(res[0].counts[k] - n) for k, n in true.items()) <= 3  # stand-ins: cell 0 is made uncertain
     assert len(seen) == 3
+    # the summary also holds every count's one-sigma uncertainty and the counts with the
+    # unread chalcogen columns as the classifier calls them (the same cells, other classes);
+    # a failed frame leaves them empty
+    head = summary[0].split(",")
+    row = dict(zip(head, summary[1].split(",")))
+    for name, n in res[0].counts.items():
+        assert int(row[f"n_{name}"]) == n
+        assert float(row[f"sd_n_{name}"]) >= np.sqrt(n) - 0.01
+        assert int(row[f"n_{name}_unread_as_classified"]) == res[0].counts_unread_as_classified[name]
+    assert sum(res[0].counts_unread_as_classified.values()) == sum(res[0].counts.values())
+    failed = dict(zip(head, summary[3].split(",")))
+    assert failed["sd_n_Perfect"] == "" and failed["n_Perfect_unread_as_classified"] == ""
 
 
 def test_frames_that_yield_nothing_fail_with_the_reason(files, tmp_path):

@@ -62,6 +62,11 @@ class FileOutcome:
     area_nm2: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
     concentration_cm2: dict[str, float] = field(default_factory=dict)
+    #: one-sigma uncertainty of every count (:meth:`AnalysisResult.counts_uncertainty`)
+    counts_uncertainty: dict[str, float] = field(default_factory=dict)
+    #: the counts with the unread chalcogen columns as the classifier calls them
+    #: (:meth:`AnalysisResult.counts_unread_as_classified`); empty without probabilities
+    counts_unread_as_classified: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -143,7 +148,8 @@ def analyze_file(path: str | Path, stem: str, opts: BatchOptions) -> FileOutcome
         return FileOutcome(
             path=str(path), stem=stem, ok=True, n_cells=res.n_cells, pixel_size=res.pixel_size,
             pixel_size_source=res.pixel_size_source, area_nm2=res.area_nm2, counts=res.counts(),
-            concentration_cm2=res.concentrations_cm2(), warnings=list(res.warnings),
+            concentration_cm2=res.concentrations_cm2(), counts_uncertainty=res.counts_uncertainty(),
+            counts_unread_as_classified=res.counts_unread_as_classified() or {}, warnings=list(res.warnings),
         )
     except (ValueError, OSError, RuntimeError) as exc:
         return FileOutcome(path=str(path), stem=stem, ok=False, message=f"{type(exc).__name__}: {exc}")
@@ -154,7 +160,8 @@ def _write_summary(out_dir: Path, outcomes: list[FileOutcome], material: str) ->
     path = out_dir / "batch_summary.csv"
     with atomic_write(path, "w") as fh:
         cols = ["file", "status", "n_cells", "pixel_size_A", "pixel_size_source", "area_nm2"]
-        cols += [f"n_{n}" for n in names] + [f"conc_cm2_{n}" for n in names] + ["message"]
+        cols += [f"n_{n}" for n in names] + [f"conc_cm2_{n}" for n in names]
+        cols += [f"sd_n_{n}" for n in names] + [f"n_{n}_unread_as_classified" for n in names] + ["message"]
         fh.write(",".join(cols) + "\n")
         for o in outcomes:
             row = [o.path, o.status, str(o.n_cells),
@@ -162,6 +169,9 @@ def _write_summary(out_dir: Path, outcomes: list[FileOutcome], material: str) ->
                    f"{o.area_nm2:.4f}"]
             row += [str(o.counts.get(n, 0)) for n in names]
             row += [f"{o.concentration_cm2.get(n, 0.0):.4g}" for n in names]
+            row += [f"{o.counts_uncertainty[n]:.2f}" if n in o.counts_uncertainty else "" for n in names]
+            row += [str(o.counts_unread_as_classified[n]) if n in o.counts_unread_as_classified else ""
+                    for n in names]
             msg = o.message or "; ".join(o.warnings)
             row.append('"' + msg.replace('"', "'") + '"')
             fh.write(",".join(row) + "\n")
