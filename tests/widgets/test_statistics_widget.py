@@ -23,6 +23,24 @@ def test_statistics_and_export(analysed, tmp_path):
     assert "metal sites:" in stats._summary.text() and "chalcogen columns:" in stats._summary.text()
     ax = stats._fig.axes[0]
     assert sum(p.get_height() for p in ax.patches) == pytest.approx(np.sum(res.labels >= 0))
+    assert stats._table.isColumnHidden(4) and "could not be read" not in stats._summary.text()
+
+    # cells whose chalcogen column was left unread: their chalcogen vacancies are not in the
+    # counts, the dock says so and shows the counts with those cells as CNN-2 calls them
+    unread = np.flatnonzero(res.labels >= 0)[:5]
+    res.x_unresolved[unread] = True
+    res.labels[unread] = 0  # read as perfect, while the classifier calls them V_Te1
+    res.probabilities[unread] = np.eye(res.probabilities.shape[1])[1]
+    stats.refresh()
+    assert not stats._table.isColumnHidden(4)
+    assert "5 cells' chalcogen columns could not be read" in stats._summary.text()
+    upper = res.counts_unread_as_classified()
+    assert upper[res.class_names[1]] == res.counts()[res.class_names[1]] + 5
+    for row, name in enumerate(res.class_names):
+        assert int(stats._table.item(row, 4).text()) == upper[name]
+    res.x_unresolved[:] = False
+    stats.refresh()
+    assert stats._table.isColumnHidden(4)
 
     stats.export_folder = tmp_path / "out"
     stats._export_btn.click()

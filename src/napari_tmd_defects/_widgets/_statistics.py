@@ -131,8 +131,14 @@ class StatisticsWidget(QWidget):
         self._summary.setTextInteractionFlags(Qt.TextSelectableByMouse)
         lay.addWidget(self._summary)
 
-        self._table = QTableWidget(0, 4)
-        self._table.setHorizontalHeaderLabels(["", "class", "count", "cm⁻²"])
+        self._table = QTableWidget(0, 5)
+        self._table.setHorizontalHeaderLabels(["", "class", "count", "cm⁻²", "unread"])
+        self._table.horizontalHeaderItem(2).setToolTip(
+            "cells of the class ± one sigma (counting statistics and the classification's own doubt)")
+        self._table.horizontalHeaderItem(4).setToolTip(
+            "the count with every cell whose chalcogen column could not be read (unresolved) as CNN-2 calls it: "
+            "the counts of the classes with a chalcogen vacancy are lower bounds, this is the other end "
+            "(shown only where columns were left unread)")
         self._table.verticalHeader().setVisible(False)
         self._table.setEditTriggers(QTableWidget.NoEditTriggers)
         hdr = self._table.horizontalHeader()
@@ -199,6 +205,10 @@ class StatisticsWidget(QWidget):
             return
         counts, conc, unc = res.counts(), res.concentrations_cm2(), res.counts_uncertainty()
         n_uncl = int(np.sum(res.labels < 0))
+        n_unread = int(np.sum((np.asarray(res.labels) >= 0) & np.asarray(res.x_unresolved, bool)
+                              & ~np.asarray(res.corrected, bool)))
+        unread = res.counts_unread_as_classified() if n_unread else None
+        self._table.setColumnHidden(4, unread is None)
         self._summary.setText(
             f"<b>{res.n_cells}</b> cells, area <b>{res.area_nm2:.2f} nm²</b> "
             f"({res.area_nm2 * 1e-14:.3g} cm²) · {res.material} · "
@@ -208,6 +218,10 @@ class StatisticsWidget(QWidget):
             + (f" · vacuum {100 * res.vacuum_fraction:.0f} % of the image, "
                f"{res.n_excluded_vacuum} cells there left out" if res.vacuum_mask is not None else "")
             + f"<br>{res.noise_text()}"
+            + (f"<br>{n_unread} cells' chalcogen columns could not be read (unresolved): the counts of the "
+               "classes with a chalcogen vacancy are lower bounds"
+               + ("; <i>unread</i>: the counts with those cells as CNN-2 calls them" if unread is not None else "")
+               if n_unread else "")
             + _site_state_text(res)
         )
         self._table.setRowCount(len(counts))
@@ -216,7 +230,10 @@ class StatisticsWidget(QWidget):
             sw.setBackground(_qcolor(CLASS_COLORS[k]))
             self._table.setItem(k, 0, sw)
             self._table.setItem(k, 1, QTableWidgetItem(name))
-            for col, text in ((2, f"{n} ± {unc[name]:.1f}"), (3, f"{conc[name]:.3g}")):
+            cols = [(2, f"{n} ± {unc[name]:.1f}"), (3, f"{conc[name]:.3g}")]
+            if unread is not None:
+                cols.append((4, str(unread[name])))
+            for col, text in cols:
                 it = QTableWidgetItem(text)
                 it.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 self._table.setItem(k, col, it)
