@@ -1,5 +1,6 @@
 """Site states read from column intensities (:mod:`napari_tmd_defects.states`)."""
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -281,6 +282,53 @@ def test_dopant_columns_cut_flat_by_an_8bit_export_are_read_as_the_dopant():
     assert np.all(st.clipped[idx][z == 75])
     assert np.all(np.isnan(st.z_eff[idx][z == 75]))
     assert any("ceiling" in note for note in st.notes)
+
+
+def test_the_mean_a_ceiling_cut_off_is_put_back():
+    from napari_tmd_defects.states import declipped_heights
+
+    rng = np.random.default_rng(0)
+    for mean in (240.0, 255.0, 270.0):  # a core's pixels about a mean near a ceiling of 255
+        px = rng.normal(mean, 40.0, (2000, 30))
+        cut = np.minimum(px, 255.0)
+        share = np.mean(cut >= 255.0, axis=1)
+        back = declipped_heights(cut.mean(axis=1), share, 40.0)
+        assert abs(np.mean(back) - mean) < 0.05 * 40.0 < abs(np.mean(cut) - mean)
+    # nothing at the ceiling: unchanged; a core cut whole: at most the bound's excess
+    assert declipped_heights(np.array([100.0]), np.array([0.0]), 40.0)[0] == 100.0
+    assert declipped_heights(np.array([100.0]), np.array([1.0]), 40.0)[0] == pytest.approx(100.0 + 40.0 * 1.3289,
+                                                                                          abs=0.01)
+    # a height above a background that the ceiling cut as much: nothing to put back; one
+    # far below the ceiling: all of the core's loss
+    assert declipped_heights(np.array([50.0]), np.array([0.5]), 40.0, np.array([255.0]), 255.0)[0] == pytest.approx(50.0)
+    assert declipped_heights(np.array([50.0]), np.array([0.5]), 40.0, np.array([55.0]), 255.0)[0] == pytest.approx(
+        50.0 + 40.0 * 0.3989, abs=0.01)
+
+
+def test_one_atom_columns_of_an_export_that_cut_the_full_ones_are_read():
+    """An 8-bit export whose full Te columns reach the ceiling in part (noise carries some
+    of their pixels over it): their heights fall short and a one-atom column stands too
+    high against them to fit its level (``unresolved``) unless the cut mean is put back
+    from the frame's pixel noise."""
+    from napari_tmd_defects.noise import estimate_noise
+    from napari_tmd_defects.states import clipped_share
+
+    sim = simulate("MoTe2", 320, 0.12, defect_fraction=0.2, class_weights=(1, 3, 1, 1, 1), seed=0,
+                   noise=Noise(30, 15, background=0.3, quantize_8bit=True), rotation_deg=7.0)
+    model = locate_cells(sim.image, 0.12, "MoTe2").model
+    idx, j = _matched(model, sim.truth, ROLE_X)
+    atoms = np.count_nonzero(sim.truth.cell_x_z[j] > 0, axis=1)
+    assert np.sum(atoms == 1) >= 8 and np.sum(atoms == 0) >= 3
+    share = clipped_share(sim.image, model)[idx]
+    assert 0.2 < np.median(share[atoms == 2]) < 0.9  # partly cut, not flat
+    est = estimate_noise(sim.image)
+    # the pixel noise at the ceiling: 255²/λ + μ² grey levels² (λ = 30, μ = 15)
+    assert est.pixel_std(255.0) == pytest.approx(math.sqrt(255.0**2 / 30 + 15.0**2), rel=0.15)
+    before = read_site_states(model, "MoTe2", image=sim.image).state[idx]
+    after = read_site_states(model, "MoTe2", image=sim.image, noise=est).state[idx]
+    assert np.mean(before[atoms == 1] == "Te") <= 0.5
+    assert np.all(after[atoms == 1] == "Te")
+    assert np.all(after[atoms == 2] == "TeTe") and np.all(after[atoms == 0] == "vacant")
 
 
 def test_an_unclipped_image_changes_no_reading():

@@ -19,6 +19,7 @@ it survives JSON.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,12 @@ class NoiseEstimate:
     peak: float
     snr: float
     poisson_limited: bool = True
+
+    def pixel_std(self, level: float) -> float:
+        """Noise std of one pixel whose mean is ``level`` (the image's own grey levels):
+        ``sqrt(gain · level + read variance)``."""
+        read = self.gaussian_mu * self.peak / 255.0
+        return math.sqrt(max(self.gain * float(level), 0.0) + read * read)
 
     def describe(self) -> str:
         if self.poisson_limited:

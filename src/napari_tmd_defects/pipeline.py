@@ -131,6 +131,8 @@ class Frame:
     a_px: float = float("nan")
     lattice: Any = None
     noise: dict[str, float] = field(default_factory=dict)
+    #: the frame's pixel noise model (:class:`~.noise.NoiseEstimate`), None where not estimated
+    noise_model: Any = None
     noise_sigma: float = float("nan")
     work: Any = None
     state: Any = None
@@ -320,6 +322,7 @@ def estimate_noise(frame: Frame) -> None:
         est = _estimate(frame.image, frame.a_px)
     except ValueError:
         return
+    frame.noise_model = est
     frame.noise = {"poisson_lambda": round(est.poisson_lambda, 2), "gaussian_mu": round(est.gaussian_mu, 2),
                    "snr": round(est.snr, 2), "poisson_limited": bool(est.poisson_limited)}
     if est.poisson_lambda < NOISE_LAMBDA_RANGE[0] or est.snr < 1.5:
@@ -1013,7 +1016,7 @@ def read_states(frame: Frame, labels: np.ndarray, flagged: np.ndarray,
     image = frame.image
     if frame.site_head is not None and frame.vacuum is not None and frame.vacuum.any():
         image = head_image(frame.image, frame.vacuum)
-    st = read_site_states(model, frame.material, image=image, site_head=frame.site_head)
+    st = read_site_states(model, frame.material, image=image, site_head=frame.site_head, noise=frame.noise_model)
     frame.states = st
     info: dict[str, Any] = {}
     if not n:

@@ -43,7 +43,11 @@ above the hollow background) with the levels the states would give:
    auto-contrast export, :func:`clipped_share`; needs the image) shows only a lower bound
    of its intensity: a state brighter than the most common column is as likely anywhere
    between that column's level and its own (or the highest cut column's), and the column
-   gets no effective Z where it stands below its state's level.
+   gets no effective Z where it stands below its state's level. Where the chalcogen
+   columns' cores reach the ceiling in part (noise carries some of their pixels above it;
+   :data:`MIN_DECLIP_MEDIAN_SHARE`), each gets back the mean the ceiling cut off, from the
+   frame's pixel noise (:func:`declipped_heights`); the metal columns do not (on low-dose
+   WSe2:Cr frames the correction overshot the W columns and a Cr site read vacant).
 4. **Detection limits.** For every state, the chance that a host site is read as it (false
    positives) and that one of it is read correctly give, with Currie's limit
    ``L_D = 2.71 + 4.65 sqrt(B)`` over the frame's host sites, the minimum detectable
@@ -69,6 +73,8 @@ __all__ = [
     "OUTLIER_SIGMAS",
     "SiteStates",
     "clipped_share",
+    "clipping_ceiling",
+    "declipped_heights",
     "head_reads",
     "read_site_states",
 ]
@@ -798,35 +804,53 @@ def _local_heights(model: SiteModel) -> np.ndarray:
     return out
 
 
-def clipped_share(image: np.ndarray, model: SiteModel) -> np.ndarray:
-    """(S,) float: the share of each site's column core (:data:`CLIP_RADIUS_A`) at the
-    image's clipping ceiling (0 where it is not clipped).
-
-    The ceiling is the image's maximum where at least :data:`MIN_CLIPPED_SHARE` of the
-    pixels stand within :data:`CLIP_TOLERANCE` of the range below it (an 8-bit or
-    auto-contrast export that cut the brightest columns flat); none otherwise.
-    """
-    s = model.sites
-    out = np.zeros(len(s))
+def clipping_ceiling(image: np.ndarray) -> float | None:
+    """The grey level at and above which ``image`` is cut flat: its maximum less
+    :data:`CLIP_TOLERANCE` of its range, where at least :data:`MIN_CLIPPED_SHARE` of the
+    pixels stand there (an 8-bit or auto-contrast export that cut the brightest columns);
+    None otherwise."""
     img = np.asarray(image)
-    if img.ndim != 2 or not len(s) or img.size == 0:
-        return out
+    if img.ndim != 2 or img.size == 0:
+        return None
     # the range and the plateau's share from a strided sample of the pixels (no copy of a
     # large frame)
     sample = img.ravel()[:: max(1, img.size // 200_000)].astype(float)
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
-        return out
+        return None
     top = float(np.nanmax(img))
     floor = float(np.percentile(sample, 1))
     if not top > floor:
-        return out
+        return None
     ceiling = top - CLIP_TOLERANCE * (top - floor)
     if np.count_nonzero(sample >= ceiling) < MIN_CLIPPED_SHARE * sample.size:
-        return out
+        return None
+    return ceiling
+
+
+def clipped_share(image: np.ndarray, model: SiteModel, ceiling: float | None = None) -> np.ndarray:
+    """(S,) float: the share of each site's column core (:data:`CLIP_RADIUS_A`) at the
+    image's clipping ceiling (:func:`clipping_ceiling`, or ``ceiling``; 0 where the image
+    is not clipped)."""
+    return _core_stats(image, model, ceiling)[0]
+
+
+def _core_stats(image: np.ndarray, model: SiteModel, ceiling: float | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per site: the share of its column core at the ceiling (:func:`clipped_share`) and
+    the core's mean grey level (None where the image is not clipped)."""
+    s = model.sites
+    out = np.zeros(len(s))
+    img = np.asarray(image)
+    if img.ndim != 2 or not len(s) or img.size == 0:
+        return out, None
+    ceiling = clipping_ceiling(img) if ceiling is None else ceiling
+    if ceiling is None:
+        return out, None
     r = max(2, int(round(CLIP_RADIUS_A * model.a_px)))
     yx = np.round(s.xy[:, ::-1]).astype(int)
     hh, ww = img.shape
+    mean = np.zeros(len(s))
     n_px = 0
     for dy in range(-r, r + 1):
         for dx in range(-r, r + 1):
@@ -834,9 +858,60 @@ def clipped_share(image: np.ndarray, model: SiteModel) -> np.ndarray:
                 continue
             y = np.clip(yx[:, 0] + dy, 0, hh - 1)
             x = np.clip(yx[:, 1] + dx, 0, ww - 1)
-            out += img[y, x] >= ceiling
+            px = img[y, x]
+            out += px >= ceiling
+            mean += px
             n_px += 1
-    return out / n_px
+    return out / n_px, mean / n_px
+
+
+#: :func:`read_site_states` puts back what the ceiling cut off the chalcogen columns only
+#: where their median core reaches it by this share (their full columns cut in part; a few
+#: noise pixels at the ceiling in the cores of faint columns on a bright background make
+#: corrections that are mostly noise)
+MIN_DECLIP_MEDIAN_SHARE = 0.2
+#: :func:`declipped_heights`: a core's share at the ceiling is taken as at most this (a
+#: core cut flat whole shows only a lower bound, read as such)
+MAX_DECLIP_SHARE = 0.9
+
+
+def _cut_loss(a: np.ndarray) -> np.ndarray:
+    """The mean a unit normal loses when cut at ``a`` (its distance above the mean):
+    ``φ(a) - a (1 - Φ(a))``."""
+    from scipy.special import ndtr
+
+    a = np.asarray(a, float)
+    return np.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi) - a * ndtr(-a)
+
+
+def declipped_heights(height: np.ndarray, share: np.ndarray, pixel_std: float,
+                      background: np.ndarray | None = None, ceiling: float | None = None) -> np.ndarray:
+    """Column heights with the mean an export's ceiling cut off put back.
+
+    A core whose pixels scatter by ``pixel_std`` (grey levels) about a mean near the
+    ceiling loses the excess of those above it: with a share ``f`` of them at the ceiling
+    (a censored normal, ``a = Φ⁻¹(1 - f)``) the mean drops by ``pixel_std · (φ(a) - a f)``
+    (0.40 σ at f = 0.5, 1.33 σ at f = 0.9). A height is measured above the local
+    background: where that (``background``, grey levels, with the ``ceiling``) lies near
+    the ceiling too, what it lost the same way is taken off again (a noisy low-dose frame
+    whose hollows reach the ceiling). On 8-bit simulated MoTe2 frames whose full Te
+    columns reach the ceiling in part (30-80 % of a core's pixels) they lost up to a
+    quarter of their height, so that one-atom columns stood at up to 0.65 of them instead
+    of 0.43-0.5, beyond their level's noise: ``unresolved``, their vacancies not counted.
+    ``share`` is capped at :data:`MAX_DECLIP_SHARE`.
+    """
+    from scipy.special import ndtri
+
+    f = np.clip(np.asarray(share, float), 0.0, MAX_DECLIP_SHARE)
+    cut = f > 0
+    out = np.asarray(height, float).copy()
+    if not (cut.any() and pixel_std > 0):
+        return out
+    out[cut] += pixel_std * _cut_loss(ndtri(1.0 - f[cut]))
+    if background is not None and ceiling is not None:
+        a_bg = (ceiling - np.asarray(background, float)[cut]) / pixel_std
+        out[cut] -= pixel_std * _cut_loss(np.maximum(a_bg, -3.0))
+    return out
 
 
 #: A site-state head is not used for a layer listing a metal lighter than this (Z): it
@@ -877,31 +952,33 @@ def _head_disagrees(signal: np.ndarray, s, use: np.ndarray) -> str | None:
 
 
 def _head_heights(site_head, image: np.ndarray | None, model: SiteModel, comp: Composition):
-    """``(heights (S,), extra variance (S,), None)`` of the sites with those of the head's
-    sublattices read by a site-state head (grey levels, grey levels²: its uncertainty beyond
-    its sublattice's median), or ``(None, None, note)`` where the head is not used (a
-    binary or a light metal listed: no note, the heights are the reading for those; a
-    reading that does not follow the heights: a note says so)."""
+    """``(heights (S,), extra variance (S,), None, read (S,) bool)`` of the sites with those
+    of the head's sublattices (``read``) read by a site-state head (grey levels, grey
+    levels²: its uncertainty beyond its sublattice's median), or ``(None, None, note,
+    None)`` where the head is not used (a binary or a light metal listed: no note, the
+    heights are the reading for those; a reading that does not follow the heights: a note
+    says so)."""
     from .sitehead import SiteHead, load_site_head
 
     if image is None:
         raise ValueError("read_site_states: site_head needs the image")
     head = site_head if isinstance(site_head, SiteHead) else load_site_head(site_head)
     if not head_reads(comp):
-        return None, None, None
+        return None, None, None, None
     s = model.sites
     reading = head.read(image, model)
     use = np.isin(s.role, [ROLE_M if r == "M" else ROLE_X for r in head.roles])
     why = _head_disagrees(reading.signal, s, use)
     if why:
-        return None, None, f"the site-state head's reading does not fit the column heights ({why}): read from the heights"
+        return (None, None, f"the site-state head's reading does not fit the column heights ({why}): read from the "
+                "heights", None)
     extra_var = np.zeros(len(s))
     for role in (ROLE_M, ROLE_X):
         sel = use & (s.role == role)
         if sel.any():
             v = (reading.sigma[sel] * reading.scale) ** 2
             extra_var[sel] = np.maximum(v - np.median(v), 0.0)
-    return np.where(use, reading.signal * reading.scale, s.height), extra_var, None
+    return np.where(use, reading.signal * reading.scale, s.height), extra_var, None, use
 
 
 def _named_share(tried: list, m: int) -> float:
@@ -959,7 +1036,7 @@ def _open_metal_mode(h: np.ndarray, cand: _Candidates, clipped: np.ndarray | Non
 
 def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | None = None,
                      voltage_kv: float = 80.0, image: np.ndarray | None = None,
-                     site_head=None) -> SiteStates:
+                     site_head=None, noise=None) -> SiteStates:
     """Read every site's state from its column intensity (see the module docstring).
 
     Parameters
@@ -984,6 +1061,11 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         against every level (an outlier is not an unlisted substituent). A binary keeps its
         heights (the classifier reads its cells), and so does a layer listing a light metal
         (:data:`HEAD_MIN_METAL_Z`). Needs ``image``.
+    noise : NoiseEstimate, optional
+        The frame's pixel noise (:func:`~.noise.estimate_noise` of ``image``): where the
+        image is clipped, the heights of chalcogen columns whose cores partly reach the
+        ceiling get back the mean it cut off (:func:`declipped_heights`; not where a
+        site-state head measured the heights).
     """
     from .zcontrast import chalcogen_signal, effective_z, metal_signal
 
@@ -994,8 +1076,11 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
         return out
     comp = parse_composition(material)
     extra_var = None  # per site: the head's uncertainty beyond its sublattice's median (grey levels²)
+    head_read = np.zeros(n, bool)  # sites whose intensity the head measured
     if site_head is not None:
-        heights, extra_var, note = _head_heights(site_head, image, model, comp)
+        heights, extra_var, note, used = _head_heights(site_head, image, model, comp)
+        if used is not None:
+            head_read = used
         if note:
             out.notes.append(note)
         if heights is not None:
@@ -1014,14 +1099,28 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
                 ROLE_X: float(chalcogen_signal(host.z_chalcogen, host.z_chalcogen, voltage_kv))}
     fixed = all(f is not None for _, f in comp.metals + comp.chalcogens) and all(
         f is not None for _, f in comp.dopants)
-    # a column against its neighbourhood where the neighbourhood's median is the host
-    # (a binary); an alloy's local median follows its local composition
-    height = _local_heights(model) if comp.is_binary else s.height.astype(float)
     # metal columns cut flat by the export's ceiling show a lower bound of their intensity
     clipped = np.zeros(n, bool)
     if image is not None:
-        clipped = (s.role == ROLE_M) & (clipped_share(image, model) >= MIN_CLIPPED_CORE_SHARE)
+        ceiling = clipping_ceiling(image)
+        share, core = _core_stats(image, model, ceiling)
+        on_x = (s.role == ROLE_X) & ~head_read
+        cut_x = np.where(on_x, share, 0.0)
+        if (noise is not None and ceiling is not None and np.any(on_x & counted)
+                and np.median(share[on_x & counted]) >= MIN_DECLIP_MEDIAN_SHARE):
+            # chalcogen columns the ceiling cut partly: their heights with the lost mean put
+            # back. Not the metal columns: on low-dose WSe2:Cr frames, whose W columns the
+            # ceiling cuts, the correction overshot by up to 12 % and a Cr site read vacant
+            # (V_M precision 97.2 %); a metal column cut whole is a lower bound instead.
+            # The background under a column is its core's mean less its height
+            s = dataclasses.replace(s, height=declipped_heights(s.height, cut_x, noise.pixel_std(ceiling),
+                                                                 core - s.height, ceiling))
+            model = dataclasses.replace(model, sites=s)
+        clipped = (s.role == ROLE_M) & (share >= MIN_CLIPPED_CORE_SHARE)
     out.clipped = clipped
+    # a column against its neighbourhood where the neighbourhood's median is the host
+    # (a binary); an alloy's local median follows its local composition
+    height = _local_heights(model) if comp.is_binary else s.height.astype(float)
     # several species with open fractions on a sublattice: none of them is the host by
     # the formula's order, the image says which is most common
     open_alloy = {role: len(g) > 1 and any(f is None for _, f in g)
