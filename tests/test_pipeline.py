@@ -759,5 +759,14 @@ def test_counts_with_the_unread_cells_as_classified():
     # read; a cell corrected by hand and the boundary cell are left as they are
     assert list(res.counts_unread_as_classified().values()) == [1, 2, 1, 0, 1, 0]
     assert res.summary()["counts_unread_as_classified"] == res.counts_unread_as_classified()
+    # a cell whose column the site reading found full keeps its class: the classifier's
+    # vacancy there was overruled, not left unread (cells 0-2 and 5 map to chalcogen sites
+    # 0-2 and 5; the reading found site 1 full, site 0 unread)
+    from types import SimpleNamespace
+
+    res.site_states = SimpleNamespace(atoms=np.array([-1, 2, -1, 2, 2, 2]))
+    res._cell_sites = lambda: (np.arange(n), np.arange(n))
+    assert list(res.unread_cells()) == [True, False, True, False, False, False]
+    assert list(res.counts_unread_as_classified().values()) == [2, 2, 0, 0, 1, 0]
     res.probabilities = None
     assert res.counts_unread_as_classified() is None

@@ -21,7 +21,7 @@ from .geometry import is_exact_counts
 from .materials import N_CLASSES, get_material
 from .sites import SiteModel
 
-__all__ = ["BOUNDARY", "Result", "UNCLASSIFIED", "dark_level", "pixel_size_text", "prepare_image"]
+__all__ = ["BOUNDARY", "Result", "UNCLASSIFIED", "dark_level", "pixel_size_text", "prepare_image", "read_full"]
 
 #: Label of cells that were not classified.
 UNCLASSIFIED = -1
@@ -50,6 +50,19 @@ def pixel_size_text(pixel_size: float | None, source: str) -> str:
     if pixel_size is None or not np.isfinite(pixel_size) or pixel_size <= 0:
         return "pixel size unknown"
     return f"{pixel_size:.4g} Å/px ({PIXEL_SIZE_SOURCE_TEXT.get((source or '').strip(), source)})"
+
+
+def read_full(site_states, x_index: np.ndarray) -> np.ndarray:
+    """(N,) bool: the cells whose chalcogen column (``x_index`` into the sites; -1: none)
+    the site reading found full (two atoms at its posterior): a chalcogen vacancy called
+    there was overruled by the column's intensity, not left unread."""
+    x_index = np.asarray(x_index)
+    out = np.zeros(len(x_index), bool)
+    if site_states is None:
+        return out
+    ok = x_index >= 0
+    out[ok] = np.asarray(site_states.atoms)[x_index[ok]] == 2
+    return out
 
 
 def _label_name(k: int, names) -> str:
@@ -180,18 +193,32 @@ class Result:
         """Cells per class with every counted cell whose chalcogen column could not be read
         (``x_unresolved``) given the classifier's chalcogen state (its metal state as read):
         the other end of the range that :meth:`counts` leaves open from below for the classes
-        with a chalcogen vacancy. Cells corrected by hand keep their class; None without the
+        with a chalcogen vacancy. A cell whose column the site reading found full keeps its
+        class (a vacancy the classifier called there was overruled by the column's intensity,
+        :func:`read_full`), and so does a cell corrected by hand; None without the
         classifier's probabilities."""
         lab = np.asarray(self.labels)
         if self.probabilities is None or len(self.probabilities) != len(lab):
             return None
-        unread = (lab >= 0) & np.asarray(self.x_unresolved, bool) & ~np.asarray(self.corrected, bool)
+        unread = self.unread_cells()
         out = lab.copy()
         if unread.any():
             top = np.argmax(np.asarray(self.probabilities)[unread], axis=1)
             out[unread] = top % 3 + 3 * (lab[unread] // 3)  # class id = X atoms missing + 3 x metal missing
         c = np.bincount(out[out >= 0], minlength=N_CLASSES)
         return {n: int(k) for n, k in zip(self.class_names, c)}
+
+    def unread_cells(self) -> np.ndarray:
+        """(N,) bool: counted cells whose chalcogen column could not be read
+        (``x_unresolved``), other than those the site reading found full (:func:`read_full`:
+        a chalcogen vacancy the classifier called there was overruled) and those corrected
+        by hand: the cells whose chalcogen vacancies the counts may lack."""
+        lab = np.asarray(self.labels)
+        out = (lab >= 0) & np.asarray(self.x_unresolved, bool) & ~np.asarray(self.corrected, bool)
+        idx = self._cell_sites()
+        if idx is not None:
+            out &= ~read_full(self.site_states, idx[0])
+        return out
 
     @property
     def n_counted(self) -> int:

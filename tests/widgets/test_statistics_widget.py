@@ -29,6 +29,7 @@ def test_statistics_and_export(analysed, tmp_path):
     # counts, the dock says so and shows the counts with those cells as CNN-2 calls them
     unread = np.flatnonzero(res.labels >= 0)[:5]
     res.x_unresolved[unread] = True
+    res.site_states.atoms[res.sites.cells.x[unread]] = -1  # columns the reading left open
     res.labels[unread] = 0  # read as perfect, while the classifier calls them V_Te1
     res.probabilities[unread] = np.eye(res.probabilities.shape[1])[1]
     stats.refresh()

@@ -205,8 +205,7 @@ class StatisticsWidget(QWidget):
             return
         counts, conc, unc = res.counts(), res.concentrations_cm2(), res.counts_uncertainty()
         n_uncl = int(np.sum(res.labels < 0))
-        n_unread = int(np.sum((np.asarray(res.labels) >= 0) & np.asarray(res.x_unresolved, bool)
-                              & ~np.asarray(res.corrected, bool)))
+        n_unread = int(np.sum(res.unread_cells()))
         unread = res.counts_unread_as_classified() if n_unread else None
         self._table.setColumnHidden(4, unread is None)
         self._summary.setText(
