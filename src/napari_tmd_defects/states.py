@@ -828,29 +828,27 @@ def clipping_ceiling(image: np.ndarray) -> float | None:
     return ceiling
 
 
-def clipped_share(image: np.ndarray, model: SiteModel, ceiling: float | None = None) -> np.ndarray:
+def clipped_share(image: np.ndarray, model: SiteModel) -> np.ndarray:
     """(S,) float: the share of each site's column core (:data:`CLIP_RADIUS_A`) at the
-    image's clipping ceiling (:func:`clipping_ceiling`, or ``ceiling``; 0 where the image
-    is not clipped)."""
+    image's clipping ceiling (:func:`clipping_ceiling`; 0 where the image is not clipped)."""
+    ceiling = clipping_ceiling(image)
+    if ceiling is None:
+        return np.zeros(len(model.sites))
     return _core_stats(image, model, ceiling)[0]
 
 
-def _core_stats(image: np.ndarray, model: SiteModel, ceiling: float | None = None
-                ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per site: the share of its column core at the ceiling (:func:`clipped_share`) and
-    the core's mean grey level (None where the image is not clipped)."""
+def _core_stats(image: np.ndarray, model: SiteModel, ceiling: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per site: the share of its column core at ``ceiling`` (:func:`clipped_share`) and
+    the core's mean grey level."""
     s = model.sites
     out = np.zeros(len(s))
     img = np.asarray(image)
+    mean = np.zeros(len(s))
     if img.ndim != 2 or not len(s) or img.size == 0:
-        return out, None
-    ceiling = clipping_ceiling(img) if ceiling is None else ceiling
-    if ceiling is None:
-        return out, None
+        return out, mean
     r = max(2, int(round(CLIP_RADIUS_A * model.a_px)))
     yx = np.round(s.xy[:, ::-1]).astype(int)
     hh, ww = img.shape
-    mean = np.zeros(len(s))
     n_px = 0
     for dy in range(-r, r + 1):
         for dx in range(-r, r + 1):
@@ -1103,10 +1101,10 @@ def read_site_states(model: SiteModel, material: str, cell_area_nm2: float | Non
     clipped = np.zeros(n, bool)
     if image is not None:
         ceiling = clipping_ceiling(image)
-        share, core = _core_stats(image, model, ceiling)
+        share, core = _core_stats(image, model, ceiling) if ceiling is not None else (np.zeros(n), None)
         on_x = (s.role == ROLE_X) & ~head_read
         cut_x = np.where(on_x, share, 0.0)
-        if (noise is not None and ceiling is not None and np.any(on_x & counted)
+        if (noise is not None and core is not None and np.any(on_x & counted)
                 and np.median(share[on_x & counted]) >= MIN_DECLIP_MEDIAN_SHARE):
             # chalcogen columns the ceiling cut partly: their heights with the lost mean put
             # back. Not the metal columns: on low-dose WSe2:Cr frames, whose W columns the
