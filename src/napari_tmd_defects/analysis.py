@@ -21,7 +21,7 @@ from .geometry import is_exact_counts
 from .materials import N_CLASSES, get_material
 from .sites import SiteModel
 
-__all__ = ["BOUNDARY", "Result", "UNCLASSIFIED", "dark_level", "pixel_size_text", "prepare_image", "read_full"]
+__all__ = ["BOUNDARY", "Result", "UNCLASSIFIED", "dark_level", "pixel_size_text", "prepare_image", "unread_cells"]
 
 #: Label of cells that were not classified.
 UNCLASSIFIED = -1
@@ -52,16 +52,20 @@ def pixel_size_text(pixel_size: float | None, source: str) -> str:
     return f"{pixel_size:.4g} Å/px ({PIXEL_SIZE_SOURCE_TEXT.get((source or '').strip(), source)})"
 
 
-def read_full(site_states, x_index: np.ndarray) -> np.ndarray:
-    """(N,) bool: the cells whose chalcogen column (``x_index`` into the sites; -1: none)
-    the site reading found full (two atoms at its posterior): a chalcogen vacancy called
-    there was overruled by the column's intensity, not left unread."""
-    x_index = np.asarray(x_index)
-    out = np.zeros(len(x_index), bool)
-    if site_states is None:
-        return out
-    ok = x_index >= 0
-    out[ok] = np.asarray(site_states.atoms)[x_index[ok]] == 2
+def unread_cells(labels: np.ndarray, x_unresolved: np.ndarray, site_states=None,
+                 x_index: np.ndarray | None = None) -> np.ndarray:
+    """(N,) bool: counted cells (``labels >= 0``) whose chalcogen column could not be read
+    (``x_unresolved``), other than those whose column (``x_index`` into the sites of
+    ``site_states``; -1: none) the site reading found full (two atoms at its posterior): a
+    chalcogen vacancy the classifier called there was overruled by the column's
+    intensity, not left unread."""
+    out = (np.asarray(labels) >= 0) & np.asarray(x_unresolved, bool)
+    if site_states is not None and x_index is not None:
+        x_index = np.asarray(x_index)
+        ok = x_index >= 0
+        full = np.zeros(len(x_index), bool)
+        full[ok] = np.asarray(site_states.atoms)[x_index[ok]] == 2
+        out &= ~full
     return out
 
 
@@ -195,7 +199,7 @@ class Result:
         the other end of the range that :meth:`counts` leaves open from below for the classes
         with a chalcogen vacancy. A cell whose column the site reading found full keeps its
         class (a vacancy the classifier called there was overruled by the column's intensity,
-        :func:`read_full`), and so does a cell corrected by hand; None without the
+        :meth:`unread_cells`), and so does a cell corrected by hand; None without the
         classifier's probabilities."""
         lab = np.asarray(self.labels)
         if self.probabilities is None or len(self.probabilities) != len(lab):
@@ -209,16 +213,13 @@ class Result:
         return {n: int(k) for n, k in zip(self.class_names, c)}
 
     def unread_cells(self) -> np.ndarray:
-        """(N,) bool: counted cells whose chalcogen column could not be read
-        (``x_unresolved``), other than those the site reading found full (:func:`read_full`:
-        a chalcogen vacancy the classifier called there was overruled) and those corrected
-        by hand: the cells whose chalcogen vacancies the counts may lack."""
-        lab = np.asarray(self.labels)
-        out = (lab >= 0) & np.asarray(self.x_unresolved, bool) & ~np.asarray(self.corrected, bool)
+        """(N,) bool: the cells whose chalcogen vacancies the counts may lack
+        (:func:`unread_cells`: unread columns, not those the site reading found full), less
+        those corrected by hand."""
         idx = self._cell_sites()
-        if idx is not None:
-            out &= ~read_full(self.site_states, idx[0])
-        return out
+        out = unread_cells(self.labels, self.x_unresolved, self.site_states if idx is not None else None,
+                           None if idx is None else idx[0])
+        return out & ~np.asarray(self.corrected, bool)
 
     @property
     def n_counted(self) -> int:

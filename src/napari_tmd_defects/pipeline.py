@@ -45,7 +45,7 @@ from .analysis import (
     dark_level,
     empty_result,
     prepare_image,
-    read_full,
+    unread_cells,
 )
 from .materials import CLASS_VACANCIES, N_CLASSES, get_material, parse_composition
 from .runtime import CancelCallback, ProgressCallback, check_cancel, release_memory
@@ -1187,10 +1187,10 @@ def unresolved_chalcogen_warning(frame: Frame, labels: np.ndarray, x_unresolved:
     classes with one (the unread columns are mostly the doubtful ones, so a frame's V_X1
     count can fall well short); says how many of them the classifier called such a class.
     Cells whose column the reading found full are not among them (a vacancy the classifier
-    called there was overruled, :func:`~.analysis.read_full`; the contradiction is warned of
-    and flagged by :func:`check_states`)."""
-    x_sites = frame.model.cells.x if frame.model is not None else np.full(len(labels), -1)
-    counted = (labels >= 0) & x_unresolved & ~read_full(frame.states, x_sites)
+    called there was overruled, :func:`~.analysis.unread_cells`; the contradiction is warned
+    of and flagged by :func:`check_states`)."""
+    counted = unread_cells(labels, x_unresolved, frame.states,
+                           frame.model.cells.x if frame.model is not None else None)
     k = int(counted.sum())
     if not k:
         return
