@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
+from napari_tmd_defects.datasets import _simulate_item
 from napari_tmd_defects.lattice import find_domains, x_brighter
 from napari_tmd_defects.sites import ROLE_M, ROLE_X
 from napari_tmd_defects.simulation import Boundary, Noise, simulate
@@ -250,3 +251,34 @@ def test_a_mirror_twin_with_faint_chalcogens_keeps_its_own_hollow():
     assert len(st.domains) == 2
     acc, n = _role_accuracy(st, sim.truth)
     assert n > 60 and acc > 0.95
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_a_strip_domain_at_the_edge_is_not_outvoted(seed):
+    # an inversion domain of 9 cells along the frame's edge (as in a multislice frame of the
+    # structure set): every column of it shows the swapped order clearly, but the majority
+    # of each column's wider neighbourhood is the large domain's, which swallowed the strip
+    # and gave its Te2 columns the metal role (every one of its cells read V_Te1)
+    sim = simulate("MoTe2", 256, pixel_size=0.111, rotation_deg=-28.3, defect_fraction=0.1, noise=Noise(16, 20),
+                   seed=seed, boundaries=[Boundary("inversion", angle_deg=159.2, offset=-0.45, misorientation_deg=10.7,
+                                                   variant="M", shift=(2 / 3, 0.5))])
+    t = sim.truth
+    st = find_domains(sim.image, t.a_px, "MoTe2")
+    assert len(st.domains) == 2
+    xy = np.concatenate([t.cell_x_site, t.cell_m_site])
+    role = np.r_[np.full(t.n_cells, ROLE_X), np.full(t.n_cells, ROLE_M)]
+    strip = np.r_[t.cell_domain, t.cell_domain] == np.argmin(np.bincount(t.cell_domain))
+    d, k = cKDTree(xy).query(st.graph.xy)
+    on_strip = (d < 0.2 * t.a_px) & (st.domain >= 0) & strip[k]
+    assert on_strip.sum() >= 12
+    assert np.mean(st.role[on_strip] == role[k[on_strip]]) >= 0.85
+
+
+def test_noise_in_a_vacuum_hole_is_not_a_domain():
+    # a frame of the held-out vacuum set: the noise "columns" linked across a large hole
+    # show clear local orders, of a span far below the crystal's; they are no domain
+    seq = np.random.SeedSequence(8101).spawn(6)[5]
+    sim = _simulate_item("MoTe2", (512, 512), "realistic", seq,
+                         dict(pixel_size=(0.06, 0.15), rotation="random", defect_fraction=(0.05, 0.2), vacuum=1.0))
+    st = find_domains(sim.image, sim.truth.a_px, "MoTe2")
+    assert len(st.domains) == 1

@@ -42,6 +42,15 @@ MIN_DOMAIN_COLUMNS = 10
 MIN_GRAIN_TWIST_DEG = 5.0
 #: Regions of another order with fewer columns, inside a patch, join their neighbour.
 MIN_ISLAND_COLUMNS = 20
+#: ... but in a patch whose classes stand clearly apart, an island of at least this many
+#: columns that show its order clearly stays a domain of its own (smaller ones would be
+#: dissolved as domains, losing columns the larger domain reads right).
+MIN_CLEAR_ISLAND_COLUMNS = 10
+#: ... whose median bright margin is at least this (fraction of the span: MoTe2's islands
+#: show ~0.45-0.6, MoSe2's ~0.2, too close to tell a small domain from noise) ...
+MIN_CLEAR_ISLAND_MARGIN = 0.35
+#: ... and whose surroundings' bright-hollow span is at least this fraction of the patch's.
+MIN_CLEAR_ISLAND_SPAN = 0.5
 #: Local orders closer than this (fraction of the bright-hollow span) defer to the patch's.
 MIN_MARGIN = 0.12
 #: Where a patch's dimmer occupied class stands closer than this to its hollow (fraction of
@@ -225,8 +234,11 @@ def assign_domains(
     # the contrast its columns show around them (two balanced inversion domains, each clearly
     # ordered, give a low contrast of the patch's median levels)
     patch_contrast = {}
+    span = np.ptp(smooth, axis=1)  # bright-hollow span of each column's surroundings
+    rel_span = np.empty(len(idx))
     for p in np.unique(patch):
         sel = patch == p
+        rel_span[sel] = span[sel] / max(float(np.median(span[sel])), 1e-12)
         ph, pb, mb, mh = _order(np.median(levels[sel], axis=0)[None])
         patch_contrast[p] = max(mb[0], float(np.median(m_bright[sel])))
         weak_b = sel & (m_bright < MIN_SWAP_MARGIN)
@@ -249,29 +261,40 @@ def assign_domains(
             weak_h = sel & (m_hollow < HOLLOW_MARGIN) & (bright != pb[0])
             hollow[weak_h] = (bright[weak_h] + (ph[0] - pb[0])) % 3
     pattern = hollow * 3 + bright
-    # majority of the neighbourhood (removes single noisy columns)
+    pos = np.full(n, -1, np.int64)
+    pos[idx] = np.arange(len(idx))
+    lp, lq = pos[graph.links[:, 0]], pos[graph.links[:, 1]]
+    keep = (lp >= 0) & (lq >= 0)
+    lp, lq = lp[keep], lq[keep]
+    # majority of the neighbourhood (removes single noisy columns); in a patch whose classes
+    # stand clearly apart, columns whose own surroundings show their order clearly keep it
+    # where they form a small domain of their own (a strip-shaped domain at the frame's
+    # edge is outvoted by the larger one next to it), not where they run along a boundary
+    strong = np.array([patch_contrast[p] >= MIN_SWAP_MARGIN for p in patch])
     votes = np.stack([np.asarray(w @ (pattern == k).astype(float)).reshape(-1) for k in range(9)], axis=1)
-    pattern = np.argmax(votes, axis=1)
+    voted = np.argmax(votes, axis=1)
+    own = strong & (m_bright >= MIN_SWAP_MARGIN) & (m_hollow >= HOLLOW_MARGIN) & (pattern != voted)
+    if own.any():
+        trial = np.where(own, pattern, voted)
+        _, comp, sizes = _regions(trial, lp, lq)
+        own &= _clear_islands(comp, sizes, trial, lp, lq, m_bright, m_hollow, rel_span)
+    pattern = np.where(own, pattern, voted)
     # grains of clearly different orientations that the graph linked through a boundary
     if graph.orientation is not None:
         pattern = pattern + 9 * _orientation_groups(np.degrees(graph.orientation[idx]), patch, w,
                                                     graph.xy[idx], graph.a_fine)
     # domains: linked columns of one patch and one pattern
     island_size = np.array([MIN_ISLAND_COLUMNS * (3 if patch_contrast[p] < MIN_SWAP_MARGIN else 1) for p in patch])
-    pos = np.full(n, -1, np.int64)
-    pos[idx] = np.arange(len(idx))
-    lp, lq = pos[graph.links[:, 0]], pos[graph.links[:, 1]]
-    keep = (lp >= 0) & (lq >= 0)
-    lp, lq = lp[keep], lq[keep]
     for _ in range(3):
-        keep = pattern[lp] == pattern[lq]
-        adj = sparse.coo_matrix((np.ones(int(keep.sum())), (lp[keep], lq[keep])), shape=(len(idx),) * 2)
-        n_comp, comp = csgraph.connected_components(adj, directed=False)
-        sizes = np.bincount(comp, minlength=n_comp)
+        keep, comp, sizes = _regions(pattern, lp, lq)
         # a small island of another order inside a patch is noise: it takes the order of the
         # largest region it is linked to (larger islands count as noise in patches whose
-        # two column classes are hard to tell apart overall)
-        small = sizes[comp] < island_size
+        # two column classes are hard to tell apart overall), unless the patch's classes
+        # stand clearly apart and the island's own columns show its order clearly: a small
+        # domain (an inversion or twin domain at the frame's edge) whose columns would
+        # otherwise take the wrong roles
+        small = (sizes[comp] < island_size) & ~(_clear_islands(comp, sizes, pattern, lp, lq, m_bright, m_hollow,
+                                                                rel_span) & strong)
         cross = ~keep & (small[lp] != small[lq])
         if not cross.any():
             break
@@ -306,6 +329,40 @@ def assign_domains(
         role[idx[sel]] = _roles_of(cls[sel], d)
     _sharpen_borders(graph, domain, role, domains, idx, patch, levels, cls)
     return domain, role, domains
+
+
+def _regions(pattern: np.ndarray, lp: np.ndarray, lq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Regions of linked columns (links ``lp``-``lq``) of one pattern: which links stay
+    inside a region, every column's region and the regions' sizes (columns)."""
+    keep = pattern[lp] == pattern[lq]
+    adj = sparse.coo_matrix((np.ones(int(keep.sum())), (lp[keep], lq[keep])), shape=(len(pattern),) * 2)
+    n_comp, comp = csgraph.connected_components(adj, directed=False)
+    return keep, comp, np.bincount(comp, minlength=n_comp)
+
+
+def _clear_islands(comp: np.ndarray, sizes: np.ndarray, pattern: np.ndarray, lp: np.ndarray, lq: np.ndarray,
+                   m_bright: np.ndarray, m_hollow: np.ndarray, rel_span: np.ndarray) -> np.ndarray:
+    """Per column: whether its region (``comp``, of ``sizes`` columns) is a small domain of
+    its own rather than noise: at least :data:`MIN_CLEAR_ISLAND_COLUMNS` columns whose
+    median margins are clear (bright over the dimmer occupied class at least
+    :data:`MIN_CLEAR_ISLAND_MARGIN`, that over the hollow :data:`HOLLOW_MARGIN`), whose
+    surroundings' bright-hollow span (``rel_span``, over the patch's median) is at least
+    :data:`MIN_CLEAR_ISLAND_SPAN` (noise in a vacuum hole has clear margins of a tiny
+    span), and which borders one other order only (a thin run of columns between two
+    domains, where their surroundings mix both, is the boundary, not a domain)."""
+    n_comp = len(sizes)
+    cross = comp[lp] != comp[lq]
+    n_pat = int(pattern.max()) + 1
+    pairs = np.unique(np.r_[comp[lp[cross]] * n_pat + pattern[lq[cross]], comp[lq[cross]] * n_pat + pattern[lp[cross]]])
+    n_other = np.bincount(pairs // n_pat, minlength=n_comp)
+    ok = (sizes >= MIN_CLEAR_ISLAND_COLUMNS) & (n_other <= 1)
+    order = np.argsort(comp, kind="stable")
+    starts = np.searchsorted(comp[order], np.arange(n_comp))
+    for c in np.flatnonzero(ok):
+        cols = order[starts[c]:starts[c] + sizes[c]]
+        ok[c] = (np.median(m_bright[cols]) >= MIN_CLEAR_ISLAND_MARGIN and np.median(m_hollow[cols]) >= HOLLOW_MARGIN
+                 and np.median(rel_span[cols]) >= MIN_CLEAR_ISLAND_SPAN)
+    return ok[comp]
 
 
 def _sharpen_borders(graph, domain, role, domains, idx, patch, levels, cls) -> None:
