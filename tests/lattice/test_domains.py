@@ -282,3 +282,24 @@ def test_noise_in_a_vacuum_hole_is_not_a_domain():
                          dict(pixel_size=(0.06, 0.15), rotation="random", defect_fraction=(0.05, 0.2), vacuum=1.0))
     st = find_domains(sim.image, sim.truth.a_px, "MoTe2")
     assert len(st.domains) == 1
+
+
+def test_a_small_domain_counts_its_cells_where_its_dimmer_columns_are_not_found():
+    # two regions of 8 columns in a chain, each bordering the large region 0 only: one
+    # of bright-class columns alone (the dimmer class too faint to be found, as in a
+    # multislice frame with ~1 Å of source blur: 8 cells), one of both classes (4 cells)
+    from napari_tmd_defects.lattice.domains import _clear_islands, _regions
+
+    n0 = 40
+    pattern = np.r_[np.full(n0, 1), np.full(8, 2), np.full(8, 2)]  # bright class 1 vs 2 (hollow 0)
+    cls = np.r_[np.arange(n0) % 2 + 1, np.full(8, 2), np.tile([2, 1], 4)]
+    chain = np.arange(len(pattern) - 1)
+    lp, lq = chain, chain + 1
+    cut = lp == n0 + 7  # the two small regions are not linked to each other ...
+    lp, lq = np.r_[lp[~cut], 0], np.r_[lq[~cut], n0 + 8]  # ... but each to region 0
+    _, comp, sizes = _regions(pattern, lp, lq)
+    clear = np.full(len(pattern), 0.6)
+    ok = _clear_islands(comp, sizes, pattern, lp, lq, clear, 1 - clear, np.ones(len(pattern)), cls)
+    assert ok[:n0].all()
+    assert ok[n0:n0 + 8].all()
+    assert not ok[n0 + 8:].any()

@@ -271,13 +271,14 @@ def assign_domains(
     # where they form a small domain of their own (a strip-shaped domain at the frame's
     # edge is outvoted by the larger one next to it), not where they run along a boundary
     strong = np.array([patch_contrast[p] >= MIN_SWAP_MARGIN for p in patch])
+    cls = graph.sublattice()[idx]
     votes = np.stack([np.asarray(w @ (pattern == k).astype(float)).reshape(-1) for k in range(9)], axis=1)
     voted = np.argmax(votes, axis=1)
     own = strong & (m_bright >= MIN_SWAP_MARGIN) & (m_hollow >= HOLLOW_MARGIN) & (pattern != voted)
     if own.any():
         trial = np.where(own, pattern, voted)
         _, comp, sizes = _regions(trial, lp, lq)
-        own &= _clear_islands(comp, sizes, trial, lp, lq, m_bright, m_hollow, rel_span)
+        own &= _clear_islands(comp, sizes, trial, lp, lq, m_bright, m_hollow, rel_span, cls)
     pattern = np.where(own, pattern, voted)
     # grains of clearly different orientations that the graph linked through a boundary
     if graph.orientation is not None:
@@ -294,7 +295,7 @@ def assign_domains(
         # domain (an inversion or twin domain at the frame's edge) whose columns would
         # otherwise take the wrong roles
         small = (sizes[comp] < island_size) & ~(_clear_islands(comp, sizes, pattern, lp, lq, m_bright, m_hollow,
-                                                                rel_span) & strong)
+                                                                rel_span, cls) & strong)
         cross = ~keep & (small[lp] != small[lq])
         if not cross.any():
             break
@@ -312,7 +313,6 @@ def assign_domains(
     comp = comp.reshape(-1)
     order = np.argsort(-sizes, kind="stable")
     domains: list[Domain] = []
-    cls = graph.sublattice()[idx]
     for c in order:
         if sizes[c] < min_columns:
             break
@@ -341,7 +341,8 @@ def _regions(pattern: np.ndarray, lp: np.ndarray, lq: np.ndarray) -> tuple[np.nd
 
 
 def _clear_islands(comp: np.ndarray, sizes: np.ndarray, pattern: np.ndarray, lp: np.ndarray, lq: np.ndarray,
-                   m_bright: np.ndarray, m_hollow: np.ndarray, rel_span: np.ndarray) -> np.ndarray:
+                   m_bright: np.ndarray, m_hollow: np.ndarray, rel_span: np.ndarray, cls: np.ndarray
+                   ) -> np.ndarray:
     """Per column: whether its region (``comp``, of ``sizes`` columns) is a small domain of
     its own rather than noise: at least :data:`MIN_CLEAR_ISLAND_COLUMNS` columns whose
     median margins are clear (bright over the dimmer occupied class at least
@@ -355,7 +356,10 @@ def _clear_islands(comp: np.ndarray, sizes: np.ndarray, pattern: np.ndarray, lp:
     n_pat = int(pattern.max()) + 1
     pairs = np.unique(np.r_[comp[lp[cross]] * n_pat + pattern[lq[cross]], comp[lq[cross]] * n_pat + pattern[lp[cross]]])
     n_other = np.bincount(pairs // n_pat, minlength=n_comp)
-    ok = (sizes >= MIN_CLEAR_ISLAND_COLUMNS) & (n_other <= 1)
+    # columns of the region's bright class (the cells it holds, also where the dimmer
+    # class's columns are too faint to be found)
+    n_bright = np.bincount(comp, weights=(cls == pattern % 9 % 3), minlength=n_comp)
+    ok = ((sizes >= MIN_CLEAR_ISLAND_COLUMNS) | (n_bright >= MIN_CLEAR_ISLAND_COLUMNS // 2)) & (n_other <= 1)
     order = np.argsort(comp, kind="stable")
     starts = np.searchsorted(comp[order], np.arange(n_comp))
     for c in np.flatnonzero(ok):
