@@ -255,10 +255,11 @@ def test_a_mirror_twin_with_faint_chalcogens_keeps_its_own_hollow():
 
 @pytest.mark.parametrize("seed", [0, 3])
 def test_a_strip_domain_at_the_edge_is_not_outvoted(seed):
-    # an inversion domain of 9 cells along the frame's edge (as in a multislice frame of the
-    # structure set): every column of it shows the swapped order clearly, but the majority
-    # of each column's wider neighbourhood is the large domain's, which swallowed the strip
-    # and gave its Te2 columns the metal role (every one of its cells read V_Te1)
+    # an inversion domain of 9 cells along the frame's edge (the boundary of a multislice
+    # frame of the structure set, on the fast model): every column of it shows the swapped
+    # order clearly, but the majority of each column's wider neighbourhood is the large
+    # domain's, which swallowed the strip and gave its Te2 columns the metal role (every
+    # one of its cells read V_Te1)
     sim = simulate("MoTe2", 256, pixel_size=0.111, rotation_deg=-28.3, defect_fraction=0.1, noise=Noise(16, 20),
                    seed=seed, boundaries=[Boundary("inversion", angle_deg=159.2, offset=-0.45, misorientation_deg=10.7,
                                                    variant="M", shift=(2 / 3, 0.5))])

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage as ndi
 from scipy import sparse
 from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
@@ -360,12 +361,13 @@ def _clear_islands(comp: np.ndarray, sizes: np.ndarray, pattern: np.ndarray, lp:
     # class's columns are too faint to be found)
     n_bright = np.bincount(comp, weights=(cls == pattern % 9 % 3), minlength=n_comp)
     ok = ((sizes >= MIN_CLEAR_ISLAND_COLUMNS) | (n_bright >= MIN_CLEAR_ISLAND_COLUMNS // 2)) & (n_other <= 1)
-    order = np.argsort(comp, kind="stable")
-    starts = np.searchsorted(comp[order], np.arange(n_comp))
-    for c in np.flatnonzero(ok):
-        cols = order[starts[c]:starts[c] + sizes[c]]
-        ok[c] = (np.median(m_bright[cols]) >= MIN_CLEAR_ISLAND_MARGIN and np.median(m_hollow[cols]) >= HOLLOW_MARGIN
-                 and np.median(rel_span[cols]) >= MIN_CLEAR_ISLAND_SPAN)
+    cand = np.flatnonzero(ok)
+    if len(cand):
+        def med(v):
+            return np.asarray(ndi.median(v, labels=comp, index=cand))
+
+        ok[cand] = ((med(m_bright) >= MIN_CLEAR_ISLAND_MARGIN) & (med(m_hollow) >= HOLLOW_MARGIN)
+                    & (med(rel_span) >= MIN_CLEAR_ISLAND_SPAN))
     return ok[comp]
 
 
