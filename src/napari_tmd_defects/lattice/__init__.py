@@ -28,7 +28,7 @@ from ..materials import CHALCOGENS, METALS, get_material, parse_composition
 from ..sites import Domain, SiteModel
 from .cells import boundary_lines, build_cells, build_sites
 from .columns import Columns, WorkImage, find_columns, work_image
-from .domains import apply_hollow_votes, assign_domains, mixed_sublattice, roles_by_spread
+from .domains import apply_hollow_votes, assign_domains, mixed_sublattice, roles_by_heights, roles_by_spread
 from .graph import LatticeGraph, index_columns
 
 __all__ = ["LatticeState", "brighter_ambiguous", "complete_sites", "find_domains", "find_sites", "measured_a", "x_brighter", "WorkImage",
@@ -130,6 +130,8 @@ def find_domains(image: np.ndarray, a_px: float, material: str = "MoTe2", *, wor
     mixed = mixed_sublattice(material, PRIOR_Z_EXPONENT) if x_is_brighter is None else None
     ambiguous = x_is_brighter is None and brighter_ambiguous(material)
     notes = roles_by_spread(graph, work, domain, role, domains, mixed, ambiguous)
+    if mixed is None and not ambiguous:
+        notes += roles_by_heights(graph, work, domain, role, domains, prior)
     return LatticeState(shape=tuple(img.shape), work=work, columns=cols, graph=graph, domain=domain, role=role,
                         domains=domains, x_brighter=prior, notes=notes, mixed=mixed, ambiguous=ambiguous)
 

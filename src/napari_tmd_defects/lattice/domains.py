@@ -35,7 +35,7 @@ from .columns import WorkImage
 from .graph import FINE_OFFSETS, LatticeGraph
 
 __all__ = ["apply_hollow_votes", "assign_domains", "hollow_votes", "mixed_sublattice", "neighbourhood_matrix",
-           "roles_by_spread", "set_roles", "MIN_DOMAIN_COLUMNS"]
+           "roles_by_heights", "roles_by_spread", "set_roles", "MIN_DOMAIN_COLUMNS"]
 
 #: Domains with fewer columns are not kept (their columns count as boundary).
 MIN_DOMAIN_COLUMNS = 10
@@ -73,6 +73,11 @@ MIN_SPREAD_Z = 2.5
 #: ... measured on at least this many sites of each class (bootstrap resamples for the error).
 MIN_SPREAD_SITES = 30
 SPREAD_BOOTSTRAP = 200
+#: Where a domain's neighbour levels put its two occupied classes closer than
+#: :data:`MIN_SWAP_MARGIN` (a narrow domain whose neighbourhoods reach across its
+#: boundaries), the heights of its own sites decide when they stand at least that far apart
+#: and :data:`MIN_SWAP_Z` standard errors, on at least this many sites of each class.
+MIN_HEIGHT_SITES = 10
 #: Where a formula's end members disagree on the brighter column (open shares,
 #: :func:`~napari_tmd_defects.lattice.brighter_ambiguous`), the class whose upper tail
 #: ((q95 - q50) / (q75 - q50) of its site intensities) is at least this many times the
@@ -719,6 +724,50 @@ def roles_by_spread(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, ro
         elif ambiguous and _tail_decides(graph, work, domain, role, d, mixed):
             notes.append(f"domain {d.id}: the {what} sublattice is the one with a tail of brighter columns (a "
                          "heavier species of the alloy)" + (flipped if d.m_class != before else ""))
+    return notes
+
+
+def roles_by_heights(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, role: np.ndarray,
+                     domains: list[Domain], x_brighter: bool) -> list[str]:
+    """Which occupied class is brighter from the domain's own site heights, where the
+    neighbour levels cannot tell.
+
+    The levels of :func:`assign_domains` average the image at each column's neighbouring
+    positions; in a narrow domain many of those lie across its boundaries, on the other
+    domain's columns, and its two occupied classes come out about equally bright (a MoSe2
+    inversion domain: Se2 and Mo levels within 1 %, Se2 columns 30 % brighter at the sites).
+    In a domain whose level contrast is below :data:`MIN_SWAP_MARGIN`, the median height of
+    each class's sites (:func:`_class_site_heights`) replaces its level where the two medians
+    stand at least :data:`MIN_SWAP_MARGIN` of the bright-hollow span and :data:`MIN_SWAP_Z`
+    standard errors apart; the roles follow the material's prior on the new levels. For
+    compositions whose sublattices are told by their spread (:func:`roles_by_spread`) this is
+    not used. Updates ``role`` and ``domains`` in place; returns notes where the roles changed.
+    """
+    notes = []
+    for d in domains:
+        if d.contrast >= MIN_SWAP_MARGIN or d.class_levels is None:
+            continue
+        members = np.flatnonzero(domain == d.id)
+        heights = {c: _class_site_heights(graph, work, members, c) for c in (d.x_class, d.m_class)}
+        if min(len(h) for h in heights.values()) < MIN_HEIGHT_SITES:
+            continue
+        med = {c: float(np.median(h)) for c, h in heights.items()}
+        se = {c: 1.2533 * 1.4826 * float(np.median(np.abs(h - med[c]))) / math.sqrt(len(h)) for c, h in heights.items()}
+        h_cls = 3 - d.x_class - d.m_class
+        hollow = float(d.class_levels[h_cls])
+        span = max(max(med.values()) - hollow, 1e-12)
+        diff = med[d.x_class] - med[d.m_class]
+        if abs(diff) < MIN_SWAP_MARGIN * span or abs(diff) < MIN_SWAP_Z * math.hypot(*se.values()):
+            continue
+        lev = np.asarray(d.class_levels, float).copy()
+        for c, v in med.items():
+            lev[c] = v
+        before = d.m_class
+        set_roles(d, lev, h_cls, x_brighter)
+        role[members] = _roles_of(graph.sublattice()[members], d)
+        if d.m_class != before:
+            notes.append(f"domain {d.id}: metal and chalcogen told apart by the heights of its own columns "
+                         "(the intensities around them could not tell)")
     return notes
 
 
