@@ -8,7 +8,8 @@ taken where the local lattice puts them, so a missing column reads dark), averag
 about two lattice constants. The darkest class is the hollow; of the other two the
 brighter is the chalcogen or the metal as the material's Z-contrast says (a prior: the
 image decides where it is which). A change of that order inside a patch is a mirror-twin,
-inversion or translation boundary; a different patch is a different grain.
+inversion or translation boundary; a different patch is a different grain. Regions of a
+patch whose local orders differ but whose levels give the same roles are one domain.
 
 Where the two occupied classes are about equally bright, the local order is not trusted
 and the patch's overall order is used instead, unless the patch splits cleanly into two
@@ -318,18 +319,34 @@ def assign_domains(
     keys, comp, sizes = np.unique(key, return_inverse=True, return_counts=True)
     comp = comp.reshape(-1)
     order = np.argsort(-sizes, kind="stable")
-    domains: list[Domain] = []
+
+    def variant(sel: np.ndarray) -> Domain:
+        d = Domain(id=0, patch=int(patch[sel][0]), rotation_deg=0.0, partner=(0, 0), hollow=(0, 0), x_class=0,
+                   m_class=0, levels={}, contrast=0.0, basis=graph.basis[idx[sel]].mean(axis=0))
+        set_roles(d, np.median(levels[sel], axis=0), int(pattern[sel][0]) % 9 // 3, x_brighter)
+        return d
+
+    # regions of one patch (and orientation group) whose orders differ only in which
+    # occupied class looked brighter locally, but whose levels give the same roles, are one
+    # crystal variant: one domain (else a boundary would run between them)
+    pieces: list[tuple[np.ndarray, Domain]] = []
     for c in order:
         if sizes[c] < min_columns:
             break
         sel = comp == c
-        pat = int(pattern[sel][0]) % 9
-        h_cls = pat // 3
-        lev = np.median(levels[sel], axis=0)
-        basis = graph.basis[idx[sel]].mean(axis=0)
-        d = Domain(id=len(domains), patch=int(patch[sel][0]), rotation_deg=0.0, partner=(0, 0), hollow=(0, 0),
-                   x_class=0, m_class=0, levels={}, contrast=0.0, basis=basis)
-        set_roles(d, lev, h_cls, x_brighter)
+        d = variant(sel)
+        for k, (other, o) in enumerate(pieces):
+            if (o.patch == d.patch and int(pattern[other][0]) // 9 == int(pattern[sel][0]) // 9
+                    and (o.x_class, o.m_class) == (d.x_class, d.m_class)):
+                both = variant(other | sel)
+                if (both.x_class, both.m_class) == (d.x_class, d.m_class):
+                    pieces[k] = (other | sel, both)
+                    break
+        else:
+            pieces.append((sel, d))
+    domains: list[Domain] = []
+    for sel, d in pieces:
+        d.id = len(domains)
         domains.append(d)
         domain[idx[sel]] = d.id
         role[idx[sel]] = _roles_of(cls[sel], d)
