@@ -341,3 +341,26 @@ def test_regions_whose_levels_give_the_same_roles_are_one_domain():
     assert len(st.domains) == 2
     acc, n = _role_accuracy(st, sim.truth)
     assert n > 300 and acc > 0.99
+
+
+def test_an_island_whose_own_sites_show_its_order_stays_a_domain_in_a_weak_contrast_patch():
+    # a frame of the held-out structure_MoSe2 set: a triangular inversion domain of 59
+    # columns (at the lattice constant the pipeline measures) in a patch whose two occupied
+    # classes stand only 0.15 of the span apart, where islands of fewer than 60 columns
+    # count as noise; its own Se2 sites stand 15 % of the span above its Mo sites (many
+    # standard errors). Before, it took its neighbour's order: 44 columns with swapped roles
+    from napari_tmd_defects.pipeline import locate_cells
+
+    seq = np.random.SeedSequence(9511).spawn(12)[2]
+    sim = _simulate_item("MoSe2", (512, 512), "structure", seq,
+                         dict(pixel_size=(0.06, 0.15), rotation="random", defect_fraction=(0.05, 0.2)))
+    st = locate_cells(sim.image, sim.truth.pixel_size, "MoSe2").state
+    t = sim.truth
+    xy = np.concatenate([t.cell_x_site, t.cell_m_site])
+    true_role = np.r_[np.full(t.n_cells, ROLE_X), np.full(t.n_cells, ROLE_M)]
+    d, k = cKDTree(xy).query(st.graph.xy)
+    on = d < 0.2 * t.a_px
+    assert len(st.domains) == 4
+    for dom in st.domains:
+        sel = on & (st.domain == dom.id)
+        assert np.mean(st.role[sel] == true_role[k[sel]]) > 0.95, dom.id

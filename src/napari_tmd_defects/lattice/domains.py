@@ -79,6 +79,10 @@ SPREAD_BOOTSTRAP = 200
 #: boundaries), the heights of its own sites decide when they stand at least that far apart
 #: and :data:`MIN_SWAP_Z` standard errors, on at least this many sites of each class.
 MIN_HEIGHT_SITES = 10
+#: In a patch whose classes are hard to tell apart (islands of fewer than 3
+#: MIN_ISLAND_COLUMNS count as noise), an island of at least this many columns stays a
+#: domain where its own sites' heights show its order (:func:`_height_islands`).
+MIN_HEIGHT_ISLAND_COLUMNS = 2 * MIN_ISLAND_COLUMNS
 #: Where a formula's end members disagree on the brighter column (open shares,
 #: :func:`~napari_tmd_defects.lattice.brighter_ambiguous`), the class whose upper tail
 #: ((q95 - q50) / (q75 - q50) of its site intensities) is at least this many times the
@@ -303,6 +307,9 @@ def assign_domains(
         # otherwise take the wrong roles
         small = (sizes[comp] < island_size) & ~(_clear_islands(comp, sizes, pattern, lp, lq, m_bright, m_hollow,
                                                                 rel_span, cls) & strong)
+        # ... or, in a patch whose classes are hard to tell apart, an island of at least
+        # MIN_HEIGHT_ISLAND_COLUMNS whose own sites' heights show its brighter class clearly
+        small &= ~(~strong & _height_islands(graph, work, idx, patch, comp, sizes, pattern, small))
         cross = ~keep & (small[lp] != small[lq])
         if not cross.any():
             break
@@ -391,6 +398,46 @@ def _clear_islands(comp: np.ndarray, sizes: np.ndarray, pattern: np.ndarray, lp:
         ok[cand] = ((med(m_bright) >= MIN_CLEAR_ISLAND_MARGIN) & (med(m_hollow) >= HOLLOW_MARGIN)
                     & (med(rel_span) >= MIN_CLEAR_ISLAND_SPAN))
     return ok[comp]
+
+
+def _height_contrast(graph: LatticeGraph, work: WorkImage, members: np.ndarray, pat: int) -> tuple[float, float]:
+    """Median site height of pattern ``pat``'s brighter occupied class above its other one,
+    as a fraction of the bright-hollow span, and in standard errors (nan: too few sites)."""
+    h_cls, b_cls = pat // 3, pat % 3
+    if h_cls == b_cls:
+        return math.nan, math.nan
+    hb, ho, hh = (_class_site_heights(graph, work, members, k) for k in (b_cls, 3 - h_cls - b_cls, h_cls))
+    if min(len(hb), len(ho)) < MIN_HEIGHT_SITES or len(hh) == 0:
+        return math.nan, math.nan
+    mb, mo = float(np.median(hb)), float(np.median(ho))
+    se = math.hypot(*(1.2533 * 1.4826 * float(np.median(np.abs(h - np.median(h)))) / math.sqrt(len(h))
+                      for h in (hb, ho)))
+    return (mb - mo) / max(mb - float(np.median(hh)), 1e-12), (mb - mo) / max(se, 1e-12)
+
+
+def _height_islands(graph: LatticeGraph, work: WorkImage, idx: np.ndarray, patch: np.ndarray, comp: np.ndarray,
+                    sizes: np.ndarray, pattern: np.ndarray, small: np.ndarray) -> np.ndarray:
+    """Columns of the ``small`` regions (``comp`` labels of the patch columns ``idx``) of at
+    least :data:`MIN_HEIGHT_ISLAND_COLUMNS` whose own sites show their pattern's brighter
+    occupied class clearly (:func:`_height_contrast`: at least :data:`MIN_MARGIN` of the span and
+    :data:`MIN_SWAP_Z` standard errors) and about as far as the largest region of their patch
+    shows its own (within a factor 2: a twin or inversion domain holds the same columns; a
+    region of scan streaks or contamination that happens to favour the other class does not)."""
+    out = np.zeros(len(idx), bool)
+    cand = np.unique(comp[small & (sizes[comp] >= MIN_HEIGHT_ISLAND_COLUMNS)])
+    if len(cand) == 0:
+        return out
+    ref = {}
+    for c in cand:
+        sel = comp == c
+        p = int(patch[sel][0])
+        if p not in ref:
+            in_p = np.unique(comp[patch == p])
+            big = in_p[np.argmax(sizes[in_p])]
+            ref[p] = _height_contrast(graph, work, idx[comp == big], int(pattern[comp == big][0]) % 9)[0]
+        rel, z = _height_contrast(graph, work, idx[sel], int(pattern[sel][0]) % 9)
+        out[sel] = rel >= MIN_MARGIN and z >= MIN_SWAP_Z and 0.5 * ref[p] <= rel <= 2.0 * ref[p]
+    return out
 
 
 def _sharpen_borders(graph, domain, role, domains, idx, patch, levels, cls) -> None:
