@@ -409,10 +409,16 @@ def _height_contrast(graph: LatticeGraph, work: WorkImage, members: np.ndarray, 
     hb, ho, hh = (_class_site_heights(graph, work, members, k) for k in (b_cls, 3 - h_cls - b_cls, h_cls))
     if min(len(hb), len(ho)) < MIN_HEIGHT_SITES or len(hh) == 0:
         return math.nan, math.nan
-    mb, mo = float(np.median(hb)), float(np.median(ho))
+    gap, se = _median_gap(hb, ho)
+    return gap / max(float(np.median(hb) - np.median(hh)), 1e-12), gap / max(se, 1e-12)
+
+
+def _median_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Difference of the medians of ``a`` and ``b`` and its standard error (from each
+    sample's median absolute deviation: a few vacancies or outliers do not inflate it)."""
     se = math.hypot(*(1.2533 * 1.4826 * float(np.median(np.abs(h - np.median(h)))) / math.sqrt(len(h))
-                      for h in (hb, ho)))
-    return (mb - mo) / max(mb - float(np.median(hh)), 1e-12), (mb - mo) / max(se, 1e-12)
+                      for h in (a, b)))
+    return float(np.median(a) - np.median(b)), se
 
 
 def _height_islands(graph: LatticeGraph, work: WorkImage, idx: np.ndarray, patch: np.ndarray, comp: np.ndarray,
@@ -816,12 +822,10 @@ def roles_by_heights(graph: LatticeGraph, work: WorkImage, domain: np.ndarray, r
         if min(len(h) for h in heights.values()) < MIN_HEIGHT_SITES:
             continue
         med = {c: float(np.median(h)) for c, h in heights.items()}
-        se = {c: 1.2533 * 1.4826 * float(np.median(np.abs(h - med[c]))) / math.sqrt(len(h)) for c, h in heights.items()}
         h_cls = 3 - d.x_class - d.m_class
-        hollow = float(d.class_levels[h_cls])
-        span = max(max(med.values()) - hollow, 1e-12)
-        diff = med[d.x_class] - med[d.m_class]
-        if abs(diff) < MIN_SWAP_MARGIN * span or abs(diff) < MIN_SWAP_Z * math.hypot(*se.values()):
+        span = max(max(med.values()) - float(d.class_levels[h_cls]), 1e-12)
+        diff, se = _median_gap(heights[d.x_class], heights[d.m_class])
+        if abs(diff) < MIN_SWAP_MARGIN * span or abs(diff) < MIN_SWAP_Z * se:
             continue
         lev = np.asarray(d.class_levels, float).copy()
         for c, v in med.items():
