@@ -21,6 +21,27 @@ def _role_accuracy(state, truth):
     return float(np.mean(state.role[ok] == role[k[ok]])), int(ok.sum())
 
 
+def _domain_role_accuracy(state, truth) -> dict[int, tuple[float, int]]:
+    """Per domain: share of its columns on a true site (within 0.2 a) whose role matches
+    that site's, and how many such columns it has (boundaries included)."""
+    xy = np.concatenate([truth.cell_x_site, truth.cell_m_site])
+    role = np.r_[np.full(truth.n_cells, ROLE_X), np.full(truth.n_cells, ROLE_M)]
+    d, k = cKDTree(xy).query(state.graph.xy)
+    on = d < 0.2 * truth.a_px
+    out = {}
+    for dom in state.domains:
+        sel = on & (state.domain == dom.id)
+        out[dom.id] = (float(np.mean(state.role[sel] == role[k[sel]])), int(sel.sum()))
+    return out
+
+
+def _structure_mose2_frame(k: int):
+    """Frame ``k`` of the held-out structure_MoSe2 set (benchmarks/simulate_heldout.sh)."""
+    seq = np.random.SeedSequence(9511).spawn(12)[k]
+    return _simulate_item("MoSe2", (512, 512), "structure", seq,
+                          dict(pixel_size=(0.06, 0.15), rotation="random", defect_fraction=(0.05, 0.2)))
+
+
 @pytest.mark.parametrize("material", ["MoTe2", "WSe2", "MoS2"])
 def test_roles_follow_the_material_contrast(material):
     sim = simulate(material, 320, pixel_size=0.1, rotation_deg=13, defect_fraction=0.1, noise=Noise(20, 5), seed=2)
@@ -311,19 +332,11 @@ def test_a_narrow_domain_whose_neighbour_levels_tie_takes_its_roles_from_its_own
     # boundaries, whose neighbourhoods reach across them: its Se2 and Mo levels tie (within
     # 1 %) while its Se2 columns stand ~30 % above its Mo columns; before, all its columns
     # took the swapped roles
-    seq = np.random.SeedSequence(9511).spawn(12)[1]
-    sim = _simulate_item("MoSe2", (512, 512), "structure", seq,
-                         dict(pixel_size=(0.06, 0.15), rotation="random", defect_fraction=(0.05, 0.2)))
+    sim = _structure_mose2_frame(1)
     st = find_domains(sim.image, sim.truth.a_px, "MoSe2")
-    t = sim.truth
-    xy = np.concatenate([t.cell_x_site, t.cell_m_site])
-    true_role = np.r_[np.full(t.n_cells, ROLE_X), np.full(t.n_cells, ROLE_M)]
-    d, k = cKDTree(xy).query(st.graph.xy)
-    on = d < 0.2 * t.a_px
-    for dom in st.domains:
-        sel = on & (st.domain == dom.id)
-        assert sel.sum() >= 20
-        assert np.mean(st.role[sel] == true_role[k[sel]]) > 0.9, dom.id
+    for dom, (acc, n) in _domain_role_accuracy(st, sim.truth).items():
+        assert n >= 20
+        assert acc > 0.9, dom
     assert any("heights of its own columns" in n for n in st.notes)
 
 
@@ -332,9 +345,7 @@ def test_regions_whose_levels_give_the_same_roles_are_one_domain():
     # it, the region near the boundary shows the Mo class a little brighter locally while
     # its levels give the same roles as the rest of that side: before, it became a domain of
     # its own, and a boundary with a band of unclassified cells ran through the crystal
-    seq = np.random.SeedSequence(9511).spawn(12)[8]
-    sim = _simulate_item("MoSe2", (512, 512), "structure", seq,
-                         dict(pixel_size=(0.06, 0.15), rotation="random", defect_fraction=(0.05, 0.2)))
+    sim = _structure_mose2_frame(8)
     st = find_domains(sim.image, sim.truth.a_px, "MoSe2")
     variants = [(d.patch, d.x_class, d.m_class) for d in st.domains]
     assert len(variants) == len(set(variants))
@@ -351,16 +362,8 @@ def test_an_island_whose_own_sites_show_its_order_stays_a_domain_in_a_weak_contr
     # standard errors). Before, it took its neighbour's order: 44 columns with swapped roles
     from napari_tmd_defects.pipeline import locate_cells
 
-    seq = np.random.SeedSequence(9511).spawn(12)[2]
-    sim = _simulate_item("MoSe2", (512, 512), "structure", seq,
-                         dict(pixel_size=(0.06, 0.15), rotation="random", defect_fraction=(0.05, 0.2)))
+    sim = _structure_mose2_frame(2)
     st = locate_cells(sim.image, sim.truth.pixel_size, "MoSe2").state
-    t = sim.truth
-    xy = np.concatenate([t.cell_x_site, t.cell_m_site])
-    true_role = np.r_[np.full(t.n_cells, ROLE_X), np.full(t.n_cells, ROLE_M)]
-    d, k = cKDTree(xy).query(st.graph.xy)
-    on = d < 0.2 * t.a_px
     assert len(st.domains) == 4
-    for dom in st.domains:
-        sel = on & (st.domain == dom.id)
-        assert np.mean(st.role[sel] == true_role[k[sel]]) > 0.95, dom.id
+    for dom, (acc, n) in _domain_role_accuracy(st, sim.truth).items():
+        assert acc > 0.95, dom
