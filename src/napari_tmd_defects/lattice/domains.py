@@ -309,7 +309,7 @@ def assign_domains(
                                                                 rel_span, cls) & strong)
         # ... or, in a patch whose classes are hard to tell apart, an island of at least
         # MIN_HEIGHT_ISLAND_COLUMNS whose own sites' heights show its brighter class clearly
-        small &= ~(~strong & _height_islands(graph, work, idx, patch, comp, sizes, pattern, small))
+        small &= ~_height_islands(graph, work, idx, patch, comp, sizes, pattern, small & ~strong)
         cross = ~keep & (small[lp] != small[lq])
         if not cross.any():
             break
