@@ -1,7 +1,7 @@
 """Per-frame cost against image size and sampling, robust to a busy machine.
 
     python benchmarks/bench_scaling.py [--sizes 512 1024 2048 4096 8192] \
-        [--pixel-sizes 0.03 0.06 0.1 0.15] [--repeats 3] [--threads 2] \
+        [--pixel-sizes 0.03 0.06 0.1 0.15] [--repeats 3] [--threads 2] [--array-threads N] \
         [--out benchmarks/results/scaling.md] [--quick]
 
 Two sweeps of simulated MoTe2 frames (10 % defects, stored as 16-bit counts like a
@@ -154,6 +154,10 @@ def _analyze_worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.array_threads is not None:  # the ablation: the array stages on fewer threads than torch's
+        import napari_tmd_defects.parallel as parallel
+
+        parallel.MAX_THREADS = args.array_threads
     from napari_tmd_defects.classification import load_classifier
     from napari_tmd_defects.detection import load_detector
     from napari_tmd_defects.pipeline import analyze
@@ -231,7 +235,8 @@ def run_config(frame: Path, ps: float, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--frame", str(frame), "--pixel-size", str(ps),
            "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
            "--ref-runs", str(args.ref_runs), "--hexagons", args.hexagons] + (
-               ["--classifier", args.classifier] if args.classifier else [])
+               ["--classifier", args.classifier] if args.classifier else []) + (
+               ["--array-threads", str(args.array_threads)] if args.array_threads is not None else [])
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
@@ -353,7 +358,7 @@ def report(rows: list[dict], args, command: str, t_total: float) -> str:
         "",
         (f"Hardware: {hardware()}. Torch {torch.__version__} (CPU), numpy {np.__version__}, "
         f"Python {platform.python_version()}; {args.threads} torch threads for the pipeline, "
-        f"{REF_THREADS} for the reference; classifier: {args.classifier or 'resnet18 (default)'}; hexagons: {args.hexagons}. Date: {time.strftime('%Y-%m-%d %H:%M')}. "
+        f"{REF_THREADS} for the reference; array stages on {args.array_threads or 'as many'} thread(s) (`napari_tmd_defects.parallel`); classifier: {args.classifier or 'resnet18 (default)'}; hexagons: {args.hexagons}. Date: {time.strftime('%Y-%m-%d %H:%M')}. "
         f"Load average at the start {_num(args.load_start, '.2f')}, at the end "
         f"{_num(None if args.from_json else os.getloadavg()[0], '.2f')}; benchmark wall time "
         f"{_num(t_total and t_total / 60, '.1f')} (min)."),
@@ -445,6 +450,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ref-runs", type=int, default=3,
                     help="reference-op runs per block, one block around each timed run (default 3)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the pipeline (default 2)")
+    ap.add_argument("--array-threads", type=int, default=None,
+                    help="threads of the NumPy/SciPy stages (napari_tmd_defects.parallel; default: as many as "
+                         "torch's); 1: the ablation without them")
     ap.add_argument("--classifier", default=None,
                     help="classifier weights or a shipped name (resnet18, the default; small)")
     ap.add_argument("--hexagons", choices=("frame", "sample"), default="frame",

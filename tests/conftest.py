@@ -51,3 +51,18 @@ class TruthClassifier:
         p[np.arange(n), lab] = 0.9
         p[0] = [0.5, 0.5, 0, 0, 0, 0]  # one uncertain cell
         return p
+
+
+@pytest.fixture
+def array_threads():
+    """``array_threads(n)``: the array stages (:mod:`napari_tmd_defects.parallel`) on ``n``
+    threads whatever the machine has (they follow torch's thread count; restored after)."""
+    import torch
+
+    prev = torch.get_num_threads()
+
+    def use(n: int) -> None:
+        torch.set_num_threads(n)
+
+    yield use
+    torch.set_num_threads(prev)

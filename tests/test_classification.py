@@ -590,3 +590,12 @@ def test_shipped_small_classifier_loads_by_name_and_agrees_on_a_frame():
     b = analyze(sim.image, 0.1, classifier=big)
     ok = (a.labels >= 0) & (b.labels >= 0)
     assert ok.sum() > 50 and np.mean(a.labels[ok] == b.labels[ok]) >= 0.98
+
+
+def test_normalisation_on_several_threads_equals_one_threads(sample, monkeypatch, array_threads):
+    monkeypatch.setattr(C, "_NORM_BAND_ROWS", 40)  # several bands
+    img, ps = sample.image, sample.truth.pixel_size
+    array_threads(1)
+    one = C.normalize_image(img, ps)
+    array_threads(3)
+    np.testing.assert_array_equal(C.normalize_image(img, ps), one)

@@ -128,3 +128,11 @@ def test_analyze_warns_of_dark_columns():
     assert ok.checks["column_polarity"] > 0.5 and not any("DARK COLUMNS" in w for w in ok.warnings)
     assert dark.checks["column_polarity"] < DARK_COLUMNS_POLARITY
     assert any("DARK COLUMNS" in w for w in dark.warnings)
+
+
+def test_column_polarity_on_several_threads_equals_one_threads(array_threads):
+    sim = simulate("MoTe2", 400, pixel_size=0.1, noise=Noise(10, 15), seed=9)
+    array_threads(1)
+    one = column_polarity(sim.image, 35.2)
+    array_threads(3)
+    assert column_polarity(sim.image, 35.2) == one and one > 0

@@ -190,3 +190,18 @@ def test_a_padded_doped_frame_reads_its_dopants_as_without_the_pad():
     counts = [analyze(a, 0.1, "MoS2:Re0.02").site_state_counts()["M"].get("Re", 0) for a in (img, np.pad(img, 64))]
     n_re = int(np.sum(sim.truth.cell_m_z[sim.truth.interior] == 75))
     assert abs(counts[1] - counts[0]) <= 2 and counts[1] <= n_re + 3
+
+
+def test_lattice_amplitude_on_several_threads_equals_one_threads(monkeypatch, array_threads):
+    """Reflections demodulated on several threads, in strips of rows: value for value."""
+    import napari_tmd_defects.vacuum as V
+
+    sim = simulate(shape=(430, 451), pixel_size=0.1, vacuum=Vacuum("hole", 0.25), noise=Noise(8, 20), seed=4)
+    lat = estimate_lattice(sim.image)
+    array_threads(1)
+    one = lattice_amplitude(sim.image, lat)
+    monkeypatch.setattr(V, "_STRIP_ELEMENTS", 1 << 12)  # several strips, each with its own kernel rows
+    np.testing.assert_array_equal(lattice_amplitude(sim.image, lat), one)
+    for n in (2, 3):
+        array_threads(n)
+        np.testing.assert_array_equal(lattice_amplitude(sim.image, lat), one)

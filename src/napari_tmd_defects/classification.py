@@ -58,6 +58,7 @@ from scipy import ndimage as ndi
 
 from .geometry import is_exact_counts
 from .materials import N_CLASSES, get_material
+from .parallel import thread_map
 from .runtime import (
     CancelCallback,
     ProgressCallback,
@@ -191,16 +192,20 @@ class _Normalizer:
         # it: bitwise the whole-image filter); this one full-size array also takes the
         # background-free image for the scale
         smooth = np.empty((h, w), np.float32)
-        cols = np.empty((min(h, _NORM_BAND_ROWS), w), np.float32)
-        for r0, r1 in self.bands:  # gaussian_filter's two passes: down the columns, then along the rows
+
+        def smooth_band(band: tuple[int, int]) -> None:
+            """gaussian_filter's two passes over one band: down the columns, then along the rows."""
+            r0, r1 = band
             a, b = max(0, r0 - radius), min(h, r1 + radius)
             # the column pass along the rows of the band's transpose (the same lines, read
             # contiguously: ~10 % faster)
             part = ndi.gaussian_filter1d(np.ascontiguousarray(img[a:b].T), sigma, axis=1, mode="nearest",
                                          output=np.float32)
-            cols[: r1 - r0] = part[:, r0 - a:r1 - a].T
-            ndi.gaussian_filter1d(cols[: r1 - r0], sigma, axis=1, mode="nearest", output=smooth[r0:r1])
-        del cols, part
+            cols = np.ascontiguousarray(part[:, r0 - a:r1 - a].T)
+            del part
+            ndi.gaussian_filter1d(cols, sigma, axis=1, mode="nearest", output=smooth[r0:r1])
+
+        thread_map(smooth_band, self.bands)  # the bands on the CPU threads (each writes its own rows)
         if pixel_size is None:
             background = np.float32(np.percentile(smooth, 1.0))
             self._rows = lambda r0, r1: background
@@ -210,12 +215,16 @@ class _Normalizer:
             self._rows = background_rows(smooth, get_material(material).a / float(pixel_size),
                                          keep=smooth.nbytes <= _KEEP_BACKGROUND_BYTES)
         top = _HighPercentile(smooth.size, 99.0) if smooth.size >= 2 else None
-        for r0, r1 in self.bands:
-            smooth[r0:r1] -= self._rows(r0, r1)  # the background-free smoothed image
-            if top is not None:
+
+        def subtract(band: tuple[int, int]) -> None:
+            smooth[band[0]:band[1]] -= self._rows(*band)  # the background-free smoothed image
+
+        thread_map(subtract, self.bands)
+        if top is not None:
+            for r0, r1 in self.bands:
                 top.add(smooth[r0:r1])
         scale = float(top.value() if top is not None else smooth.reshape(-1)[0])
-        del smooth
+        smooth = None  # freed
         #: None: a flat image (every value normalises to 0)
         self.scale = scale if np.isfinite(scale) and scale > 1e-6 * max(1.0, abs(lo), abs(hi)) else None
 

@@ -212,7 +212,10 @@ def _power_spectrum(img: np.ndarray, n: int) -> np.ndarray:
     from scipy import fft as sfft
 
     # rfft2(img, s=(n, n)) value for value, without transforming the zero-padded rows
-    half = sfft.fft(sfft.rfft(img, n=n, axis=1), n=n, axis=0)
+    from .parallel import cpu_threads
+
+    workers = cpu_threads()
+    half = sfft.fft(sfft.rfft(img, n=n, axis=1, workers=workers), n=n, axis=0, workers=workers)
     half = half.real**2 + half.imag**2
     c = n // 2
     power = np.empty((n, n))

@@ -19,6 +19,7 @@ from scipy import fft as sfft
 from scipy import ndimage as ndi
 
 from .geometry import LatticeEstimate, block_mean, flat_pixels, nearest_pixel
+from .parallel import cpu_threads, thread_map
 
 __all__ = ["distance_to_mask", "domain_lattices", "flat_vacuum", "grow_into_empty_cells", "lattice_amplitude",
            "vacuum_mask", "VACUUM_THRESHOLD"]
@@ -93,11 +94,22 @@ def _amplitude_grid(image: np.ndarray, lattice: LatticeEstimate, sigma_px: float
         ny = sfft.next_fast_len(ye - ys + r)  # no wrap-around into the rows used
         if ny not in ky_cache:
             ky_cache[ny] = [_kernel_spectrum(k, r, g[1], ny) for g in gs]
-        spec = sfft.fft2(small[ys:ye], s=(ny, nx))
+        spec = sfft.fft2(small[ys:ye], s=(ny, nx), workers=cpu_threads())
+
+        def power(kk: tuple[np.ndarray, np.ndarray], spec=spec, y0=y0, y1=y1, ys=ys) -> np.ndarray:
+            # one strip-size complex array per reflection in flight (the product and its
+            # transform in place): two threads hold less than one serial product did
+            prod = spec * kk[0][:, None]
+            prod *= kk[1][None, :]
+            out = sfft.ifft2(prod, overwrite_x=True)[y0 - ys : y1 - ys, :sw]
+            return out.real**2 + out.imag**2
+
         acc = np.zeros((y1 - y0, sw))
-        for kyg, kxg in zip(ky_cache[ny], kx):
-            out = sfft.ifft2(spec * kyg[:, None] * kxg[None, :])[y0 - ys : y1 - ys, :sw]
-            acc += out.real**2 + out.imag**2
+        pairs = list(zip(ky_cache[ny], kx))
+        at_once = cpu_threads()
+        for i in range(0, len(pairs), at_once):  # as many reflections at once as threads, added in order
+            for p in thread_map(power, pairs[i:i + at_once]):
+                acc += p
         acc /= (wy[y0:y1, None] * wx[None, :]) ** 2
         amp[y0:y1] = np.sqrt(acc, out=acc)
     return amp, f

@@ -89,3 +89,14 @@ def test_background_subtracted_in_place_and_banded_noise_are_the_plain_forms():
     d = c - 0.25 * (small[:-2, 1:-1] + small[2:, 1:-1] + small[1:-1, :-2] + small[1:-1, 2:])
     mad = float(np.median(np.abs(d - np.median(d))))
     assert w.noise == 1.4826 * mad / math.sqrt(1.25) / (2.0 * math.sqrt(math.pi) * sigma)
+
+
+def test_work_image_on_several_threads_equals_one_threads(array_threads):
+    sim = simulate("MoTe2", 800, pixel_size=0.05, noise=Noise(10, 15), seed=8)  # block-averaged (f 4), in 3 bands
+    a_px = 3.52 / 0.05
+    array_threads(1)
+    one = work_image(sim.image, a_px)
+    array_threads(3)
+    three = work_image(sim.image, a_px)
+    assert one.factor > 1 and three.noise == one.noise
+    np.testing.assert_array_equal(three.signal, one.signal)

@@ -49,3 +49,15 @@ def test_random_points_make_no_patch():
     with pytest.raises(ValueError, match="a_px"):
         index_columns(np.zeros((5, 2)), -1.0)
     assert index_columns(np.zeros((0, 2)), 10.0).n_patches == 0
+
+
+def test_round_offsets_in_closed_form_are_the_inverse_matrices():
+    from napari_tmd_defects.lattice.graph import _round_offsets
+
+    rng = np.random.default_rng(3)
+    basis = rng.normal(size=(500, 2, 2)) * 10.0
+    v = rng.normal(size=(500, 2)) * 30.0
+    d, res = _round_offsets(v, basis)
+    want = np.rint(np.einsum("eij,ej->ei", np.linalg.inv(basis), v)).astype(np.int64)
+    assert np.array_equal(d, want)
+    np.testing.assert_allclose(res, np.hypot(*(v - np.einsum("eij,ej->ei", basis, want)).T))

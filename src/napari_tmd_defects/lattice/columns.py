@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..geometry import block_mean, dilate_disk, flat_pixels, is_exact_counts
+from ..parallel import filter_rows
 
 __all__ = ["Columns", "WorkImage", "background_rows", "find_columns", "local_background", "work_image"]
 
@@ -226,7 +227,7 @@ def work_image(image: np.ndarray, a_px: float, exclude: np.ndarray | None = None
     # white noise of std s becomes s / (2 sqrt(pi) sigma) after the Gaussian (measured
     # first: the block-averaged copy is let go as soon as it is smoothed)
     noise = _noise_std(small, min_flat_area=a_w * a_w) / (2.0 * math.sqrt(math.pi) * sigma)
-    signal = ndi.gaussian_filter(small, sigma, mode="nearest")
+    signal = filter_rows(lambda b: ndi.gaussian_filter(b, sigma, mode="nearest"), small, int(4.0 * sigma + 0.5))
     del small
     ex = None if exclude is None else block_mean(np.asarray(exclude, np.float32), f) > 0.5
     _background(signal, a_w, subtract=True, exclude=ex)  # in place: the smoothed copy becomes the signal

@@ -170,8 +170,10 @@ class LatticeGraph:
 def _round_offsets(v: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest allowed fine-lattice step of each vector ``v`` (E, 2) in ``basis`` (E, 2, 2)
     -> (steps (E, 2) int, residual length in px)."""
-    inv = np.linalg.inv(basis)
-    f = np.einsum("eij,ej->ei", inv, v)
+    # the 2 x 2 inverses in closed form (np.linalg.inv loops over the links in LAPACK)
+    b00, b01, b10, b11 = basis[:, 0, 0], basis[:, 0, 1], basis[:, 1, 0], basis[:, 1, 1]
+    det = b00 * b11 - b01 * b10
+    f = np.stack([(b11 * v[:, 0] - b01 * v[:, 1]) / det, (b00 * v[:, 1] - b10 * v[:, 0]) / det], axis=1)
     d = np.rint(f).astype(np.int64)
     res = v - np.einsum("eij,ej->ei", basis, d)
     return d, np.hypot(res[:, 0], res[:, 1])
