@@ -41,6 +41,11 @@ CASES = [
     ("non-square 900×300", (900, 300), 0.09, "random", False, True),
     ("4096² at 0.06 Å/px", (4096, 4096), 0.06, 0.0, False, True),
     ("pixel size unknown (estimated), 535² 8-bit-like", (535, 535), (0.08, 0.1), "random", False, False),
+    # coarser than the networks were trained for (analysis.TRAINED_PIXEL_SIZES; warned): survey
+    # frames (appended: each case's seed is 7000 + its index)
+    ("0.25 Å/px, 512² (untrained)", (512, 512), 0.25, "random", False, True),
+    ("0.3 Å/px, 512² (untrained)", (512, 512), 0.3, "random", False, True),
+    ("0.4 Å/px, 512² (untrained)", (512, 512), 0.4, "random", False, True),
 ]
 
 
