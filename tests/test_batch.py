@@ -88,3 +88,46 @@ def test_unknown_palette_fails_before_any_work(files, tmp_path):
 def test_no_inputs(tmp_path):
     with pytest.raises(ValueError, match="no image files"):
         run_batch([tmp_path], BatchOptions(out_dir=str(tmp_path / "o")))
+
+
+def _threads(_):
+    import torch
+
+    from napari_tmd_defects.parallel import cpu_threads
+
+    return torch.get_num_threads(), cpu_threads()
+
+
+def test_worker_processes_run_one_thread_each(array_threads):
+    """A forked worker inherits its parent's torch threads; the batch's initializer sets one."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    array_threads(2)
+    with ProcessPoolExecutor(1, initializer=batch.one_thread) as ex:
+        assert ex.submit(_threads, 0).result() == (1, 1)
+
+
+def test_run_batch_starts_its_workers_on_one_thread(files, tmp_path, monkeypatch):
+    seen = {}
+
+    class Pool:
+        def __init__(self, max_workers=None, initializer=None):
+            seen["initializer"] = initializer
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, *args):
+            from concurrent.futures import Future
+
+            f = Future()
+            f.set_result(fn(*args))
+            return f
+
+    monkeypatch.setattr(batch, "ProcessPoolExecutor", Pool)
+    d, _ = files
+    res = run_batch([d / "a.tif"], BatchOptions(out_dir=str(tmp_path / "out")), workers=2)
+    assert seen["initializer"] is batch.one_thread and res[0].ok

@@ -178,6 +178,18 @@ def _write_summary(out_dir: Path, outcomes: list[FileOutcome], material: str) ->
     return path
 
 
+def one_thread() -> None:
+    """Worker-process start: torch, and with it the array stages (:mod:`.parallel`), on one
+    thread. A forked worker keeps its parent's torch thread count (``OMP_NUM_THREADS``
+    set after torch started changes nothing there): two workers on two cores would run
+    four threads each stage."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return
+    torch.set_num_threads(1)
+
+
 def run_batch(
     inputs: Iterable[str | Path],
     opts: BatchOptions,
@@ -241,7 +253,7 @@ def run_batch(
         env_threads = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"
         try:
-            with ProcessPoolExecutor(max_workers=workers) as ex:
+            with ProcessPoolExecutor(max_workers=workers, initializer=one_thread) as ex:
                 futs = {ex.submit(analyze_file, p, s, opts): k for k, (p, s) in enumerate(zip(paths, stems))}
                 for fut in as_completed(futs):
                     finish(futs[fut], fut.result())
