@@ -25,6 +25,8 @@ R = TypeVar("R")
 
 #: Never more threads than this, whatever the machine has.
 MAX_THREADS = 16
+#: :func:`row_bands`: no band of fewer rows (a thread's start costs more than it saves).
+MIN_BAND_ROWS = 64
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_KEY: tuple[int, int] = (0, 0)  # (process id, threads): a forked child makes its own pool
@@ -66,8 +68,8 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """``[fn(x) for x in items]``, the calls spread over :func:`cpu_threads` threads (in
     order; serial with one thread, one item, or when called from one of these threads)."""
     items = list(items)
-    n = min(cpu_threads(), len(items))
-    if n <= 1 or getattr(_INSIDE, "on", False):
+    threads = cpu_threads()
+    if min(threads, len(items)) <= 1 or getattr(_INSIDE, "on", False):
         return [fn(x) for x in items]
 
     def run(x: T) -> R:
@@ -77,43 +79,31 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         finally:
             _INSIDE.on = False
 
-    return list(_pool(cpu_threads()).map(run, items))
+    return list(_pool(threads).map(run, items))
 
 
-def row_bands(n_rows: int, parts: int | None = None, min_rows: int = 64) -> list[tuple[int, int]]:
-    """``parts`` (default :func:`cpu_threads`) contiguous bands ``(r0, r1)`` of ``n_rows``
-    rows, none under ``min_rows`` (fewer bands for a small image)."""
-    parts = cpu_threads() if parts is None else parts
-    parts = max(1, min(parts, n_rows // max(min_rows, 1)))
+def row_bands(n_rows: int) -> list[tuple[int, int]]:
+    """One contiguous band ``(r0, r1)`` of ``n_rows`` rows per :func:`cpu_threads` thread,
+    none under :data:`MIN_BAND_ROWS` rows (fewer bands for a small image)."""
+    parts = max(1, min(cpu_threads(), n_rows // MIN_BAND_ROWS))
     edges = np.linspace(0, n_rows, parts + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def filter_rows(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, reach: int,
-                out: np.ndarray | None = None, dtype=None) -> np.ndarray:
-    """``fn(image)`` computed in bands of rows on :func:`cpu_threads` threads: each band is
-    filtered with ``reach`` rows of the image on both sides and cropped, so for a filter
-    whose value at a pixel reads only rows within ``reach`` of it (a Gaussian truncated at
-    ``reach``, a window of ``2 reach + 1``) the result is ``fn(image)`` value for value.
-    ``out``: the array to fill (else a new one of ``dtype``, default ``fn``'s)."""
+def filter_rows(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, reach: int) -> np.ndarray:
+    """``fn(image)`` computed in bands of rows (:func:`row_bands`) on the CPU threads: each
+    band is filtered with ``reach`` rows of the image on both sides and cropped, so for a
+    filter whose value at a pixel reads only rows within ``reach`` of it (a Gaussian
+    truncated at ``reach``, a window of ``2 reach + 1``) the result is ``fn(image)`` value
+    for value."""
     h = image.shape[0]
     bands = row_bands(h)
-    if len(bands) == 1 and out is None:
-        res = fn(image)
-        return res if dtype is None else res.astype(dtype, copy=False)
+    if len(bands) == 1:
+        return fn(image)
 
-    def one(band: tuple[int, int]) -> np.ndarray | None:
+    def one(band: tuple[int, int]) -> np.ndarray:
         r0, r1 = band
         a, b = max(0, r0 - reach), min(h, r1 + reach)
-        part = fn(image[a:b])[r0 - a:r1 - a]
-        if out is None:
-            return part
-        out[r0:r1] = part  # bands are disjoint: each thread fills its own rows
-        return None
+        return fn(image[a:b])[r0 - a:r1 - a]
 
-    parts = thread_map(one, bands)
-    if out is None:
-        out = np.empty(image.shape[:1] + parts[0].shape[1:], dtype or parts[0].dtype)
-        for (r0, r1), part in zip(bands, parts):
-            out[r0:r1] = part
-    return out
+    return np.concatenate(thread_map(one, bands))
