@@ -6,7 +6,8 @@ import pytest
 
 from napari_tmd_defects.evaluation import score_result
 from napari_tmd_defects.exports import (DARK_COLUMNS_POLARITY, annotation_mask, colour_mask, column_polarity,
-                                        fill_annotations, flat_maximum_mask)
+                                        fill_annotations, fill_inset, flat_maximum_mask, inset_mask)
+from napari_tmd_defects.geometry import estimate_lattice
 from napari_tmd_defects.pipeline import analyze
 from napari_tmd_defects.simulation import Noise, Vacuum, simulate
 
@@ -136,3 +137,83 @@ def test_column_polarity_on_several_threads_equals_one_threads(array_threads):
     one = column_polarity(sim.image, 35.2)
     array_threads(3)
     assert column_polarity(sim.image, 35.2) == one and one > 0
+
+
+def _fft_inset(img: np.ndarray, a_px: float, corner: str = "top right", size: float = 0.3
+               ) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """The frame's own log power spectrum pasted into a corner with a bright frame line, as
+    figure panels show it: the centre of the spectrum out to 1.6 first-order radii, zoomed
+    to fill the inset (its spots then repeat ~1.4 lattice constants apart)."""
+    from scipy import ndimage as ndi
+
+    h, w = img.shape
+    s = int(size * min(h, w))
+    spec = np.log1p(np.fft.fftshift(np.abs(np.fft.fft2(img - img.mean()))))
+    half = int(1.6 * min(h, w) / (a_px * np.sqrt(3) / 2))
+    crop = spec[h // 2 - half:h // 2 + half, w // 2 - half:w // 2 + half]
+    crop = ndi.zoom(crop, s / crop.shape[0], order=1)[:s, :s]
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    rows = slice(0, s) if corner.startswith("top") else slice(h - s, h)
+    cols = slice(w - s, w) if corner.endswith("right") else slice(0, s)
+    out = img.astype(np.float32).copy()
+    out[rows, cols] = lo + (crop - crop.min()) / np.ptp(crop) * (hi - lo)
+    line_r = s if corner.startswith("top") else h - s - 2
+    line_c = w - s - 2 if corner.endswith("right") else s
+    out[line_r:line_r + 2, cols] = hi
+    out[rows, line_c:line_c + 2] = hi
+    return out, (rows, cols)
+
+
+@pytest.mark.parametrize("corner", ["top right", "bottom left"])
+def test_an_fft_inset_in_a_corner_is_found(corner):
+    sim = simulate("MoTe2", shape=512, pixel_size=0.1, rotation_deg=12.0, defect_fraction=0.1, seed=21,
+                   noise=Noise(10, 10))
+    img, (rows, cols) = _fft_inset(sim.image, sim.truth.a_px, corner)
+    mask = inset_mask(img, estimate_lattice(img))
+    assert mask is not None and mask[rows, cols].mean() > 0.99
+    # and not much more: the inset grown by a lattice constant and a half
+    a = sim.truth.a_px
+    grown = np.zeros_like(mask)
+    grown[max(0, rows.start - int(1.5 * a)):rows.stop + int(1.5 * a), max(0, cols.start - int(1.5 * a)):cols.stop + int(1.5 * a)] = True
+    assert not (mask & ~grown).any()
+
+
+@pytest.mark.parametrize("kind", ["hole", "edge"])
+def test_vacuum_and_grains_are_not_insets(kind):
+    sim = simulate("MoTe2", shape=512, pixel_size=0.1, rotation_deg=7.0, defect_fraction=0.1, seed=22,
+                   noise=Noise(10, 10), vacuum=Vacuum(kind, 0.3))
+    assert inset_mask(sim.image, estimate_lattice(sim.image)) is None
+    plain = simulate("WSe2", shape=512, pixel_size=0.08, seed=23, noise=Noise(10, 10))
+    assert inset_mask(plain.image, estimate_lattice(plain.image)) is None
+
+
+def test_analyze_leaves_an_fft_inset_out():
+    # read as crystal, the inset's spots made a small second domain with vacancies and a
+    # boundary around it
+    sim = simulate("MoTe2", shape=512, pixel_size=0.1, rotation_deg=12.0, defect_fraction=0.1, seed=21,
+                   noise=Noise(10, 10))
+    img, (rows, cols) = _fft_inset(sim.image, sim.truth.a_px)
+    res = analyze(img, 0.1, device="cpu")
+    assert any("an inset" in w for w in res.warnings)
+    assert len(res.sites.domains) == 1 and res.counts().get("boundary", 0) == 0
+    centres = 0.5 * (res.x_sites + res.m_sites)
+    inside = (centres[:, 1] < rows.stop) & (centres[:, 0] >= cols.start)
+    assert not inside.any()
+    s = score_result(res, sim.truth)
+    assert s.precision > 0.99 and s.class_accuracy > 0.98
+    # the cells next to it read as the frame's others (no vacancies along its edge)
+    ref = analyze(sim.image, 0.1, device="cpu")
+    bad = sum(v for k, v in res.counts().items() if k not in ("Perfect", "boundary"))
+    assert bad <= sum(v for k, v in ref.counts().items() if k not in ("Perfect", "boundary"))
+
+
+def test_an_inset_is_filled_with_the_crystal_continued():
+    sim = simulate("MoTe2", shape=384, pixel_size=0.1, rotation_deg=9.0, defect_fraction=0.0, noise=Noise(None, 0),
+                   seed=24)
+    mask = np.zeros(sim.image.shape, bool)
+    mask[:120, -130:] = True
+    filled = fill_inset(sim.image, mask, estimate_lattice(sim.image))
+    assert np.array_equal(filled[~mask], sim.image[~mask].astype(np.float32))
+    # a perfect lattice moved by whole lattice vectors is itself, to a fraction of a pixel
+    r = np.corrcoef(filled[mask], sim.image[mask])[0, 1]
+    assert r > 0.9

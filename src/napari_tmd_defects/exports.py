@@ -1,5 +1,5 @@
 """What an exported frame holds besides the crystal's HAADF signal: burned-in
-annotations (scale bars, labels, marks) and inverted contrast.
+annotations (scale bars, labels, marks), insets and inverted contrast.
 
 Frames exported from acquisition software or cut from figure panels often carry a scale
 bar or a label, drawn at the brightest grey level or in colour. Read as crystal, a bar's
@@ -15,6 +15,17 @@ noise and level fits everywhere. An annotation is
 :func:`~.pipeline.locate_cells` fills the annotation's pixels with noise
 (drawn from its other pixels: no column is found there) and leaves the cells on it out.
 
+A figure panel may also hold an *inset*: a pasted FFT, a zoomed view or another panel,
+in a corner of the frame. Read as crystal, its spots or its magnified columns became a
+small "domain" of invented vacancies with boundary cells around it (an FFT pasted into a
+real WSe2 frame: three domains, 31 boundary cells, 6 defect calls on the inset). An
+inset is an axis-aligned rectangle in a corner that does not show the frame's lattice
+(:func:`inset_mask`): a vacuum hole or a grain in a corner has no two straight,
+axis-aligned edges meeting at a right angle. :func:`~.pipeline.locate_cells` fills it
+with the crystal continued from elsewhere in the frame (:func:`fill_inset`: the cells
+next to it are read as next to crystal, not next to a hole), reads no column on it and
+leaves its cells out. ``benchmarks/insets.py`` measures both.
+
 HAADF (Z-contrast) shows the columns as sharp bright peaks on a darker background, so the
 frame's band-passed intensity is skewed towards bright values (+0.3 to +1.3 on the 23 real
 frames of ``docs/reports/real_frames.md``, column *polarity*); a bright-field or ABF image,
@@ -26,11 +37,11 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .geometry import block_mean, dilate_disk
+from .geometry import LatticeEstimate, block_mean, dilate_disk
 from .parallel import thread_map
 
 __all__ = ["annotation_mask", "colour_mask", "column_polarity", "exclusion_zone", "fill_annotations",
-           "flat_maximum_mask"]
+           "fill_inset", "flat_maximum_mask", "inset_mask"]
 
 #: Smallest extent of a flat region's core at the image's maximum taken for an annotation,
 #: in lattice constants ...
@@ -108,10 +119,190 @@ def annotation_mask(image: np.ndarray, a_px: float, rgb: np.ndarray | None = Non
     return mask
 
 
-def exclusion_zone(mask: np.ndarray, a_px: float) -> np.ndarray:
+#: :func:`inset_mask` reads the lattice amplitude on the frame block-averaged to about this
+#: many px per lattice constant ...
+INSET_PX_PER_A = 6.0
+#: ... less its local mean over this many lattice constants (Gaussian σ) ...
+INSET_HIGH_PASS_A = 0.5
+#: ... and takes for an inset's interior what stays below this fraction of the crystal's
+#: level (above the vacuum's 0.3, :data:`~.vacuum.VACUUM_THRESHOLD`: a magnified view of
+#: the lattice keeps 0.2-0.4 of it through its harmonics; the region's shape, not its
+#: level, tells an inset from the crystal) ...
+INSET_LEVEL = 0.45
+#: ... in a region that holds a corner of the frame, spans at least this many lattice
+#: constants each way, fills at least this share of its bounding box ...
+MIN_INSET_A = 3.0
+MIN_INSET_FILL = 0.8
+#: ... covers at most this share of the frame (a larger one is the frame's subject) ...
+MAX_INSET_FRACTION = 0.25
+#: ... and whose two inner edges are straight and axis-aligned: their positions along the
+#: edge spread by at most this many lattice constants (10th to 90th percentile).
+MAX_INSET_EDGE_SPREAD_A = 0.8
+#: The mask reaches this far (lattice constants) beyond the low region: the amplitude's
+#: window (0.8 a) puts the region's edge about 0.6 a inside the inset's.
+INSET_GROW_A = 1.0
+
+
+#: :func:`_corner_is_low` reads patches this many lattice constants wide ...
+SCREEN_PATCH_A = 8.0
+#: ... and calls a corner low below this fraction of their level (a margin over
+#: :data:`INSET_LEVEL`: a patch's level is rougher than the frame's).
+SCREEN_LEVEL = 1.5 * INSET_LEVEL
+
+
+def _high_pass(small: np.ndarray, a_s: float) -> np.ndarray:
+    """``small`` (a block-averaged frame, ``a_s`` px per lattice constant) less its local
+    mean over :data:`INSET_HIGH_PASS_A` lattice constants, as a new array: a bright or dark
+    inset is then no step against the frame, nor against the frame's border, that the
+    lattice's windows would read as lattice (the reflections pass: their periods are
+    0.5-0.87 a)."""
+    return small - ndi.gaussian_filter(small, INSET_HIGH_PASS_A * a_s, mode="nearest")
+
+
+def _corner_is_low(img: np.ndarray, f: int, lattice: LatticeEstimate) -> bool:
+    """Whether any corner of ``img`` shows the lattice (``lattice``: in px of ``img``
+    block-averaged by ``f``) weakly enough to hold an inset. The four corner patches of
+    :data:`SCREEN_PATCH_A` lattice constants, side by side as in the frame (its middle cut
+    out), are read at once; a corner is low where the amplitude's median over 1-2.5 lattice
+    constants from it (far from the seams) is below :data:`SCREEN_LEVEL` of the patches'
+    90th percentile. A small share of the cost of the whole frame's amplitude, which only
+    frames with such a corner need."""
+    from .vacuum import lattice_amplitude
+
+    h, w = img.shape
+    a_s = float(lattice.a_px)
+    p = min(int(np.ceil(SCREEN_PATCH_A * a_s)) * f, h // 2, w // 2)  # input px
+    # each corner block-averaged from a view of the frame (no copy of its full-size pixels)
+    blocks = [[block_mean(img[r, c], f, dtype=np.float32) for c in (slice(0, p), slice(w - p, w))]
+              for r in (slice(0, p), slice(h - p, h))]
+    amp = lattice_amplitude(_high_pass(np.block(blocks), a_s), lattice)
+    ref = float(np.percentile(amp, 90))
+    if not ref > 0:
+        return False
+    lo, hi = int(round(a_s)), max(int(round(2.5 * a_s)), int(round(a_s)) + 1)
+    for view in (amp, amp[::-1], amp[:, ::-1], amp[::-1, ::-1]):
+        if float(np.median(view[lo:hi, lo:hi])) < SCREEN_LEVEL * ref:
+            return True
+    return False
+
+
+def inset_mask(image: np.ndarray, lattice: LatticeEstimate) -> np.ndarray | None:
+    """The insets of ``image`` (pasted panels: an FFT, a zoomed view) as a mask, or None.
+
+    Once a corner looks low (:func:`_corner_is_low`), the local amplitude of the frame's
+    lattice (:func:`~.vacuum.lattice_amplitude`) is read on a copy block-averaged to
+    :data:`INSET_PX_PER_A` px per lattice constant, less its local mean
+    (:data:`INSET_HIGH_PASS_A`). A region below :data:`INSET_LEVEL` of the crystal's level
+    (90th percentile) is an inset when it
+    holds a corner of the frame, reaches neither opposite border, is at least
+    :data:`MIN_INSET_A` lattice constants each way and at most :data:`MAX_INSET_FRACTION` of
+    the frame, fills :data:`MIN_INSET_FILL` of its bounding box and ends at two straight,
+    axis-aligned edges (:data:`MAX_INSET_EDGE_SPREAD_A`). The mask is that box, grown by
+    :data:`INSET_GROW_A` lattice constants.
+    """
+    from .vacuum import lattice_amplitude
+
+    img = np.asarray(image)
+    a = float(lattice.a_px)
+    f = max(1, int(a // INSET_PX_PER_A))
+    a_s = a / f
+    hs, ws = img.shape[0] // f, img.shape[1] // f
+    if min(hs, ws) < 2 * MIN_INSET_A * a_s:
+        return None
+    scaled = LatticeEstimate(a_px=a_s, rotation_deg=lattice.rotation_deg, a1=np.asarray(lattice.a1, float) / f,
+                             a2=np.asarray(lattice.a2, float) / f, strength=lattice.strength)
+    if not _corner_is_low(img, f, scaled):
+        return None
+    # (block_mean with f == 1 returns the frame itself: the high pass makes a new array)
+    small = _high_pass(block_mean(img, f, dtype=np.float32), a_s)
+    hs, ws = small.shape
+    amp = lattice_amplitude(small, scaled)
+    ref = float(np.percentile(amp, 90))
+    if not ref > 0:
+        return None
+    lab, _ = ndi.label(amp < INSET_LEVEL * ref)
+    # (the amplitude rises within about a lattice constant of the frame's border, where its
+    # window holds fewer pixels: a region "holds" a corner when it comes that close to both
+    # of its borders)
+    reach = int(np.ceil(1.5 * a_s))
+    boxes = []
+    for flip_y in (False, True):
+        for flip_x in (False, True):
+            view = lab[::-1 if flip_y else 1, ::-1 if flip_x else 1]  # the corner at (0, 0)
+            for k in np.unique(view[:reach, :reach]):
+                if k == 0:
+                    continue
+                region = view == k
+                rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+                y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+                bh, bw = y1 - y0, x1 - x0
+                if (y0 >= reach or x0 >= reach or y1 > hs - reach or x1 > ws - reach
+                        or min(bh, bw) < MIN_INSET_A * a_s or y1 * x1 > MAX_INSET_FRACTION * hs * ws
+                        or region[y0:y1, x0:x1].sum() < MIN_INSET_FILL * bh * bw):
+                    continue
+                # the inner edges: the region's last column in each row and its last row in
+                # each column, away from the rounded inner corner and the frame's border
+                box = region[y0:y1, x0:x1]
+                keep_r = (np.arange(bh) >= a_s) & (np.arange(bh) < bh - a_s)
+                keep_c = (np.arange(bw) >= a_s) & (np.arange(bw) < bw - a_s)
+                if keep_r.sum() < 2 or keep_c.sum() < 2:
+                    continue
+                last_col = bw - 1 - np.argmax(box[:, ::-1], axis=1)
+                last_row = bh - 1 - np.argmax(box[::-1, :], axis=0)
+                spread = max(float(np.subtract(*np.percentile(last_col[keep_r], [90, 10]))),
+                             float(np.subtract(*np.percentile(last_row[keep_c], [90, 10]))))
+                if spread > MAX_INSET_EDGE_SPREAD_A * a_s:
+                    continue
+                # the box in input px, from the corner, grown
+                grow = INSET_GROW_A * a
+                boxes.append((flip_y, flip_x, int(round(min(img.shape[0], y1 * f + grow))),
+                              int(round(min(img.shape[1], x1 * f + grow)))))
+    if not boxes:
+        return None
+    mask = np.zeros(img.shape, bool)
+    h, w = img.shape
+    for flip_y, flip_x, ye, xe in boxes:
+        ys = slice(h - ye, h) if flip_y else slice(0, ye)
+        xs = slice(w - xe, w) if flip_x else slice(0, xe)
+        mask[ys, xs] = True
+    return mask
+
+
+def fill_inset(image: np.ndarray, mask: np.ndarray, lattice: LatticeEstimate) -> np.ndarray:
+    """A float32 copy of ``image`` with the inset ``mask`` (a rectangle in a corner) filled
+    with the crystal from elsewhere in the frame, moved by whole lattice vectors (the
+    shortest such move, rounded to whole px, that takes the rectangle off itself and keeps
+    it in the frame): the lattice runs on across the inset's edges, so the cells next to it
+    are read as next to crystal, not next to a hole or noise. Where no such move fits, the
+    frame's other pixels drawn at random (:func:`fill_annotations`)."""
+    img = np.asarray(image)
+    h, w = img.shape
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    a1, a2 = np.asarray(lattice.a1, float), np.asarray(lattice.a2, float)
+    reach = int(np.ceil(2 * max(h, w) / max(float(lattice.a_px), 1.0))) + 2
+    n = np.arange(-reach, reach + 1)
+    n1, n2 = np.meshgrid(n, n, indexing="ij")
+    t = n1.reshape(-1, 1) * a1[None] + n2.reshape(-1, 1) * a2[None]  # (x, y) moves, px
+    dx, dy = np.rint(t[:, 0]).astype(int), np.rint(t[:, 1]).astype(int)
+    # the source rectangle inside the frame and clear of the inset
+    inside = (y0 + dy >= 0) & (y1 + dy <= h) & (x0 + dx >= 0) & (x1 + dx <= w)
+    clear = (y1 + dy <= y0) | (y0 + dy >= y1) | (x1 + dx <= x0) | (x0 + dx >= x1)
+    ok = np.flatnonzero(inside & clear)
+    if len(ok) == 0:
+        return fill_annotations(img, mask, float(lattice.a_px))[0]
+    k = ok[np.argmin(dx[ok] ** 2 + dy[ok] ** 2)]
+    out = np.array(img, dtype=np.float32, copy=True)
+    src = out[y0 + dy[k]:y1 + dy[k], x0 + dx[k]:x1 + dx[k]]
+    box = mask[y0:y1, x0:x1]
+    out[y0:y1, x0:x1][box] = src[box]
+    return out
+
+
+def exclusion_zone(mask: np.ndarray, a_px: float, margin_a: float = EXCLUSION_MARGIN_A) -> np.ndarray:
     """The region whose cells are left out for pixels ``mask`` that do not show the
-    crystal: the mask grown by :data:`EXCLUSION_MARGIN_A` lattice constants (``a_px``, px)."""
-    return dilate_disk(mask, max(EXCLUSION_MARGIN_A * a_px, 2.0))
+    crystal: the mask grown by ``margin_a`` lattice constants (``a_px``, px)."""
+    return dilate_disk(mask, max(margin_a * a_px, 2.0))
 
 
 def fill_annotations(image: np.ndarray, mask: np.ndarray, a_px: float) -> tuple[np.ndarray, np.ndarray]:

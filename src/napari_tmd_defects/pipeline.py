@@ -146,6 +146,9 @@ class Frame:
     #: pixels, grown by half a lattice constant; their cells are left out as the vacuum's are
     #: (:mod:`.exports`); None when there are none
     masked: np.ndarray | None = None
+    #: an inset's pixels (:func:`.exports.inset_mask`), filled with the crystal continued
+    #: (:func:`.exports.fill_inset`): no column is read there, its cells are left out
+    inset: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)
@@ -337,7 +340,7 @@ def find_domains(frame: Frame) -> None:
 
     frame.work = work_image(frame.image, frame.a_px)
     frame.noise_sigma = frame.work.noise
-    frame.state = _find(frame.image, frame.a_px, frame.material, work=frame.work)
+    frame.state = _find(frame.image, frame.a_px, frame.material, work=frame.work, exclude=frame.inset)
 
 
 def complete_sites(frame: Frame) -> None:
@@ -390,11 +393,14 @@ def complete_sites(frame: Frame) -> None:
 def check_export(frame: Frame, rgb: np.ndarray | None = None, missing: np.ndarray | None = None) -> None:
     """What the export added (:mod:`.exports`; ``rgb``: the RGB original of a converted
     frame): a warning where the columns look dark (bright field, ABF, inverted contrast);
-    burned-in scale bars, labels and marks filled with the frame's other pixels drawn at
-    random in a copy of the image, so no column is found on them, and their cells left
-    out, as those of the ``missing`` pixels (non-finite in the input, filled by
-    :func:`~.analysis.prepare_image`)."""
-    from .exports import DARK_COLUMNS_POLARITY, annotation_mask, column_polarity, exclusion_zone, fill_annotations
+    burned-in scale bars and labels filled with the frame's other pixels drawn at random in
+    a copy of the image, so no column is found on them, and their cells left out, as those
+    of the ``missing`` pixels (non-finite in the input, filled by
+    :func:`~.analysis.prepare_image`); an inset (a pasted FFT or panel) filled with the
+    crystal continued from elsewhere in the frame, its columns not read and its cells left
+    out (:func:`locate_cells`)."""
+    from .exports import (DARK_COLUMNS_POLARITY, annotation_mask, column_polarity, exclusion_zone, fill_annotations,
+                          fill_inset, inset_mask)
 
     frame.column_polarity = polarity = column_polarity(frame.image, frame.a_px)
     if polarity < DARK_COLUMNS_POLARITY:
@@ -409,6 +415,15 @@ def check_export(frame: Frame, rgb: np.ndarray | None = None, missing: np.ndarra
         frame.warnings.append(
             f"burned-in annotation (a scale bar, label or marks: flat regions at the brightest grey level, or "
             f"coloured pixels) covers {100 * mask.mean():.1f} % of the image: masked, the cells on it left out")
+    inset = inset_mask(frame.image, frame.lattice) if frame.lattice is not None else None
+    if inset is not None:
+        # (filled with the crystal continued, not masked as vacuum: the cells next to it are
+        # read as next to crystal; its own cells are left out in locate_cells)
+        frame.image = fill_inset(frame.image, inset, frame.lattice)
+        frame.inset = inset
+        frame.warnings.append(
+            f"an inset (a pasted panel: an FFT, a zoomed view; a rectangle in a corner without the frame's lattice) "
+            f"covers {100 * inset.mean():.1f} % of the image: no column is read there and its cells are left out")
     if missing is not None and missing.any():
         lost = exclusion_zone(missing, frame.a_px)
         frame.masked = lost if frame.masked is None else frame.masked | lost
@@ -1177,6 +1192,13 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
         keep = ~frame.vacuum[nearest_pixel(centres, frame.vacuum.shape)]
         frame.n_vacuum = int((~keep).sum())
         model.cells = model.cells.subset(keep)
+    if frame.inset is not None and len(model.cells):
+        from .exports import exclusion_zone
+        from .geometry import nearest_pixel
+
+        centres = 0.5 * (model.sites.xy[model.cells.x] + model.sites.xy[model.cells.m])
+        on_inset = exclusion_zone(frame.inset, frame.a_px)[nearest_pixel(centres, frame.inset.shape)]
+        model.cells = model.cells.subset(~on_inset)
     return frame
 
 

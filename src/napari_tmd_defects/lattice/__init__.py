@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..geometry import nearest_pixel
 from ..materials import CHALCOGENS, METALS, get_material, parse_composition
 from ..sites import Domain, SiteModel
 from .cells import boundary_lines, build_cells, build_sites
@@ -102,7 +103,7 @@ class LatticeState:
 
 
 def find_domains(image: np.ndarray, a_px: float, material: str = "MoTe2", *, work: WorkImage | None = None,
-                 x_is_brighter: bool | None = None) -> LatticeState:
+                 x_is_brighter: bool | None = None, exclude: np.ndarray | None = None) -> LatticeState:
     """Columns, the lattice graph and the domains with their roles (stages 1-3).
 
     Parameters
@@ -119,11 +120,16 @@ def find_domains(image: np.ndarray, a_px: float, material: str = "MoTe2", *, wor
         Override the material's prior (else, where metal and chalcogen columns are about
         equally bright, an alloy's mixed sublattice is told by its spread:
         :func:`.domains.roles_by_spread`).
+    exclude : (rows, cols) bool array, optional
+        Pixels whose peaks are not columns (an inset pasted into a figure panel).
     """
     img = np.asarray(image)
     if work is None:
         work = work_image(img, a_px)
     cols = find_columns(work)
+    if exclude is not None and len(cols):
+        keep = ~np.asarray(exclude, bool)[nearest_pixel(cols.xy, img.shape)]
+        cols = Columns(xy=cols.xy[keep], height=cols.height[keep])
     graph = index_columns(cols.xy, a_px, shape=img.shape)
     prior = x_brighter(material) if x_is_brighter is None else bool(x_is_brighter)
     domain, role, domains = assign_domains(graph, work, prior)
