@@ -269,33 +269,36 @@ def inset_mask(image: np.ndarray, lattice: LatticeEstimate) -> np.ndarray | None
 
 
 def fill_inset(image: np.ndarray, mask: np.ndarray, lattice: LatticeEstimate) -> np.ndarray:
-    """A float32 copy of ``image`` with the inset ``mask`` (a rectangle in a corner) filled
-    with the crystal from elsewhere in the frame, moved by whole lattice vectors (the
-    shortest such move, rounded to whole px, that takes the rectangle off itself and keeps
-    it in the frame): the lattice runs on across the inset's edges, so the cells next to it
-    are read as next to crystal, not next to a hole or noise. Where no such move fits, the
+    """A float32 copy of ``image`` with each inset of ``mask`` (rectangles in corners)
+    filled with the crystal from elsewhere in the frame, moved by whole lattice vectors (the
+    shortest such move, rounded to whole px, that keeps the source in the frame and off
+    every inset): the lattice runs on across the inset's edges, so the cells next to it are
+    read as next to crystal, not next to a hole or noise. Where no such move fits, the
     frame's other pixels drawn at random (:func:`fill_annotations`)."""
     img = np.asarray(image)
     h, w = img.shape
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    out = np.array(img, dtype=np.float32, copy=True)
     a1, a2 = np.asarray(lattice.a1, float), np.asarray(lattice.a2, float)
     reach = int(np.ceil(2 * max(h, w) / max(float(lattice.a_px), 1.0))) + 2
     n = np.arange(-reach, reach + 1)
     n1, n2 = np.meshgrid(n, n, indexing="ij")
     t = n1.reshape(-1, 1) * a1[None] + n2.reshape(-1, 1) * a2[None]  # (x, y) moves, px
     dx, dy = np.rint(t[:, 0]).astype(int), np.rint(t[:, 1]).astype(int)
-    # the source rectangle inside the frame and clear of the inset
-    inside = (y0 + dy >= 0) & (y1 + dy <= h) & (x0 + dx >= 0) & (x1 + dx <= w)
-    clear = (y1 + dy <= y0) | (y0 + dy >= y1) | (x1 + dx <= x0) | (x0 + dx >= x1)
-    ok = np.flatnonzero(inside & clear)
-    if len(ok) == 0:
-        return fill_annotations(img, mask, float(lattice.a_px))[0]
-    k = ok[np.argmin(dx[ok] ** 2 + dy[ok] ** 2)]
-    out = np.array(img, dtype=np.float32, copy=True)
-    src = out[y0 + dy[k]:y1 + dy[k], x0 + dx[k]:x1 + dx[k]]
-    box = mask[y0:y1, x0:x1]
-    out[y0:y1, x0:x1][box] = src[box]
+    order = np.argsort(dx**2 + dy**2, kind="stable")
+    dx, dy = dx[order], dy[order]
+    labels, _ = ndi.label(mask)
+    for k, (rows, cols) in enumerate(ndi.find_objects(labels), start=1):
+        y0, y1, x0, x1 = rows.start, rows.stop, cols.start, cols.stop
+        inside = (y0 + dy >= 0) & (y1 + dy <= h) & (x0 + dx >= 0) & (x1 + dx <= w)
+        clear = (y1 + dy <= y0) | (y0 + dy >= y1) | (x1 + dx <= x0) | (x0 + dx >= x1)
+        box = labels[rows, cols] == k
+        for j in np.flatnonzero(inside & clear):
+            src = (slice(y0 + dy[j], y1 + dy[j]), slice(x0 + dx[j], x1 + dx[j]))
+            if not mask[src].any():  # off the other insets too
+                out[rows, cols][box] = img[src][box]
+                break
+        else:
+            out = fill_annotations(out, labels == k, float(lattice.a_px))[0]
     return out
 
 
