@@ -278,17 +278,21 @@ def fill_inset(image: np.ndarray, mask: np.ndarray, lattice: LatticeEstimate) ->
     img = np.asarray(image)
     h, w = img.shape
     out = np.array(img, dtype=np.float32, copy=True)
-    a1, a2 = np.asarray(lattice.a1, float), np.asarray(lattice.a2, float)
-    reach = int(np.ceil(2 * max(h, w) / max(float(lattice.a_px), 1.0))) + 2
-    n = np.arange(-reach, reach + 1)
-    n1, n2 = np.meshgrid(n, n, indexing="ij")
-    t = n1.reshape(-1, 1) * a1[None] + n2.reshape(-1, 1) * a2[None]  # (x, y) moves, px
-    dx, dy = np.rint(t[:, 0]).astype(int), np.rint(t[:, 1]).astype(int)
-    order = np.argsort(dx**2 + dy**2, kind="stable")
-    dx, dy = dx[order], dy[order]
+    basis = np.stack([np.asarray(lattice.a1, float), np.asarray(lattice.a2, float)], axis=1)  # columns, (x, y)
+    a = float(lattice.a_px)
+    near = np.stack(np.meshgrid(np.arange(-3, 4), np.arange(-3, 4), indexing="ij"), -1).reshape(-1, 2)
     labels, _ = ndi.label(mask)
     for k, (rows, cols) in enumerate(ndi.find_objects(labels), start=1):
         y0, y1, x0, x1 = rows.start, rows.stop, cols.start, cols.stop
+        # whole lattice vectors near the moves just off the rectangle: across, down, both
+        # (either way), so their number does not grow with the frame
+        want = [(sx * (x1 - x0 + a), sy * (y1 - y0 + a)) for sx in (-1, 0, 1) for sy in (-1, 0, 1) if sx or sy]
+        n0 = np.rint(np.linalg.solve(basis, np.array(want, float).T).T).astype(np.int64)
+        cand = (n0[:, None, :] + near[None]).reshape(-1, 2)
+        t = cand @ basis.T  # (x, y) moves, px
+        dx, dy = np.rint(t[:, 0]).astype(int), np.rint(t[:, 1]).astype(int)
+        order = np.argsort(dx**2 + dy**2, kind="stable")
+        dx, dy = dx[order], dy[order]
         inside = (y0 + dy >= 0) & (y1 + dy <= h) & (x0 + dx >= 0) & (x1 + dx <= w)
         clear = (y1 + dy <= y0) | (y0 + dy >= y1) | (x1 + dx <= x0) | (x0 + dx >= x1)
         box = labels[rows, cols] == k
@@ -302,10 +306,10 @@ def fill_inset(image: np.ndarray, mask: np.ndarray, lattice: LatticeEstimate) ->
     return out
 
 
-def exclusion_zone(mask: np.ndarray, a_px: float, margin_a: float = EXCLUSION_MARGIN_A) -> np.ndarray:
+def exclusion_zone(mask: np.ndarray, a_px: float) -> np.ndarray:
     """The region whose cells are left out for pixels ``mask`` that do not show the
-    crystal: the mask grown by ``margin_a`` lattice constants (``a_px``, px)."""
-    return dilate_disk(mask, max(margin_a * a_px, 2.0))
+    crystal: the mask grown by :data:`EXCLUSION_MARGIN_A` lattice constants (``a_px``, px)."""
+    return dilate_disk(mask, max(EXCLUSION_MARGIN_A * a_px, 2.0))
 
 
 def fill_annotations(image: np.ndarray, mask: np.ndarray, a_px: float) -> tuple[np.ndarray, np.ndarray]:
