@@ -1185,20 +1185,19 @@ def locate_cells(image: np.ndarray, pixel_size: float | None, material: str, exc
         frame.vacuum = frame.masked if frame.vacuum is None else frame.vacuum | frame.masked
     timed("vacuum", remeasure_heights, frame)
     model = frame.model
-    if frame.vacuum is not None and len(model.cells):
-        from .geometry import nearest_pixel
-
-        centres = 0.5 * (model.sites.xy[model.cells.x] + model.sites.xy[model.cells.m])
-        keep = ~frame.vacuum[nearest_pixel(centres, frame.vacuum.shape)]
-        frame.n_vacuum = int((~keep).sum())
-        model.cells = model.cells.subset(keep)
-    if frame.inset is not None and len(model.cells):
+    if (frame.vacuum is not None or frame.inset is not None) and len(model.cells):
         from .exports import exclusion_zone
         from .geometry import nearest_pixel
 
         centres = 0.5 * (model.sites.xy[model.cells.x] + model.sites.xy[model.cells.m])
-        on_inset = exclusion_zone(frame.inset, frame.a_px)[nearest_pixel(centres, frame.inset.shape)]
-        model.cells = model.cells.subset(~on_inset)
+        px = nearest_pixel(centres, frame.image.shape)
+        keep = np.ones(len(model.cells), bool)
+        if frame.vacuum is not None:
+            keep &= ~frame.vacuum[px]
+            frame.n_vacuum = int((~keep).sum())
+        if frame.inset is not None:  # (not vacuum: its cells are not counted as the vacuum's)
+            keep &= ~exclusion_zone(frame.inset, frame.a_px)[px]
+        model.cells = model.cells.subset(keep)
     return frame
 
 
