@@ -168,6 +168,23 @@ def _swap_significance(levels: np.ndarray, w: sparse.csr_matrix, sel: np.ndarray
     return smooth / max(sd, 1e-12) * np.sqrt(n_eff)
 
 
+def _hollow_significance(levels: np.ndarray, w: sparse.csr_matrix, sel: np.ndarray, bright: np.ndarray,
+                         hollow: np.ndarray) -> np.ndarray:
+    """How clearly (standard errors, :func:`_swap_significance`) each column of ``sel``
+    shows its dimmer occupied class above its hollow (given its ``bright`` and ``hollow``
+    classes); 0 elsewhere."""
+    out = np.zeros(len(levels))
+    rows = np.flatnonzero(sel)
+    for b in range(3):
+        c1, c2 = [k for k in range(3) if k != b]
+        on = bright[rows] == b
+        if not on.any():
+            continue
+        z = _swap_significance(levels, w, sel, c1, c2)[on]  # c1 over c2
+        out[rows[on]] = np.where(hollow[rows[on]] == c2, z, -z)
+    return out
+
+
 def _two_regions(z: np.ndarray) -> bool:
     """True when values ``z`` (standard errors) split into a clearly negative and a clearly
     positive group: the best two-group split has means beyond -/+ :data:`MIN_SWAP_Z`, at
@@ -245,6 +262,7 @@ def assign_domains(
     # the contrast its columns show around them (two balanced inversion domains, each clearly
     # ordered, give a low contrast of the patch's median levels)
     patch_contrast = {}
+    hollow_z = np.zeros(len(idx))  # the hollow's significance where a patch's is weak (else 0)
     span = np.ptp(smooth, axis=1)  # bright-hollow span of each column's surroundings
     rel_span = np.empty(len(idx))
     for p in np.unique(patch):
@@ -268,9 +286,15 @@ def assign_domains(
         # place relative to the bright class, so the region stays whole instead of
         # splitting at random into islands the larger domain swallows (a twin domain,
         # whose bright class is the patch's, keeps the hollow its columns show)
+        # ("not seen": a margin below HOLLOW_MARGIN of the span that is not significant
+        # either; a light chalcogen next to a heavy metal, S2 by W, stands only ~0.15-0.2 of
+        # the span above the hollow however clean the frame, and a twin domain's columns
+        # that show it consistently keep the hollow they show)
         if mh[0] < HOLLOW_MARGIN:
-            weak_h = sel & (m_hollow < HOLLOW_MARGIN) & (bright != pb[0])
+            z_h = _hollow_significance(levels, w, sel, bright, hollow)
+            weak_h = sel & (m_hollow < HOLLOW_MARGIN) & (z_h < MIN_SWAP_Z) & (bright != pb[0])
             hollow[weak_h] = (bright[weak_h] + (ph[0] - pb[0])) % 3
+            hollow_z = np.maximum(hollow_z, z_h)
     pattern = hollow * 3 + bright
     pos = np.full(n, -1, np.int64)
     pos[idx] = np.arange(len(idx))
@@ -289,7 +313,7 @@ def assign_domains(
     if own.any():
         trial = np.where(own, pattern, voted)
         _, comp, sizes = _regions(trial, lp, lq)
-        own &= _clear_islands(comp, sizes, trial, lp, lq, m_bright, m_hollow, rel_span, cls)
+        own &= _clear_islands(comp, sizes, trial, lp, lq, m_bright, m_hollow, rel_span, cls, hollow_z, patch)
     pattern = np.where(own, pattern, voted)
     # grains of clearly different orientations that the graph linked through a boundary
     if graph.orientation is not None:
@@ -297,6 +321,7 @@ def assign_domains(
                                                     graph.xy[idx], graph.a_fine)
     # domains: linked columns of one patch and one pattern
     island_size = np.array([MIN_ISLAND_COLUMNS * (3 if patch_contrast[p] < MIN_SWAP_MARGIN else 1) for p in patch])
+    kept = np.zeros(len(idx), bool)  # columns of islands found to be domains of their own
     for _ in range(3):
         keep, comp, sizes = _regions(pattern, lp, lq)
         # a small island of another order inside a patch is noise: it takes the order of the
@@ -305,8 +330,10 @@ def assign_domains(
         # stand clearly apart and the island's own columns show its order clearly: a small
         # domain (an inversion or twin domain at the frame's edge) whose columns would
         # otherwise take the wrong roles
-        small = (sizes[comp] < island_size) & ~(_clear_islands(comp, sizes, pattern, lp, lq, m_bright, m_hollow,
-                                                                rel_span, cls) & strong)
+        # (once found, such an island stays one when the regions around it merge)
+        kept |= _clear_islands(comp, sizes, pattern, lp, lq, m_bright, m_hollow, rel_span, cls, hollow_z,
+                               patch) & strong
+        small = (sizes[comp] < island_size) & ~kept
         # ... or, in a patch whose classes are hard to tell apart, an island of at least
         # MIN_HEIGHT_ISLAND_COLUMNS whose own sites' heights show its brighter class clearly
         small &= ~_height_islands(graph, work, idx, patch, comp, sizes, pattern, small & ~strong)
@@ -371,8 +398,8 @@ def _regions(pattern: np.ndarray, lp: np.ndarray, lq: np.ndarray) -> tuple[np.nd
 
 
 def _clear_islands(comp: np.ndarray, sizes: np.ndarray, pattern: np.ndarray, lp: np.ndarray, lq: np.ndarray,
-                   m_bright: np.ndarray, m_hollow: np.ndarray, rel_span: np.ndarray, cls: np.ndarray
-                   ) -> np.ndarray:
+                   m_bright: np.ndarray, m_hollow: np.ndarray, rel_span: np.ndarray, cls: np.ndarray,
+                   hollow_z: np.ndarray | None = None, patch: np.ndarray | None = None) -> np.ndarray:
     """Per column: whether its region (``comp``, of ``sizes`` columns) is a small domain of
     its own rather than noise: at least :data:`MIN_CLEAR_ISLAND_COLUMNS` columns whose
     median margins are clear (bright over the dimmer occupied class at least
@@ -380,11 +407,20 @@ def _clear_islands(comp: np.ndarray, sizes: np.ndarray, pattern: np.ndarray, lp:
     surroundings' bright-hollow span (``rel_span``, over the patch's median) is at least
     :data:`MIN_CLEAR_ISLAND_SPAN` (noise in a vacuum hole has clear margins of a tiny
     span), and which borders one other order only (a thin run of columns between two
-    domains, where their surroundings mix both, is the boundary, not a domain)."""
+    domains, where their surroundings mix both, is the boundary, not a domain; regions of
+    fewer than :data:`MIN_DOMAIN_COLUMNS` and other ``patch``es' domains do not count).
+    Where a light chalcogen's margin over the hollow stays small however clean the frame
+    (S2 by W), its significance ``hollow_z`` (standard errors, at least :data:`MIN_SWAP_Z`)
+    shows the hollow clearly too."""
     n_comp = len(sizes)
     cross = comp[lp] != comp[lq]
+    if patch is not None:  # levels are smoothed within a patch: another patch's domain does not mix in
+        cross &= patch[lp] == patch[lq]
     n_pat = int(pattern.max()) + 1
-    pairs = np.unique(np.r_[comp[lp[cross]] * n_pat + pattern[lq[cross]], comp[lq[cross]] * n_pat + pattern[lp[cross]]])
+    # the orders of the domains it borders (not of a few stray columns along a boundary)
+    cp = cross & (sizes[comp[lq]] >= MIN_DOMAIN_COLUMNS)
+    cq = cross & (sizes[comp[lp]] >= MIN_DOMAIN_COLUMNS)
+    pairs = np.unique(np.r_[comp[lp[cp]] * n_pat + pattern[lq[cp]], comp[lq[cq]] * n_pat + pattern[lp[cq]]])
     n_other = np.bincount(pairs // n_pat, minlength=n_comp)
     # columns of the region's bright class (the cells it holds, also where the dimmer
     # class's columns are too faint to be found)
@@ -395,7 +431,10 @@ def _clear_islands(comp: np.ndarray, sizes: np.ndarray, pattern: np.ndarray, lp:
         def med(v):
             return np.asarray(ndi.median(v, labels=comp, index=cand))
 
-        ok[cand] = ((med(m_bright) >= MIN_CLEAR_ISLAND_MARGIN) & (med(m_hollow) >= HOLLOW_MARGIN)
+        hollow_clear = med(m_hollow) >= HOLLOW_MARGIN
+        if hollow_z is not None:
+            hollow_clear |= med(hollow_z) >= MIN_SWAP_Z
+        ok[cand] = ((med(m_bright) >= MIN_CLEAR_ISLAND_MARGIN) & hollow_clear
                     & (med(rel_span) >= MIN_CLEAR_ISLAND_SPAN))
     return ok[comp]
 
