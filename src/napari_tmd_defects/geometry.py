@@ -131,6 +131,9 @@ MIN_SECOND_RING_CONTRAST = 0.5
 #: Candidates within this relative distance of the strongest one's spatial frequency, or
 #: of sqrt(3) or 3 times it, are read as the same lattice's rings.
 RELATED_TOLERANCE = 0.06
+#: A candidate counts as a reflection of its ring when its contrast is at least this share
+#: of the ring's clearest one (clutter next to a sheared ring stands ~1 % as far out).
+RING_MEMBER_SHARE = 0.1
 #: Images larger than this (px) are block-averaged before the lattice FFT.
 LATTICE_FFT_SIZE = 1024
 
@@ -357,8 +360,15 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
     if clear:
         # the largest lattice among the strongest candidate's own (itself, sqrt(3) and 3x
         # larger: its {110} or {300} ring taken for the first), not any that barely stands out
+        # (of that ring's reflections, those standing out at least RING_MEMBER_SHARE as far as
+        # its clearest: a scan's drift shears the pattern, one ring's reflections lie a few %
+        # apart, and weak clutter just inside the ring is no larger lattice)
         top = max(clear, key=lambda c: c[0])
-        own = [c for c in clear if any(abs(c[1] * SQRT3**n / top[1] - 1.0) < RELATED_TOLERANCE for n in (0, 1, 2))]
+        ring = {id(c): next((n for n in (0, 1, 2) if abs(c[1] * SQRT3**n / top[1] - 1.0) < RELATED_TOLERANCE), None)
+                for c in clear}
+        n_max = max(n for n in ring.values() if n is not None)
+        own = [c for c in clear if ring[id(c)] == n_max]
+        own = [c for c in own if c[3] >= RING_MEMBER_SHARE * max(o[3] for o in own)]
         k_min = min(c[1] for c in own)
         best = max((c for c in own if c[1] <= 1.03 * k_min), key=lambda c: c[0])
     else:
