@@ -365,9 +365,12 @@ def assign_domains(
     # crystal variant: one domain (else a boundary would run between them)
     pieces: list[tuple[np.ndarray, Domain]] = []
     for c in order:
-        if sizes[c] < min_columns:
-            break
         sel = comp == c
+        # (an island kept as a domain of its own counts from MIN_CLEAR_ISLAND_COLUMNS // 2
+        # columns of its bright class, as in :func:`_clear_islands`: a corner of a frame
+        # where its dimmer class is not found holds little more)
+        if sizes[c] < min_columns and not (kept[sel].all() and sizes[c] >= MIN_CLEAR_ISLAND_COLUMNS // 2):
+            continue
         d = variant(sel)
         for k, (other, o) in enumerate(pieces):
             if (o.patch == d.patch and int(pattern[other][0]) // 9 == int(pattern[sel][0]) // 9
