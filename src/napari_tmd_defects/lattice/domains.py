@@ -402,7 +402,7 @@ def _regions(pattern: np.ndarray, lp: np.ndarray, lq: np.ndarray) -> tuple[np.nd
 
 def _clear_islands(comp: np.ndarray, sizes: np.ndarray, pattern: np.ndarray, lp: np.ndarray, lq: np.ndarray,
                    m_bright: np.ndarray, m_hollow: np.ndarray, rel_span: np.ndarray, cls: np.ndarray,
-                   hollow_z: np.ndarray | None = None, patch: np.ndarray | None = None) -> np.ndarray:
+                   hollow_z: np.ndarray, patch: np.ndarray) -> np.ndarray:
     """Per column: whether its region (``comp``, of ``sizes`` columns) is a small domain of
     its own rather than noise: at least :data:`MIN_CLEAR_ISLAND_COLUMNS` columns whose
     median margins are clear (bright over the dimmer occupied class at least
@@ -417,8 +417,7 @@ def _clear_islands(comp: np.ndarray, sizes: np.ndarray, pattern: np.ndarray, lp:
     shows the hollow clearly too."""
     n_comp = len(sizes)
     cross = comp[lp] != comp[lq]
-    if patch is not None:  # levels are smoothed within a patch: another patch's domain does not mix in
-        cross &= patch[lp] == patch[lq]
+    cross &= patch[lp] == patch[lq]  # levels are smoothed within a patch: another's domains do not mix in
     n_pat = int(pattern.max()) + 1
     # the orders of the domains it borders (not of a few stray columns along a boundary)
     cp = cross & (sizes[comp[lq]] >= MIN_DOMAIN_COLUMNS)
@@ -434,9 +433,7 @@ def _clear_islands(comp: np.ndarray, sizes: np.ndarray, pattern: np.ndarray, lp:
         def med(v):
             return np.asarray(ndi.median(v, labels=comp, index=cand))
 
-        hollow_clear = med(m_hollow) >= HOLLOW_MARGIN
-        if hollow_z is not None:
-            hollow_clear |= med(hollow_z) >= MIN_SWAP_Z
+        hollow_clear = (med(m_hollow) >= HOLLOW_MARGIN) | (med(hollow_z) >= MIN_SWAP_Z)
         ok[cand] = ((med(m_bright) >= MIN_CLEAR_ISLAND_MARGIN) & hollow_clear
                     & (med(rel_span) >= MIN_CLEAR_ISLAND_SPAN))
     return ok[comp]
