@@ -379,7 +379,7 @@ def test_a_small_domain_counts_its_cells_where_its_dimmer_columns_are_not_found(
     _, comp, sizes = _regions(pattern, lp, lq)
     clear = np.full(len(pattern), 0.6)
     ok = _clear_islands(comp, sizes, pattern, lp, lq, clear, 1 - clear, np.ones(len(pattern)), cls,
-                        np.zeros(len(pattern)), np.zeros(len(pattern), int))
+                        np.zeros(len(pattern), int))
     assert ok[:n0].all()
     assert ok[n0:n0 + 8].all()
     assert not ok[n0 + 8:].any()

@@ -262,7 +262,6 @@ def assign_domains(
     # the contrast its columns show around them (two balanced inversion domains, each clearly
     # ordered, give a low contrast of the patch's median levels)
     patch_contrast = {}
-    hollow_z = np.zeros(len(idx))  # the hollow's significance where a patch's is weak (else 0)
     span = np.ptp(smooth, axis=1)  # bright-hollow span of each column's surroundings
     rel_span = np.empty(len(idx))
     for p in np.unique(patch):
@@ -294,7 +293,6 @@ def assign_domains(
             z_h = _hollow_significance(levels, w, sel, bright, hollow)
             weak_h = sel & (m_hollow < HOLLOW_MARGIN) & (z_h < MIN_SWAP_Z) & (bright != pb[0])
             hollow[weak_h] = (bright[weak_h] + (ph[0] - pb[0])) % 3
-            hollow_z = np.maximum(hollow_z, z_h)
     pattern = hollow * 3 + bright
     pos = np.full(n, -1, np.int64)
     pos[idx] = np.arange(len(idx))
@@ -313,7 +311,7 @@ def assign_domains(
     if own.any():
         trial = np.where(own, pattern, voted)
         _, comp, sizes = _regions(trial, lp, lq)
-        own &= _clear_islands(comp, sizes, trial, lp, lq, m_bright, m_hollow, rel_span, cls, hollow_z, patch)
+        own &= _clear_islands(comp, sizes, trial, lp, lq, m_bright, m_hollow, rel_span, cls, patch)
     pattern = np.where(own, pattern, voted)
     # grains of clearly different orientations that the graph linked through a boundary
     if graph.orientation is not None:
@@ -331,8 +329,7 @@ def assign_domains(
         # domain (an inversion or twin domain at the frame's edge) whose columns would
         # otherwise take the wrong roles
         # (once found, such an island stays one when the regions around it merge)
-        kept |= _clear_islands(comp, sizes, pattern, lp, lq, m_bright, m_hollow, rel_span, cls, hollow_z,
-                               patch) & strong
+        kept |= _clear_islands(comp, sizes, pattern, lp, lq, m_bright, m_hollow, rel_span, cls, patch) & strong
         small = (sizes[comp] < island_size) & ~kept
         # ... or, in a patch whose classes are hard to tell apart, an island of at least
         # MIN_HEIGHT_ISLAND_COLUMNS whose own sites' heights show its brighter class clearly
@@ -402,7 +399,7 @@ def _regions(pattern: np.ndarray, lp: np.ndarray, lq: np.ndarray) -> tuple[np.nd
 
 def _clear_islands(comp: np.ndarray, sizes: np.ndarray, pattern: np.ndarray, lp: np.ndarray, lq: np.ndarray,
                    m_bright: np.ndarray, m_hollow: np.ndarray, rel_span: np.ndarray, cls: np.ndarray,
-                   hollow_z: np.ndarray, patch: np.ndarray) -> np.ndarray:
+                   patch: np.ndarray) -> np.ndarray:
     """Per column: whether its region (``comp``, of ``sizes`` columns) is a small domain of
     its own rather than noise: at least :data:`MIN_CLEAR_ISLAND_COLUMNS` columns whose
     median margins are clear (bright over the dimmer occupied class at least
@@ -411,10 +408,7 @@ def _clear_islands(comp: np.ndarray, sizes: np.ndarray, pattern: np.ndarray, lp:
     :data:`MIN_CLEAR_ISLAND_SPAN` (noise in a vacuum hole has clear margins of a tiny
     span), and which borders one other order only (a thin run of columns between two
     domains, where their surroundings mix both, is the boundary, not a domain; regions of
-    fewer than :data:`MIN_DOMAIN_COLUMNS` and other ``patch``es' domains do not count).
-    Where a light chalcogen's margin over the hollow stays small however clean the frame
-    (S2 by W), its significance ``hollow_z`` (standard errors, at least :data:`MIN_SWAP_Z`)
-    shows the hollow clearly too."""
+    fewer than :data:`MIN_DOMAIN_COLUMNS` and other ``patch``es' domains do not count)."""
     n_comp = len(sizes)
     cross = comp[lp] != comp[lq]
     cross &= patch[lp] == patch[lq]  # levels are smoothed within a patch: another's domains do not mix in
@@ -433,8 +427,7 @@ def _clear_islands(comp: np.ndarray, sizes: np.ndarray, pattern: np.ndarray, lp:
         def med(v):
             return np.asarray(ndi.median(v, labels=comp, index=cand))
 
-        hollow_clear = (med(m_hollow) >= HOLLOW_MARGIN) | (med(hollow_z) >= MIN_SWAP_Z)
-        ok[cand] = ((med(m_bright) >= MIN_CLEAR_ISLAND_MARGIN) & hollow_clear
+        ok[cand] = ((med(m_bright) >= MIN_CLEAR_ISLAND_MARGIN) & (med(m_hollow) >= HOLLOW_MARGIN)
                     & (med(rel_span) >= MIN_CLEAR_ISLAND_SPAN))
     return ok[comp]
 
