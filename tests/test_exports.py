@@ -195,6 +195,8 @@ def test_analyze_leaves_an_fft_inset_out():
     img, (rows, cols) = _fft_inset(sim.image, sim.truth.a_px)
     res = analyze(img, 0.1, device="cpu")
     assert any("an inset" in w for w in res.warnings)
+    area = (rows.stop - rows.start) * (cols.stop - cols.start)
+    assert res.inset_mask[rows, cols].mean() > 0.95 and res.inset_mask.sum() < 2 * area  # shown where it is
     assert len(res.sites.domains) == 1 and res.counts().get("boundary", 0) == 0
     centres = 0.5 * (res.x_sites + res.m_sites)
     inside = (centres[:, 1] < rows.stop) & (centres[:, 0] >= cols.start)

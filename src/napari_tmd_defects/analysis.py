@@ -96,7 +96,7 @@ class Result:
 
     ``sites`` is the site model (all sites, domains, boundary lines); ``hexagon_boxes``
     the detector's hexagons (bounding boxes in the image). ``vacuum_mask`` marks a hole or
-    an edge of the film; cells there are not reported. ``checks`` holds the plausibility
+    an edge of the film, ``inset_mask`` a pasted inset; cells there are not reported. ``checks`` holds the plausibility
     measures (defect fraction, largest same-class cluster, detector/column agreement, ...).
     """
 
@@ -131,6 +131,9 @@ class Result:
     vacuum_mask: np.ndarray | None = None
     #: cells in the vacuum left out of the counts and the area
     n_excluded_vacuum: int = 0
+    #: an inset pasted into the frame (an FFT, a zoomed view: :func:`.exports.inset_mask`),
+    #: px mask of the image's shape, or None; no column is read there and its cells are left out
+    inset_mask: np.ndarray | None = None
     checks: dict[str, Any] = field(default_factory=dict)
     models: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)

@@ -1286,6 +1286,7 @@ def make_result(frame: Frame, labels: np.ndarray, confidence: np.ndarray, probab
         placed=placed, frames=cells.frame.copy(), sites=model, x_unresolved=x_unresolved,
         low_confidence=low_confidence,
         lattice_rotation_deg=rotation, noise=frame.noise, vacuum_mask=frame.vacuum, n_excluded_vacuum=frame.n_vacuum,
+        inset_mask=frame.inset,
         checks=checks, models=frame.models, timings=frame.timings, warnings=frame.warnings,
         site_states=frame.states,
     )

@@ -188,6 +188,26 @@ def test_vacuum_is_shown_and_its_cells_left_out(make_napari_viewer):
     assert abs(res.n_cells - sim.truth.n_cells) <= 0.03 * sim.truth.n_cells
 
 
+def test_an_inset_is_shown_and_its_cells_left_out(make_napari_viewer):
+    # a figure panel: the frame's own power spectrum pasted into its top-right corner
+    from napari_tmd_defects.simulation import Noise, simulate
+
+    sim = simulate(shape=384, pixel_size=0.1, rotation_deg=12.0, noise=Noise(10, 10), seed=21)
+    img = sim.image.astype(np.float32)
+    spec = np.log1p(np.fft.fftshift(np.abs(np.fft.fft2(img - img.mean()))))[127:257, 127:257]
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    img[:130, -130:] = lo + (spec - spec.min()) / np.ptp(spec) * (hi - lo)
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="panel", scale=(0.1, 0.1), metadata={"pixel_size_A": 0.1})
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    widget._device.value = "cpu"
+    res = widget.run()
+    inset = viewer.layers["panel [inset]"]
+    assert inset.data[:130, -130:].mean() > 0.95 and np.allclose(inset.scale, [0.1, 0.1])
+    centres = 0.5 * (res.x_sites + res.m_sites)
+    assert not ((centres[:, 1] < 130) & (centres[:, 0] >= 254)).any()
+
+
 def test_an_alloy_shows_its_site_states(make_napari_viewer):
     from napari_tmd_defects.simulation import Noise, simulate
 

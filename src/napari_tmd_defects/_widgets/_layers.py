@@ -12,6 +12,8 @@ For an image layer ``NAME`` the analysis makes (and later updates in place, by n
 * ``NAME [cell labels]`` Labels (optional): each cell box filled with class id + 1;
 * ``NAME [vacuum]`` Labels, only when the analysis found vacuum (a hole, the film's
   edge): 1 where cells were left out;
+* ``NAME [inset]`` Labels, only when the frame holds an inset of a figure panel (a
+  pasted FFT or zoomed view): 1 where nothing was read;
 * ``NAME [boundaries]`` Shapes (paths), only when there are several domains: the domain
   boundaries (grain, twin, inversion, translation);
 * ``NAME [sites]`` Points (hidden at first): every metal (blue) and chalcogen (red) site,
@@ -311,14 +313,15 @@ def _show_result(viewer, result, image_layer, labels_layer: bool, prebuilt=None)
             lay = viewer.add_labels(data, name=names["labels"], opacity=0.35, colormap=_labels_colormap(), **geo)
         out["labels"] = lay
 
-    vac_name = f"{image_layer.name} [vacuum]"
-    if result.vacuum_mask is not None or vac_name in layers:
-        data = (result.vacuum_mask if result.vacuum_mask is not None
-                else np.zeros(result.image_shape, bool)).astype(np.uint8)
-        if vac_name in layers:
-            layers[vac_name].data = data
-        else:
-            viewer.add_labels(data, name=vac_name, opacity=0.25, **geo)
+    # regions not analysed: vacuum (hole, edge) and an inset pasted into a figure panel
+    for suffix, mask in (("vacuum", result.vacuum_mask), ("inset", result.inset_mask)):
+        name = f"{image_layer.name} [{suffix}]"
+        if mask is not None or name in layers:
+            data = (mask if mask is not None else np.zeros(result.image_shape, bool)).astype(np.uint8)
+            if name in layers:
+                layers[name].data = data
+            else:
+                viewer.add_labels(data, name=name, opacity=0.25, **geo)
 
     _show_structure(viewer, result, image_layer.name, geo, a_px)
 
