@@ -96,8 +96,9 @@ class Result:
 
     ``sites`` is the site model (all sites, domains, boundary lines); ``hexagon_boxes``
     the detector's hexagons (bounding boxes in the image). ``vacuum_mask`` marks a hole or
-    an edge of the film, ``inset_mask`` a pasted inset; cells there are not reported. ``checks`` holds the plausibility
-    measures (defect fraction, largest same-class cluster, detector/column agreement, ...).
+    an edge of the film, ``inset_mask`` a pasted inset; cells there are not reported.
+    ``checks`` holds the plausibility measures (defect fraction, largest same-class
+    cluster, detector/column agreement, ...).
     """
 
     material: str

@@ -364,10 +364,10 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
         # its clearest: a scan's drift shears the pattern, one ring's reflections lie a few %
         # apart, and weak clutter just inside the ring is no larger lattice)
         top = max(clear, key=lambda c: c[0])
-        ring = {id(c): next((n for n in (0, 1, 2) if abs(c[1] * SQRT3**n / top[1] - 1.0) < RELATED_TOLERANCE), None)
-                for c in clear}
-        n_max = max(n for n in ring.values() if n is not None)
-        own = [c for c in clear if ring[id(c)] == n_max]
+        ringed = [(next((n for n in (0, 1, 2) if abs(c[1] * SQRT3**n / top[1] - 1.0) < RELATED_TOLERANCE), None), c)
+                  for c in clear]
+        n_max = max(n for n, _ in ringed if n is not None)
+        own = [c for n, c in ringed if n == n_max]
         own = [c for c in own if c[3] >= RING_MEMBER_SHARE * max(o[3] for o in own)]
         k_min = min(c[1] for c in own)
         best = max((c for c in own if c[1] <= 1.03 * k_min), key=lambda c: c[0])
