@@ -6,16 +6,22 @@ import pytest
 
 from napari_tmd_defects.evaluation import score_result
 from napari_tmd_defects.exports import (DARK_COLUMNS_POLARITY, annotation_mask, colour_mask, column_polarity,
-                                        fill_annotations, fill_inset, flat_maximum_mask, inset_mask)
+                                        fill_annotations, fill_inset, flat_maximum_mask, flat_minimum_mask,
+                                        inset_mask)
 from napari_tmd_defects.geometry import estimate_lattice
 from napari_tmd_defects.pipeline import analyze
 from napari_tmd_defects.simulation import Noise, Vacuum, simulate
 
 
-def _burn_bar(img: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
-    """A scale bar and a label block at the frame's brightest grey level, bottom left."""
+def _burn_bar(img: np.ndarray, dark: bool = False) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """A scale bar and a label block at the frame's brightest grey level (``dark``: a thin
+    bar at its darkest), bottom left."""
     out = img.copy()
     h, w = img.shape
+    if dark:
+        bar = (slice(int(0.90 * h), int(0.92 * h)), slice(int(0.05 * w), int(0.35 * w)))
+        out[bar] = img.min()
+        return out, bar
     bar = (slice(int(0.90 * h), int(0.93 * h)), slice(int(0.05 * w), int(0.35 * w)))
     out[bar] = img.max()
     out[int(0.83 * h):int(0.87 * h), int(0.05 * w):int(0.15 * w)] = img.max()
@@ -69,6 +75,25 @@ def test_a_scale_bar_is_found_and_filled():
     assert annotation_mask(flat, 35.2) is None
 
 
+def test_a_black_scale_bar_is_found_but_not_padding_or_a_clipped_hole():
+    # a background-subtracted 8-bit export: the hollows clip to 0, none a lattice constant wide
+    sim = simulate("MoS2", shape=320, pixel_size=0.08, defect_fraction=0.1, seed=6,
+                   noise=Noise(12, 5, quantize_8bit=True, subtract_background=True))
+    img, a_px = sim.image, 3.19 / 0.08
+    assert (img == img.min()).sum() > 10 and flat_minimum_mask(img, a_px) is None
+    barred, bar = _burn_bar(img, dark=True)
+    mask = flat_minimum_mask(barred, a_px)
+    assert mask is not None and mask[bar].all() and mask.sum() < 1.5 * barred[bar].size  # (and hollows it touches)
+    assert annotation_mask(barred, a_px)[bar].all()
+    # zero padding along an edge and a hole clipped to black are vacuum, not annotations
+    padded = img.copy()
+    padded[:, :12] = img.min()
+    holed = img.copy()
+    yy, xx = np.mgrid[:320, :320]
+    holed[(yy - 160) ** 2 + (xx - 160) ** 2 < 60 ** 2] = img.min()
+    assert flat_minimum_mask(padded, a_px) is None and flat_minimum_mask(holed, a_px) is None
+
+
 def test_colour_marks_on_a_grey_frame():
     grey = np.random.default_rng(0).uniform(0, 200, (64, 64)).astype(np.float32)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
@@ -81,10 +106,10 @@ def test_colour_marks_on_a_grey_frame():
     assert colour_mask(cmap) is None
 
 
-@pytest.mark.parametrize("rgb", [False, True])
-def test_analyze_leaves_a_burned_in_scale_bar_out(rgb):
+@pytest.mark.parametrize("rgb, dark", [(False, False), (True, False), (False, True)])
+def test_analyze_leaves_a_burned_in_scale_bar_out(rgb, dark):
     sim = simulate("MoTe2", shape=448, pixel_size=0.09, defect_fraction=0.1, seed=11, noise=Noise(12, 20))
-    img, bar = _burn_bar(sim.image)
+    img, bar = _burn_bar(sim.image, dark)
     if rgb:  # the bar in yellow on an RGB export
         img = np.repeat(np.clip(sim.image, 0, None)[..., None], 3, axis=-1)
         img[bar] = (img.max(), img.max(), 0)

@@ -9,6 +9,11 @@ noise and level fits everywhere. An annotation is
 * a solid flat region at the image's exact maximum that is wider than any column can be
   (its core at least one lattice constant across; a clipped column top is a fraction of
   that, and a chain of clipped tops has no core), or
+* such a region at the image's exact minimum (a black bar or label) that is thin (a bar:
+  its largest inscribed disk a small share of its length) and inside the frame: zero
+  padding, a black canvas and a clipped vacuum hole are thick or reach the border and are
+  vacuum (:func:`~.vacuum.flat_vacuum`), and the clipped hollows of a background-subtracted
+  export have no core, or
 * coloured pixels in an otherwise grey RGB frame (a colour-mapped frame, mostly coloured,
   is not taken for one).
 
@@ -41,13 +46,17 @@ from .geometry import LatticeEstimate, block_mean, dilate_disk
 from .parallel import thread_map
 
 __all__ = ["annotation_mask", "colour_mask", "column_polarity", "exclusion_zone", "fill_annotations",
-           "fill_inset", "flat_maximum_mask", "inset_mask"]
+           "fill_inset", "flat_maximum_mask", "flat_minimum_mask", "inset_mask"]
 
 #: Smallest extent of a flat region's core at the image's maximum taken for an annotation,
 #: in lattice constants ...
 MIN_FLAT_EXTENT_A = 1.0
 #: ... the core being the region less a rim this many px wide.
 SOLID_CORE_PX = 2
+#: A flat region at the image's minimum is a bar or a label (not vacuum) when its largest
+#: inscribed disk's radius is at most this share of its length (a bar 6 px high and 60 px
+#: long: 0.05; a round hole: 0.5).
+MAX_DARK_THICKNESS = 0.2
 #: A pixel is coloured when its channels spread by more than this fraction of the grey range.
 COLOUR_SPREAD = 0.08
 #: A frame with more coloured pixels than this is colour-mapped, not annotated.
@@ -67,13 +76,11 @@ _POLARITY_TILE_A = 4.0
 _POLARITY_TILES = 9
 
 
-def flat_maximum_mask(image: np.ndarray, a_px: float) -> np.ndarray | None:
-    """Pixels of the solid flat regions at the image's exact maximum whose core (the region
-    less a :data:`SOLID_CORE_PX` px rim) is at least :data:`MIN_FLAT_EXTENT_A` lattice
-    constants (``a_px``, px) across; None when there are none. The core keeps a bar or a
-    label block whole but breaks the chains of clipped column tops of a saturated export
-    (tops joined by thin necks) into tops, each far smaller than a lattice constant."""
-    top = image == image.max()
+def _flat_regions(top: np.ndarray, a_px: float) -> tuple[np.ndarray, list[int]] | None:
+    """``(labels, big)``: the 8-connected regions of ``top`` (pixels at one extreme grey
+    level) and the labels of those whose core (the region less a :data:`SOLID_CORE_PX` px
+    rim) is at least :data:`MIN_FLAT_EXTENT_A` lattice constants (``a_px``, px) across;
+    None when there are none."""
     if top.sum() < 4:
         return None
     k = 2 * SOLID_CORE_PX + 1
@@ -88,7 +95,42 @@ def flat_maximum_mask(image: np.ndarray, a_px: float) -> np.ndarray | None:
     if not big:
         return None
     labels, _ = ndi.label(top, structure=eight)
-    return np.isin(labels, np.unique(labels[np.isin(cores, big)]))
+    return labels, [int(v) for v in np.unique(labels[np.isin(cores, big)])]
+
+
+def flat_maximum_mask(image: np.ndarray, a_px: float) -> np.ndarray | None:
+    """Pixels of the solid flat regions at the image's exact maximum whose core (the region
+    less a :data:`SOLID_CORE_PX` px rim) is at least :data:`MIN_FLAT_EXTENT_A` lattice
+    constants (``a_px``, px) across; None when there are none. The core keeps a bar or a
+    label block whole but breaks the chains of clipped column tops of a saturated export
+    (tops joined by thin necks) into tops, each far smaller than a lattice constant."""
+    found = _flat_regions(image == image.max(), a_px)
+    return None if found is None else np.isin(found[0], found[1])
+
+
+def flat_minimum_mask(image: np.ndarray, a_px: float) -> np.ndarray | None:
+    """Pixels of the thin solid flat regions at the image's exact minimum (a black scale bar
+    or label): cores as in :func:`flat_maximum_mask`, the region inside the frame (not
+    touching its border) and its largest inscribed disk's radius at most
+    :data:`MAX_DARK_THICKNESS` of its length; None when there are none. A flat dark region
+    that is thick or reaches the border (zero padding, a black canvas, a hole clipped to
+    black) is vacuum, found by :func:`~.vacuum.flat_vacuum`."""
+    found = _flat_regions(image == image.min(), a_px)
+    if found is None:
+        return None
+    labels, big = found
+    keep = []
+    slices = ndi.find_objects(labels)
+    h, w = labels.shape
+    for v in big:
+        sl = slices[v - 1]
+        if sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == h or sl[1].stop == w:
+            continue
+        region = labels[sl] == v
+        length = max(region.shape)
+        if ndi.distance_transform_edt(np.pad(region, 1)).max() <= MAX_DARK_THICKNESS * length:
+            keep.append(v)
+    return np.isin(labels, keep) if keep else None
 
 
 def colour_mask(rgb: np.ndarray) -> np.ndarray | None:
@@ -109,8 +151,8 @@ def annotation_mask(image: np.ndarray, a_px: float, rgb: np.ndarray | None = Non
     """The burned-in annotations of a grey ``image`` (the RGB original as ``rgb`` where
     there is one); None when there are none or when they would cover more than
     :data:`MAX_ANNOTATION_FRACTION` of the frame."""
-    masks = [m for m in (flat_maximum_mask(image, a_px), colour_mask(rgb) if rgb is not None else None)
-             if m is not None]
+    masks = [m for m in (flat_maximum_mask(image, a_px), flat_minimum_mask(image, a_px),
+                         colour_mask(rgb) if rgb is not None else None) if m is not None]
     if not masks:
         return None
     mask = np.logical_or.reduce(masks)

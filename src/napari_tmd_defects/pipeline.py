@@ -413,7 +413,7 @@ def check_export(frame: Frame, rgb: np.ndarray | None = None, missing: np.ndarra
     if mask is not None:
         frame.image, frame.masked = fill_annotations(frame.image, mask, frame.a_px)
         frame.warnings.append(
-            f"burned-in annotation (a scale bar, label or marks: flat regions at the brightest grey level, or "
+            f"burned-in annotation (a scale bar, label or marks: flat regions at the brightest or darkest grey level, or "
             f"coloured pixels) covers {100 * mask.mean():.1f} % of the image: masked, the cells on it left out")
     inset = inset_mask(frame.image, frame.lattice) if frame.lattice is not None else None
     if inset is not None:
