@@ -120,6 +120,15 @@ def _refine_peak(power: np.ndarray, ky: float, kx: float, r: int = 2) -> tuple[f
 #: A ring of reflections counts as present when it has this many times the power of the
 #: same ring between reflections.
 MIN_RING_CONTRAST = 3.0
+#: ... or this many times where it is the first ring of a lattice sqrt(3) larger than a
+#: present one, whose first ring is that lattice's second ({110}): where domains turned
+#: 10-20° from each other put their reflections on the turned ring, a honeycomb's weaker
+#: {100} ring stands out 2-3 times (a multislice frame of three domains: 2.2-2.6) and the
+#: {110} ring, read as the first ring of a lattice sqrt(3) too small, wins. Such a first
+#: ring must hold at least this share of its second ring's power (the honeycomb's bound
+#: before blur; clutter at the ring of a lattice sqrt(3) too large holds ~0.15).
+MIN_SUPER_RING_CONTRAST = 2.0
+MIN_SUPER_FIRST_RING_SHARE = 0.25
 #: A candidate lattice's first ring holds at least this share of its second ring's power
 #: (a honeycomb's {100} / {110} structure factors give >= 1/4 before blur, which only
 #: raises it), and its second ring at least this contrast: a lattice sqrt(3) too large
@@ -349,6 +358,11 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
         share = float(p[0][0] / max(p[1][0], 1e-30))
         cands.append((2.0 * math.log(max(r1, 1e-12)) + math.log(max(r2, 1e-12)), k100, theta, r1, r2, share))
     clear = [c for c in cands if c[3] >= MIN_RING_CONTRAST]
+    # a lattice sqrt(3) larger than a present one, its first ring standing out less
+    supers = [c for c in cands if MIN_SUPER_RING_CONTRAST <= c[3] < MIN_RING_CONTRAST
+              and c[5] >= MIN_SUPER_FIRST_RING_SHARE
+              and any(abs(c[1] * SQRT3 / o[1] - 1.0) < RELATED_TOLERANCE for o in clear)]
+    clear += supers
     if a_hint is not None:
         # a first-order ring at 2 / (sqrt(3) a): the candidates that fit the expectation
         fit = [c for c in clear if abs(2.0 / (SQRT3 * c[1]) / a_hint - 1.0) < 0.2]
@@ -378,12 +392,16 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
     turns = (0.0, 15.0, 30.0, 45.0)
     pw = ring_powers([(k100, theta + d) for d in turns] + [(k100 * SQRT3, theta + d + 30.0) for d in turns])
     on = pw[:4] + pw[4:]
-    # refine three {100} reflections (and use their {110} sums) to get the reciprocal basis
+    # refine three {100} reflections (and use their {110} sums) to get the reciprocal basis;
+    # where the first ring barely stands out (a lattice taken sqrt(3) larger than its
+    # clearest ring, MIN_SUPER_RING_CONTRAST), three of its {110} reflections instead
+    by_110 = any(best is c for c in supers)
+    k_ref, t_ref = (k100 * SQRT3, theta + 30.0) if by_110 else (k100, theta)
     g = []
-    r_search = max(2, int(round(0.05 * k100 * n)))
+    r_search = max(2, int(round(0.05 * k_ref * n)))
     for m in range(3):
-        t = math.radians(theta + 60.0 * m)
-        iy, ix = int(round(c + k100 * n * math.sin(t))), int(round(c + k100 * n * math.cos(t)))
+        t = math.radians(t_ref + 60.0 * m)
+        iy, ix = int(round(c + k_ref * n * math.sin(t))), int(round(c + k_ref * n * math.cos(t)))
         # the candidate may come from a second-order peak: start at the nearest first-order maximum
         y0, x0 = max(iy - r_search, 0), max(ix - r_search, 0)
         win = sm[y0 : iy + r_search + 1, x0 : ix + r_search + 1]
@@ -396,6 +414,8 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
     # g3 = g2 - g1 for a hexagonal lattice; average the redundant estimate
     b1 = (g1 + (g2 - g3)) / 2.0
     b2 = (g2 + (g1 + g3)) / 2.0
+    if by_110:  # b1, b2 are {110} vectors, b1 + b2 and 2 b2 - b1 of the basis sought
+        b1, b2 = (2.0 * b1 - b2) / 3.0, (b1 + b2) / 3.0
     bmat = np.stack([b1, b2])  # rows: reciprocal vectors (cycles/px)
     amat = np.linalg.inv(bmat).T  # rows: real-space vectors with a_i . b_j = delta_ij
     v1, v2 = amat[0], amat[1]
