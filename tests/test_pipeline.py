@@ -725,6 +725,37 @@ def test_weak_lattice_of_three_grains_is_taken_where_the_tiles_show_it_too():
         assert check_pixel_size(sim.image, "MoTe2", given).lattice == pytest.approx(0.088, rel=0.05)
 
 
+def test_a_given_pixel_size_is_taken_where_only_the_lattice_rings_show_it():
+    # ~9 cells across, three domains turned ~21° apart, 11 px of bending, 17 px of flyback,
+    # a background-subtracted JPEG (a structure-stress frame): no reflection stands out
+    # (strength 1.6), so the frame gave "no crystal lattice found" even with its pixel size;
+    # its {100} and {110} rings, averaged round, still show the lattice of that size
+    from napari_tmd_defects.pipeline import _find_lattice
+    from napari_tmd_defects.simulation import Optics
+
+    sim = simulate("MoS2", 384, pixel_size=0.072, rotation_deg=11.47, defect_fraction=0.06, seed=701006,
+                   optics=Optics(voltage_kv=100.0, convergence_mrad=29.9, defocus_a=-9.5, astigmatism_a=17.4,
+                                 astigmatism_deg=150.0, source_fwhm_a=0.98, z_exponent=1.98),
+                   noise=Noise(poisson_lambda=40.1, gaussian_mu=9.3, background=0.33, contamination=0.16,
+                               contamination_scale_a=14.2, quantize_8bit=True, jpeg_quality=79,
+                               subtract_background=True),
+                   distortion=Distortion(drift_px=(10.3, -8.2), bend_px=11.4, bend_period=1.56, flyback_px=17.2,
+                                         flyback_width=0.051),
+                   boundaries=[Boundary(kind="mirror", angle_deg=22.5, offset=0.33, misorientation_deg=20.7,
+                                        variant="X", shift=(0.5, 0.0)),
+                               Boundary(kind="grain", angle_deg=110.8, offset=-0.04, misorientation_deg=21.6,
+                                        variant="X", shift=(2 / 3, 0.0))])
+    res = analyze(sim.image, 0.072, "MoS2", device="cpu")
+    assert any("no lattice reflections stand out" in w for w in res.warnings)
+    s = score_result(res, sim.truth)
+    assert s.recall > 0.8 and s.precision > 0.85 and s.site_fp.sum() == 0
+    # not without a pixel size, nor with one 30 % or sqrt(3) off, nor on noise
+    for given in (None, 0.072 * 1.3, 0.072 / 1.3, 0.072 * 3**0.5, 0.072 / 3**0.5):
+        assert _find_lattice(sim.image, "MoS2", given) is None
+    noise = np.random.default_rng(1).poisson(5.0, (384, 384)).astype(np.float32)
+    assert all(_find_lattice(noise, "MoS2", p) is None for p in (0.05, 0.072, 0.1))
+
+
 def test_unread_chalcogen_columns_are_said_to_leave_the_counts_lower_bounds():
     from napari_tmd_defects.pipeline import Frame, unresolved_chalcogen_warning
 

@@ -43,6 +43,7 @@ __all__ = [
     "cells_from_hexagons",
     "CellSet",
     "estimate_lattice",
+    "ring_contrast",
     "fit_lattice",
     "hexagon_box",
     "inside_boxes",
@@ -185,6 +186,37 @@ def estimate_lattice(image: np.ndarray, a_range_px: tuple[float, float] = (6.0, 
     y0, x0 = max(0, (h - LATTICE_FFT_SIZE) // 2), max(0, (w - LATTICE_FFT_SIZE) // 2)
     crop = img[y0:y0 + LATTICE_FFT_SIZE, x0:x0 + LATTICE_FFT_SIZE].astype(float, copy=False)
     return _estimate_lattice(crop, a_range_px, a_hint)
+
+
+#: :func:`ring_contrast` averages the power over an annulus this wide (relative radius)
+#: around each ring and compares it with the annuli between these relative distances.
+RING_HALF_WIDTH = 0.04
+RING_OFF = (0.10, 0.20)
+
+
+def ring_contrast(image: np.ndarray, a_px: float) -> tuple[float, float]:
+    """Power of the image's {100} and {110} rings for a lattice constant ``a_px`` (px),
+    averaged round the whole ring, over the power of the annuli beside it
+    (:data:`RING_OFF`): near 1 without a lattice of that size. Several domains and a
+    scan's bending spread a lattice's reflections round its rings, which
+    :func:`estimate_lattice` then does not find standing out; the rings still do. Frames
+    larger than :data:`LATTICE_FFT_SIZE` are block-averaged first."""
+    img = np.asarray(image)
+    f = -(-max(img.shape) // LATTICE_FFT_SIZE)
+    if f > 1:
+        img, a_px = block_mean(img, f, dtype=float), a_px / f
+    img = img.astype(float, copy=False)
+    h, w = img.shape
+    n = int(2 ** math.ceil(math.log2(max(h, w, 64))))
+    power = _power_spectrum((img - img.mean()) * np.outer(np.hanning(h), np.hanning(w)), n)
+    k = np.arange(n) - n // 2
+    r = np.hypot(k[:, None], k[None, :])
+    out = []
+    for k_ring in (2.0 / (SQRT3 * a_px), 2.0 / a_px):  # cycles / px
+        d = np.abs(r / (k_ring * n) - 1.0)
+        on, off = power[d < RING_HALF_WIDTH], power[(d > RING_OFF[0]) & (d < RING_OFF[1])]
+        out.append(float(on.mean() / max(off.mean(), 1e-30)) if on.size and off.size else 0.0)
+    return out[0], out[1]
 
 
 def tile_lattice_constant(image: np.ndarray, min_strength: float, agree: float = 0.05,
@@ -382,6 +414,8 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
                   for c in clear]
         n_max = max(n for n, _ in ringed if n is not None)
         own = [c for n, c in ringed if n == n_max]
+        # a ring that stands out clearly is read by its own candidates (supers only where none does)
+        own = [c for c in own if not any(c is o for o in supers)] or own
         own = [c for c in own if c[3] >= RING_MEMBER_SHARE * max(o[3] for o in own)]
         k_min = min(c[1] for c in own)
         best = max((c for c in own if c[1] <= 1.03 * k_min), key=lambda c: c[0])
