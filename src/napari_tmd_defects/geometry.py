@@ -25,6 +25,7 @@ ground-truth cells, and so that cells tile the lattice rows without overlap
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -194,17 +195,18 @@ RING_HALF_WIDTH = 0.04
 RING_OFF = (0.10, 0.20)
 
 
-def ring_contrast(image: np.ndarray, a_px: float) -> tuple[float, float]:
-    """Power of the image's {100} and {110} rings for a lattice constant ``a_px`` (px),
-    averaged round the whole ring, over the power of the annuli beside it
+def ring_contrast(image: np.ndarray, a_px: Sequence[float]) -> list[tuple[float, float]]:
+    """For each lattice constant of ``a_px`` (px): the power of the image's {100} and {110}
+    rings, averaged round the whole ring, over the power of the annuli beside it
     (:data:`RING_OFF`): near 1 without a lattice of that size. Several domains and a
     scan's bending spread a lattice's reflections round its rings, which
-    :func:`estimate_lattice` then does not find standing out; the rings still do. Frames
-    larger than :data:`LATTICE_FFT_SIZE` are block-averaged first."""
+    :func:`estimate_lattice` then does not find standing out; the rings still do. One
+    power spectrum serves every size; frames larger than :data:`LATTICE_FFT_SIZE` are
+    block-averaged first."""
     img = np.asarray(image)
     f = -(-max(img.shape) // LATTICE_FFT_SIZE)
     if f > 1:
-        img, a_px = block_mean(img, f, dtype=float), a_px / f
+        img = block_mean(img, f, dtype=float)
     img = img.astype(float, copy=False)
     h, w = img.shape
     n = int(2 ** math.ceil(math.log2(max(h, w, 64))))
@@ -212,11 +214,14 @@ def ring_contrast(image: np.ndarray, a_px: float) -> tuple[float, float]:
     k = np.arange(n) - n // 2
     r = np.hypot(k[:, None], k[None, :])
     out = []
-    for k_ring in (2.0 / (SQRT3 * a_px), 2.0 / a_px):  # cycles / px
-        d = np.abs(r / (k_ring * n) - 1.0)
-        on, off = power[d < RING_HALF_WIDTH], power[(d > RING_OFF[0]) & (d < RING_OFF[1])]
-        out.append(float(on.mean() / max(off.mean(), 1e-30)) if on.size and off.size else 0.0)
-    return out[0], out[1]
+    for a in a_px:
+        pair = []
+        for k_ring in (2.0 * f / (SQRT3 * a), 2.0 * f / a):  # cycles / px of the block-averaged frame
+            d = np.abs(r / (k_ring * n) - 1.0)
+            on, off = power[d < RING_HALF_WIDTH], power[(d > RING_OFF[0]) & (d < RING_OFF[1])]
+            pair.append(float(on.mean() / max(off.mean(), 1e-30)) if on.size and off.size else 0.0)
+        out.append((pair[0], pair[1]))
+    return out
 
 
 def tile_lattice_constant(image: np.ndarray, min_strength: float, agree: float = 0.05,

@@ -251,14 +251,11 @@ def _lattice_from_rings(img: np.ndarray, a_hint: float, weak):
     :func:`check_image` warns of); None where the rings do not show it."""
     from .geometry import LatticeEstimate, lattice_vectors, ring_contrast
 
-    def score(a: float) -> tuple[float, tuple[float, float]]:
-        c = ring_contrast(img, a)
-        return math.log(max(c[0], 1e-12)) + math.log(max(c[1], 1e-12)), c
-
-    s, c = score(a_hint)
-    lo, hi = MIN_RING_CONTRAST_AT_HINT
     sqrt3 = math.sqrt(3.0)
-    if min(c) < lo or max(c) < hi or s < score(a_hint * sqrt3)[0] or s < score(a_hint / sqrt3)[0]:
+    rings = ring_contrast(img, (a_hint, a_hint * sqrt3, a_hint / sqrt3))
+    s, s_larger, s_smaller = (math.log(max(c100, 1e-12)) + math.log(max(c110, 1e-12)) for c100, c110 in rings)
+    lo, hi = MIN_RING_CONTRAST_AT_HINT
+    if min(rings[0]) < lo or max(rings[0]) < hi or s < s_larger or s < s_smaller:
         return None
     if weak is not None and abs(weak.a_px / a_hint - 1.0) < 0.2:
         f = a_hint / weak.a_px
