@@ -18,9 +18,9 @@ The indices are found without a global lattice:
 3. the linked pairs split the columns into connected patches; in each, the orientation
    is unwrapped and the indices are summed along a minimum spanning tree (best links
    first), so slow bending and scan distortion never accumulate;
-4. links that disagree with the indices (a dislocation core, a boundary) are counted as
-   conflicts, and a local affine basis (2 x 2, shear and stretch included) is fitted to
-   the consistent links around every column.
+4. a local affine basis (2 x 2, shear and stretch included) is fitted to the links that
+   agree with the indices around every column; links that disagree with the indices in
+   that frame too (a dislocation core, a boundary) are counted as conflicts.
 
 Grains of another orientation, and patches shifted by a fraction of a lattice vector,
 are not linked and end up as separate patches.
@@ -130,7 +130,8 @@ class LatticeGraph:
     basis : (N, 2, 2)
         Local fine-lattice vectors as columns ``[e1, e2]`` (px), in the patch's index frame.
     conflicts : (N,) int
-        Links at the column that disagree with the indices (dislocation cores, boundaries).
+        Links at the column that disagree with the indices in the local affine frame
+        (dislocation cores, boundaries).
     links : (E, 2) int
         Linked column pairs (both in one patch, consistent).
     misfit : (N,) float
@@ -140,8 +141,8 @@ class LatticeGraph:
     fitted : (N, 2)
         Each column's position averaged with where its linked neighbours put it (px).
     bad_links : (B, 2) int
-        Column pairs of one patch whose separation contradicts their indices (index steps
-        that disagree, or a loose link at a column with another one).
+        Column pairs of one patch whose index steps disagree with their indices in the
+        local affine frame (dislocation cores).
     orientation : (N,) float
         Local lattice orientation (rad), continuous within a patch.
     """
@@ -177,6 +178,27 @@ def _round_offsets(v: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.nda
     d = np.rint(f).astype(np.int64)
     res = v - np.einsum("eij,ej->ei", basis, d)
     return d, np.hypot(res[:, 0], res[:, 1])
+
+
+def _doubted_links(p: np.ndarray, q: np.ndarray, v: np.ndarray, nm: np.ndarray, basis: np.ndarray,
+                   tolerance_px: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The links the isotropic frame doubted, judged again in the columns' local affine
+    bases -> (dislocation-core links (B, 2), loose links per column (N,)).
+
+    Scan shear or stretch of ~10 % puts a sqrt(3) link a quarter of a fine spacing off
+    its isotropic step; where the indices fit it in the local affine frame (the mean of
+    the two columns' bases) the link is consistent. Of the rest, a dislocation core is a
+    link whose index step disagrees with the indices (a Burgers circuit through it does
+    not close). A loose link between columns whose indices agree is a misplaced or noisy
+    column (scan noise, a dim column's peak at coarse sampling), not a core: a column far
+    from where its neighbours put it is a boundary by its misfit instead.
+    """
+    d, r = _round_offsets(v, 0.5 * (basis[p] + basis[q]))
+    agree = np.all(nm[q] - nm[p] == d, axis=1)
+    loose = ~(agree & (r < tolerance_px))
+    p, q, agree = p[loose], q[loose], agree[loose]
+    conflicts = np.bincount(p, minlength=n) + np.bincount(q, minlength=n)
+    return np.stack([p[~agree], q[~agree]], axis=1), conflicts
 
 
 def _levels(order: np.ndarray, pred: np.ndarray) -> list[np.ndarray]:
@@ -313,14 +335,9 @@ def index_columns(
     d, r = _round_offsets(v, _basis(0.5 * (theta_u[p] + theta_u[q]), 0.5 * (spacing[p] + spacing[q])))
     agree = np.all(nm[q] - nm[p] == d, axis=1)
     good = agree & (r < tolerance * a_f)
-    conflicts = np.bincount(p[~good], minlength=n) + np.bincount(q[~good], minlength=n)
-    # a dislocation core: links whose index steps disagree with the indices, or a column
-    # with two or more loose links; one loose link between columns the indices agree on is
-    # a misplaced or noisy column (scan noise, a dim column's peak), not a core
-    core = ~agree | ((conflicts[p] >= 2) | (conflicts[q] >= 2))
-    bad_links = np.stack([p[~good & core], q[~good & core]], axis=1)
+    doubted_p, doubted_q, doubted_v = p[~good], q[~good], v[~good]
     p, q, v = p[good], q[good], v[good]
-    del d, r, good, agree, core
+    del d, r, good, agree
     dn = (nm[q] - nm[p]).astype(float)
     # local affine basis: least squares v = B dn over the links around each column
     mm = np.einsum("ei,ej->eij", dn, dn).reshape(-1, 4)
@@ -352,6 +369,8 @@ def index_columns(
     fitted = np.einsum("nij,njk->nik", v_s.reshape(-1, 2, 2)[solid], np.linalg.inv(mmat[solid]))
     basis[inpatch[solid]] = fitted
     del sm, m_s, v_s, mmat, det, solid, fitted, acc_m, acc_v
+    bad_links, conflicts = _doubted_links(doubted_p, doubted_q, doubted_v, nm, basis, tolerance * a_f, n)
+    del doubted_p, doubted_q, doubted_v
     # misfit: distance from where the linked neighbours put each column
     pred_p = pts[q] - np.einsum("eij,ej->ei", basis[q], dn)
     pred_q = pts[p] + np.einsum("eij,ej->ei", basis[p], dn)
