@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     import napari._qt.qt_main_window as qt_main_window
     from qtpy.QtWidgets import QApplication
 
-    qt_main_window.SHOW_QT_WARNING = False  # no "PyQt5 is deprecated" toast over the canvas
+    qt_main_window.SHOW_QT_WARNING = False  # no "PyQt5 is deprecated" toast over the canvas (under PyQt5)
     viewer = napari.Viewer(title="napari-tmd-defects")
     viewer.window._qt_window.resize(1366, 768)  # a laptop screen
     image = viewer.open_sample(PLUGIN, "mote2_defects")[0]

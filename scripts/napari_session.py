@@ -46,6 +46,12 @@ def _key(viewer, key, modifier=None) -> None:
 
 
 def _shot(viewer, out: Path, name: str) -> str:
+    """Screenshot of the window as the user sees it: pending layout events first (a label
+    that just got a longer text is laid out by the event loop, not at once)."""
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(20):
+        QApplication.instance().processEvents()
     path = out / f"{name}.png"
     viewer.screenshot(path=str(path), canvas_only=False)
     return path.name
