@@ -411,3 +411,21 @@ def test_flat_pixels_in_bands_are_the_whole_mask_and_the_four_neighbour_test():
     inner = (c == img[:-2, 1:-1]) & (c == img[2:, 1:-1]) & (c == img[1:-1, :-2]) & (c == img[1:-1, 2:])
     assert np.array_equal(whole[1:-1, 1:-1], inner)
     assert whole[6:19, 4:14].all() and not whole[5, 3]  # the block's inside, not its corner
+
+
+def test_autocorrelation_lattice_measures_a_small_frame_and_rejects_noise():
+    from napari_tmd_defects.simulation import simulate
+
+    sim = simulate("MoTe2", 256, pixel_size=0.1, rotation_deg=17.0, defect_fraction=0.05, seed=3)
+    a = sim.truth.a_px
+    est = geo.estimate_lattice(sim.image, a_hint=a)
+    off = geo.LatticeEstimate(a_px=1.12 * est.a_px, rotation_deg=est.rotation_deg, a1=1.12 * est.a1,
+                              a2=1.12 * est.a2, strength=est.strength)
+    got = geo.autocorrelation_lattice(sim.image, off)  # a 12 % long estimate is measured again
+    assert got is not None and abs(got.a_px / a - 1.0) < 0.02
+    assert got.strength == est.strength and np.allclose(got.a1 / np.linalg.norm(got.a1), est.a1 / np.linalg.norm(est.a1))
+    rng = np.random.default_rng(0)
+    for lam in (2.0, 20.0):
+        noise = rng.poisson(lam, (256, 256)).astype(np.float32)
+        weak = geo.estimate_lattice(noise, a_hint=a)
+        assert weak is None or geo.autocorrelation_lattice(noise, weak) is None

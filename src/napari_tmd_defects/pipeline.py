@@ -215,7 +215,7 @@ def _find_lattice(img: np.ndarray, material: str, pixel_size: float | None):
     """The image's lattice (:func:`.geometry.estimate_lattice`, hinted by the pixel size,
     else by what its tiles agree on: :func:`.geometry.tile_lattice_constant`), or None when
     there is none clear enough."""
-    from .geometry import estimate_lattice, tile_lattice_constant
+    from .geometry import autocorrelation_lattice, estimate_lattice, tile_lattice_constant
 
     def found(lat, a_hint) -> bool:
         # several grains or heavy noise spread the reflections: a weaker lattice is taken
@@ -229,6 +229,13 @@ def _find_lattice(img: np.ndarray, material: str, pixel_size: float | None):
     lat = first = estimate_lattice(img, a_hint=a_hint)
     if found(lat, a_hint):
         return lat
+    # a weak lattice off the expected size: in a frame a few cells across its reflections
+    # lie a few Fourier pixels out and their radius can be 10-15 % off; measured again in
+    # real space (the autocorrelation), it may have the size expected
+    if a_hint is not None and lat is not None and lat.strength >= MIN_LATTICE_STRENGTH_AT_HINT:
+        measured = autocorrelation_lattice(img, lat)
+        if found(measured, a_hint):
+            return measured
     # none clear enough in the whole frame: a weaker one that its tiles (each holding fewer
     # grains) show too, or else the lattice constant the tiles agree on is the expectation,
     # as a pixel size would be
