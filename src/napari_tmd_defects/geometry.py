@@ -226,11 +226,15 @@ def autocorrelation_lattice(image: np.ndarray, est: LatticeEstimate) -> LatticeE
     """
     from scipy import ndimage as ndi
 
-    img = np.asarray(image, dtype=float)
     a = float(est.a_px)
-    h, w = img.shape
+    h, w = np.shape(image)
     if not (math.isfinite(a) and 4.0 <= a <= 0.5 * min(h, w)):
         return None
+    # the central square, up to 1024 px or 8 lattice constants (bounded memory on large frames)
+    side = min(h, w, max(1024, int(8 * a)))
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    img = np.asarray(image)[y0:y0 + side, x0:x0 + side].astype(float)
+    h = w = side
     img = img - ndi.gaussian_filter(img, a)
     spec = np.fft.rfft2(img, s=(2 * h, 2 * w))
     ac = np.fft.fftshift(np.fft.irfft2(spec.real**2 + spec.imag**2, s=(2 * h, 2 * w)))
