@@ -220,9 +220,10 @@ def autocorrelation_lattice(image: np.ndarray, est: LatticeEstimate) -> LatticeE
     A frame only a few cells across has reflections a few Fourier pixels from the centre,
     and scan distortion smears them, so their radius can be 10-15 % off; the
     autocorrelation peaks one lattice constant from the origin, where a pixel is a few
-    percent of it (structure-stress frames of ~9 cells across: median error 0.6 %, largest
-    5.5 %, where the Fourier estimate's were 1.6 % and 13.7 %). The estimate's strength
-    is kept: this does not make a lattice clearer, only its size better measured.
+    percent of it (178 structure-stress frames of 8-16 cells across: median error 0.8 %,
+    largest 5.5 %, where the Fourier estimate's were 1.7 % and 13.7 %;
+    ``benchmarks/lattice_small_frames.py``). The estimate's strength is kept: this does not
+    make a lattice clearer, only its size better measured.
     """
     from scipy import ndimage as ndi
 
@@ -230,8 +231,8 @@ def autocorrelation_lattice(image: np.ndarray, est: LatticeEstimate) -> LatticeE
     h, w = np.shape(image)
     if not (math.isfinite(a) and 4.0 <= a <= 0.5 * min(h, w)):
         return None
-    # the central square, up to 1024 px or 8 lattice constants (bounded memory on large frames)
-    side = min(h, w, max(1024, int(8 * a)))
+    # the central square, up to LATTICE_FFT_SIZE or 8 lattice constants (bounded memory on large frames)
+    side = min(h, w, max(LATTICE_FFT_SIZE, int(8 * a)))
     y0, x0 = (h - side) // 2, (w - side) // 2
     img = np.asarray(image)[y0:y0 + side, x0:x0 + side].astype(float)
     h = w = side
