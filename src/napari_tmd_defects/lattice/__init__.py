@@ -132,8 +132,8 @@ def find_domains(image: np.ndarray, a_px: float, material: str = "MoTe2", *, wor
         cols = Columns(xy=cols.xy[keep], height=cols.height[keep])
     graph = index_columns(cols.xy, a_px, shape=img.shape)
     prior = x_brighter(material) if x_is_brighter is None else bool(x_is_brighter)
-    domain, role, domains = assign_domains(graph, work, prior)
     mixed = mixed_sublattice(material, PRIOR_Z_EXPONENT) if x_is_brighter is None else None
+    domain, role, domains = assign_domains(graph, work, prior, alloyed=mixed is not None)
     ambiguous = x_is_brighter is None and brighter_ambiguous(material)
     notes = roles_by_spread(graph, work, domain, role, domains, mixed, ambiguous)
     if mixed is None and not ambiguous:

@@ -203,6 +203,25 @@ def _two_regions(z: np.ndarray) -> bool:
     return bool(m_lo[b] < -MIN_SWAP_Z and m_hi[b] > MIN_SWAP_Z and d >= 3.0)
 
 
+def _swapped_regions(z: np.ndarray, rows: np.ndarray, lp: np.ndarray, lq: np.ndarray, n: int) -> np.ndarray:
+    """Which of the columns ``rows`` (of ``n``, linked by ``lp``-``lq``) lie in a linked region
+    of negative swap significance ``z`` (:func:`_swap_significance`) of at least
+    :data:`MIN_ISLAND_COLUMNS` columns whose mean is below -:data:`MIN_SWAP_Z`, where the other
+    columns' mean is above +:data:`MIN_SWAP_Z` (a swapped domain, not a tail of noise)."""
+    out = np.zeros(len(rows), bool)
+    neg = z < 0.0
+    if min(np.count_nonzero(neg), np.count_nonzero(~neg)) < MIN_ISLAND_COLUMNS or z[~neg].mean() <= MIN_SWAP_Z:
+        return out
+    label = np.arange(n) + 2  # columns outside ``rows``: each its own region
+    label[rows] = neg
+    _, comp, sizes = _regions(label, lp, lq)
+    for c in np.unique(comp[rows[neg]]):
+        members = neg & (comp[rows] == c)
+        if sizes[c] >= MIN_ISLAND_COLUMNS and z[members].mean() < -MIN_SWAP_Z:
+            out |= members
+    return out
+
+
 def _screen_angle(v: np.ndarray) -> np.ndarray:
     """Angle (degrees, counter-clockwise on screen) of (x, y-down) vectors."""
     return np.degrees(np.arctan2(-v[..., 1], v[..., 0]))
@@ -218,6 +237,7 @@ def assign_domains(
     x_brighter: bool,
     *,
     min_columns: int = MIN_DOMAIN_COLUMNS,
+    alloyed: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[Domain]]:
     """Split the lattice patches into domains and give every column its role.
 
@@ -231,6 +251,10 @@ def assign_domains(
         column (MoTe2, MoSe2), False otherwise (MoS2, WS2, WSe2).
     min_columns : int
         Smaller domains are dissolved (their columns get domain -1).
+    alloyed : bool
+        A sublattice's columns vary with the composition (:func:`mixed_sublattice`): a
+        cluster of the heavier species can turn the local order, so a linked region of the
+        other order is a swapped domain only where the whole patch splits cleanly.
 
     Returns
     -------
@@ -250,8 +274,13 @@ def assign_domains(
     levels = _class_intensities(graph, work, idx)
     patch = graph.patch[idx]
     w = neighbourhood_matrix(graph.xy[idx], patch, 2.0 * a_px, 1.0 * a_px)
-    norm = np.asarray(w.sum(axis=1)).reshape(-1, 1)
-    smooth = (w @ levels) / norm
+    smooth = (w @ levels) / np.asarray(w.sum(axis=1)).reshape(-1, 1)
+    # links between the indexed columns (positions in idx)
+    pos = np.full(n, -1, np.int64)
+    pos[idx] = np.arange(len(idx))
+    lp, lq = pos[graph.links[:, 0]], pos[graph.links[:, 1]]
+    keep = (lp >= 0) & (lq >= 0)
+    lp, lq = lp[keep], lq[keep]
     hollow, bright, m_bright, m_hollow = _order(smooth)
     # where the local order is not clear, the patch's: the bright class needs the two
     # occupied classes clearly apart (else a noisy alloy would split into inversion
@@ -271,14 +300,27 @@ def assign_domains(
         patch_contrast[p] = max(mb[0], float(np.median(m_bright[sel])))
         weak_b = sel & (m_bright < MIN_SWAP_MARGIN)
         bright[weak_b] = pb[0]
+        other = int(3 - ph[0] - pb[0])
         if mb[0] < MIN_SWAP_MARGIN:
             # two occupied classes hard to tell apart column by column: a region where the
             # other one is significantly brighter is still a swapped (inversion, twin) domain
             # when the patch splits cleanly into two such regions (a noisy or alloyed patch
             # only has a tail of low values); the sign then places the boundary
-            z = _swap_significance(levels, w, sel, int(pb[0]), int(3 - ph[0] - pb[0]))
+            z = _swap_significance(levels, w, sel, int(pb[0]), other)
             if _two_regions(z):
-                bright[np.flatnonzero(sel)[z < 0.0]] = 3 - ph[0] - pb[0]
+                bright[np.flatnonzero(sel)[z < 0.0]] = other
+        elif not alloyed and np.count_nonzero(weak_b) >= MIN_ISLAND_COLUMNS:
+            # the patch's classes stand apart, but some of its columns' surroundings do not
+            # show their order (a narrow or small swapped domain: its columns' surroundings
+            # reach across its boundaries): linked columns of the patch's hollow, at least an
+            # island's worth, that show the other class significantly brighter on average
+            # while the rest show the patch's are a swapped domain (in a domain of another
+            # hollow the 'other' class is its hollow: those are not compared)
+            g = sel & (hollow == ph[0])
+            if np.count_nonzero(g) >= 2 * MIN_ISLAND_COLUMNS:
+                z = _swap_significance(levels, w, g, int(pb[0]), other)
+                rows = np.flatnonzero(g)
+                bright[rows[_swapped_regions(z, rows, lp, lq, len(idx))]] = other
         # the dimmer occupied class hardly seen in the patch (a chalcogen at the noise
         # level): in a region whose bright class differs from the patch's (a translation
         # domain) and where it is not seen locally either, the hollow keeps the patch's
@@ -294,11 +336,6 @@ def assign_domains(
             weak_h = sel & (m_hollow < HOLLOW_MARGIN) & (z_h < MIN_SWAP_Z) & (bright != pb[0])
             hollow[weak_h] = (bright[weak_h] + (ph[0] - pb[0])) % 3
     pattern = hollow * 3 + bright
-    pos = np.full(n, -1, np.int64)
-    pos[idx] = np.arange(len(idx))
-    lp, lq = pos[graph.links[:, 0]], pos[graph.links[:, 1]]
-    keep = (lp >= 0) & (lq >= 0)
-    lp, lq = lp[keep], lq[keep]
     # majority of the neighbourhood (removes single noisy columns); in a patch whose classes
     # stand clearly apart, columns whose own surroundings show their order clearly keep it
     # where they form a small domain of their own (a strip-shaped domain at the frame's
