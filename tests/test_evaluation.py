@@ -156,3 +156,13 @@ def test_temperature_scaling_recovers_a_known_temperature():
     assert fit_temperature(p_sharp, y) == pytest.approx(2.0, rel=0.1)
     with pytest.raises(ValueError):
         fit_temperature(np.zeros((0, 6)), np.zeros(0))
+
+
+def test_a_report_on_one_material_names_its_classes(tmp_path):
+    from napari_tmd_defects.datasets import generate_dataset
+    from napari_tmd_defects.evaluation import dataset_material
+
+    generate_dataset(tmp_path / "w", n=2, size=96, material="WSe2", seed=3)
+    assert dataset_material(tmp_path / "w") == "WSe2"
+    md = format_report("t", {"m": CellScore(n_images=1)}, material=dataset_material(tmp_path / "w"))
+    assert "| V_Se1 | V_Se2 | V_W |" in md and "V_Te1" not in md

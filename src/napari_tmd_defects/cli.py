@@ -316,7 +316,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from .evaluation import evaluate_dataset, format_report
+    from .evaluation import dataset_material, evaluate_dataset, format_report
 
     methods = {}
     if "networks" in args.method:
@@ -342,7 +342,8 @@ def _run_evaluate(args) -> int:
         methods["FCN baseline"] = lambda img, t: analyze_fcn(img, t.pixel_size, t.material, seg)
     scores = evaluate_dataset(args.data, methods, limit=args.limit, progress=progress_printer("evaluate"))
     cmd = "tmd-defects " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("tmd-defects") else ""
-    report = format_report(args.title or f"Evaluation on {args.data.name}", scores, command=cmd)
+    report = format_report(args.title or f"Evaluation on {args.data.name}", scores,
+                           material=dataset_material(args.data, args.limit), command=cmd)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(report)

@@ -13,6 +13,7 @@ the truth's site states in that pairing. Vacancy sites are scored site by site.
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import time
@@ -495,6 +496,16 @@ def evaluate_dataset(
         if progress:
             progress(k + 1, len(items))
     return out
+
+
+def dataset_material(data: str | Path, limit: int | None = None) -> str:
+    """The material all items of a dataset share (its class names head the report's
+    tables), or ``"MoTe2"`` (the paper's names) for a set of several."""
+    from .datasets import load_dataset
+
+    items = load_dataset(data)[:limit] if limit else load_dataset(data)
+    found = {json.loads(Path(item.truth_path).read_text()).get("material", "MoTe2") for item in items}
+    return found.pop() if len(found) == 1 else "MoTe2"
 
 
 def concentration_error(score: CellScore) -> np.ndarray:
