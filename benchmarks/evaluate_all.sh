@@ -20,5 +20,5 @@ ev structure "Structure (MoTe2): grain, mirror twin, inversion and translation b
 ev structure_MoSe2 "Structure (MoSe2)" networks classical
 ev structure_WSe2 "Structure (WSe2)" networks classical
 ev ms_structure "Multislice (abTEM), structure preset (MoTe2)" networks classical
-for m in WSe2; do ev "ms_structure_$m" "Multislice (abTEM), structure preset ($m)" networks classical; done
+for m in WSe2 MoS2 MoSe2; do ev "ms_structure_$m" "Multislice (abTEM), structure preset ($m)" networks classical; done
 python benchmarks/poc_study.py --data "$D/paper" "$D/realistic" --out docs/reports/poc.md

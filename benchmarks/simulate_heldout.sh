@@ -29,7 +29,8 @@ sim structure_WSe2 --n 12 --size 512 --material WSe2 --preset structure --pixel-
     --defect-fraction 0.05 0.2 --seed 9521
 sim ms_structure --n 6 --size 256 --model multislice --frozen-phonons 2 --preset structure --pixel-size 0.09 0.12 \
     --rotation random --defect-fraction 0.1 0.2 --seed 9601
-for m in WSe2; do
-  sim "ms_structure_$m" --n 4 --size 320 --model multislice --frozen-phonons 2 --preset structure --material "$m" \
+for m in WSe2 MoS2 MoSe2; do
+  n=4; [ "$m" = WSe2 ] || n=2
+  sim "ms_structure_$m" --n "$n" --size 320 --model multislice --frozen-phonons 2 --preset structure --material "$m" \
       --pixel-size 0.09 0.12 --rotation random --defect-fraction 0.1 0.2 --seed 9621
 done
