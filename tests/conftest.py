@@ -16,6 +16,20 @@ def rng():
     return np.random.default_rng(1234)
 
 
+def structure_stress_frame(material: str, index: int, k: int, size: int = 384):
+    """Frame ``k`` of material ``index`` of ``benchmarks/structure_stress.py`` (its seeds and
+    conditions, ``frames()``): ``(simulation, true pixel size Å/px)``."""
+    from napari_tmd_defects.datasets import sample_conditions
+    from napari_tmd_defects.simulation import simulate
+
+    seed = 700_000 + 1000 * index
+    rng = np.random.default_rng(seed)
+    for _ in range(k + 1):
+        kw = sample_conditions("structure", rng, (size, size), pixel_size=(0.07, 0.14), rotation="random",
+                               defect_fraction=(0.05, 0.15))
+    return simulate(material, size, seed=seed + k, **kw), kw["pixel_size"]
+
+
 # Ground-truth stand-ins for the two networks: they return the simulator's true
 # hexagons and classes, to test bookkeeping around the models (not the models).
 # The hexagons are in image coordinates: use them on frames at rotation 0.

@@ -808,15 +808,11 @@ def test_a_few_cells_across_the_given_pixel_size_is_checked_against_the_autocorr
     # (structure-stress MoS2:Re0.03 frame 18): the {100} reflections lie ~9 Fourier pixels
     # out and the weak lattice they gave (strength 3.2) was 14 % long, so the frame read "no
     # crystal lattice found" with its pixel size; the autocorrelation puts it within 2 %
-    from napari_tmd_defects.datasets import sample_conditions
+    from conftest import structure_stress_frame
+
     from napari_tmd_defects.pipeline import _find_lattice
 
-    rng = np.random.default_rng(708000)
-    for _ in range(19):
-        kw = sample_conditions("structure", rng, (384, 384), pixel_size=(0.07, 0.14), rotation="random",
-                               defect_fraction=(0.05, 0.15))
-    sim = simulate("MoS2:Re0.03", 384, seed=708018, **kw)
-    ps = kw["pixel_size"]
+    sim, ps = structure_stress_frame("MoS2:Re0.03", 8, 18)
     lat = _find_lattice(sim.image, "MoS2", ps)
     assert lat is not None and abs(lat.a_px / sim.truth.a_px - 1.0) < 0.03
     res = analyze(sim.image, ps, "MoS2:Re0.03", device="cpu")

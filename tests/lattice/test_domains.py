@@ -435,16 +435,12 @@ def test_an_inversion_domain_is_found_where_many_columns_but_not_the_patch_show_
     # included) stood just above 0.2, so the split of its columns by the sign of the classes'
     # difference was not tried: an inversion domain of 24 cells took its neighbour's order,
     # metal roles on its Se2 columns
-    from napari_tmd_defects.datasets import sample_conditions
+    from conftest import structure_stress_frame
 
-    rng = np.random.default_rng(704000)
-    for _ in range(16):
-        kw = sample_conditions("structure", rng, (384, 384), pixel_size=(0.07, 0.14), rotation="random",
-                               defect_fraction=(0.05, 0.15))
     from napari_tmd_defects.pipeline import locate_cells
 
-    sim = simulate("MoSe2", 384, seed=704015, **kw)
-    st = locate_cells(sim.image, kw["pixel_size"], "MoSe2").state
+    sim, ps = structure_stress_frame("MoSe2", 4, 15)
+    st = locate_cells(sim.image, ps, "MoSe2").state
     t = sim.truth
     xy = np.concatenate([t.cell_x_site, t.cell_m_site])
     role = np.r_[np.full(t.n_cells, ROLE_X), np.full(t.n_cells, ROLE_M)]
