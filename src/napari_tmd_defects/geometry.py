@@ -235,15 +235,21 @@ def autocorrelation_lattice(image: np.ndarray, est: LatticeEstimate) -> LatticeE
     side = min(h, w, max(LATTICE_FFT_SIZE, int(8 * a)))
     y0, x0 = (h - side) // 2, (w - side) // 2
     img = np.asarray(image)[y0:y0 + side, x0:x0 + side].astype(float)
-    h = w = side
     img = img - ndi.gaussian_filter(img, a)
-    spec = np.fft.rfft2(img, s=(2 * h, 2 * w))
-    ac = np.fft.fftshift(np.fft.irfft2(spec.real**2 + spec.imag**2, s=(2 * h, 2 * w)))
-    yy, xx = np.mgrid[-h:h, -w:w]
-    ac /= np.maximum((h - np.abs(yy)) * (w - np.abs(xx)), 1)  # per overlapping pixel
-    ac /= max(float(ac[h, w]), 1e-300)  # correlation coefficient
-    r = np.hypot(yy, xx)
+    spec = np.fft.rfft2(img, s=(2 * side, 2 * side))
+    ac = np.fft.fftshift(np.fft.irfft2(spec.real**2 + spec.imag**2, s=(2 * side, 2 * side)))
+    c = side  # the origin's index
     lo, hi = AUTOCORR_RANGE
+    # only a window round the origin is read: the ring and the peak filter's reach beyond it
+    # (all of it where the window would not fit inside)
+    m = int(math.ceil((hi + 0.3) * a)) + 2
+    if m < side - 1:
+        ac, c = ac[c - m:c + m + 1, c - m:c + m + 1], m
+    off = np.arange(len(ac)) - c
+    yy, xx = off[:, None], off[None, :]
+    ac /= np.maximum((side - np.abs(yy)) * (side - np.abs(xx)), 1)  # per overlapping pixel
+    ac /= max(float(ac[c, c]), 1e-300)  # correlation coefficient
+    r = np.hypot(yy, xx)
     ring = (r > lo * a) & (r < hi * a) & ((yy > 0) | ((yy == 0) & (xx > 0)))  # one of each +-pair
     ring[[0, -1], :] = ring[:, [0, -1]] = False
     peak = ring & (ac == ndi.maximum_filter(ac, size=max(3, int(0.3 * a))))
@@ -253,8 +259,8 @@ def autocorrelation_lattice(image: np.ndarray, est: LatticeEstimate) -> LatticeE
     top = pk[np.argsort(-ac[pk[:, 0], pk[:, 1]])[:3]]
     if ac[top[-1, 0], top[-1, 1]] < AUTOCORR_MIN_CORR:
         return None
-    vec = np.array([[x - w + _parabolic(ac[y, x - 1], ac[y, x], ac[y, x + 1]),
-                     y - h + _parabolic(ac[y - 1, x], ac[y, x], ac[y + 1, x])] for y, x in top])
+    vec = np.array([[x - c + _parabolic(ac[y, x - 1], ac[y, x], ac[y, x + 1]),
+                     y - c + _parabolic(ac[y - 1, x], ac[y, x], ac[y + 1, x])] for y, x in top])
     length = np.hypot(vec[:, 0], vec[:, 1])
     ang = np.sort(np.degrees(np.arctan2(vec[:, 1], vec[:, 0])) % 180.0)
     gaps = np.diff(np.r_[ang, ang[0] + 180.0])
