@@ -480,3 +480,27 @@ def test_a_linked_swapped_region_is_found_and_a_scattered_tail_is_not():
     z3[strip & (ij[:, 0] >= MIN_ISLAND_COLUMNS // 4)] = 8.0
     assert not _swapped_regions(z3, rows, lp, lq, len(ij)).any()
     assert not _swapped_regions(np.where(strip, -1.0, z), rows, lp, lq, len(ij)).any()
+
+
+def test_a_narrow_swapped_region_counts_by_its_own_columns():
+    from napari_tmd_defects.lattice.domains import MIN_RAW_SWAP_Z, _swapped_regions
+
+    # a strip two columns wide whose smoothed values mix in its neighbours' (mean -1.5,
+    # not significant), but whose own columns each show the other order
+    side = 20
+    ij = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), -1).reshape(-1, 2)
+    lin = np.arange(side * side).reshape(side, side)
+    lp = np.r_[lin[:-1, :].ravel(), lin[:, :-1].ravel()]
+    lq = np.r_[lin[1:, :].ravel(), lin[:, 1:].ravel()]
+    rng = np.random.default_rng(1)
+    strip = ij[:, 1] < 2
+    z = np.where(strip, -1.5, 8.0) + rng.normal(0.0, 0.3, len(ij))
+    rows = np.arange(len(ij))
+    assert not _swapped_regions(z, rows, lp, lq, len(ij)).any()
+    own = np.where(strip, -1.5, 1.0) + rng.normal(0.0, 1.0, len(ij))
+    assert own[strip].sum() / np.sqrt(strip.sum()) < -MIN_RAW_SWAP_Z
+    assert np.array_equal(_swapped_regions(z, rows, lp, lq, len(ij), own), strip)
+    # own columns at the noise level (their sum within the bound): still none
+    noise = np.where(strip, -0.5, 1.0) + rng.normal(0.0, 0.3, len(ij))
+    assert noise[strip].sum() / np.sqrt(strip.sum()) > -MIN_RAW_SWAP_Z
+    assert not _swapped_regions(z, rows, lp, lq, len(ij), noise).any()

@@ -64,6 +64,10 @@ MIN_SWAP_MARGIN = 0.2
 #: ... or, where the whole patch's two classes are closer than that, a local difference of
 #: the other sign this many standard errors from zero.
 MIN_SWAP_Z = 3.0
+#: ... and a linked region of the other sign counts as swapped where its columns' own
+#: (unsmoothed) differences sum to this many standard errors (neighbouring columns share
+#: the positions their levels sample: twice :data:`MIN_SWAP_Z` allows for that).
+MIN_RAW_SWAP_Z = 2 * MIN_SWAP_Z
 #: A sublattice is mixed when its columns' expected mean relative deviation (Z^1.7 over the
 #: composition's species) exceeds the other sublattice's by this much.
 MIN_MIXED_SPREAD = 0.1
@@ -151,21 +155,25 @@ def _order(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 
 def _swap_significance(levels: np.ndarray, w: sparse.csr_matrix, sel: np.ndarray, bright: int,
-                       other: int) -> np.ndarray:
+                       other: int, raw: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Smoothed difference of two classes' levels at each column, in standard errors.
 
     ``levels`` (n, 3) per column, ``w`` the neighbourhood weights, ``sel`` the columns of
     one patch; the error comes from the columns' scatter about their smoothed value
     (median absolute deviation, so a swapped region does not inflate it) and the number
-    of columns the smoothing averages.
+    of columns the smoothing averages. With ``raw``, also each column's own difference in
+    units of that scatter (unsmoothed: a narrow domain's own columns, not their
+    surroundings across its boundaries).
     """
     d = levels[sel, bright] - levels[sel, other]
     ws = w[sel][:, sel]
     tot = np.asarray(ws.sum(axis=1)).reshape(-1)
     smooth = (ws @ d) / tot
     n_eff = tot**2 / np.asarray(ws.multiply(ws).sum(axis=1)).reshape(-1)
-    sd = 1.4826 * np.median(np.abs(d - smooth)) * math.sqrt(1.0 + 1.0 / max(float(np.median(n_eff)), 1.0))
-    return smooth / max(sd, 1e-12) * np.sqrt(n_eff)
+    sd = max(1.4826 * np.median(np.abs(d - smooth)) * math.sqrt(1.0 + 1.0 / max(float(np.median(n_eff)), 1.0)),
+             1e-12)
+    z = smooth / sd * np.sqrt(n_eff)
+    return (z, d / sd) if raw else z
 
 
 def _hollow_significance(levels: np.ndarray, w: sparse.csr_matrix, sel: np.ndarray, bright: np.ndarray,
@@ -203,11 +211,15 @@ def _two_regions(z: np.ndarray) -> bool:
     return bool(m_lo[b] < -MIN_SWAP_Z and m_hi[b] > MIN_SWAP_Z and d >= 3.0)
 
 
-def _swapped_regions(z: np.ndarray, rows: np.ndarray, lp: np.ndarray, lq: np.ndarray, n: int) -> np.ndarray:
+def _swapped_regions(z: np.ndarray, rows: np.ndarray, lp: np.ndarray, lq: np.ndarray, n: int,
+                     z_raw: np.ndarray | None = None) -> np.ndarray:
     """Which of the columns ``rows`` (of ``n``, linked by ``lp``-``lq``) lie in a linked region
     of negative swap significance ``z`` (:func:`_swap_significance`) of at least
     :data:`MIN_ISLAND_COLUMNS` columns whose mean is below -:data:`MIN_SWAP_Z`, where the other
-    columns' mean is above +:data:`MIN_SWAP_Z` (a swapped domain, not a tail of noise)."""
+    columns' mean is above +:data:`MIN_SWAP_Z` (a swapped domain, not a tail of noise).
+    With the columns' own differences ``z_raw``, a region also counts where their sum is
+    below -:data:`MIN_RAW_SWAP_Z` standard errors (a narrow domain, whose smoothed values
+    mix in its neighbours')."""
     out = np.zeros(len(rows), bool)
     neg = z < 0.0
     if min(np.count_nonzero(neg), np.count_nonzero(~neg)) < MIN_ISLAND_COLUMNS or z[~neg].mean() <= MIN_SWAP_Z:
@@ -217,7 +229,10 @@ def _swapped_regions(z: np.ndarray, rows: np.ndarray, lp: np.ndarray, lq: np.nda
     _, comp, sizes = _regions(label, lp, lq)
     for c in np.unique(comp[rows[neg]]):
         members = neg & (comp[rows] == c)
-        if sizes[c] >= MIN_ISLAND_COLUMNS and z[members].mean() < -MIN_SWAP_Z:
+        if sizes[c] < MIN_ISLAND_COLUMNS:
+            continue
+        if z[members].mean() < -MIN_SWAP_Z or (
+                z_raw is not None and z_raw[members].sum() / math.sqrt(np.count_nonzero(members)) < -MIN_RAW_SWAP_Z):
             out |= members
     return out
 
@@ -318,9 +333,9 @@ def assign_domains(
             # hollow the 'other' class is its hollow: those are not compared)
             g = sel & (hollow == ph[0])
             if np.count_nonzero(g) >= 2 * MIN_ISLAND_COLUMNS:
-                z = _swap_significance(levels, w, g, int(pb[0]), other)
+                z, z_raw = _swap_significance(levels, w, g, int(pb[0]), other, raw=True)
                 rows = np.flatnonzero(g)
-                bright[rows[_swapped_regions(z, rows, lp, lq, len(idx))]] = other
+                bright[rows[_swapped_regions(z, rows, lp, lq, len(idx), z_raw)]] = other
         # the dimmer occupied class hardly seen in the patch (a chalcogen at the noise
         # level): in a region whose bright class differs from the patch's (a translation
         # domain) and where it is not seen locally either, the hollow keeps the patch's
