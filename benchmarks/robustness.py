@@ -1,5 +1,5 @@
 """Robustness sweep: pixel size 0.02-0.15 Å/px, image sizes 256²-4096², non-square frames,
-rotation, unknown pixel size.
+rotation, unknown or wrong pixel size.
 
     python benchmarks/robustness.py [--n 3] [--out docs/reports/robustness.md]
 
@@ -28,24 +28,29 @@ from pathlib import Path
 
 import numpy as np
 
-#: (label, (rows, cols), pixel size Å/px or (low, high), rotation, flip left-right, pixel size given)
+#: (label, (rows, cols), pixel size Å/px or (low, high), rotation, flip left-right, the pixel size
+#: given as a factor of the true one (1.0: the true one, None: none given))
 CASES = [
-    ("0.02 Å/px, 2048²", (2048, 2048), 0.02, "random", False, True),
-    ("0.03 Å/px, 2048²", (2048, 2048), 0.03, "random", False, True),
-    ("0.05 Å/px, 1024²", (1024, 1024), 0.05, "random", False, True),
-    ("0.08 Å/px, 1024²", (1024, 1024), 0.08, "random", False, True),
-    ("0.12 Å/px, 512²", (512, 512), 0.12, "random", False, True),
-    ("0.15 Å/px, 512²", (512, 512), 0.15, "random", False, True),
-    ("256² at 0.1 Å/px", (256, 256), 0.1, "random", False, True),
-    ("non-square 400×700 (rows×cols)", (400, 700), 0.09, "random", False, True),
-    ("non-square 900×300", (900, 300), 0.09, "random", False, True),
-    ("4096² at 0.06 Å/px", (4096, 4096), 0.06, 0.0, False, True),
-    ("pixel size unknown (estimated), 535² 8-bit-like", (535, 535), (0.08, 0.1), "random", False, False),
+    ("0.02 Å/px, 2048²", (2048, 2048), 0.02, "random", False, 1.0),
+    ("0.03 Å/px, 2048²", (2048, 2048), 0.03, "random", False, 1.0),
+    ("0.05 Å/px, 1024²", (1024, 1024), 0.05, "random", False, 1.0),
+    ("0.08 Å/px, 1024²", (1024, 1024), 0.08, "random", False, 1.0),
+    ("0.12 Å/px, 512²", (512, 512), 0.12, "random", False, 1.0),
+    ("0.15 Å/px, 512²", (512, 512), 0.15, "random", False, 1.0),
+    ("256² at 0.1 Å/px", (256, 256), 0.1, "random", False, 1.0),
+    ("non-square 400×700 (rows×cols)", (400, 700), 0.09, "random", False, 1.0),
+    ("non-square 900×300", (900, 300), 0.09, "random", False, 1.0),
+    ("4096² at 0.06 Å/px", (4096, 4096), 0.06, 0.0, False, 1.0),
+    ("pixel size unknown (estimated), 535² 8-bit-like", (535, 535), (0.08, 0.1), "random", False, None),
     # coarser than the networks were trained for (analysis.TRAINED_PIXEL_SIZES; warned): survey
     # frames (appended: each case's seed is 7000 + its index)
-    ("0.25 Å/px, 512² (untrained)", (512, 512), 0.25, "random", False, True),
-    ("0.3 Å/px, 512² (untrained)", (512, 512), 0.3, "random", False, True),
-    ("0.4 Å/px, 512² (untrained)", (512, 512), 0.4, "random", False, True),
+    ("0.25 Å/px, 512² (untrained)", (512, 512), 0.25, "random", False, 1.0),
+    ("0.3 Å/px, 512² (untrained)", (512, 512), 0.3, "random", False, 1.0),
+    ("0.4 Å/px, 512² (untrained)", (512, 512), 0.4, "random", False, 1.0),
+    # wrong metadata: a scan binned 2x or a magnification's calibration taken for another's
+    ("pixel size given 2x too large, 512² at 0.06-0.1 Å/px", (512, 512), (0.06, 0.1), "random", False, 2.0),
+    ("pixel size given 1.7x too large, 512² at 0.06-0.1 Å/px", (512, 512), (0.06, 0.1), "random", False, 1.7),
+    ("pixel size given 2x too small, 512² at 0.06-0.1 Å/px", (512, 512), (0.06, 0.1), "random", False, 0.5),
 ]
 
 
@@ -68,7 +73,7 @@ def main(argv=None) -> int:
     det, clf = load_detector(None, device="cpu"), load_classifier(None, device="cpu")
     rows, outliers = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for k, (label, shape, ps, rot, mirror, given) in enumerate(CASES):
+        for k, (label, shape, ps, rot, mirror, factor) in enumerate(CASES):
             d = Path(tmp) / f"case{k}"
             generate_dataset(d, n=args.n, size=shape, seed=7000 + k, preset="realistic", pixel_size=ps,
                              rotation=rot, defect_fraction=(0.05, 0.2), n_preview=0)
@@ -81,9 +86,10 @@ def main(argv=None) -> int:
                     b = truth.cell_box.copy()
                     truth.cell_box = np.stack([w - 1 - b[:, 2], b[:, 1], w - 1 - b[:, 0], b[:, 3]], axis=1)
                 t0 = time.perf_counter()
-                res = analyze(img, truth.pixel_size if given else None, truth.material, detector=det, classifier=clf)
+                res = analyze(img, None if factor is None else truth.pixel_size * factor, truth.material,
+                              detector=det, classifier=clf)
                 secs.append(time.perf_counter() - t0)
-                if not given:
+                if factor != 1.0:
                     ps_err.append(abs(res.pixel_size / truth.pixel_size - 1))
                 scores.append(score_result(res, truth))
                 alt = res.counts_unread_as_classified() or res.counts()
@@ -105,7 +111,7 @@ def main(argv=None) -> int:
             )
             print(rows[-1], file=sys.stderr)
     lines = [
-        "# Robustness: pixel size, image size, shape, rotation, unknown pixel size",
+        "# Robustness: pixel size, image size, shape, rotation, unknown or wrong pixel size",
         "",
         f"Command: `python benchmarks/robustness.py --n {args.n}` · {platform.machine()}, "
         f"torch {torch.__version__}, {args.threads} threads, no GPU, {time.strftime('%Y-%m-%d')}.",

@@ -330,6 +330,20 @@ def test_a_pixel_size_off_the_lattice_is_replaced_unless_trusted(sim):
         analyze(sim.image, 0.1, pixel_size_source="lattice")
 
 
+@pytest.mark.parametrize("material", ["MoTe2", "WSe2"])
+def test_a_pixel_size_given_twice_too_large_is_not_read_from_a_higher_ring(material):
+    # 1.6-2.4x too large puts the expected lattice near the honeycomb's {110} (a / sqrt 3)
+    # or {200} (a / 2) ring: the image's own lattice, whose rings stand out, wins
+    from napari_tmd_defects.pipeline import check_pixel_size
+
+    img = simulate(material, shape=320, pixel_size=0.1, defect_fraction=0.1, seed=5).image
+    for factor in (1.7, 1.9, 2.0, 2.3):
+        chk = check_pixel_size(img, material, 0.1 * factor)
+        assert chk.disagrees and chk.lattice == pytest.approx(0.1, rel=0.01), factor
+    res = analyze(img, 0.2, material, use_detector=False, classify=False)
+    assert res.pixel_size == pytest.approx(0.1, rel=0.01) and res.n_cells > 50
+
+
 
 def test_an_undecided_metal_reading_on_a_found_column_does_not_count_a_vacancy(monkeypatch):
     """A metal vacancy the classifier is sure of (0.997) is not counted where a column peak

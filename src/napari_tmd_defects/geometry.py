@@ -389,6 +389,23 @@ def window_max(x: np.ndarray, size: int) -> np.ndarray:
     return x
 
 
+#: Higher rings of a hexagonal reciprocal lattice: (|k| / |k100|, turn in degrees).
+HIGHER_RINGS = ((SQRT3, 30.0), (2.0, 0.0), (3.0, 0.0))
+#: ... matched within this turn (degrees, modulo 60°).
+HIGHER_RING_TURN_TOL = 6.0
+
+
+def _harmonic_of(c: tuple, o: tuple) -> bool:
+    """Whether candidate ``c``'s first ring (its ``(.., k100, theta, ..)``) is one of the
+    :data:`HIGHER_RINGS` of candidate ``o``."""
+    for m, turn in HIGHER_RINGS:
+        if abs(c[1] / (m * o[1]) - 1.0) < RELATED_TOLERANCE:
+            d = (c[2] - o[2] - turn) % 60.0
+            if min(d, 60.0 - d) < HIGHER_RING_TURN_TOL:
+                return True
+    return False
+
+
 def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
                       a_hint: float | None = None) -> LatticeEstimate | None:
     """:func:`estimate_lattice` on one array, at its own sampling."""
@@ -476,10 +493,15 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
               and any(abs(c[1] * SQRT3 / o[1] - 1.0) < RELATED_TOLERANCE for o in clear)]
     clear += supers
     if a_hint is not None:
-        # a first-order ring at 2 / (sqrt(3) a): the candidates that fit the expectation
+        # a first-order ring at 2 / (sqrt(3) a): the candidates that fit the expectation ...
         fit = [c for c in clear if abs(2.0 / (SQRT3 * c[1]) / a_hint - 1.0) < 0.2]
         if fit:
-            clear = fit
+            # ... unless one is a higher ring ({110}, {200} or {300}) of a larger lattice whose
+            # rings clearly stand out in a honeycomb's proportion: that is the image's lattice
+            # (a pixel size given 1.5-2.5x too large would otherwise pick the ring)
+            parents = [o for o in clear if not any(o is x for x in supers) and o[5] >= MIN_FIRST_RING_SHARE
+                       and o[4] >= MIN_SECOND_RING_CONTRAST and any(_harmonic_of(c, o) for c in fit)]
+            clear = parents or fit
     # several grains: clutter below the first ring, or a grain turned 30°, can make a wrong
     # candidate clear; one with both rings in a honeycomb's proportion goes first
     clear = [c for c in clear if c[5] >= MIN_FIRST_RING_SHARE and c[4] >= MIN_SECOND_RING_CONTRAST] or clear
