@@ -44,7 +44,8 @@ sys.path.insert(0, str(HERE))
 from bench_scaling import CACHE_DIR, MATERIAL, STAGES, ensure_frame, hardware, reference_op  # noqa: E402
 
 SETS = ("paper", "realistic", "ms_realistic", "hard", "vacuum", "mat_MoSe2", "mat_WSe2", "mat_MoS2", "mat_WS2",
-        "structure", "structure_MoSe2", "structure_WSe2", "ms_structure")
+        "structure", "structure_MoSe2", "structure_WSe2", "ms_structure", "ms_structure_WSe2", "ms_structure_MoS2",
+        "ms_structure_MoSe2")
 CONFIGS = {"default": {"classifier": None, "hexagons": "frame"},
            "fast": {"classifier": "small", "hexagons": "sample"}}
 TARGET_GPU_S = 0.05  # s, 2048² at 0.1 Å/px
