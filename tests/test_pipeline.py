@@ -344,6 +344,20 @@ def test_a_pixel_size_given_twice_too_large_is_not_read_from_a_higher_ring(mater
     assert res.pixel_size == pytest.approx(0.1, rel=0.01) and res.n_cells > 50
 
 
+def test_a_wrong_pixel_size_does_not_pull_the_lattice_to_a_weaker_ring():
+    # two domains and scan distortion: with the pixel size given half the true one, the
+    # expectation picked a weak ring that refined 43 % off; a lattice found off the
+    # expectation is the frame's strongest, as without a pixel size
+    from conftest import structure_stress_frame
+
+    from napari_tmd_defects.pipeline import check_pixel_size
+
+    sim, ps = structure_stress_frame("WS2", 2, 5)
+    free = check_pixel_size(sim.image, "WS2", None).lattice
+    assert free == pytest.approx(ps, rel=0.05)
+    assert check_pixel_size(sim.image, "WS2", 0.5 * ps).lattice == pytest.approx(free, rel=1e-6)
+
+
 
 def test_an_undecided_metal_reading_on_a_found_column_does_not_count_a_vacancy(monkeypatch):
     """A metal vacancy the classifier is sure of (0.997) is not counted where a column peak

@@ -227,6 +227,13 @@ def _find_lattice(img: np.ndarray, material: str, pixel_size: float | None):
 
     a_hint = None if pixel_size is None else get_material(material).a / pixel_size
     lat = first = estimate_lattice(img, a_hint=a_hint)
+    if a_hint is not None and lat is not None and abs(lat.a_px / a_hint - 1.0) >= HINT_TOLERANCE:
+        # the lattice found is not the one expected, so the hint told nothing: it only chose
+        # among candidates (a weaker ring of another grain, refined a few % off its own
+        # lattice); the frame's strongest lattice, as without a pixel size, where stronger
+        free = estimate_lattice(img)
+        if free is not None and free.strength > lat.strength:
+            lat = first = free
     if found(lat, a_hint):
         return lat
     # a weak lattice off the expected size: in a frame a few cells across its reflections
