@@ -492,6 +492,11 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
               and c[5] >= MIN_SUPER_FIRST_RING_SHARE
               and any(abs(c[1] * SQRT3 / o[1] - 1.0) < RELATED_TOLERANCE for o in clear)]
     clear += supers
+
+    def honeycomb(c) -> bool:
+        """Both rings of a candidate in a honeycomb's proportion."""
+        return c[5] >= MIN_FIRST_RING_SHARE and c[4] >= MIN_SECOND_RING_CONTRAST
+
     if a_hint is not None:
         # a first-order ring at 2 / (sqrt(3) a): the candidates that fit the expectation ...
         fit = [c for c in clear if abs(2.0 / (SQRT3 * c[1]) / a_hint - 1.0) < 0.2]
@@ -499,12 +504,12 @@ def _estimate_lattice(img: np.ndarray, a_range_px: tuple[float, float],
             # ... unless one is a higher ring ({110}, {200} or {300}) of a larger lattice whose
             # rings clearly stand out in a honeycomb's proportion: that is the image's lattice
             # (a pixel size given 1.5-2.5x too large would otherwise pick the ring)
-            parents = [o for o in clear if not any(o is x for x in supers) and o[5] >= MIN_FIRST_RING_SHARE
-                       and o[4] >= MIN_SECOND_RING_CONTRAST and any(_harmonic_of(c, o) for c in fit)]
+            parents = [o for o in clear if not any(o is x for x in supers) and honeycomb(o)
+                       and any(_harmonic_of(c, o) for c in fit)]
             clear = parents or fit
     # several grains: clutter below the first ring, or a grain turned 30°, can make a wrong
     # candidate clear; one with both rings in a honeycomb's proportion goes first
-    clear = [c for c in clear if c[5] >= MIN_FIRST_RING_SHARE and c[4] >= MIN_SECOND_RING_CONTRAST] or clear
+    clear = [c for c in clear if honeycomb(c)] or clear
     if clear:
         # the largest lattice among the strongest candidate's own (itself, sqrt(3) and 3x
         # larger: its {110} or {300} ring taken for the first), not any that barely stands out

@@ -455,15 +455,20 @@ def test_an_inversion_domain_is_found_where_many_columns_but_not_the_patch_show_
         assert np.mean(st.role[sel] == role[k[sel]]) > 0.9, true_dom
 
 
-def test_a_linked_swapped_region_is_found_and_a_scattered_tail_is_not():
-    from napari_tmd_defects.lattice.domains import MIN_ISLAND_COLUMNS, _swapped_regions
-
-    # a 20 x 20 grid of columns linked to their 4 neighbours
-    side = 20
+def _linked_grid(side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A side x side grid of columns linked to their 4 neighbours: positions (i, j) and the
+    links' two ends."""
     ij = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), -1).reshape(-1, 2)
     lin = np.arange(side * side).reshape(side, side)
     lp = np.r_[lin[:-1, :].ravel(), lin[:, :-1].ravel()]
     lq = np.r_[lin[1:, :].ravel(), lin[:, 1:].ravel()]
+    return ij, lp, lq
+
+
+def test_a_linked_swapped_region_is_found_and_a_scattered_tail_is_not():
+    from napari_tmd_defects.lattice.domains import MIN_ISLAND_COLUMNS, _swapped_regions
+
+    ij, lp, lq = _linked_grid(20)
     rng = np.random.default_rng(0)
     z = 8.0 + rng.normal(0.0, 1.0, len(ij))
     strip = ij[:, 1] < 2  # a strip two columns wide along an edge: 40 columns
@@ -487,11 +492,7 @@ def test_a_narrow_swapped_region_counts_by_its_own_columns():
 
     # a strip two columns wide whose smoothed values mix in its neighbours' (mean -1.5,
     # not significant), but whose own columns each show the other order
-    side = 20
-    ij = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), -1).reshape(-1, 2)
-    lin = np.arange(side * side).reshape(side, side)
-    lp = np.r_[lin[:-1, :].ravel(), lin[:, :-1].ravel()]
-    lq = np.r_[lin[1:, :].ravel(), lin[:, 1:].ravel()]
+    ij, lp, lq = _linked_grid(20)
     rng = np.random.default_rng(1)
     strip = ij[:, 1] < 2
     z = np.where(strip, -1.5, 8.0) + rng.normal(0.0, 0.3, len(ij))
