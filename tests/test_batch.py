@@ -131,3 +131,23 @@ def test_run_batch_starts_its_workers_on_one_thread(files, tmp_path, monkeypatch
     d, _ = files
     res = run_batch([d / "a.tif"], BatchOptions(out_dir=str(tmp_path / "out")), workers=2)
     assert seen["initializer"] is batch.one_thread and res[0].ok
+
+
+def test_a_file_of_several_images_says_which_was_read(files, tmp_path):
+    import json
+
+    import h5py
+
+    _, sim = files
+    path = tmp_path / "scan.nhdf"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("data")
+        for k, (title, img) in enumerate((("BF", -sim.image), ("HAADF", sim.image))):
+            cal = [{"offset": 0.0, "scale": 0.01, "units": "nm"}] * 2
+            g.create_dataset(str(k), data=img.astype(np.float32)).attrs["properties"] = json.dumps(
+                {"title": title, "dimensional_calibrations": cal})
+    out = tmp_path / "out"
+    (res,) = run_batch([path], BatchOptions(out_dir=str(out)))
+    assert res.ok and res.pixel_size_source == "metadata" and abs(res.n_cells - sim.truth.n_cells) <= 2
+    assert "read 'HAADF'" in res.warnings[0]
+    assert "read 'HAADF'" in json.loads((out / "scan_summary.json").read_text())["warnings"][0]

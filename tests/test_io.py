@@ -101,3 +101,117 @@ def test_tiff_with_a_compression_tifffile_cannot_decode_is_read(tmp_path):
     Image.fromarray(a).save(p, compression="tiff_lzw")
     img, meta = read_image(p)
     assert img.shape == (64, 64) and np.array_equal(img, a.astype(np.float32))
+
+
+@pytest.mark.parametrize("title, rank", [
+    ("HAADF", 3), ("DCFI(HAADF)", 3), ("HAADF Image", 3), ("MAADF", 2), ("LAADF", 2), ("ADF", 2),
+    ("DF4", 2), ("DF-S", 2), ("DF2-A", 2), ("BF", 0), ("ABF", 0), ("BF-S", 0), ("iDPC", 0), ("DPC", 0),
+    ("", 1), ("Mo", 1), ("Se", 1), ("SE", 1), ("Survey", 1)])
+def test_detector_rank_of_image_titles(title, rank):
+    from napari_tmd_defects.io import _detector_rank
+
+    assert _detector_rank(title) == rank
+
+
+def test_a_file_of_several_images_is_read_at_its_haadf_image():
+    from napari_tmd_defects.io import choose_image
+
+    bf, haadf, df = (np.full((8, 8), v, np.float32) for v in (1, 2, 3))
+    data, px, meta = choose_image([("BF", bf, 0.1), ("Mo", bf, 0.1), ("DF4", df, 0.1), ("HAADF", haadf, 0.2)], "f.emd")
+    assert data is haadf and px == 0.2 and meta["signal"] == "HAADF"
+    assert meta["signals"] == ["BF", "Mo", "DF4", "HAADF"] and "read 'HAADF'" in meta["warnings"][0]
+    # no HAADF: another annular dark field before an untitled image; a bright field alone is read, and said
+    assert choose_image([("", bf, None), ("DF2", df, None)], "f")[0] is df
+    data, _, meta = choose_image([("ABF", bf, None), ("DPC", df, None)], "f")
+    assert data is bf and "not an annular dark-field image" in meta["warnings"][0]
+    # one image: nothing to say
+    assert "warnings" not in choose_image([("BF", bf, None)], "f")[2]
+    # a stack is skipped for a plane; stacks alone are refused with advice
+    stack = np.zeros((5, 8, 8), np.float32)
+    assert choose_image([("HAADF", stack, None), ("DF4", df, None)], "f")[0] is df
+    with pytest.raises(ImageReadError, match="stack of 5 frames"):
+        choose_image([("HAADF", stack, None)], "f")
+    with pytest.raises(ImageReadError, match="no image"):
+        choose_image([], "f")
+
+
+def test_a_velox_emd_of_several_detectors_is_read_at_haadf(tmp_path, monkeypatch):
+    """rosettasciio's signals, in the file's order (a BF image first, an EDS map)."""
+    import napari_tmd_defects.io as io_mod
+
+    rng = np.random.default_rng(1)
+    imgs = {t: rng.random((20, 30)).astype(np.float32) for t in ("BF", "S", "HAADF")}
+    seen = {}
+
+    def reader(path, **kw):
+        seen.update(kw)
+        sigs = []
+        for t, a in imgs.items():
+            s = _rsciio_signal(a, 0.0081, "nm")
+            s["metadata"]["General"]["title"] = t
+            sigs.append(s)
+        sigs.append({"data": np.zeros(100), "axes": [], "metadata": {"General": {"title": "EDS"}}})  # a spectrum
+        return sigs
+
+    monkeypatch.setattr(io_mod, "_rsciio_reader", lambda suffix: reader)
+    path = tmp_path / "velox.emd"
+    path.write_bytes(b"x")
+    out, meta = read_image(path)
+    assert np.array_equal(out, imgs["HAADF"]) and meta["signal"] == "HAADF"
+    assert meta["pixel_size_A"] == pytest.approx(0.081) and meta["signals"] == ["BF", "S", "HAADF"]
+    assert seen == {"select_type": "image"}  # not the spectrum image
+
+
+def _nion_props(title, scale_nm, key="dimensional_calibrations"):
+    return {"title": title, key: [{"offset": 0.0, "scale": scale_nm, "units": "nm"}] * 2,
+            "intensity_calibration": {"offset": 0.0, "scale": 1.0, "units": "counts"}}
+
+
+@pytest.mark.parametrize("suffix", [".ndata1", ".ndata"])
+def test_nion_swift_ndata(tmp_path, suffix):
+    import io
+    import json
+    import zipfile
+
+    data = np.random.default_rng(2).random((24, 32)).astype(np.float32)
+    buf = io.BytesIO()
+    np.save(buf, data)
+    path = tmp_path / f"frame{suffix}"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("metadata.json", json.dumps(_nion_props("HAADF", 0.00873, key="spatial_calibrations")))
+        z.writestr("data.npy", buf.getvalue())
+    out, meta = read_image(path)
+    assert np.array_equal(out, data) and meta["pixel_size_A"] == pytest.approx(0.0873)
+    assert meta["signal"] == "HAADF" and "warnings" not in meta
+    with zipfile.ZipFile(tmp_path / "bad.ndata1", "w") as z:
+        z.writestr("other.txt", "x")
+    with pytest.raises(ImageReadError, match="not a Nion Swift data file"):
+        read_image(tmp_path / "bad.ndata1")
+
+
+def test_nion_swift_hdf5_item_and_export(tmp_path):
+    import json
+
+    import h5py
+
+    rng = np.random.default_rng(3)
+    maadf, haadf = (rng.random((16, 20)).astype(np.float32) for _ in range(2))
+    with h5py.File(tmp_path / "item.h5", "w") as f:  # a Swift library item
+        f.create_dataset("data", data=haadf).attrs["properties"] = json.dumps(_nion_props("", 0.01) | {
+            "metadata": {"hardware_source": {"channel_name": "HAADF"}}})
+    out, meta = read_image(tmp_path / "item.h5")
+    assert np.array_equal(out, haadf) and meta["pixel_size_A"] == pytest.approx(0.1) and meta["signal"] == "HAADF"
+    with h5py.File(tmp_path / "both.nhdf", "w") as f:  # an export of two channels, MAADF first
+        g = f.create_group("data")
+        g.create_dataset("0", data=maadf).attrs["properties"] = json.dumps(_nion_props("MAADF", 0.02))
+        g.create_dataset("1", data=haadf).attrs["properties"] = json.dumps(_nion_props("HAADF", 0.01))
+    out, meta = read_image(tmp_path / "both.nhdf")
+    assert np.array_equal(out, haadf) and meta["signals"] == ["MAADF", "HAADF"]
+    with h5py.File(tmp_path / "seq.h5", "w") as f:  # a sequence of frames
+        f.create_dataset("data", data=np.zeros((4, 8, 8))).attrs["properties"] = json.dumps(_nion_props("HAADF", 0.01))
+    with pytest.raises(ImageReadError, match="stack of 4 frames"):
+        read_image(tmp_path / "seq.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.create_dataset("x", data=np.zeros((8, 8)))
+    with pytest.raises(ImageReadError, match="not a Nion Swift HDF5 file"):
+        read_image(tmp_path / "other.h5")

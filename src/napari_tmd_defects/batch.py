@@ -132,6 +132,7 @@ def analyze_file(path: str | Path, stem: str, opts: BatchOptions) -> FileOutcome
             pixel_size_source="given" if opts.pixel_size is not None else "metadata",
             trust_pixel_size=opts.trust_pixel_size,
         )
+        res.warnings[:0] = meta.get("warnings", [])  # the file's: which of its images was read
         if res.n_cells == 0:
             # nothing to count: a failure, not an empty success (no files are written)
             why = "; ".join(res.warnings) or "no unit cells found"

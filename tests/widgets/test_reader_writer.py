@@ -40,6 +40,21 @@ def test_reader_8bit_png_and_refusals(tmp_path):
     assert get_reader([str(tmp_path / "export.png"), str(tmp_path / "a.txt")]) is None
 
 
+def test_reader_names_the_image_of_a_file_of_several(tmp_path):
+    import json
+
+    import h5py
+
+    with h5py.File(tmp_path / "scan.nhdf", "w") as f:
+        g = f.create_group("data")
+        for k, title in enumerate(("BF", "HAADF")):
+            cal = [{"offset": 0.0, "scale": 0.009, "units": "nm"}] * 2
+            g.create_dataset(str(k), data=np.full((16, 16), k, np.float32)).attrs["properties"] = json.dumps(
+                {"title": title, "dimensional_calibrations": cal})
+    ((data, kwargs, _),) = get_reader(str(tmp_path / "scan.nhdf"))(str(tmp_path / "scan.nhdf"))
+    assert np.all(data == 1) and kwargs["name"] == "scan [HAADF]" and kwargs["scale"] == pytest.approx((0.09, 0.09))
+
+
 def test_open_through_napari(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     path = write_tiff(tmp_path / "frame.tif", np.ones((16, 16)), pixel_size=0.05)

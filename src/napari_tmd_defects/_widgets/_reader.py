@@ -45,7 +45,10 @@ def read_images(path: str | list[str]) -> list[LayerData] | None:
             image, meta = read_image(p)
         except (ImageReadError, FileNotFoundError):
             return None
-        kwargs: dict[str, Any] = {"name": Path(p).stem, "metadata": meta, "colormap": "gray"}
+        name = Path(p).stem
+        if meta.get("signals"):  # a file of several images: say which one this is
+            name = f"{name} [{meta.get('signal') or 'untitled'}]"
+        kwargs: dict[str, Any] = {"name": name, "metadata": meta, "colormap": "gray"}
         px = meta.get("pixel_size_A")
         if px:
             kwargs["scale"] = (px, px)
