@@ -159,7 +159,7 @@ def test_a_velox_emd_of_several_detectors_is_read_at_haadf(tmp_path, monkeypatch
     out, meta = read_image(path)
     assert np.array_equal(out, imgs["HAADF"]) and meta["signal"] == "HAADF"
     assert meta["pixel_size_A"] == pytest.approx(0.081) and meta["signals"] == ["BF", "S", "HAADF"]
-    assert seen == {"select_type": "image"}  # not the spectrum image
+    assert seen == {"select_type": "images"}  # not the spectrum image
 
 
 def _nion_props(title, scale_nm, key="dimensional_calibrations"):

@@ -306,7 +306,7 @@ def _read_rsciio(p: Path) -> list[tuple[str, np.ndarray, float | None]]:
         )
     # a Velox EMD: its images and EDS maps only, not its spectrum image (GBs, and the
     # optional ``sparse`` package to read it)
-    kwargs = {"select_type": "image"} if p.suffix.lower() == ".emd" else {}
+    kwargs = {"select_type": "images"} if p.suffix.lower() == ".emd" else {}
     out = []
     for sig in reader(str(p), **kwargs):
         data = np.asarray(sig["data"])
