@@ -1,16 +1,17 @@
 """What an export adds: burned-in annotations (scale bars, labels) found, filled and their
-cells left out; dark columns (bright field, inverted contrast) told from HAADF."""
+cells left out; dark columns (bright field, inverted contrast) told from HAADF; a Fourier
+(Bragg) filtered frame told from a raw one."""
 
 import numpy as np
 import pytest
 
 from napari_tmd_defects.evaluation import score_result
-from napari_tmd_defects.exports import (DARK_COLUMNS_POLARITY, annotation_mask, colour_mask, column_polarity,
-                                        fill_annotations, fill_inset, flat_maximum_mask, flat_minimum_mask,
+from napari_tmd_defects.exports import (DARK_COLUMNS_POLARITY, FOURIER_FILTERED_POWER, annotation_mask,
+                                        between_reflections_power, colour_mask, column_polarity, fill_annotations, fill_inset, flat_maximum_mask, flat_minimum_mask,
                                         inset_mask)
 from napari_tmd_defects.geometry import estimate_lattice
 from napari_tmd_defects.pipeline import analyze
-from napari_tmd_defects.simulation import Noise, Vacuum, simulate
+from napari_tmd_defects.simulation import Noise, Vacuum, fourier_filter, simulate
 
 
 def _burn_bar(img: np.ndarray, dark: bool = False) -> tuple[np.ndarray, tuple[slice, slice]]:
@@ -245,3 +246,37 @@ def test_an_inset_is_filled_with_the_crystal_continued():
     # a perfect lattice moved by whole lattice vectors is itself, to a fraction of a pixel
     for box in ((slice(0, 120), slice(-130, None)), (slice(-100, None), slice(0, 110))):
         assert np.corrcoef(filled[box].ravel(), sim.image[box].ravel())[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("material, pixel_size", [("MoTe2", 0.09), ("WSe2", 0.12), ("MoS2", 0.06), ("WS2", 0.15)])
+def test_a_fourier_filtered_frame_is_told_from_a_raw_one(material, pixel_size):
+    from scipy import ndimage as ndi
+
+    sim = simulate(material, shape=384, pixel_size=pixel_size, defect_fraction=0.1, seed=3, noise=Noise(12, 20))
+    img, a_px = sim.image.astype(np.float32), sim.truth.a_px
+    lat = estimate_lattice(img)
+
+    def power(im):
+        return between_reflections_power(im, estimate_lattice(im))
+
+    # raw and smoothed frames (a Gaussian keeps the power between the reflections) are not
+    # taken for filtered ...
+    assert power(img) > 10 * FOURIER_FILTERED_POWER
+    assert power(ndi.gaussian_filter(img, 2.0)) > 10 * FOURIER_FILTERED_POWER
+    bragg = fourier_filter(img, a_px)
+    assert between_reflections_power(bragg, lat) < FOURIER_FILTERED_POWER / 100
+    # ... a filtered frame is, with wider discs, cropped after filtering and exported as 8 bits
+    wide = fourier_filter(img, a_px, radius=0.25)[13:-40, 5:-21]
+    wide = np.round(255 * (wide - wide.min()) / np.ptp(wide))
+    assert power(wide) < FOURIER_FILTERED_POWER
+    assert np.isnan(between_reflections_power(img[:40, :40], lat))
+
+
+def test_analyze_warns_of_a_fourier_filtered_frame():
+    sim = simulate("MoTe2", shape=320, pixel_size=0.1, defect_fraction=0.1, seed=2, noise=Noise(12, 20))
+    ok = analyze(sim.image, 0.1, device="cpu", classify=False)
+    bragg = analyze(fourier_filter(sim.image, sim.truth.a_px), 0.1, device="cpu", classify=False)
+    assert ok.checks["between_reflections_power"] > 10 * FOURIER_FILTERED_POWER
+    assert not any("FOURIER FILTERED" in w for w in ok.warnings)
+    assert bragg.checks["between_reflections_power"] < FOURIER_FILTERED_POWER
+    assert any("FOURIER FILTERED" in w for w in bragg.warnings)

@@ -35,6 +35,12 @@ HAADF (Z-contrast) shows the columns as sharp bright peaks on a darker backgroun
 frame's band-passed intensity is skewed towards bright values (+0.3 to +1.3 on the 23 real
 frames of ``docs/reports/real_frames.md``, column *polarity*); a bright-field or ABF image,
 or an inverted export, shows them dark and the skew negative: :func:`column_polarity`.
+
+A Fourier (Bragg) filtered frame keeps only discs around the lattice's reflections: every
+column becomes the lattice's average, vacancies and dopants are painted over, and the
+analysis reads a perfect crystal. Raw frames hold power between the reflections (shot and
+scan noise, defects, contamination); a filtered one almost none:
+:func:`between_reflections_power`.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from scipy import ndimage as ndi
 from .geometry import LatticeEstimate, block_mean, dilate_disk
 from .parallel import thread_map
 
-__all__ = ["annotation_mask", "colour_mask", "column_polarity", "exclusion_zone", "fill_annotations",
+__all__ = ["annotation_mask", "between_reflections_power", "colour_mask", "column_polarity", "exclusion_zone", "fill_annotations",
            "fill_inset", "flat_maximum_mask", "flat_minimum_mask", "inset_mask"]
 
 #: Smallest extent of a flat region's core at the image's maximum taken for an annotation,
@@ -74,6 +80,16 @@ _POLARITY_PX_PER_A = 12.0
 _POLARITY_TILE_A = 4.0
 #: ... and reads at most this many tiles (spread over the frame).
 _POLARITY_TILES = 9
+#: A frame whose power between its lattice's reflections (:func:`between_reflections_power`)
+#: is below this reads as Fourier filtered: real frames measured 1.1e-5 or more, simulated
+#: frames with defects (noisy, smoothed, JPEG) 3.5e-5 or more, Fourier-filtered ones 1e-14
+#: to 1.4e-6 (cropped, 8-bit or JPEG after filtering) unless the discs kept nearly touch; a
+#: defect-free crystal at a high dose can read lower (docs/reports/fourier_filtered.md).
+FOURIER_FILTERED_POWER = 2e-6
+#: :func:`between_reflections_power` reads the central square of this many px of the frame,
+#: block-averaged to at least this many px per lattice constant.
+_REFLECTIONS_FFT_PX = 256
+_REFLECTIONS_PX_PER_A = 12.0
 
 
 def _flat_regions(top: np.ndarray, a_px: float) -> tuple[np.ndarray, list[int]] | None:
@@ -410,3 +426,61 @@ def column_polarity(image: np.ndarray, a_px: float) -> float:
         return float(np.mean(((g - g.mean()) / sd) ** 3)) if sd > 0 else 0.0
 
     return float(np.median(thread_map(skewness, tiles)))  # the tiles on the CPU threads
+
+
+def between_reflections_power(image: np.ndarray, lattice: LatticeEstimate) -> float:
+    """Power between the reflections of the frame's lattice over the power at its six
+    first- or six second-order reflections, the stronger (Hann-windowed power spectrum of the central square of
+    :data:`_REFLECTIONS_FFT_PX` px, block-averaged to ~:data:`_REFLECTIONS_PX_PER_A` px per
+    lattice constant ``lattice.a_px``; scaled to that square's size): the median over the
+    reciprocal plane at least 0.45 |g100| from every reflection (around the K points,
+    inside 3 |g100| and 0.45 cycles/px). Raw frames: ~1e-5 to 1e-1; a Fourier (Bragg)
+    filtered one, which keeps only discs around the reflections: below
+    :data:`FOURIER_FILTERED_POWER`. nan for a frame too small to tell."""
+    f = max(1, int(lattice.a_px // _REFLECTIONS_PX_PER_A))
+    h, w = np.shape(image)[:2]
+    n = min(_REFLECTIONS_FFT_PX, h // f, w // f)
+    if n < 64:
+        return float("nan")
+    y0, x0 = (h - n * f) // 2, (w - n * f) // 2
+    crop = block_mean(np.asarray(image[y0:y0 + n * f, x0:x0 + n * f]), f, dtype=np.float64)
+    crop = (crop - crop.mean()) * np.outer(np.hanning(n), np.hanning(n))
+    power = np.abs(np.fft.fftshift(np.fft.fft2(crop))) ** 2
+    a = np.array([lattice.a1, lattice.a2], float) / f  # rows: a1, a2 (x, y) px of the crop
+    b = np.linalg.inv(a).T  # rows: b1, b2, cycles/px (a_i . b_j = delta_ij)
+    k = (np.arange(n) - n // 2) / n
+    kx, ky = np.meshgrid(k, k)
+    # k = u b1 + v b2 with u = k . a1, v = k . a2: the nearest reciprocal lattice point is
+    # one of the four around (u, v)
+    u, v = kx * a[0, 0] + ky * a[0, 1], kx * a[1, 0] + ky * a[1, 1]
+    fu, fv = np.floor(u), np.floor(v)
+    dist = np.full(u.shape, np.inf)
+    for du in (0.0, 1.0):
+        for dv in (0.0, 1.0):
+            cu, cv = u - (fu + du), v - (fv + dv)
+            dist = np.minimum(dist, np.hypot(cu * b[0, 0] + cv * b[1, 0], cu * b[0, 1] + cv * b[1, 1]))
+    orders = np.array([(i, j) for i in (-2, -1, 0, 1, 2) for j in (-2, -1, 0, 1, 2) if (i, j) != (0, 0)], float)
+    g = orders @ b
+    g = g[np.argsort(np.hypot(g[:, 0], g[:, 1]))]
+    first, second = g[:6], g[6:12]  # the {100} and {110} reflections
+    g100 = float(np.median(np.hypot(first[:, 0], first[:, 1])))
+    between = (dist >= 0.45 * g100) & (np.hypot(kx, ky) < min(0.45, 3.0 * g100))
+    between &= (np.abs(kx) > 1.5 / n) & (np.abs(ky) > 1.5 / n)  # not the frame edges' streaks
+    if between.sum() < 50:
+        return float("nan")
+
+    def ring(spots: np.ndarray) -> float:
+        """Median power of a ring's six reflections (largest within 2 px of each)."""
+        out = []
+        for gx, gy in spots:
+            iy, ix = int(round(n // 2 + gy * n)), int(round(n // 2 + gx * n))
+            if 2 <= iy < n - 2 and 2 <= ix < n - 2:
+                out.append(power[iy - 2:iy + 3, ix - 2:ix + 3].max())
+        return float(np.median(out)) if len(out) == 6 else 0.0
+
+    top = max(ring(first), ring(second))  # HAADF's {110} ring can be the stronger
+    if not top > 0:
+        return float("nan")
+    # a reflection's power grows with the square's area squared, white noise's with its
+    # area: scaled to a square of _REFLECTIONS_FFT_PX
+    return float(np.median(power[between]) / top * (n / _REFLECTIONS_FFT_PX) ** 2)

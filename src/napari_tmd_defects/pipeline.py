@@ -142,6 +142,9 @@ class Frame:
     n_vacuum: int = 0
     #: the columns' polarity (:func:`~.exports.column_polarity`: positive for bright columns)
     column_polarity: float = float("nan")
+    #: power between the lattice's Fourier reflections over theirs
+    #: (:func:`~.exports.between_reflections_power`: almost none in a Fourier-filtered frame)
+    between_reflections: float = float("nan")
     #: pixels that show no crystal: burned-in annotations (scale bar, labels) and non-finite
     #: pixels, grown by half a lattice constant; their cells are left out as the vacuum's are
     #: (:mod:`.exports`); None when there are none
@@ -291,12 +294,14 @@ def check_pixel_size(image: np.ndarray, material: str = "MoTe2", pixel_size: flo
 
 
 def image_checks(frame: Frame) -> dict[str, float]:
-    """The given and the lattice-implied pixel sizes (Å/px) and the columns' polarity
-    (:func:`check_export`) for ``Result.checks``."""
+    """The given and the lattice-implied pixel sizes (Å/px), the columns' polarity and the
+    power between the lattice's reflections (:func:`check_export`) for ``Result.checks``."""
     out = {"pixel_size_given_A": frame.pixel_size_given, "pixel_size_lattice_A": frame.pixel_size_lattice}
     out = {k: round(float(v), 6) for k, v in out.items() if v is not None}
     if math.isfinite(frame.column_polarity):
         out["column_polarity"] = round(frame.column_polarity, 3)
+    if math.isfinite(frame.between_reflections):
+        out["between_reflections_power"] = float(f"{frame.between_reflections:.3g}")
     return out
 
 
@@ -442,15 +447,17 @@ def complete_sites(frame: Frame) -> None:
 
 def check_export(frame: Frame, rgb: np.ndarray | None = None, missing: np.ndarray | None = None) -> None:
     """What the export added (:mod:`.exports`; ``rgb``: the RGB original of a converted
-    frame): a warning where the columns look dark (bright field, ABF, inverted contrast);
+    frame): a warning where the columns look dark (bright field, ABF, inverted contrast),
+    and where the frame holds almost no power between its lattice's Fourier reflections
+    (a Fourier-filtered frame: vacancies and dopants painted over);
     burned-in scale bars and labels filled with the frame's other pixels drawn at random in
     a copy of the image, so no column is found on them, and their cells left out, as those
     of the ``missing`` pixels (non-finite in the input, filled by
     :func:`~.analysis.prepare_image`); an inset (a pasted FFT or panel) filled with the
     crystal continued from elsewhere in the frame, its columns not read and its cells left
     out (:func:`locate_cells`)."""
-    from .exports import (DARK_COLUMNS_POLARITY, annotation_mask, column_polarity, exclusion_zone, fill_annotations,
-                          fill_inset, inset_mask)
+    from .exports import (DARK_COLUMNS_POLARITY, FOURIER_FILTERED_POWER, annotation_mask, between_reflections_power,
+                          column_polarity, exclusion_zone, fill_annotations, fill_inset, inset_mask)
 
     frame.column_polarity = polarity = column_polarity(frame.image, frame.a_px)
     if polarity < DARK_COLUMNS_POLARITY:
@@ -459,6 +466,14 @@ def check_export(frame: Frame, rgb: np.ndarray | None = None, missing: np.ndarra
             "HAADF frames read +0.3 or more): a bright-field or ABF image, or inverted contrast? The analysis "
             "assumes HAADF (Z-contrast, columns bright): invert the image (maximum minus image) or do not trust "
             "these cells")
+    if frame.lattice is not None:
+        frame.between_reflections = power = between_reflections_power(frame.image, frame.lattice)
+        if power < FOURIER_FILTERED_POWER:
+            frame.warnings.append(
+                f"FOURIER FILTERED? almost no power between the lattice's Fourier reflections ({power:.1e} of theirs; "
+                f"raw frames read 1e-5 or more): a filter that keeps only the reflections replaces every column by "
+                f"the lattice's average and paints over vacancies and dopants, so the cells read perfect. Analyse "
+                f"the unfiltered frame (a defect-free crystal imaged at a high dose can also read so)")
     mask = annotation_mask(frame.image, frame.a_px, rgb)
     if mask is not None:
         frame.image, frame.masked = fill_annotations(frame.image, mask, frame.a_px)
