@@ -14,7 +14,12 @@ Each real frame (folders as for ``benchmarks/real_frames.py``: image files and a
 * ``jpeg40``: saved as an 8-bit JPEG at quality 40;
 * ``up2x``: resampled to twice the pixels (cubic), half the pixel size;
 * ``inverted``: maximum minus the frame (bright field / inverted contrast): the analysis
-  should warn of dark columns.
+  should warn of dark columns;
+* ``jet``: false-coloured through matplotlib's jet map (an RGB export whose brightness does
+  not follow the intensity); ``jet_jpeg``: the same saved as a JPEG at quality 85;
+* ``fourier``: Fourier (Bragg) filtered (discs of 0.15 |g100| around the strongest
+  reflections, :func:`napari_tmd_defects.simulation.fourier_filter`): vacancies painted
+  over, so the analysis should warn.
 
 Per variant: the cells, the defect fraction of the classified cells, the share of metal
 sites read as the base frame's most common metal state (*host share*) and of chalcogen
@@ -98,7 +103,31 @@ def inverted(g):
     return g.max() - g, 1.0
 
 
-VARIANTS = {f.__name__: f for f in (scale_bar, colour_bar, nan_border, zero_pad, black_canvas, jpeg40, up2x, inverted)}
+def jet(g):
+    import matplotlib
+
+    lut = np.round(255 * matplotlib.colormaps["jet"](np.linspace(0, 1, 256))[:, :3]).astype(np.uint8)
+    return lut[np.clip(np.round(g), 0, 255).astype(np.uint8)], 1.0
+
+
+def jet_jpeg(g):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(jet(g)[0]).save(buf, "JPEG", quality=85)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue()))), 1.0
+
+
+def fourier(g):
+    from napari_tmd_defects.geometry import estimate_lattice
+    from napari_tmd_defects.simulation import fourier_filter
+
+    lat = estimate_lattice(g)
+    return (g if lat is None else fourier_filter(g, lat.a_px)), 1.0
+
+
+VARIANTS = {f.__name__: f for f in (scale_bar, colour_bar, nan_border, zero_pad, black_canvas, jpeg40, up2x, inverted,
+                                    jet, jet_jpeg, fourier)}
 
 
 def measure(res, host: str | None) -> dict:
@@ -116,6 +145,8 @@ def measure(res, host: str | None) -> dict:
                 annotation=any("burned-in annotation" in w for w in res.warnings),
                 nan_region=any("NaN or infinite" in w for w in res.warnings),
                 dark=any("DARK COLUMNS" in w for w in res.warnings),
+                colour_map=any("colour map" in w for w in res.warnings),
+                fourier=any("FOURIER FILTERED" in w for w in res.warnings),
                 polarity=res.checks.get("column_polarity", float("nan")))
 
 
@@ -146,7 +177,8 @@ def main(argv=None) -> int:
         rows.append(dict(frame=path.name, material=mat, variant="base", **base))
         for name in args.variants:
             a, scale = VARIANTS[name](g)
-            res = analyze(a.astype(np.float32), None if ps is None else ps * scale, mat, detector=det, classifier=clf)
+            a = a if a.dtype == np.uint8 else a.astype(np.float32)  # RGB exports as 8-bit
+            res = analyze(a, None if ps is None else ps * scale, mat, detector=det, classifier=clf)
             rows.append(dict(frame=path.name, material=mat, variant=name, **measure(res, base["host"])))
         print(f"{path.name:40s} {len(args.variants) + 1} variants {time.perf_counter() - t0:.1f} s", flush=True)
     write_report(args, rows)
@@ -168,7 +200,7 @@ def write_report(args, rows) -> None:
         "*Δ defect fraction*: the variant's defect fraction less the base frame's (percentage points); "
         "*host share*: metal sites read as the base frame's most common metal state; *unresolved*: chalcogen "
         "sites left `unresolved`; *warned*: frames whose result names the artefact (an annotation, a NaN region, "
-        "dark columns).", "",
+        "dark columns, the colour map read back, a Fourier filter).", "",
         "## Summary", "",
         "| variant | frames | largest \\|Δ defect fraction\\| | median \\|Δ defect fraction\\| | lowest host share "
         "(base: lowest) | largest change in unresolved | masked or vacuum share (median) | warned |",
@@ -181,18 +213,19 @@ def write_report(args, rows) -> None:
         du = np.array([abs(r["x_unresolved"] - base[r["frame"]]["x_unresolved"]) for r in sel]) * 100
         hs = np.array([r["host_share"] for r in sel])
         key = {"scale_bar": "annotation", "colour_bar": "annotation", "nan_border": "nan_region",
-               "inverted": "dark"}.get(name)
+               "inverted": "dark", "jet": "colour_map", "jet_jpeg": "colour_map", "fourier": "fourier"}.get(name)
         warned = f"{sum(r[key] for r in sel)}/{len(sel)}" if key else "—"
         lines.append(f"| {name} | {len(sel)} | {np.nanmax(d):.1f} | {np.nanmedian(d):.1f} | "
                      f"{100 * np.nanmin(hs):.1f} % ({100 * lowest_base:.1f} %) | {np.nanmax(du):.1f} | "
                      f"{100 * np.nanmedian([r['masked'] for r in sel]):.0f} % | {warned} |")
-    lines += ["", "The inverted frames are not expected to read right: they are expected to be warned of.", "",
+    lines += ["", "The inverted and Fourier-filtered frames are not expected to read right: they are expected to be "
+              "warned of.", "",
               "## Per frame", "",
               "| frame | material | variant | cells | defect fraction | host share | unresolved | masked or vacuum | "
               "polarity | warnings |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        warn = ", ".join(k for k in ("annotation", "nan_region", "dark") if r[k]) or "—"
+        warn = ", ".join(k for k in ("annotation", "nan_region", "dark", "colour_map", "fourier") if r[k]) or "—"
         lines.append(f"| {r['frame']} | {r['material']} | {r['variant']} | {r['cells']} | "
                      f"{100 * r['defect_fraction']:.1f} % | {100 * r['host_share']:.1f} % ({r['host']}) | "
                      f"{100 * r['x_unresolved']:.1f} % | {100 * r['masked']:.0f} % | {r['polarity']:+.2f} | {warn} |")

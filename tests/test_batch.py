@@ -151,3 +151,19 @@ def test_a_file_of_several_images_says_which_was_read(files, tmp_path):
     assert res.ok and res.pixel_size_source == "metadata" and abs(res.n_cells - sim.truth.n_cells) <= 2
     assert "read 'HAADF'" in res.warnings[0]
     assert "read 'HAADF'" in json.loads((out / "scan_summary.json").read_text())["warnings"][0]
+
+
+def test_coloured_marks_of_an_rgb_file_are_left_out(files, tmp_path):
+    from PIL import Image
+
+    _, sim = files
+    g = np.round(255 * (sim.image - sim.image.min()) / np.ptp(sim.image)).astype(np.uint8)
+    rgb = np.repeat(g[..., None], 3, axis=-1)
+    rgb[170:176, 10:120] = (255, 200, 0)  # an orange scale bar and a cyan label
+    rgb[150:162, 10:60] = (0, 255, 255)
+    path = tmp_path / "export.png"
+    Image.fromarray(rgb).save(path)
+    (res,) = run_batch([path], BatchOptions(out_dir=str(tmp_path / "out"), pixel_size=0.1))
+    assert res.ok and any("burned-in annotation" in w for w in res.warnings)
+    (plain,) = run_batch([tmp_path / "in" / "a.tif"], BatchOptions(out_dir=str(tmp_path / "out2")))
+    assert res.n_cells < plain.n_cells

@@ -7,7 +7,8 @@ import pytest
 
 from napari_tmd_defects.evaluation import score_result
 from napari_tmd_defects.exports import (DARK_COLUMNS_POLARITY, FOURIER_FILTERED_POWER, annotation_mask,
-                                        between_reflections_power, colour_mask, column_polarity, fill_annotations, fill_inset, flat_maximum_mask, flat_minimum_mask,
+                                        between_reflections_power, colour_mask, column_polarity, fill_annotations,
+                                        UNKNOWN_COLOUR_MAP, rgb_to_grey, fill_inset, flat_maximum_mask, flat_minimum_mask,
                                         inset_mask)
 from napari_tmd_defects.geometry import estimate_lattice
 from napari_tmd_defects.pipeline import analyze
@@ -280,3 +281,58 @@ def test_analyze_warns_of_a_fourier_filtered_frame():
     assert not any("FOURIER FILTERED" in w for w in ok.warnings)
     assert bragg.checks["between_reflections_power"] < FOURIER_FILTERED_POWER
     assert any("FOURIER FILTERED" in w for w in bragg.warnings)
+
+
+def _false_coloured(img: np.ndarray, cmap: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(rgb uint8, the 8-bit index each pixel was coloured at)``: a frame through a
+    matplotlib colour map."""
+    import matplotlib
+
+    idx = np.round(255 * (img - img.min()) / np.ptp(img)).astype(np.uint8)
+    lut = np.round(255 * matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3]).astype(np.uint8)
+    return lut[idx], idx
+
+
+@pytest.mark.parametrize("cmap", ["jet", "turbo", "viridis", "inferno", "hot"])
+def test_a_false_coloured_frame_is_read_back_through_its_colour_map(cmap):
+    import io as _io
+
+    from PIL import Image
+
+    sim = simulate("MoTe2", shape=256, pixel_size=0.09, defect_fraction=0.1, seed=4, noise=Noise(12, 20))
+    rgb, idx = _false_coloured(sim.image, cmap)
+    grey, name = rgb_to_grey(rgb)
+    assert name == cmap and np.abs(grey - idx).max() <= 2  # jet repeats a few 8-bit colours
+
+    def jpeg(a: np.ndarray) -> np.ndarray:
+        buf = _io.BytesIO()
+        Image.fromarray(a).save(buf, "JPEG", quality=85)
+        return np.asarray(Image.open(buf))
+
+    # through JPEG's errors: the map (or one that reads alike), the intensities about as close
+    # to the original as a grey JPEG's (a rainbow map's colour errors cost more)
+    grey, name = rgb_to_grey(jpeg(rgb))
+    assert name in {"hot": ("hot", "gist_heat", "afmhot"), "inferno": ("inferno", "magma")}.get(cmap, (cmap,))
+    baseline = np.corrcoef(jpeg(idx).astype(float).ravel(), idx.ravel())[0, 1]
+    lost = 0.1 if cmap in ("jet", "turbo") else 0.05  # a flat stretch of the map amplifies the errors
+    assert np.corrcoef(grey.ravel(), idx.ravel())[0, 1] > baseline - lost
+    # a grey frame, and one with a coloured bar on it, are read by their luminance
+    g = np.repeat(idx[..., None], 3, axis=-1)
+    assert rgb_to_grey(g) == (pytest.approx(idx.astype(np.float32)), None)
+    g[200:206, 10:120] = (255, 200, 0)
+    assert rgb_to_grey(g)[1] is None
+    # a frame coloured all over through an unlisted map is read by its luminance, and named so
+    other, _ = _false_coloured(sim.image, "twilight")
+    grey, name = rgb_to_grey(other)
+    assert name == UNKNOWN_COLOUR_MAP and np.allclose(grey, other @ np.array([0.299, 0.587, 0.114]), atol=1e-3)
+
+
+def test_analyze_reads_a_jet_coloured_frame_like_the_grey_one():
+    sim = simulate("MoTe2", shape=320, pixel_size=0.09, defect_fraction=0.15, seed=5, noise=Noise(12, 20))
+    rgb, idx = _false_coloured(sim.image, "jet")
+    grey = analyze(idx, 0.09, device="cpu")
+    jet = analyze(rgb, 0.09, device="cpu")
+    assert jet.counts() == grey.counts() and any("'jet' colour map" in w for w in jet.warnings)
+    # read by its luminance, jet's yellow flanks outshine its red cores
+    lum = analyze(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32), 0.09, device="cpu")
+    assert lum.counts() != grey.counts()

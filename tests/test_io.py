@@ -215,3 +215,23 @@ def test_nion_swift_hdf5_item_and_export(tmp_path):
         f.create_dataset("x", data=np.zeros((8, 8)))
     with pytest.raises(ImageReadError, match="not a Nion Swift HDF5 file"):
         read_image(tmp_path / "other.h5")
+
+
+def test_rgb_exports_keep_their_coloured_marks_and_colour_maps(tmp_path):
+    import matplotlib
+
+    rng = np.random.default_rng(5)
+    grey = (rng.random((64, 80)) * 200).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    rgb[50:54, 5:40] = (255, 200, 0)  # an orange scale bar: the original is kept for the analysis
+    Image.fromarray(rgb).save(tmp_path / "bar.png")
+    out, meta = read_image(tmp_path / "bar.png")
+    assert out.shape == (64, 80) and np.array_equal(meta["rgb"], rgb) and "warnings" not in meta
+    # a plain grey RGB export keeps nothing more
+    Image.fromarray(np.repeat(grey[..., None], 3, axis=-1)).save(tmp_path / "grey.png")
+    assert "rgb" not in read_image(tmp_path / "grey.png")[1]
+    # a false-coloured one is read back through its colour map, and says so
+    lut = np.round(255 * matplotlib.colormaps["jet"](np.linspace(0, 1, 256))[:, :3]).astype(np.uint8)
+    Image.fromarray(lut[grey]).save(tmp_path / "jet.png")
+    out, meta = read_image(tmp_path / "jet.png")
+    assert np.abs(out - grey).max() <= 2 and "'jet' colour map" in meta["warnings"][0] and "rgb" not in meta

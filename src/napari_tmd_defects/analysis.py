@@ -679,7 +679,8 @@ def dark_level(image: np.ndarray, exclude: np.ndarray) -> float:
 def prepare_image(image: np.ndarray, copy: bool = True) -> tuple[np.ndarray, list[str]]:
     """Validate an input image -> (2-D float32 copy, warnings).
 
-    RGB(A) images are converted to grey; a few non-finite pixels (≤ 5 %: dead pixels) are
+    RGB(A) images are converted to grey (a false-coloured one read back through its colour
+    map, :func:`~.exports.rgb_to_grey`); a few non-finite pixels (≤ 5 %: dead pixels) are
     replaced by the median, larger non-finite regions (up to half the image: the border of
     an aligned stack) by the frame's dark level (its 1st percentile: flat, so no column is
     found there; the frame's own pixels drawn at random let the column finder build
@@ -701,8 +702,10 @@ def prepare_image(image: np.ndarray, copy: bool = True) -> tuple[np.ndarray, lis
     if a.dtype.kind not in "biuf":
         raise ValueError(f"image must be numeric, got dtype {a.dtype}")
     if a.ndim == 3 and a.shape[-1] in (3, 4):
-        a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        warnings.append("RGB image converted to grey")
+        from .exports import false_colour_note, rgb_to_grey
+
+        a, cmap = rgb_to_grey(a)
+        warnings.append("RGB image converted to grey" if cmap is None else f"RGB image {false_colour_note(cmap)}")
     if a.ndim != 2:
         raise ValueError(
             f"image must be 2-D (rows, cols) or RGB, got shape {a.shape}; "

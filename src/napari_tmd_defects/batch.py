@@ -127,7 +127,7 @@ def analyze_file(path: str | Path, stem: str, opts: BatchOptions) -> FileOutcome
         ps = opts.pixel_size if opts.pixel_size is not None else meta.get("pixel_size_A")
         det, clf = _models(opts)
         res = analyze(
-            image, pixel_size=ps, material=opts.material, alpha=opts.alpha, beta=opts.beta,
+            meta.get("rgb", image), pixel_size=ps, material=opts.material, alpha=opts.alpha, beta=opts.beta,
             detector=det, classifier=clf, classify=opts.classify, hexagons=opts.hexagons, site_head=opts.site_head,
             pixel_size_source="given" if opts.pixel_size is not None else "metadata",
             trust_pixel_size=opts.trust_pixel_size,

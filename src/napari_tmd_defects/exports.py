@@ -51,8 +51,9 @@ from scipy import ndimage as ndi
 from .geometry import LatticeEstimate, block_mean, dilate_disk
 from .parallel import thread_map
 
-__all__ = ["annotation_mask", "between_reflections_power", "colour_mask", "column_polarity", "exclusion_zone", "fill_annotations",
-           "fill_inset", "flat_maximum_mask", "flat_minimum_mask", "inset_mask"]
+__all__ = ["annotation_mask", "between_reflections_power", "colour_mask", "column_polarity", "exclusion_zone",
+           "false_colour_note", "fill_annotations", "fill_inset", "flat_maximum_mask", "flat_minimum_mask", "inset_mask",
+           "rgb_to_grey"]
 
 #: Smallest extent of a flat region's core at the image's maximum taken for an annotation,
 #: in lattice constants ...
@@ -67,6 +68,24 @@ MAX_DARK_THICKNESS = 0.2
 COLOUR_SPREAD = 0.08
 #: A frame with more coloured pixels than this is colour-mapped, not annotated.
 MAX_COLOUR_FRACTION = 0.2
+#: A false-coloured (colour-mapped) frame is read back through the first of these maps
+#: (matplotlib's names) whose colours it follows: the perceptual maps, whose brightness
+#: follows the intensity, and the rainbow ones, whose brightness does not (jet's yellow is
+#: brighter than its red: a luminance reading puts the columns' cores below their flanks).
+COLOUR_MAPS = ("viridis", "plasma", "inferno", "magma", "cividis", "turbo", "jet", "rainbow", "nipy_spectral",
+               "hot", "afmhot", "gist_heat", "copper", "gnuplot", "gnuplot2", "CMRmap", "cubehelix")
+#: A colour map is taken where the frame's colours lie this close to it (0-1 RGB, mean over
+#: the pixels: an exact export ~0.002, JPEG's colour errors up to ~0.09) and at most
+#: :data:`MAX_COLOURMAP_RIVAL` times as far as from the closest map that would read the
+#: frame otherwise (positions correlated below :data:`RIVAL_CORRELATION`: hot and
+#: gist_heat read alike and are no rivals).
+MAX_COLOURMAP_DISTANCE = 0.1
+#: :func:`rgb_to_grey`'s name for a frame coloured all over whose colours follow none of
+#: :data:`COLOUR_MAPS` closely enough (a rainbow map through JPEG's colour errors, an
+#: unlisted map): read by its luminance, which a rainbow map's brightness does not follow.
+UNKNOWN_COLOUR_MAP = "unknown"
+MAX_COLOURMAP_RIVAL = 0.7
+RIVAL_CORRELATION = 0.9
 #: Annotations covering more of the frame than this are not taken for annotations (a
 #: heavily clipped export, say): nothing is masked.
 MAX_ANNOTATION_FRACTION = 0.25
@@ -161,6 +180,64 @@ def colour_mask(rgb: np.ndarray) -> np.ndarray | None:
     if not mask.any() or mask.mean() > MAX_COLOUR_FRACTION:
         return None
     return mask
+
+
+def rgb_to_grey(rgb: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """A grey frame ``(rows, cols)`` float32 of an RGB(A) one ``(rows, cols, 3 or 4)``, and
+    the colour map it was read back through (None: a grey frame, or one with coloured marks).
+    A frame coloured all over (more than :data:`MAX_COLOUR_FRACTION` of its pixels) whose
+    colours follow one of :data:`COLOUR_MAPS` becomes each colour's position on that map
+    (0-255); any other frame its luminance (ITU-R 601 weights, in the frame's own units),
+    one coloured all over named :data:`UNKNOWN_COLOUR_MAP`."""
+    c = np.asarray(rgb)[..., :3]
+    grey = c.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    span = float(c.max()) - float(c.min())
+    if span <= 0 or np.mean(c.max(axis=-1) - c.min(axis=-1) > COLOUR_SPREAD * span) <= MAX_COLOUR_FRACTION:
+        return grey, None
+    import matplotlib
+    from scipy.spatial import cKDTree
+
+    # the frame's distinct colours as 8-bit codes (a map's export has a few hundred)
+    if c.dtype != np.uint8:
+        lo = float(c.min())
+        c = np.round(255.0 * (c.astype(np.float32) - lo) / span).astype(np.uint8)
+    code = (c[..., 0].astype(np.int32) << 16) | (c[..., 1].astype(np.int32) << 8) | c[..., 2].astype(np.int32)
+    codes, inverse, counts = np.unique(code.ravel(), return_inverse=True, return_counts=True)
+    colours = np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=-1) / 255.0
+    weights = counts / counts.sum()
+    fits = []
+    for name in COLOUR_MAPS:
+        lut = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3]
+        dist, idx = cKDTree(lut).query(colours)
+        fits.append((float(np.sum(weights * dist)), name, idx, lut))
+    fits.sort(key=lambda f: f[0])
+    mean, name, idx, lut = fits[0]
+
+    def alike(other: np.ndarray) -> bool:
+        """Another map's positions of the frame's colours follow this one's."""
+        a, b = idx - np.sum(weights * idx), other - np.sum(weights * other)
+        den = np.sqrt(np.sum(weights * a * a) * np.sum(weights * b * b))
+        return den > 0 and np.sum(weights * a * b) / den >= RIVAL_CORRELATION
+
+    rival = next((f[0] for f in fits[1:] if not alike(f[2])), np.inf)
+    if mean > MAX_COLOURMAP_DISTANCE or mean > MAX_COLOURMAP_RIVAL * rival:
+        return grey, UNKNOWN_COLOUR_MAP
+    luma = lut @ np.array([0.299, 0.587, 0.114])
+    if np.all(np.diff(luma) > 0):
+        # the map's brightness rises with the position: read the position off the
+        # luminance (JPEG keeps luminance at full resolution, colour at half)
+        rgb_luma = c.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
+        return np.interp(rgb_luma, luma, np.arange(256.0)).astype(np.float32), name
+    return idx.astype(np.float32)[inverse].reshape(code.shape), name
+
+
+def false_colour_note(cmap: str) -> str:
+    """What :func:`rgb_to_grey` did with a false-coloured frame, for a warning (after the
+    frame's name)."""
+    if cmap == UNKNOWN_COLOUR_MAP:
+        return ("is coloured all over but follows no known colour map closely (JPEG's colour errors?): read by its "
+                "brightness, which a rainbow map (jet, turbo) does not follow: export it in grey levels")
+    return f"is false-coloured: read back to intensities through the '{cmap}' colour map"
 
 
 def annotation_mask(image: np.ndarray, a_px: float, rgb: np.ndarray | None = None) -> np.ndarray | None:

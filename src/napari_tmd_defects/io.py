@@ -111,11 +111,22 @@ def _pixel_size_from_tiff(tif) -> float | None:
     return None
 
 
-def _to_grey(arr: np.ndarray, source: str) -> np.ndarray:
+def _to_grey(arr: np.ndarray, source: str, meta: dict[str, Any] | None = None) -> np.ndarray:
+    """The 2-D float32 image of a file's array. RGB: grey (:func:`~.exports.rgb_to_grey`),
+    and where coloured marks lie on a grey frame (a scale bar, labels), the RGB original kept
+    as ``meta["rgb"]`` for :func:`~.pipeline.analyze` to find them; a false-coloured frame's
+    colour map named in ``meta["warnings"]``."""
     a = np.asarray(arr)
     if a.ndim == 3 and a.shape[-1] in (3, 4):
-        rgb = a[..., :3].astype(np.float32)
-        a = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+        from .exports import colour_mask, false_colour_note, rgb_to_grey
+
+        rgb = a
+        a, cmap = rgb_to_grey(rgb)
+        if meta is not None:
+            if cmap is not None:
+                meta.setdefault("warnings", []).append(f"{Path(source).name} {false_colour_note(cmap)}")
+            elif colour_mask(rgb) is not None:
+                meta["rgb"] = rgb
     elif a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
     if a.ndim != 2:
@@ -186,7 +197,10 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     image : (rows, cols) float32 array
     metadata : dict
         ``pixel_size_A`` (Å/px or None), ``source``, ``format``; for a file of several
-        images ``signal``, ``signals`` and ``warnings`` (:func:`choose_image`).
+        images ``signal``, ``signals`` and ``warnings`` (:func:`choose_image`); for an RGB
+        frame with coloured marks on grey, ``rgb`` (the original, which
+        :func:`~.pipeline.analyze` takes to find them); for a false-coloured one, a warning
+        naming the colour map it was read back through.
 
     Raises
     ------
@@ -230,7 +244,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise
     except Exception as exc:  # any parser failure becomes one clear message
         raise ImageReadError(f"{p}: cannot read as an image ({type(exc).__name__}: {exc})") from exc
-    return _to_grey(arr, str(p)), meta
+    return _to_grey(arr, str(p), meta), meta
 
 
 def _pixel_size_from_calibration(cal: dict | None) -> float | None:

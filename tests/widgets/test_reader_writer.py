@@ -55,6 +55,17 @@ def test_reader_names_the_image_of_a_file_of_several(tmp_path):
     assert np.all(data == 1) and kwargs["name"] == "scan [HAADF]" and kwargs["scale"] == pytest.approx((0.09, 0.09))
 
 
+def test_analysis_reads_the_rgb_original_the_reader_kept(tmp_path, make_napari_viewer):
+    rgb = np.repeat((np.random.default_rng(1).random((40, 50)) * 200).astype(np.uint8)[..., None], 3, axis=-1)
+    rgb[30:33, 5:30] = (255, 255, 0)  # a yellow scale bar
+    Image.fromarray(rgb).save(tmp_path / "export.png")
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "export.png"), plugin=PLUGIN)
+    assert layer.data.shape == (40, 50) and np.array_equal(L.image_data(layer), rgb)
+    layer.data = layer.data[:20]  # an edited layer no longer matches its original: its own data
+    assert L.image_data(layer).shape == (20, 50)
+
+
 def test_open_through_napari(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     path = write_tiff(tmp_path / "frame.tif", np.ones((16, 16)), pixel_size=0.05)

@@ -543,5 +543,11 @@ def image_layer_of(viewer, result):
 
 
 def image_data(layer) -> np.ndarray:
-    """Data of an image layer as a numpy array (2-D, or RGB which the analysis converts)."""
-    return np.asarray(layer.data)
+    """Data of an image layer as a numpy array (2-D, or RGB which the analysis converts):
+    the RGB original the reader kept (``metadata["rgb"]``: coloured marks on a grey frame,
+    which the analysis leaves out) where it matches the layer."""
+    data = np.asarray(layer.data)
+    rgb = layer.metadata.get("rgb") if isinstance(getattr(layer, "metadata", None), dict) else None
+    if rgb is not None and np.shape(rgb)[:2] == data.shape[:2] and data.ndim == 2:
+        return np.asarray(rgb)
+    return data
