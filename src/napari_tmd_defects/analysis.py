@@ -709,7 +709,7 @@ def prepare_image(image: np.ndarray, copy: bool = True) -> tuple[np.ndarray, lis
     if a.ndim != 2:
         raise ValueError(
             f"image must be 2-D (rows, cols) or RGB, got shape {a.shape}; "
-            "for a stack analyse each frame or sum aligned frames"
+            "for a series of frames analyse each frame, or align and average them (stacks.align_and_sum)"
         )
     maybe_bad = a.dtype.kind == "f"  # integers convert to finite values
     if not copy and a.flags.c_contiguous and (

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
+
 from .io import IMAGE_SUFFIXES, atomic_write
 from .materials import get_material
 
@@ -45,6 +47,9 @@ class BatchOptions:
     #: overlay colours (:data:`.visualization.PALETTES`: "paper" or "colorblind") and cell style
     palette: str = "paper"
     cell_style: str = "outline"
+    #: a file holding a series of frames: None (refused) or "sum" (aligned and averaged,
+    #: :func:`.stacks.align_and_sum`)
+    stack: str | None = None
 
 
 @dataclass
@@ -116,14 +121,34 @@ def _models(opts: BatchOptions):
     return det, clf
 
 
+def _read(path: Path, opts: BatchOptions) -> tuple[np.ndarray, dict]:
+    """A file's image and metadata (:func:`.io.read_image`); with ``opts.stack == "sum"``
+    a series of frames aligned and averaged, a warning saying so."""
+    from .io import read_image, read_stack
+
+    if opts.stack is None:
+        return read_image(path)
+    if opts.stack != "sum":
+        raise ValueError(f"stack must be None or 'sum', got {opts.stack!r}")
+    stack, meta = read_stack(path)
+    if len(stack) == 1:
+        return stack[0], meta
+    from .stacks import align_and_sum
+
+    image, shifts = align_and_sum(stack)
+    meta.setdefault("warnings", []).append(
+        f"a series of {len(stack)} frames, aligned (largest drift {np.abs(shifts).max():.1f} px) and averaged over "
+        f"the region all cover ({image.shape[1]} x {image.shape[0]} px)")
+    return image, meta
+
+
 def analyze_file(path: str | Path, stem: str, opts: BatchOptions) -> FileOutcome:
     """Read, analyse and save one file; never raises for a bad input file."""
     from .pipeline import analyze
-    from .io import read_image
 
     path = Path(path)
     try:
-        image, meta = read_image(path)
+        image, meta = _read(path, opts)
         ps = opts.pixel_size if opts.pixel_size is not None else meta.get("pixel_size_A")
         det, clf = _models(opts)
         res = analyze(

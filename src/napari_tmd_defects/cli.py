@@ -228,6 +228,10 @@ def _add_analyze(sub) -> None:
                    "more than 10 %% off the lattice's is replaced by it (with a warning)")
     p.add_argument("--trust-pixel-size", action="store_true",
                    help="keep the given or file pixel size even where it disagrees with the lattice")
+    p.add_argument("--stack", choices=["sum"], default=None,
+                   help="a file holding a series of frames (multi-page TIFF, 3-D .npy, DM/EMD/Nion series): 'sum' "
+                   "aligns them (rigid, sub-pixel) and analyses their average over the common region; "
+                   "default: such a file is reported failed")
     p.add_argument("--material", default="MoTe2",
                    help="MoTe2 (default), MoS2, MoSe2, WS2, WSe2, or an alloy / doped formula: "
                    "Mo0.8W0.2Te2, WS2(1-x)Se2x, (Mo,W)(S,Se)2, MoS2:Re0.02")
@@ -267,7 +271,7 @@ def _run_analyze(args) -> int:
         material=args.material, alpha=args.alpha,
         beta=args.beta, device=args.device, classify=not args.no_classify, detector=args.detector,
         classifier=args.classifier, hexagons=args.hexagons, site_head=args.site_head, overlay=not args.no_overlay,
-        palette=args.palette, cell_style=args.cell_style,
+        palette=args.palette, cell_style=args.cell_style, stack=args.stack,
     )
     bar = progress_printer("analyze")
 

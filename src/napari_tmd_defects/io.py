@@ -32,6 +32,7 @@ __all__ = [
     "atomic_write",
     "choose_image",
     "read_image",
+    "read_stack",
     "write_tiff",
 ]
 
@@ -131,8 +132,9 @@ def _to_grey(arr: np.ndarray, source: str, meta: dict[str, Any] | None = None) -
         a = a[0]
     if a.ndim != 2:
         raise ImageReadError(
-            f"{source}: expected a 2-D image (or RGB), got an array of shape {a.shape}; "
-            "for a stack, analyse each frame or sum aligned frames first"
+            f"{source}: expected a 2-D image (or RGB), got an array of shape {a.shape}; for a series of frames, "
+            f"analyse each frame, or align and average them (tmd-defects analyze --stack sum; read_stack, "
+            f"stacks.align_and_sum)"
         )
     if a.dtype.kind not in "biuf":
         raise ImageReadError(f"{source}: unsupported pixel type {a.dtype}")
@@ -154,11 +156,12 @@ def _detector_rank(title: str) -> int:
     return 1
 
 
-def choose_image(images: list[tuple[str, np.ndarray, float | None]], source: str
+def choose_image(images: list[tuple[str, np.ndarray, float | None]], source: str, stacks: bool = False
                  ) -> tuple[np.ndarray, float | None, dict[str, Any]]:
     """The image of a file to analyse, of ``(title, array, pixel size Å/px)`` in the
     file's order: the first 2-D (or RGB) one of the best detector (:func:`_detector_rank`:
-    HAADF, then another ADF, then untitled or other images, bright field last).
+    HAADF, then another ADF, then untitled or other images, bright field last);
+    ``stacks=True``: a stack of frames ``(n, rows, cols)`` is as good as a plane.
 
     Returns ``(array, pixel size, metadata)``: ``signal`` (the title read) and, where the
     file holds several images, ``signals`` (all titles) and ``warnings`` (which was read).
@@ -170,12 +173,12 @@ def choose_image(images: list[tuple[str, np.ndarray, float | None]], source: str
     """
     if not images:
         raise ImageReadError(f"{source}: the file holds no image")
-    planes = [im for im in images if im[1].ndim == 2 or (im[1].ndim == 3 and im[1].shape[-1] in (3, 4))]
+    planes = [im for im in images if im[1].ndim == 2 or (im[1].ndim == 3 and (stacks or im[1].shape[-1] in (3, 4)))]
     if not planes:
         title, data, _ = images[0]
         raise ImageReadError(
-            f"{source}: holds a stack of {data.shape[0]} frames{f' ({title})' if title else ''}; "
-            "analyse each frame or sum aligned frames")
+            f"{source}: holds a stack of {data.shape[0]} frames{f' ({title})' if title else ''}; analyse each "
+            "frame, or align and average them (tmd-defects analyze --stack sum; read_stack, stacks.align_and_sum)")
     best = max(range(len(planes)), key=lambda k: (_detector_rank(planes[k][0]), -k))
     title, data, px = planes[best]
     meta: dict[str, Any] = {"signal": title}
@@ -207,8 +210,38 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     FileNotFoundError
         If the file does not exist.
     ImageReadError
-        If the file cannot be read as a 2-D image (the message names the file).
+        If the file cannot be read as a 2-D image (the message names the file; a stack
+        of frames: :func:`read_stack`).
     """
+    arr, meta = _read_array(path, stacks=False)
+    return _to_grey(arr, meta["source"], meta), meta
+
+
+def read_stack(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a file's frames: a stack (a multi-page TIFF, a 3-D ``.npy``, a DM, EMD or Nion
+    series) as ``(frames, rows, cols)`` float32, a single image as one frame; metadata as
+    :func:`read_image`'s, plus ``n_frames``.
+
+    Raises
+    ------
+    FileNotFoundError, ImageReadError
+        As :func:`read_image`.
+    """
+    arr, meta = _read_array(path, stacks=True)
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[-1] not in (3, 4):
+        if a.dtype.kind not in "biuf":
+            raise ImageReadError(f"{meta['source']}: unsupported pixel type {a.dtype}")
+        stack = a.astype(np.float32)
+    else:
+        stack = _to_grey(a, meta["source"], meta)[None]
+    meta["n_frames"] = len(stack)
+    return stack, meta
+
+
+def _read_array(path: str | Path, stacks: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    """A file's array as stored (2-D, RGB, or with ``stacks`` a stack of frames) and its
+    metadata (:func:`read_image`)."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such file: {p}")
@@ -233,7 +266,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
             arr = np.load(p, allow_pickle=False)
         elif suffix in _NION_SUFFIXES or suffix in _RSCIIO_SUFFIXES:
             images = _read_nion(p) if suffix in _NION_SUFFIXES else _read_rsciio(p)
-            arr, meta["pixel_size_A"], more = choose_image(images, str(p))
+            arr, meta["pixel_size_A"], more = choose_image(images, str(p), stacks=stacks)
             meta.update(more)
         else:
             from PIL import Image
@@ -244,7 +277,7 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         raise
     except Exception as exc:  # any parser failure becomes one clear message
         raise ImageReadError(f"{p}: cannot read as an image ({type(exc).__name__}: {exc})") from exc
-    return _to_grey(arr, str(p), meta), meta
+    return arr, meta
 
 
 def _pixel_size_from_calibration(cal: dict | None) -> float | None:
