@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         "A Fourier (Bragg) mask filter keeps only discs around a frame's reflections: each column becomes the "
         "lattice's average, vacancies and dopants are painted over and the cells read perfect. The statistic is "
         "the median power of the frame's Hann-windowed power spectrum (central 256², block-averaged to ≥ 12 px "
-        "per lattice constant) at least 0.45 |g100| from every reflection, over the median power of the six "
+        "per lattice constant; scaled back to full sampling, so shot noise reads the same at any pixel size) at "
+        "least 0.45 |g100| from every reflection, over the median power of the six "
         f"first- or second-order reflections (the stronger); below {thr:g} the pipeline warns "
         "(`FOURIER FILTERED?`).",
         "",
@@ -172,10 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         + (f", {int(np.sum(real_v < thr))} of {real_v.size} real" if real_v.size else "")
         + f" (lowest {_fmt(np.nanmin(raw_all))} simulated"
         + (f", {_fmt(np.nanmin(real_v))} real" if real_v.size else "") + ")",
-        f"- defect-free crystals at λ 200 read as filtered: {int(np.sum(pristine < thr))} of {pristine.size} (a false "
-        "alarm the warning names; the counts of such a frame, no defects, are right)",
-        f"- filtered frames read as filtered: {int(np.sum(filt_all < thr))} of {filt_all.size} "
-        f"(those missed: discs of 0.4 |g100| nearly touch and leave little between them)",
+        f"- defect-free crystals at λ 200 read as filtered: {int(np.sum(pristine < thr))} of {pristine.size} (the "
+        "warning names this possibility: such a frame's counts, no defects, would be right)",
+        f"- filtered frames read as filtered: {int(np.sum(filt_all < thr))} of {filt_all.size}; missed: "
+        + (", ".join(f"{k} {int(np.sum(~(np.array(v) < thr)))}" for k, v in filt.items() if np.any(~(np.array(v) < thr)))
+           or "none"),
         "",
         "## Raw frames",
         "",

@@ -100,11 +100,12 @@ _POLARITY_TILE_A = 4.0
 #: ... and reads at most this many tiles (spread over the frame).
 _POLARITY_TILES = 9
 #: A frame whose power between its lattice's reflections (:func:`between_reflections_power`)
-#: is below this reads as Fourier filtered: real frames measured 1.1e-5 or more, simulated
-#: frames with defects (noisy, smoothed, JPEG) 3.5e-5 or more, Fourier-filtered ones 1e-14
-#: to 1.4e-6 (cropped, 8-bit or JPEG after filtering) unless the discs kept nearly touch; a
-#: defect-free crystal at a high dose can read lower (docs/reports/fourier_filtered.md).
-FOURIER_FILTERED_POWER = 2e-6
+#: is below this reads as Fourier filtered: real frames measured 5.9e-5 or more, simulated
+#: frames with defects (noisy, smoothed, JPEG) 8.8e-5 or more, defect-free ones at a dose of
+#: 200 counts per column 5.4e-6 or more; Fourier-filtered ones mostly below 1e-6 (cropped,
+#: 8-bit or JPEG after filtering: up to ~3e-6) unless the discs kept nearly touch
+#: (docs/reports/fourier_filtered.md).
+FOURIER_FILTERED_POWER = 3e-6
 #: :func:`between_reflections_power` reads the central square of this many px of the frame,
 #: block-averaged to at least this many px per lattice constant.
 _REFLECTIONS_FFT_PX = 256
@@ -509,7 +510,8 @@ def between_reflections_power(image: np.ndarray, lattice: LatticeEstimate) -> fl
     """Power between the reflections of the frame's lattice over the power at its six
     first- or six second-order reflections, the stronger (Hann-windowed power spectrum of the central square of
     :data:`_REFLECTIONS_FFT_PX` px, block-averaged to ~:data:`_REFLECTIONS_PX_PER_A` px per
-    lattice constant ``lattice.a_px``; scaled to that square's size): the median over the
+    lattice constant ``lattice.a_px``; scaled to that square's size and to full sampling):
+    the median over the
     reciprocal plane at least 0.45 |g100| from every reflection (around the K points,
     inside 3 |g100| and 0.45 cycles/px). Raw frames: ~1e-5 to 1e-1; a Fourier (Bragg)
     filtered one, which keeps only discs around the reflections: below
@@ -559,5 +561,6 @@ def between_reflections_power(image: np.ndarray, lattice: LatticeEstimate) -> fl
     if not top > 0:
         return float("nan")
     # a reflection's power grows with the square's area squared, white noise's with its
-    # area: scaled to a square of _REFLECTIONS_FFT_PX
-    return float(np.median(power[between]) / top * (n / _REFLECTIONS_FFT_PX) ** 2)
+    # area, and averaging f x f blocks divides the noise's by f^2: scaled to a square of
+    # _REFLECTIONS_FFT_PX at full sampling (shot noise reads the same at any pixel size)
+    return float(np.median(power[between]) / top * (n / _REFLECTIONS_FFT_PX) ** 2 * f * f)

@@ -471,7 +471,7 @@ def check_export(frame: Frame, rgb: np.ndarray | None = None, missing: np.ndarra
         if power < FOURIER_FILTERED_POWER:
             frame.warnings.append(
                 f"FOURIER FILTERED? almost no power between the lattice's Fourier reflections ({power:.1e} of theirs; "
-                f"raw frames read 1e-5 or more): a filter that keeps only the reflections replaces every column by "
+                f"raw frames read 5e-5 or more): a filter that keeps only the reflections replaces every column by "
                 f"the lattice's average and paints over vacancies and dopants, so the cells read perfect. Analyse "
                 f"the unfiltered frame (a defect-free crystal imaged at a high dose can also read so)")
     mask = annotation_mask(frame.image, frame.a_px, rgb)
