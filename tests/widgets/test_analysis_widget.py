@@ -112,6 +112,7 @@ def test_bad_input_is_reported_in_the_widget(make_napari_viewer, qtbot):
     widget.start()
     qtbot.waitUntil(lambda: not widget.running, timeout=120000)
     assert widget.status.startswith("cannot analyse this image") and "2-D" in widget.status
+    assert "series of 3 frames" in widget.status and "--stack sum" in widget.status
 
 
 def test_pixel_size_prefilled_from_metadata(viewer):

@@ -646,6 +646,11 @@ class AnalysisWidget(Container):
         layer = self._image.value
         if layer is None:
             raise ValueError("no image layer: open an image (or File > Open Sample) first")
+        if layer.ndim > 2 and not getattr(layer, "rgb", False):
+            raise ValueError(
+                f"cannot analyse this image: {layer.name} is a series of {layer.data.shape[0]} frames, not one 2-D "
+                "frame. Open a single frame, or align and average the series first (tmd-defects analyze --stack "
+                "sum; napari_tmd_defects.stacks.align_and_sum)")
         px = float(self._pixel.value) or None
         file_px = file_pixel_size(layer)
         source = "metadata" if px is not None and file_px and abs(px / file_px - 1.0) < 1e-6 else "given"
