@@ -66,6 +66,25 @@ def test_analysis_reads_the_rgb_original_the_reader_kept(tmp_path, make_napari_v
     assert L.image_data(layer).shape == (20, 50)
 
 
+def test_a_series_opens_as_a_stack_the_analysis_asks_to_average(make_napari_viewer, tmp_path, qtbot):
+    import json
+
+    import h5py
+
+    frames = np.random.default_rng(2).random((4, 32, 40)).astype(np.float32)
+    with h5py.File(tmp_path / "series.h5", "w") as f:  # a Nion Swift sequence
+        cal = [{"offset": 0.0, "scale": 1.0, "units": ""}] + [{"offset": 0.0, "scale": 0.01, "units": "nm"}] * 2
+        f.create_dataset("data", data=frames).attrs["properties"] = json.dumps(
+            {"title": "HAADF", "is_sequence": True, "dimensional_calibrations": cal})
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "series.h5"), plugin=PLUGIN)
+    assert layer.data.shape == (4, 32, 40) and np.allclose(layer.scale, [1.0, 0.1, 0.1])
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60000)
+    assert "series of 4 frames" in widget.status and "--stack sum" in widget.status
+
+
 def test_open_through_napari(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     path = write_tiff(tmp_path / "frame.tif", np.ones((16, 16)), pixel_size=0.05)

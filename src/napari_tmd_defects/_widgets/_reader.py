@@ -35,15 +35,21 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 
 def read_images(path: str | list[str]) -> list[LayerData] | None:
-    """One image layer per file; None if any file is not a readable 2-D image."""
-    from ..io import ImageReadError, read_image
+    """One image layer per file (a series of frames: a 3-D layer, which the analysis dock
+    asks to average first); None if any file is not a readable image or series."""
+    from ..io import ImageReadError, read_image, read_stack
 
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     out: list[LayerData] = []
     for p in paths:
         try:
             image, meta = read_image(p)
-        except (ImageReadError, FileNotFoundError):
+        except ImageReadError:
+            try:
+                image, meta = read_stack(p)  # a series of frames
+            except (ImageReadError, FileNotFoundError):
+                return None
+        except FileNotFoundError:
             return None
         name = Path(p).stem
         if meta.get("signals"):  # a file of several images: say which one this is
@@ -51,8 +57,9 @@ def read_images(path: str | list[str]) -> list[LayerData] | None:
         kwargs: dict[str, Any] = {"name": name, "metadata": meta, "colormap": "gray"}
         px = meta.get("pixel_size_A")
         if px:
-            kwargs["scale"] = (px, px)
-            kwargs["units"] = ("angstrom", "angstrom")
+            lead = (1.0,) * (image.ndim - 2)
+            kwargs["scale"] = (*lead, px, px)
+            kwargs["units"] = (*(("pixel",) * (image.ndim - 2)), "angstrom", "angstrom")
         out.append((image, kwargs, "image"))
     return out
 
