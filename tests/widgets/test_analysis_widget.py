@@ -358,3 +358,21 @@ def test_progress_in_the_activity_dock_and_cancel_resets(analysed, qtbot):
     assert widget._progress.value == 0 and "cancelled" in widget.status
     assert widget.result is before
     assert viewer.layers[L.layer_name(NAME, "centres")].metadata[L.RESULT_KEY] is before
+
+
+def test_what_the_reader_said_of_the_file_heads_the_warnings(make_napari_viewer, tmp_path):
+    import matplotlib
+    from PIL import Image
+
+    from napari_tmd_defects.simulation import Noise, simulate
+
+    sim = simulate("MoTe2", shape=256, pixel_size=0.09, defect_fraction=0.1, seed=4, noise=Noise(12, 20))
+    idx = np.round(255 * (sim.image - sim.image.min()) / np.ptp(sim.image)).astype(np.uint8)
+    lut = np.round(255 * matplotlib.colormaps["jet"](np.linspace(0, 1, 256))[:, :3]).astype(np.uint8)
+    Image.fromarray(lut[idx]).save(tmp_path / "jet.png")
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "jet.png"), plugin=PLUGIN)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    widget.set_pixel_size(0.09)
+    res = widget.run(classify=False)
+    assert res.n_cells > 20 and "'jet' colour map" in res.warnings[0]

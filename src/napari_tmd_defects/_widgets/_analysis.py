@@ -88,6 +88,13 @@ def file_pixel_size(layer) -> float | None:
     return None if SCALE_KEY in layer.metadata else _scale_pixel_size(layer)
 
 
+def _file_notes(res, layer) -> None:
+    """Put what the reader said of the layer's file (which of its images was read, a colour
+    map read back: ``metadata["warnings"]``) first among the result's warnings."""
+    notes = layer.metadata.get("warnings") or []
+    res.warnings[:0] = [n for n in notes if n not in res.warnings]
+
+
 def _valid(px) -> bool:
     return px is not None and math.isfinite(px) and px > 0
 
@@ -360,6 +367,7 @@ class AnalysisWidget(Container):
                     return None
             kwargs["trust_pixel_size"] = self._trust.get(key, False)
         res = analyze(data, **kwargs)
+        _file_notes(res, layer)
         self._show(res, layer)
         return res
 
@@ -404,6 +412,7 @@ class AnalysisWidget(Container):
                 if chk.disagrees:
                     return chk
             res = analyze(data, progress=relay.progress.emit, cancel=cancel, **kw)
+            _file_notes(res, layer)
             if res.n_cells:
                 warm_up_layers()
                 self._prebuilt = L.prebuild_shapes(res)  # the slow part of the layers, off the main thread
