@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["align_and_sum"]
+__all__ = ["align_and_sum", "common_region"]
 
 #: sub-pixel precision of the registration (1 / UPSAMPLE px)
 UPSAMPLE = 10
@@ -61,13 +61,22 @@ def align_and_sum(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             if np.max(np.abs(fix)) <= 2.0:  # a refinement, never a jump to another lattice vector
                 shifts[k] += fix
         shifts -= shifts[0]
-    # the region every shifted frame covers (a frame shifted by +d covers rows d .. h + d)
-    y0, x0 = (int(np.ceil(max(0.0, shifts[:, i].max()))) for i in (0, 1))
-    y1 = h + int(np.floor(min(0.0, shifts[:, 0].min())))
-    x1 = w + int(np.floor(min(0.0, shifts[:, 1].min())))
+    y0, y1, x0, x1 = common_region(shifts, (h, w))
     if y1 - y0 < 16 or x1 - x0 < 16:
         raise ValueError("the frames of the series share no common region")
     total = np.zeros((h, w), np.float64)
     for k in range(n):
         total += ndi.shift(s[k], shifts[k], order=1, mode="nearest") if k else s[k]
     return (total[y0:y1, x0:x1] / n).astype(np.float32), shifts
+
+
+def common_region(shifts: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` px of the first frame: the region every frame of ``shape``
+    covers once shifted by its ``shifts`` (dy, dx) px (one shifted by +d covers d .. n + d);
+    :func:`align_and_sum`'s average is this region."""
+    sh = np.asarray(shifts, float).reshape(-1, 2)
+    h, w = shape
+    y0, x0 = (int(np.ceil(max(0.0, sh[:, i].max()))) for i in (0, 1))
+    y1 = h + int(np.floor(min(0.0, sh[:, 0].min())))
+    x1 = w + int(np.floor(min(0.0, sh[:, 1].min())))
+    return y0, y1, x0, x1

@@ -109,6 +109,7 @@ def test_bad_input_is_reported_in_the_widget(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((3, 64, 64)), name="stack", rgb=False)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    widget.ask = _answers(None)  # not averaged
     widget.start()
     qtbot.waitUntil(lambda: not widget.running, timeout=120000)
     assert widget.status.startswith("cannot analyse this image") and "2-D" in widget.status
@@ -376,3 +377,28 @@ def test_what_the_reader_said_of_the_file_heads_the_warnings(make_napari_viewer,
     widget.set_pixel_size(0.09)
     res = widget.run(classify=False)
     assert res.n_cells > 20 and "'jet' colour map" in res.warnings[0]
+
+
+def test_a_series_is_averaged_into_a_new_layer_and_analysed(make_napari_viewer, qtbot):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_stacks import _series
+
+    frames, drift, _ = _series(n=4, size=192, seed=1)
+    viewer = make_napari_viewer()
+    viewer.add_image(frames, name="series", scale=(1.0, 0.1, 0.1), units=("pixel", "angstrom", "angstrom"))
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    widget.set_pixel_size(0.1)
+    widget.ask = _answers(None)
+    assert widget.run() is None and "series of 4 frames" in widget.status  # declined: nothing added
+    assert [lay.name for lay in viewer.layers] == ["series"]
+    widget.ask = _answers("average")
+    widget.start()  # the alignment, then the analysis, in workers
+    qtbot.waitUntil(lambda: widget.result is not None and not widget.running, timeout=120000)
+    mean = viewer.layers["series [aligned mean]"]
+    assert mean.ndim == 2 and mean.data.shape[0] <= 192 and np.allclose(mean.scale, [0.1, 0.1], rtol=1e-3)
+    assert widget.result.n_cells > 20 and any("a series of 4 frames" in w for w in widget.result.warnings)
+    # the average lies on the first frame's pixels: its origin is the region's corner
+    assert np.all(np.asarray(mean.translate) >= 0)

@@ -80,6 +80,7 @@ def test_a_series_opens_as_a_stack_the_analysis_asks_to_average(make_napari_view
     (layer,) = viewer.open(str(tmp_path / "series.h5"), plugin=PLUGIN)
     assert layer.data.shape == (4, 32, 40) and np.allclose(layer.scale, [1.0, 0.1, 0.1])
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Defect analysis")
+    widget.ask = lambda title, text, options: None  # the offer to average declined
     widget.start()
     qtbot.waitUntil(lambda: not widget.running, timeout=60000)
     assert "series of 4 frames" in widget.status and "--stack sum" in widget.status

@@ -88,6 +88,11 @@ def file_pixel_size(layer) -> float | None:
     return None if SCALE_KEY in layer.metadata else _scale_pixel_size(layer)
 
 
+def _is_series(layer) -> bool:
+    """An image layer of a series of frames (3-D, not RGB)."""
+    return layer is not None and layer.ndim == 3 and not getattr(layer, "rgb", False)
+
+
 def _file_notes(res, layer) -> None:
     """Put what the reader said of the layer's file (which of its images was read, a colour
     map read back: ``metadata["warnings"]``) first among the result's warnings."""
@@ -355,6 +360,13 @@ class AnalysisWidget(Container):
         """
         from ..pipeline import analyze, check_pixel_size
 
+        series = self._image.value
+        if _is_series(series):
+            if not self._ask_average(series):
+                return None
+            from ..stacks import align_and_sum
+
+            self._image.value = self._add_average(series, *align_and_sum(np.asarray(series.data)))
         layer, kwargs = self._params()
         kwargs.update(overrides)
         data = L.image_data(layer)
@@ -372,8 +384,13 @@ class AnalysisWidget(Container):
         return res
 
     def start(self) -> None:
-        """Start the analysis in a thread worker (the Run button)."""
+        """Start the analysis in a thread worker (the Run button); a series of frames is
+        first aligned and averaged into a new layer, if the user agrees."""
         if self._busy:
+            return
+        if _is_series(self._image.value):
+            if self._ask_average(self._image.value):
+                self._average_then_start(self._image.value)
             return
         try:
             layer, kwargs = self._params()
@@ -384,6 +401,62 @@ class AnalysisWidget(Container):
         self._set_busy(True, layer)
         self._say(f"analysing {layer.name} …")
         self._launch(layer, kwargs)
+
+    # ------------------------------------------------------------------ a series of frames
+    def _ask_average(self, layer) -> bool:
+        """Ask whether to average a series' aligned frames; say what else to do if not."""
+        n = layer.data.shape[0]
+        answer = self.ask(
+            "A series of frames",
+            f"{layer.name} holds {n} frames; the analysis reads one. Align them (rigid, sub-pixel) and analyse "
+            "their average, added as a new layer?",
+            {"average": "Average and analyse"})
+        if answer != "average":
+            self._say(f"cannot analyse this image: {layer.name} is a series of {n} frames, not one 2-D frame. Open "
+                      "a single frame, or average the aligned frames (Run, then Average; tmd-defects analyze "
+                      "--stack sum)")
+        return answer == "average"
+
+    def _add_average(self, series, image: np.ndarray, shifts: np.ndarray):
+        """A new 2-D image layer of a series' aligned average (on the first frame's pixels,
+        its own pixel size and units), with a note of the alignment in its warnings."""
+        from ..stacks import common_region
+
+        y0, _, x0, _ = common_region(shifts, series.data.shape[-2:])
+        meta = {k: v for k, v in series.metadata.items() if k not in ("rgb", "n_frames", L.RESULT_KEY)}
+        meta["warnings"] = list(meta.get("warnings") or []) + [
+            f"{series.name}: a series of {len(shifts)} frames, aligned (largest drift "
+            f"{np.abs(shifts).max():.1f} px) and averaged over the region all cover ({image.shape[1]} x "
+            f"{image.shape[0]} px)"]
+        scale, units = tuple(series.scale[-2:]), tuple(str(u) for u in series.units[-2:])
+        translate = tuple(float(t + o * s) for t, o, s in zip(series.translate[-2:], (y0, x0), scale))
+        return self._viewer.add_image(image, name=f"{series.name} [aligned mean]", metadata=meta, scale=scale,
+                                      units=units, translate=translate, colormap="gray")
+
+    def _average_then_start(self, series) -> None:
+        """Align and average a series in a worker, add the average as a layer, analyse it."""
+        from napari.qt.threading import create_worker
+
+        from ..stacks import align_and_sum
+
+        data = np.asarray(series.data)
+        self._cancel_flag.clear()
+        self._set_busy(True, series)
+        self._say(f"aligning the {len(data)} frames of {series.name} …")
+
+        def done(out) -> None:
+            self._set_busy(False)
+            if self._cancel_flag.is_set():
+                self._say("cancelled; previous results were kept")
+                return
+            self._image.value = self._add_average(series, *out)
+            self.start()
+
+        worker = create_worker(align_and_sum, data, _start_thread=False, _connect={"errored": self._on_error})
+        worker.returned.connect(done)
+        worker.errored.connect(lambda _exc: self._set_busy(False))
+        self._worker = worker
+        worker.start()
 
     def cancel(self) -> None:
         """Ask the running analysis to stop (the Cancel button)."""
