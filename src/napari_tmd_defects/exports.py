@@ -169,16 +169,24 @@ def flat_minimum_mask(image: np.ndarray, a_px: float) -> np.ndarray | None:
     return np.isin(labels, keep) if keep else None
 
 
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luminance weights
+
+
+def _coloured_pixels(rgb: np.ndarray) -> np.ndarray | None:
+    """Pixels of an RGB(A) frame whose channels spread by more than :data:`COLOUR_SPREAD`
+    of the frame's grey range; None for a flat frame."""
+    c = np.asarray(rgb)[..., :3]
+    span = float(c.max()) - float(c.min())
+    if span <= 0:
+        return None
+    return c.max(axis=-1).astype(np.float32) - c.min(axis=-1) > COLOUR_SPREAD * span
+
+
 def colour_mask(rgb: np.ndarray) -> np.ndarray | None:
     """Coloured pixels of a mostly grey RGB(A) frame ``(rows, cols, 3 or 4)``; None for a
     grey or a colour-mapped frame."""
-    c = np.asarray(rgb)[..., :3].astype(np.float32)
-    spread = c.max(axis=-1) - c.min(axis=-1)
-    span = float(c.max() - c.min())
-    if span <= 0:
-        return None
-    mask = spread > COLOUR_SPREAD * span
-    if not mask.any() or mask.mean() > MAX_COLOUR_FRACTION:
+    mask = _coloured_pixels(rgb)
+    if mask is None or not mask.any() or mask.mean() > MAX_COLOUR_FRACTION:
         return None
     return mask
 
@@ -190,18 +198,18 @@ def rgb_to_grey(rgb: np.ndarray) -> tuple[np.ndarray, str | None]:
     colours follow one of :data:`COLOUR_MAPS` becomes each colour's position on that map
     (0-255); any other frame its luminance (ITU-R 601 weights, in the frame's own units),
     one coloured all over named :data:`UNKNOWN_COLOUR_MAP`."""
-    c = np.asarray(rgb)[..., :3]
-    grey = c.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    span = float(c.max()) - float(c.min())
-    if span <= 0 or np.mean(c.max(axis=-1) - c.min(axis=-1) > COLOUR_SPREAD * span) <= MAX_COLOUR_FRACTION:
-        return grey, None
+    rgb = np.asarray(rgb)[..., :3]
+    coloured = _coloured_pixels(rgb)
+    if coloured is None or coloured.mean() <= MAX_COLOUR_FRACTION:
+        return rgb.astype(np.float32) @ _LUMA, None
     import matplotlib
     from scipy.spatial import cKDTree
 
     # the frame's distinct colours as 8-bit codes (a map's export has a few hundred)
+    c = rgb
     if c.dtype != np.uint8:
         lo = float(c.min())
-        c = np.round(255.0 * (c.astype(np.float32) - lo) / span).astype(np.uint8)
+        c = np.round(255.0 * (c.astype(np.float32) - lo) / (float(c.max()) - lo)).astype(np.uint8)
     code = (c[..., 0].astype(np.int32) << 16) | (c[..., 1].astype(np.int32) << 8) | c[..., 2].astype(np.int32)
     codes, inverse, counts = np.unique(code.ravel(), return_inverse=True, return_counts=True)
     colours = np.stack([(codes >> 16) & 255, (codes >> 8) & 255, codes & 255], axis=-1) / 255.0
@@ -222,13 +230,12 @@ def rgb_to_grey(rgb: np.ndarray) -> tuple[np.ndarray, str | None]:
 
     rival = next((f[0] for f in fits[1:] if not alike(f[2])), np.inf)
     if mean > MAX_COLOURMAP_DISTANCE or mean > MAX_COLOURMAP_RIVAL * rival:
-        return grey, UNKNOWN_COLOUR_MAP
+        return rgb.astype(np.float32) @ _LUMA, UNKNOWN_COLOUR_MAP
     luma = lut @ np.array([0.299, 0.587, 0.114])
     if np.all(np.diff(luma) > 0):
         # the map's brightness rises with the position: read the position off the
         # luminance (JPEG keeps luminance at full resolution, colour at half)
-        rgb_luma = c.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
-        return np.interp(rgb_luma, luma, np.arange(256.0)).astype(np.float32), name
+        return np.interp(c.astype(np.float32) @ _LUMA / 255.0, luma, np.arange(256.0)).astype(np.float32), name
     return idx.astype(np.float32)[inverse].reshape(code.shape), name
 
 

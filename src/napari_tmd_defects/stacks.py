@@ -6,7 +6,8 @@ registered on the previous one by phase correlation (sub-pixel, :data:`UPSAMPLE`
 crystal's frames correlate at every lattice vector, so consecutive frames, which drift by
 far less than a lattice constant, pin the shift; the shifts add up along the series, and
 each frame is registered once more on the average of all so aligned. The frames are
-shifted (bilinear) onto the first and averaged over the region every frame covers. Scan distortion that differs between frames is not undone (rigid shifts only).
+shifted (bilinear) onto the first and averaged over the region every frame covers. Scan
+distortion that differs between frames is not undone (rigid shifts only).
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ def align_and_sum(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if n > 2:
         # the steps' errors add up along the series: each frame registered once more on the
         # average of all, which the first pass aligned to within a pixel or so
-        mean = np.mean([ndi.shift(s[k], shifts[k], order=1, mode="nearest") for k in range(n)], axis=0)
+        moved = [ndi.shift(s[k], shifts[k], order=1, mode="nearest") for k in range(n)]
+        mean = np.mean(moved, axis=0)
         for k in range(n):
-            moved = ndi.shift(s[k], shifts[k], order=1, mode="nearest")
-            fix, _, _ = phase_cross_correlation(mean, moved, upsample_factor=UPSAMPLE, normalization=None)
+            fix, _, _ = phase_cross_correlation(mean, moved[k], upsample_factor=UPSAMPLE, normalization=None)
             if np.max(np.abs(fix)) <= 2.0:  # a refinement, never a jump to another lattice vector
                 shifts[k] += fix
         shifts -= shifts[0]

@@ -93,6 +93,13 @@ def _is_series(layer) -> bool:
     return layer is not None and layer.ndim == 3 and not getattr(layer, "rgb", False)
 
 
+def _not_one_frame(layer) -> str:
+    """Why a layer of several frames is not analysed, and what to do instead."""
+    return (f"cannot analyse this image: {layer.name} is a series of {layer.data.shape[0]} frames, not one 2-D "
+            "frame. Open a single frame, or align and average the series first (Run, then Average; tmd-defects "
+            "analyze --stack sum; napari_tmd_defects.stacks.align_and_sum)")
+
+
 def _file_notes(res, layer) -> None:
     """Put what the reader said of the layer's file (which of its images was read, a colour
     map read back: ``metadata["warnings"]``) first among the result's warnings."""
@@ -412,9 +419,7 @@ class AnalysisWidget(Container):
             "their average, added as a new layer?",
             {"average": "Average and analyse"})
         if answer != "average":
-            self._say(f"cannot analyse this image: {layer.name} is a series of {n} frames, not one 2-D frame. Open "
-                      "a single frame, or average the aligned frames (Run, then Average; tmd-defects analyze "
-                      "--stack sum)")
+            self._say(_not_one_frame(layer))
         return answer == "average"
 
     def _add_average(self, series, image: np.ndarray, shifts: np.ndarray):
@@ -729,10 +734,7 @@ class AnalysisWidget(Container):
         if layer is None:
             raise ValueError("no image layer: open an image (or File > Open Sample) first")
         if layer.ndim > 2 and not getattr(layer, "rgb", False):
-            raise ValueError(
-                f"cannot analyse this image: {layer.name} is a series of {layer.data.shape[0]} frames, not one 2-D "
-                "frame. Open a single frame, or align and average the series first (tmd-defects analyze --stack "
-                "sum; napari_tmd_defects.stacks.align_and_sum)")
+            raise ValueError(_not_one_frame(layer))
         px = float(self._pixel.value) or None
         file_px = file_pixel_size(layer)
         source = "metadata" if px is not None and file_px and abs(px / file_px - 1.0) < 1e-6 else "given"
