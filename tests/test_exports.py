@@ -149,6 +149,22 @@ def test_column_polarity_tells_bright_columns_from_dark(material, kw):
     assert np.isnan(column_polarity(sim.image[:10, :10], a_px))
 
 
+def test_column_polarity_of_a_clipped_export_stays_above_dark():
+    """A MoSe2 frame of the structure preset with a fifth of its pixels at the 8-bit
+    ceiling: flat-topped columns leave only the hollows' dark tail, and the plain skew read
+    -0.26 (a false DARK COLUMNS warning)."""
+    from napari_tmd_defects.datasets import sample_conditions
+
+    rng = np.random.default_rng(704_000)
+    for _ in range(3):
+        kw = sample_conditions("structure", rng, (384, 384), pixel_size=(0.07, 0.14), rotation="random",
+                               defect_fraction=(0.05, 0.15))
+    sim = simulate("MoSe2", 384, seed=704_002, **kw)
+    assert np.mean(sim.image >= sim.image.max()) > 0.15
+    a_px = 3.29 / kw["pixel_size"]
+    assert column_polarity(sim.image, a_px) > DARK_COLUMNS_POLARITY
+
+
 def test_analyze_warns_of_dark_columns():
     sim = simulate("MoTe2", shape=320, pixel_size=0.1, defect_fraction=0.05, seed=2, noise=Noise(12, 20))
     ok = analyze(sim.image, 0.1, device="cpu", classify=False)

@@ -99,6 +99,9 @@ _POLARITY_PX_PER_A = 12.0
 _POLARITY_TILE_A = 4.0
 #: ... and reads at most this many tiles (spread over the frame).
 _POLARITY_TILES = 9
+#: A tile with at least this fraction of its pixels at the frame's ceiling or floor is
+#: clipped symmetrically before its skew is taken (:func:`column_polarity`).
+_POLARITY_CLIPPED = 0.01
 #: A frame whose power between its lattice's reflections (:func:`between_reflections_power`)
 #: is below this reads as Fourier filtered: real frames measured 5.9e-5 or more, simulated
 #: frames with defects (noisy, smoothed, JPEG) 8.8e-5 or more, defect-free ones at a dose of
@@ -486,7 +489,10 @@ def column_polarity(image: np.ndarray, a_px: float) -> float:
     (Gaussian σ 0.08 a less Gaussian σ 1 a, ``a_px`` px per lattice constant): positive where
     the columns are bright peaks (HAADF), negative where they are dark (bright field, ABF,
     an inverted export). Vacuum and contamination tiles sit near 0 and do not move the median
-    of a frame that is mostly crystal. nan for a frame smaller than one tile."""
+    of a frame that is mostly crystal. A tile whose pixels sit at the frame's ceiling or
+    floor (a clipped export: flat-topped columns leave only the hollows' dark tail) is clipped
+    as far at its other end first, so clipping alone does not turn the skew negative. nan for
+    a frame smaller than one tile."""
     f = max(1, int(a_px // _POLARITY_PX_PER_A))
     ap = a_px / f
     t = max(int(_POLARITY_TILE_A * ap), 16)
@@ -498,12 +504,16 @@ def column_polarity(image: np.ndarray, a_px: float) -> float:
     if len(tiles) > _POLARITY_TILES:
         tiles = [tiles[i] for i in np.linspace(0, len(tiles) - 1, _POLARITY_TILES).astype(int)]
     m = int(np.ceil(2 * ap))  # each tile read with a margin for the wide Gaussian
+    lo, hi = float(np.min(image)), float(np.max(image))
 
     def skewness(tile: tuple[int, int]) -> float:
         r, c = tile
         r0, c0 = max(r - m, 0), max(c - m, 0)
         r1, c1 = min(r + t + m, h), min(c + t + m, w)
         block = np.asarray(image[r0 * f:r1 * f, c0 * f:c1 * f], np.float32)
+        q = max(np.mean(block >= hi), np.mean(block <= lo))
+        if q >= _POLARITY_CLIPPED:  # both tails cut as far as the clipped one
+            block = np.clip(block, *np.quantile(block, [q, 1.0 - q]))
         b = block_mean(block, f) if f > 1 else block
         g = ndi.gaussian_filter(b, 0.08 * ap) - ndi.gaussian_filter(b, ap)
         g = g[r - r0:r - r0 + t, c - c0:c - c0 + t].ravel().astype(np.float64)
