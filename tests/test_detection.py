@@ -282,6 +282,27 @@ def test_fast_inference_equals_the_torchvision_forward(shipped):
     np.testing.assert_allclose(s1[o1], s0[o0], atol=1e-4)
 
 
+@needs_weights
+def test_a_small_frames_single_tile_keeps_the_proposals_per_px_of_a_full_tile(shipped, monkeypatch):
+    # a frame smaller than one tile: the RPN keeps as many proposals per px as on a full
+    # tile (the model's count would send ~4x more low-score ones through the box head),
+    # and the same hexagons come out
+    sim = sample_image(seed=0, size=224)
+    can, _ = det.prepare_image(sim.image, sim.truth.pixel_size)
+    h, w = can.shape
+    asked = []
+    infer = shipped._infer
+    monkeypatch.setattr(shipped, "_infer", lambda tile, core=None, pre_nms=None: asked.append(pre_nms) or infer(
+        tile, core, pre_nms))
+    b1, s1 = shipped.detect_canonical(can)
+    full = shipped.model.rpn.pre_nms_top_n()
+    assert asked == [round(full * h * w / shipped.tile**2)] and asked[0] < full / 4
+    b0, s0 = infer(can, None, full)
+    assert len(b1) >= 25 and abs(len(b1) - len(b0)) <= 1
+    c0, c1 = (b0[:, :2] + b0[:, 2:]) / 2, (b1[:, :2] + b1[:, 2:]) / 2
+    assert np.max(np.min(np.hypot(*(c1[:, None] - c0[None]).transpose(2, 0, 1)), axis=1)) < 0.05 * det.A_PX
+
+
 # --------------------------------------------------------------------------- memory of large frames
 @pytest.mark.parametrize("shape, scale", [((301, 410), 0.8333), ((520, 497), 0.5), ((400, 380), 0.25)])
 def test_strip_resampling_equals_the_whole_image_call(shape, scale, rng):

@@ -803,10 +803,11 @@ class HexagonDetector:
         ys, th = _tile_grid(hh, self.tile, self.overlap, PAD_TO)
         xs, tw = _tile_grid(ww, self.tile, self.overlap, PAD_TO)
         grid = [(y0, x0) for y0 in ys for x0 in xs]
-        n_all = len(grid)
         half = self.overlap / 2.0
-        # tiles smaller than the model's tile keep as many RPN proposals per px as full ones
-        pre_nms = None if n_all == 1 else max(1, round(self.model.rpn.pre_nms_top_n() * th * tw / self.tile**2))
+        # a tile keeps as many RPN proposals per px as a full one (a small frame's single
+        # tile too: the model's count there sends ~4x more low-score proposals through the box
+        # head for the same hexagons)
+        pre_nms = max(1, round(self.model.rpn.pre_nms_top_n() * th * tw / self.tile**2))
         all_b, all_s = [], []
         band_y0, band = None, None
         for done, (y0, x0) in enumerate(grid, 1):
