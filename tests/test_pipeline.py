@@ -607,7 +607,7 @@ def test_reading_confidence_is_lower_on_a_frame_that_separates_its_levels_worse(
 
 @pytest.mark.slow
 def test_sampled_hexagons_check_each_domain_on_one_tile():
-    # two grains at 0.15 Å/px: a detector tile (~410 px here) covers part of each grain
+    # two grains at 0.15 Å/px: a sample tile (~260 px here) covers part of each grain
     sim = simulate("MoTe2", 640, pixel_size=0.15, rotation_deg=5, defect_fraction=0.1, noise=Noise(12, 20), seed=11,
                    boundaries=[Boundary("grain", angle_deg=30, misorientation_deg=21)])
     full = analyze(sim.image, 0.15, device="cpu", classify=False)
@@ -617,9 +617,10 @@ def test_sampled_hexagons_check_each_domain_on_one_tile():
     wins = part.checks["hexagon_windows"]
     assert len(wins) == 2 and "hexagon_windows" not in full.checks
     checked = part.support >= 0
-    assert 0.2 < checked.mean() < 0.9 and np.all(part.support[~checked] == -1)
+    assert 0.1 < checked.mean() < 0.5 and np.all(part.support[~checked] == -1)
     for d in np.unique(part.domain[~part.boundary]):  # each grain has cells checked by its tile
-        assert checked[part.domain == d].sum() >= 20
+        assert checked[part.domain == d].sum() >= 30
+    assert all(d.hexagons_on_hollows >= 0.9 for d in part.sites.domains)  # each grain's hollows voted on
     # where a tile looked, it found what the whole-frame search found
     assert np.mean(part.support[checked] == full.support[checked]) > 0.95
     assert part.checks["detector_consistent"] and part.checks["cells_with_hexagon"] > 0.9

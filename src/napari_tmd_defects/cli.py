@@ -204,7 +204,7 @@ def _add_hexagons_option(p) -> None:
 
     p.add_argument("--hexagons", choices=HEXAGON_COVERAGES, default="frame",
                    help="where CNN-1 looks for hexagons: frame (default; every domain, all of it) or sample "
-                   "(one detector tile per domain: enough to check each domain's sites, ~1/10 of the cost; "
+                   "(one tile of ~11 lattice constants per domain: enough to check each domain's sites; "
                    "cells outside the tiles get support -1)")
 
 

@@ -527,10 +527,13 @@ def remeasure_heights(frame: Frame) -> None:
     s.height = work_image(frame.image, frame.a_px, exclude=frame.vacuum).sample(s.xy).astype(s.height.dtype)
 
 
-#: ``analyze(hexagons=...)``: CNN-1 over every domain ("frame"), or over one detector tile
-#: per domain ("sample": enough hexagons to check each domain's hollow sites, ~1/16 of the
-#: work on a 2048² frame at 0.1 Å/px; cells outside the tiles have support -1).
+#: ``analyze(hexagons=...)``: CNN-1 over every domain ("frame"), or over one tile of
+#: :data:`SAMPLE_TILE_PX` per domain ("sample": enough hexagons to check each domain's hollow
+#: sites; cells outside the tiles have support -1).
 HEXAGON_COVERAGES = ("frame", "sample")
+#: "sample": the side of a domain's tile, px at the detector's sampling (``A_PX`` px per
+#: lattice constant: ~11 a, ~120 hexagons; a turned domain's shrinks to ~65).
+SAMPLE_TILE_PX = 320
 #: "sample": at most this many tiles (the largest domains first).
 MAX_SAMPLE_TILES = 8
 #: "sample": domains with fewer sites than this get no tile of their own.
@@ -558,9 +561,9 @@ def _orientation_groups(domains: list) -> list[list]:
 
 def _hexagon_windows(frame: Frame, coverage: str) -> list[tuple[tuple[int, int, int, int], list[int]]]:
     """The crops ``((x0, y0, x1, y1) px, domain ids)`` CNN-1 is run on: each orientation
-    group's bounding box ("frame"), or one detector tile centred in each domain ("sample";
+    group's bounding box ("frame"), or one tile of :data:`SAMPLE_TILE_PX` centred in each domain ("sample";
     a tile of a turned domain shrinks so that the turned crop still fits one tile)."""
-    from .detection import A_PX, TILE_PX
+    from .detection import A_PX
 
     state = frame.state
     a_px = frame.a_px
@@ -580,7 +583,7 @@ def _hexagon_windows(frame: Frame, coverage: str) -> list[tuple[tuple[int, int, 
             out.append(((x0, y0, x1, y1), ids))
         return out
     group_of = {d.id: [e.id for e in g] for g in groups for d in g}
-    side0 = TILE_PX * a_px / A_PX  # one detector tile, in image px
+    side0 = SAMPLE_TILE_PX * a_px / A_PX  # a domain's tile, in image px
     for d in domains:
         if len(out) >= MAX_SAMPLE_TILES:
             break
@@ -605,7 +608,7 @@ def detect_hexagons(frame: Frame, detector, image: np.ndarray, progress=None, ca
                     coverage: str = "frame"):
     """CNN-1 hexagons, domain by domain: each group of domains of one orientation is cropped
     and turned to the canonical orientation the detector learnt (``coverage="frame"``), or
-    one detector tile per domain is (``"sample"``, :data:`HEXAGON_COVERAGES`).
+    one tile per domain is (``"sample"``, :data:`HEXAGON_COVERAGES`).
 
     Returns ``(boxes (K, 4) in the image, scores (K,), centres (K, 2) px, windows)``: a box
     is the bounding box of the detected hexagon box turned back; only hexagons whose
@@ -1497,7 +1500,7 @@ def analyze(
         each cell its support and are checked against the sites.
     hexagons : str
         Where CNN-1 looks (:data:`HEXAGON_COVERAGES`): ``"frame"`` every domain, all of it
-        (the hexagons layer covers the image); ``"sample"`` one detector tile per domain
+        (the hexagons layer covers the image); ``"sample"`` one tile per domain
         (at most :data:`MAX_SAMPLE_TILES`), enough to check each domain's hollow sites at
         a fraction of the cost; cells outside the tiles get support -1 (not checked).
     site_head : SiteHead, str, Path or None
