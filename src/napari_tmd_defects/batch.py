@@ -133,12 +133,10 @@ def _read(path: Path, opts: BatchOptions) -> tuple[np.ndarray, dict]:
     stack, meta = read_stack(path)
     if len(stack) == 1:
         return stack[0], meta
-    from .stacks import align_and_sum
+    from .stacks import align_and_sum, series_note
 
     image, shifts = align_and_sum(stack)
-    meta.setdefault("warnings", []).append(
-        f"a series of {len(stack)} frames, aligned (largest drift {np.abs(shifts).max():.1f} px) and averaged over "
-        f"the region all cover ({image.shape[1]} x {image.shape[0]} px)")
+    meta.setdefault("warnings", []).append(series_note(shifts, image))
     return image, meta
 
 

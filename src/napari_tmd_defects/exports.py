@@ -234,7 +234,7 @@ def rgb_to_grey(rgb: np.ndarray) -> tuple[np.ndarray, str | None]:
     rival = next((f[0] for f in fits[1:] if not alike(f[2])), np.inf)
     if mean > MAX_COLOURMAP_DISTANCE or mean > MAX_COLOURMAP_RIVAL * rival:
         return rgb.astype(np.float32) @ _LUMA, UNKNOWN_COLOUR_MAP
-    luma = lut @ np.array([0.299, 0.587, 0.114])
+    luma = lut @ _LUMA
     if np.all(np.diff(luma) > 0):
         # the map's brightness rises with the position: read the position off the
         # luminance (JPEG keeps luminance at full resolution, colour at half)

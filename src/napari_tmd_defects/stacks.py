@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["align_and_sum", "common_region"]
+__all__ = ["align_and_sum", "common_region", "series_note"]
 
 #: sub-pixel precision of the registration (1 / UPSAMPLE px)
 UPSAMPLE = 10
@@ -81,3 +81,10 @@ def common_region(shifts: np.ndarray, shape: tuple[int, int]) -> tuple[int, int,
     y1 = h + int(np.floor(min(0.0, sh[:, 0].min())))
     x1 = w + int(np.floor(min(0.0, sh[:, 1].min())))
     return y0, y1, x0, x1
+
+
+def series_note(shifts: np.ndarray, image: np.ndarray) -> str:
+    """What :func:`align_and_sum` did, for a warning: its ``shifts`` (frames, 2) px and the
+    averaged ``image``."""
+    return (f"a series of {len(shifts)} frames, aligned (largest drift {np.abs(shifts).max():.1f} px) and averaged "
+            f"over the region all cover ({image.shape[1]} x {image.shape[0]} px)")

@@ -425,14 +425,11 @@ class AnalysisWidget(Container):
     def _add_average(self, series, image: np.ndarray, shifts: np.ndarray):
         """A new 2-D image layer of a series' aligned average (on the first frame's pixels,
         its own pixel size and units), with a note of the alignment in its warnings."""
-        from ..stacks import common_region
+        from ..stacks import common_region, series_note
 
         y0, _, x0, _ = common_region(shifts, series.data.shape[-2:])
         meta = {k: v for k, v in series.metadata.items() if k not in ("rgb", "n_frames", L.RESULT_KEY)}
-        meta["warnings"] = list(meta.get("warnings") or []) + [
-            f"{series.name}: a series of {len(shifts)} frames, aligned (largest drift "
-            f"{np.abs(shifts).max():.1f} px) and averaged over the region all cover ({image.shape[1]} x "
-            f"{image.shape[0]} px)"]
+        meta["warnings"] = list(meta.get("warnings") or []) + [f"{series.name}: {series_note(shifts, image)}"]
         scale, units = tuple(series.scale[-2:]), tuple(str(u) for u in series.units[-2:])
         translate = tuple(float(t + o * s) for t, o, s in zip(series.translate[-2:], (y0, x0), scale))
         return self._viewer.add_image(image, name=f"{series.name} [aligned mean]", metadata=meta, scale=scale,
